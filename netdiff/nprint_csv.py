@@ -1,0 +1,277 @@
+"""nPrint's CSV format: writing it byte-identically to the nPrint tool, and reading it back.
+
+Formatting is vectorised: every value becomes a fixed 3-byte cell ("-1,", "0,", "1,"), the
+unused byte is dropped with one boolean mask, and only the short per-row prefix (index and
+timestamps) is formatted in Python.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from dataclasses import dataclass
+
+import numpy as np
+
+from collections import Counter
+
+from netdiff.bits.codec import SKIP_REASONS, Parsed, encode, skipped_counts
+from netdiff.bits.layout import SECTION_ORDER, SECTIONS, Layout
+from netdiff.errors import NetdiffError
+from netdiff.io.pcap import CaptureReader, PacketBatch
+
+# nPrint's -O index column names.
+INDEX_NAMES = {0: "src_ip", 1: "dst_ip", 2: "src_prt", 3: "dst_prt", 4: "flow", 5: "tx_mac"}
+
+_CELL = np.array([[ord("-"), ord("1"), ord(",")], [0, ord("0"), ord(",")], [0, ord("1"), ord(",")]],
+                 dtype=np.uint8)
+_OCTET = [str(i) for i in range(256)]
+
+
+def header_line(layout: Layout, index: int = 0, relative: bool = False, absolute: bool = False) -> bytes:
+    cols = [INDEX_NAMES[index]]
+    if relative:
+        cols.append("rts")
+    if absolute:
+        cols += ["tv_sec", "tv_usec"]
+    return (",".join(cols + layout.columns) + "\n").encode()
+
+
+def format_bits(bits: np.ndarray, chunk_rows: int = 4096) -> list[bytes]:
+    """One CSV fragment per row ("v,v,...,v\\n"), without any prefix."""
+    out: list[bytes] = []
+    for s in range(0, len(bits), chunk_rows):
+        b = bits[s:s + chunk_rows]
+        cells = _CELL[b.astype(np.intp) + 1]             # (rows, cols, 3)
+        cells[:, -1, 2] = ord("\n")
+        lens = 2 * b.shape[1] + (b == -1).sum(axis=1)
+        flat = cells.reshape(-1)
+        buf = flat[flat != 0].tobytes()
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        out.extend(buf[a:e] for a, e in zip(starts.tolist(), ends.tolist()))
+    return out
+
+
+def _ipv4_text(g: np.ndarray, rows: np.ndarray, at: np.ndarray) -> list[str]:
+    o = _OCTET
+    q = g[rows[:, None], at[:, None] + np.arange(4)].tolist()
+    return [f"{o[a]}.{o[b]}.{o[c]}.{o[d]}" for a, b, c, d in q]
+
+
+def _ipv6_text(g: np.ndarray, rows: np.ndarray, at: np.ndarray) -> list[str]:
+    import ipaddress
+    q = g[rows[:, None], at[:, None] + np.arange(16)]
+    return [str(ipaddress.IPv6Address(bytes(r))) for r in q]
+
+
+def index_values(batch: PacketBatch, p: Parsed, index: int) -> list[str]:
+    """The index column of every encoded row, as nPrint prints it."""
+    ok = np.flatnonzero(p.reason == 0)
+    g = p.window
+    l3 = p.l3[ok]
+    v4 = p.version[ok] == 4
+
+    def addrs(src: bool) -> list[str]:
+        res = [""] * len(ok)
+        i4, i6 = np.flatnonzero(v4), np.flatnonzero(~v4)
+        for i, t in zip(i4, _ipv4_text(g, ok[i4], l3[i4] + (12 if src else 16))):
+            res[i] = t
+        if len(i6):
+            for i, t in zip(i6, _ipv6_text(g, ok[i6], l3[i6] + (8 if src else 24))):
+                res[i] = t
+        return res
+
+    def ports(src: bool) -> list[str]:
+        at = p.l4[ok] + (0 if src else 2)
+        val = (g[ok, at].astype(np.int64) << 8) | g[ok, at + 1]
+        proto = p.proto[ok]
+        # nPrint 1.2.1 prints TCP ports without ntohs (host byte order on x86); kept for
+        # compatibility. ICMP has no ports.
+        swapped = ((val & 0xFF) << 8) | (val >> 8)
+        val = np.where(proto == 6, swapped, val)
+        return [str(v) if pr != 1 else "NULL" for v, pr in zip(val.tolist(), proto.tolist())]
+
+    if index == 0:
+        return addrs(True)
+    if index == 1:
+        return addrs(False)
+    if index == 2:
+        return ports(True)
+    if index == 3:
+        return ports(False)
+    if index == 4:
+        kind = {6: "TCP", 17: "UDP"}
+        pr = p.proto[ok].tolist()
+        return [f"{a}_{b}_{c}_{d}_{kind.get(x, 'NULL')}" for a, b, c, d, x in
+                zip(addrs(True), addrs(False), ports(True), ports(False), pr)]
+    if index == 5:
+        macs = g[ok][:, 6:12]
+        return [":".join(f"{x:02x}" for x in m) if e else "NULL"
+                for m, e in zip(macs.tolist(), p.eth[ok].tolist())]
+    raise NetdiffError(f"-O must be 0..5 (got {index})")
+
+
+class RelativeClock:
+    """nPrint's ``rts``: microseconds since the previous *written* row, 0 for the first."""
+
+    def __init__(self):
+        self.prev_sec = 0
+        self.prev_usec = 0
+
+    def __call__(self, sec: np.ndarray, usec: np.ndarray) -> np.ndarray:
+        ps = np.concatenate([[self.prev_sec], sec[:-1]])
+        pu = np.concatenate([[self.prev_usec], usec[:-1]])
+        rts = (sec - ps) * 1_000_000 + usec - pu
+        rts[ps == 0] = 0
+        if len(sec):
+            self.prev_sec, self.prev_usec = int(sec[-1]), int(usec[-1])
+        return rts
+
+
+def format_rows(bits: np.ndarray, prefixes: list[list[str]]) -> bytes:
+    body = format_bits(bits)
+    if not prefixes:
+        return b"".join(body)
+    pre = [(",".join(cols) + ",").encode() for cols in zip(*prefixes)]
+    return b"".join(x for pair in zip(pre, body) for x in pair)
+
+
+# --- reading back -------------------------------------------------------------------------------
+
+@dataclass
+class NprintTable:
+    layout: Layout
+    index_name: str
+    index: list[str]
+    rts: np.ndarray | None
+    tv_sec: np.ndarray | None
+    tv_usec: np.ndarray | None
+    bits: np.ndarray
+
+
+def layout_from_columns(columns: list[str], path: str = "") -> Layout:
+    """Recognise which sections (and payload size) a header row holds."""
+    present = []
+    payload = 0
+    pos = 0
+    for sec in SECTION_ORDER:
+        if sec == "payload":
+            rest = columns[pos:]
+            payload = len(rest) // 8
+            if rest != [f"payload_bit_{i}" for i in range(len(rest))] or len(rest) % 8:
+                raise NetdiffError(f"{path}: unexpected columns after the headers: {rest[:3]}...")
+            break
+        names = [f"{f}_{i}" for f, w in SECTIONS[sec] for i in range(w)]
+        if columns[pos:pos + len(names)] == names:
+            present.append(sec)
+            pos += len(names)
+    layout = Layout(sections=tuple(present), payload_bytes=payload, name="nprint-csv")
+    if layout.width != len(columns):
+        raise NetdiffError(f"{path}: the header is not an nPrint header (unknown columns)")
+    return layout
+
+
+def read_csv(path) -> NprintTable:
+    path = str(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise NetdiffError(f"{path}: cannot read ({e})") from None
+    if not raw.strip():
+        raise NetdiffError(f"{path}: empty file, not an nPrint CSV")
+    head, _, body = raw.partition(b"\n")
+    cols = head.decode("ascii", "replace").strip().split(",")
+    n_meta = 1 + sum(c in ("rts", "tv_sec", "tv_usec") for c in cols[1:4])
+    meta_names = cols[:n_meta]
+    layout = layout_from_columns(cols[n_meta:], path)
+    lines = [ln for ln in body.split(b"\n") if ln.strip()]
+    if not lines:
+        return NprintTable(layout, meta_names[0], [], None, None, None,
+                           np.zeros((0, layout.width), np.int8))
+    meta = []
+    bits = np.empty((len(lines), layout.width), dtype=np.int8)
+    for i, ln in enumerate(lines):
+        parts = ln.split(b",", n_meta)
+        if len(parts) <= n_meta:
+            raise NetdiffError(f"{path}: line {i + 2} has too few columns")
+        meta.append(parts[:n_meta])
+        try:
+            row = np.array(parts[n_meta].split(b","), dtype=np.int8)
+        except ValueError:
+            raise NetdiffError(f"{path}: line {i + 2} holds a value that is not -1, 0 or 1") from None
+        if row.shape[0] != layout.width:
+            raise NetdiffError(f"{path}: line {i + 2} has {row.shape[0]} bit columns, "
+                               f"expected {layout.width}")
+        bits[i] = row
+    if not np.isin(bits, (-1, 0, 1)).all():
+        raise NetdiffError(f"{path}: values other than -1, 0, 1 in the bit columns")
+
+    def col(name):
+        if name not in meta_names:
+            return None
+        k = meta_names.index(name)
+        return np.array([int(m[k]) for m in meta], dtype=np.int64)
+
+    return NprintTable(layout, meta_names[0], [m[0].decode() for m in meta], col("rts"),
+                       col("tv_sec"), col("tv_usec"), bits)
+
+
+def skipped_summary(counts) -> str:
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+__all__ = ["header_line", "format_bits", "format_rows", "index_values", "RelativeClock", "read_csv",
+           "layout_from_columns", "NprintTable", "SKIP_REASONS", "skipped_summary", "pcap_to_csv"]
+
+
+def pcap_to_csv(path, out, layout: Layout, index: int = 0, relative: bool = False,
+                absolute: bool = False, count: int = 0, fill: int = -1,
+                fragments: str = "nprint") -> dict:
+    """nPrint's pcap -> CSV. ``count`` limits packets *read* (parsed or not), like nPrint's -c.
+    ``out`` is a path (written atomically) or a binary stream. Returns a summary dict."""
+    reader = CaptureReader(path)
+    clock = RelativeClock()
+    skipped: Counter = Counter()
+    rows = read = 0
+    own = not hasattr(out, "write")
+    if own:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        stream = open(tmp, "wb")
+    else:
+        stream = out
+    try:
+        stream.write(header_line(layout, index, relative, absolute))
+        for batch in reader:
+            if count and read + len(batch) > count:
+                batch = batch.take(np.arange(count - read))
+            read += len(batch)
+            bits, p = encode(batch, layout, fill=fill, fragments=fragments, vlan=False)
+            skipped += skipped_counts(p)
+            ok = p.reason == 0
+            prefixes = [index_values(batch, p, index)]
+            sec = batch.ts_sec[ok]
+            usec = batch.ts_nsec[ok] // 1000
+            if relative:
+                prefixes.append([str(v) for v in clock(sec, usec).tolist()])
+            if absolute:
+                prefixes.append([str(v) for v in sec.tolist()])
+                prefixes.append([str(v) for v in usec.tolist()])
+            stream.write(format_rows(bits, prefixes))
+            rows += len(bits)
+            if count and read >= count:
+                break
+        if own:
+            stream.close()
+            os.replace(tmp, out)
+    except BaseException:
+        if own:
+            stream.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    return {"packets_read": read, "rows": rows, "skipped": dict(skipped),
+            "stopped": reader.info.stopped}
