@@ -1,0 +1,351 @@
+"""pcap -> images (+ sidecars) and images -> pcap: the functions behind pcap2img and img2pcap."""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from netdiff import sidecar as sc
+from netdiff.bits.codec import SKIP_REASONS, Parsed, encode, overlay
+from netdiff.bits.layout import Layout, NETDIFFUSION
+from netdiff.errors import CaptureError, ImageError, NetdiffError
+from netdiff.image.codec import pad_rows, read_png_bits, write_png
+from netdiff.io.pcap import CaptureReader, PacketBatch, write_pcap
+
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp")
+GROUPINGS = ("file", "flow", "window")
+
+
+@dataclass
+class ConvertSummary:
+    files: int = 0
+    images: int = 0
+    packets_read: int = 0
+    rows: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)     # one line per file that failed
+    notes: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"files": self.files, "images": self.images, "packets_read": self.packets_read,
+                "rows": self.rows, "skipped": dict(self.skipped), "errors": self.errors,
+                "notes": self.notes}
+
+
+def find_captures(inp: Path, cls: str | None = None) -> list[tuple[Path, str]]:
+    """(capture, class) pairs: a single file, or DIR/<class>/*.pcap, or DIR/*.pcap."""
+    inp = Path(inp)
+    if not inp.exists():
+        raise NetdiffError(f"{inp}: no such file or directory")
+    if inp.is_file():
+        return [(inp, cls or inp.parent.name or "default")]
+    found = []
+    for f in sorted(inp.rglob("*")):
+        if f.is_file() and f.suffix.lower() in CAPTURE_SUFFIXES:
+            found.append((f, cls or (f.parent.name if f.parent != inp else inp.name)))
+    if not found:
+        raise NetdiffError(f"{inp}: no capture files (*.pcap, *.pcapng) in this directory")
+    return found
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class _Rows:
+    """Encoded packets waiting to be cut into images."""
+
+    bits: np.ndarray
+    batch: PacketBatch
+    residual: np.ndarray
+    l3: np.ndarray
+
+    @staticmethod
+    def concat(parts: list["_Rows"]) -> "_Rows":
+        if len(parts) == 1:
+            return parts[0]
+        return _Rows(np.concatenate([p.bits for p in parts]), PacketBatch.concat([p.batch for p in parts]),
+                     np.concatenate([p.residual for p in parts]), np.concatenate([p.l3 for p in parts]))
+
+    def split(self, n: int) -> tuple["_Rows", "_Rows"]:
+        cut = int(self.batch.caplen[:n].sum())
+        idx_a, idx_b = np.arange(n), np.arange(n, len(self.batch))
+        return (_Rows(self.bits[:n], self.batch.take(idx_a), self.residual[:cut], self.l3[:n]),
+                _Rows(self.bits[n:], self.batch.take(idx_b), self.residual[cut:], self.l3[n:]))
+
+    def take(self, idx: np.ndarray) -> "_Rows":
+        starts = np.zeros(len(self.batch), dtype=np.int64)
+        if len(self.batch):
+            starts[1:] = np.cumsum(self.batch.caplen)[:-1]
+        cap = self.batch.caplen[idx]
+        k = np.arange(int(cap.sum()), dtype=np.int64)
+        src = np.repeat(starts[idx] - np.concatenate([[0], np.cumsum(cap)[:-1]]), cap) + k
+        return _Rows(self.bits[idx], self.batch.take(idx), self.residual[src], self.l3[idx])
+
+
+def _encode_chunk(batch: PacketBatch, layout: Layout, keep_payload: bool) -> tuple[_Rows, Parsed]:
+    bits, p = encode(batch, layout)
+    ok = np.flatnonzero(p.reason == 0)
+    res = sc.residual_bytes(batch, p, layout, keep_payload)
+    return _Rows(bits, batch.take(ok), res, p.l3[ok]), p
+
+
+def flow_labels(batch: PacketBatch, p: Parsed) -> np.ndarray:
+    """Bidirectional 5-tuple label (0..F-1, in order of first packet) of every encodable packet."""
+    ok = np.flatnonzero(p.reason == 0)
+    g = p.window[ok]
+    n = len(ok)
+    rows = np.arange(n)
+    l3, l4 = p.l3[ok], p.l4[ok]
+    v4 = p.version[ok] == 4
+
+    def addr(off4: int, off6: int) -> tuple[np.ndarray, np.ndarray]:
+        at = np.where(v4, l3 + off4, l3 + off6)
+        width = np.where(v4, 4, 16)
+        j = np.arange(16)
+        b = g[rows[:, None], np.minimum(at[:, None] + j, g.shape[1] - 1)].astype(np.uint64)
+        b[j >= width[:, None]] = 0
+        hi = np.zeros(n, np.uint64)
+        lo = np.zeros(n, np.uint64)
+        for i in range(8):
+            hi = (hi << np.uint64(8)) | b[:, i]
+            lo = (lo << np.uint64(8)) | b[:, 8 + i]
+        return hi, lo
+
+    def port(off: int) -> np.ndarray:
+        has = np.isin(p.proto[ok], (6, 17))
+        v = (g[rows, l4 + off].astype(np.uint64) << np.uint64(8)) | g[rows, l4 + off + 1]
+        return np.where(has, v, np.uint64(0))
+
+    sh, sl = addr(12, 8)
+    dh, dl = addr(16, 24)
+    sp, dp = port(0), port(2)
+    a_first = (sh < dh) | ((sh == dh) & ((sl < dl) | ((sl == dl) & (sp <= dp))))
+    key = np.stack([p.proto[ok].astype(np.uint64),
+                    np.where(a_first, sh, dh), np.where(a_first, sl, dl), np.where(a_first, sp, dp),
+                    np.where(a_first, dh, sh), np.where(a_first, dl, sl), np.where(a_first, dp, sp)],
+                   axis=1)
+    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))   # relabel flows by first appearance
+    return order[inverse.reshape(-1)]
+
+
+def pcap2img(inp, out_dir, *, layout: Layout = NETDIFFUSION, cls: str | None = None,
+             group: str = "file", window: int | None = None, keep_payload: bool = True,
+             max_images: int | None = None, min_packets: int = 1,
+             progress: Callable[[str], None] | None = None) -> ConvertSummary:
+    """Convert a capture or a directory of ``<class>/*.pcap`` into images with sidecars."""
+    if group not in GROUPINGS:
+        raise NetdiffError(f"unknown grouping {group!r}; choose one of {', '.join(GROUPINGS)}")
+    per_image = layout.height
+    if group == "window":
+        if not window or window < 1:
+            raise NetdiffError("--group window needs --window N (packets per image, N >= 1)")
+        if window > layout.height:
+            raise NetdiffError(f"--window {window} is larger than the image height {layout.height}")
+        per_image = window
+    out_dir = Path(out_dir)
+    summary = ConvertSummary()
+    for path, klass in find_captures(Path(inp), cls):
+        try:
+            _convert_one(path, klass, out_dir, layout, group, per_image, keep_payload, max_images,
+                         min_packets, summary)
+            summary.files += 1
+        except (CaptureError, NetdiffError) as e:
+            summary.errors.append(str(e))
+        except OSError as e:
+            summary.errors.append(f"{path}: {e.strerror or e}")
+        if progress:
+            progress(str(path))
+    return summary
+
+
+def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: str, per_image: int,
+                 keep_payload: bool, max_images: int | None, min_packets: int,
+                 summary: ConvertSummary) -> None:
+    reader = CaptureReader(path)
+    source = {"path": str(path), "name": path.name, "sha256": _sha256(path),
+              "format": reader.info.format}
+    dest = out_dir / klass
+    made = 0
+    skipped_pending: list[tuple[int, str]] = []
+
+    def emit(rows: _Rows, tag: str, k: int, extra: dict) -> bool:
+        nonlocal made, skipped_pending
+        if max_images is not None and made >= max_images:
+            return False
+        png = dest / f"{path.stem}{tag}_{k:04d}.png"
+        write_png(png, pad_rows(rows.bits, layout.height),
+                  text={"netdiff:class": klass, "netdiff:layout": layout.name})
+        doc = sc.build(layout=layout, cls=klass, source=source, group={"mode": group, **extra, "index": k},
+                       batch=rows.batch, residual=rows.residual, l3=rows.l3, skipped=skipped_pending,
+                       keep_payload=keep_payload, ts_precision=reader.info.ts_precision)
+        sc.write(sc.sidecar_path(png), doc)
+        skipped_pending = []
+        made += 1
+        summary.images += 1
+        summary.rows += len(rows.batch)
+        summary.outputs.append(str(png))
+        return True
+
+    def note_skips(batch: PacketBatch, p: Parsed) -> None:
+        bad = np.flatnonzero(p.reason > 0)
+        skipped_pending.extend(zip(batch.number[bad].tolist(), (SKIP_REASONS[c] for c in p.reason[bad])))
+        for c in p.reason[bad]:
+            summary.skipped[SKIP_REASONS[c]] += 1
+
+    if group in ("file", "window"):
+        pending: list[_Rows] = []
+        have = 0
+        k = 0
+        for batch in reader:
+            summary.packets_read += len(batch)
+            rows, p = _encode_chunk(batch, layout, keep_payload)
+            note_skips(batch, p)
+            pending.append(rows)
+            have += len(rows.batch)
+            if have >= per_image:
+                allrows = _Rows.concat(pending)
+                while len(allrows.batch) >= per_image:
+                    head, allrows = allrows.split(per_image)
+                    if not emit(head, "", k, {}):
+                        break
+                    k += 1
+                pending, have = [allrows], len(allrows.batch)
+            if max_images is not None and made >= max_images:
+                break
+        rest = _Rows.concat(pending) if pending else None
+        if rest is not None and len(rest.batch):
+            emit(rest, "", k, {})
+    else:
+        batches = list(reader)
+        batch = PacketBatch.concat(batches)
+        summary.packets_read += len(batch)
+        rows, p = _encode_chunk(batch, layout, keep_payload)
+        note_skips(batch, p)
+        labels = flow_labels(batch, p)
+        order = np.argsort(labels, kind="stable")
+        bounds = np.flatnonzero(np.diff(labels[order])) + 1
+        for f, idx in enumerate(np.split(order, bounds)):
+            if len(idx) < min_packets:
+                continue
+            flow = rows.take(idx)
+            for k in range(0, len(idx), per_image):
+                if not emit(flow.take(np.arange(k, min(len(idx), k + per_image))), f"_flow{f:05d}",
+                            k // per_image, {"flow": f}):
+                    break
+    if reader.info.stopped:
+        summary.notes.append(f"{path}: read stopped early: {reader.info.stopped}")
+    for prob, n in reader.info.problems.items():
+        summary.notes.append(f"{path}: {n} packets with {prob}")
+    if made == 0:
+        summary.notes.append(f"{path}: no IPv4/IPv6 TCP/UDP/ICMP packets, no image written")
+
+
+# --- images -> pcap -----------------------------------------------------------------------------
+
+def find_images(inp: Path) -> list[Path]:
+    inp = Path(inp)
+    if not inp.exists():
+        raise NetdiffError(f"{inp}: no such file or directory")
+    if inp.is_file():
+        return [inp]
+    found = sorted(f for f in inp.rglob("*.png") if not f.name.startswith("."))
+    if not found:
+        raise NetdiffError(f"{inp}: no PNG images in this directory")
+    return found
+
+
+@dataclass
+class ImageResult:
+    png: str
+    pcap: str
+    mode: str            # "exact" or "repair"
+    packets: int
+    notes: list[str] = field(default_factory=list)
+
+
+def img2pcap(png, out, *, strict: bool = False, seed: int = 0, address_pool: str | None = None,
+             timing=None, layout: Layout | None = None) -> ImageResult:
+    """One image -> one pcap: exact when its sidecar describes a converted capture, else repair."""
+    png, out = Path(png), Path(out)
+    side = sc.sidecar_path(png)
+    if side.exists():
+        doc = sc.read(side)
+        if sc.is_converted_capture(doc):
+            return _exact(png, out, doc)
+    return _repaired(png, out, strict=strict, seed=seed, address_pool=address_pool, timing=timing,
+                     layout=layout, doc=sc.read(side) if side.exists() else None)
+
+
+def _exact(png: Path, out: Path, doc: dict) -> ImageResult:
+    try:
+        layout = Layout.from_dict(doc["layout"])
+        rows = int(doc["rows"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ImageError(png, f"sidecar has no valid layout ({e})") from None
+    bits = read_png_bits(png, width=layout.width, height=layout.height)
+    notes = []
+    if rows > layout.height:
+        raise ImageError(png, f"sidecar lists {rows} packets but the image has {layout.height} rows")
+    padding = bits[rows:]
+    if padding.size and not np.all(padding == -1):
+        notes.append(f"{int(np.any(padding != -1, axis=1).sum())} padding rows hold bits; ignored")
+    base, l3 = sc.base_batch(doc, png)
+    batch = overlay(base, bits[:rows], layout, l3, fill=-1)
+    write_pcap(out, batch, nanosecond=doc.get("ts_precision") == "ns")
+    return ImageResult(str(png), str(out), "exact", len(batch), notes)
+
+
+def _repaired(png: Path, out: Path, *, strict, seed, address_pool, timing, layout, doc) -> ImageResult:
+    try:
+        from netdiff import repair as rp
+    except ImportError:
+        raise ImageError(png, "no sidecar of a converted capture, and the repair module is not "
+                         "installed: cannot rebuild a generated image") from None
+    from netdiff.image.codec import read_rgb
+
+    if layout is None and doc and "layout" in doc:
+        layout = Layout.from_dict(doc["layout"])
+    layout = layout or NETDIFFUSION
+    rgb = read_rgb(png)
+    if strict:
+        from netdiff.image.codec import rgb_to_bits_exact
+        if rgb.shape[:2] != (layout.height, layout.width):
+            raise ImageError(png, f"image is {rgb.shape[1]}x{rgb.shape[0]} pixels, the layout needs "
+                             f"{layout.width}x{layout.height} (--strict: not resized)")
+        bits = rgb_to_bits_exact(rgb, png)
+        notes: list[str] = []
+    else:
+        bits, notes = rp.quantize(rgb, layout)
+    result = rp.repair(bits, layout, seed=seed, address_pool=address_pool, timing=timing, strict=strict)
+    write_pcap(out, result.batch, nanosecond=True)
+    return ImageResult(str(png), str(out), "repair", len(result.batch), list(notes))
+
+
+def img2pcap_many(inp, out, **kw) -> Iterator[ImageResult | str]:
+    """img2pcap over a PNG or a directory (mirrored under ``out``); yields results or error lines."""
+    inp, out = Path(inp), Path(out)
+    images = find_images(inp)
+    single = inp.is_file()
+    for png in images:
+        if single:
+            dst = out / f"{png.stem}.pcap" if out.is_dir() or str(out).endswith("/") else out
+        else:
+            dst = (out / png.relative_to(inp)).with_suffix(".pcap")
+        try:
+            yield img2pcap(png, dst, **kw)
+        except NetdiffError as e:
+            yield str(e)
+
+

@@ -1,0 +1,198 @@
+"""Typed configuration for the diffusion layer, loaded from ``configs/model/*.yaml``.
+
+One YAML file holds four sections (``image``, ``unet``, ``text``, ``train``) plus ``lora``,
+``controlnet`` and ``sample``. Every key has a default here, so a config file only states what it
+changes; unknown keys are an error (a typo must not be silently ignored).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from netdiff.errors import NetdiffError
+
+CAPTION_TEMPLATE = "pixelated network data, type-{cls}"   # NetDiffusion's prompt
+
+
+@dataclass
+class ImageConfig:
+    """What the model sees. ``space`` is ``ternary`` (the lossless pixel_unshuffle autoencoder on
+    the 1-channel {-1,0,1} map) or ``vae`` (the base model's own AutoencoderKL on the RGB image, as
+    NetDiffusion did with SD 1.5; it loses bits, see docs/diffusion.md)."""
+
+    layout: str = "netdiffusion"
+    height: int = 1024            # packets (rows) per training image; taller images are cut, shorter padded
+    width: int = 1088             # columns: must equal the layout's width, never cropped
+    space: str = "ternary"
+    factor: int = 8               # pixel_unshuffle factor of the ternary autoencoder
+    rows: str = "first"           # "first": first `height` rows of each image; "tile": every window with packets
+    train_height: int | None = None   # vae space only: resize (nearest) to this size for training,
+    train_width: int | None = None    # NetDiffusion's 768 x 816; None = native size
+
+
+@dataclass
+class UNetConfig:
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    attention_head_dim: int = 8
+    cross_attention_dim: int = 512
+    # Cross-attention only in the low-resolution blocks keeps the full-width rows cheap.
+    down_block_types: tuple[str, ...] | None = None
+    up_block_types: tuple[str, ...] | None = None
+    norm_num_groups: int = 32
+
+
+@dataclass
+class TextConfig:
+    hidden_size: int = 512
+    intermediate_size: int = 1024
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 8
+    vocab_size: int = 1024        # the tokenizer trained on the captions must fit in this
+    max_length: int = 16
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10000
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    learning_rate: float = 1e-4
+    lr_warmup_steps: int = 500
+    lr_scheduler: str = "constant_with_warmup"
+    adam_weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    caption_dropout: float = 0.1  # share of captions replaced by "" so guidance (cfg) works
+    train_text_encoder: bool = True
+    mixed_precision: str = "bf16"   # used only on a GPU; CPU runs in fp32
+    checkpoint_every: int = 1000
+    checkpoints_kept: int = 2
+    seed: int = 0
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    prediction_type: str = "epsilon"
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 16
+    alpha: int | None = None      # None = rank (scale 1)
+    learning_rate: float = 1e-4
+    steps: int = 2000
+    batch_size: int = 4
+    train_text_encoder: bool = False
+    unet_target_modules: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+    text_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+@dataclass
+class ControlNetConfig:
+    kind: str = "mask"            # "mask" (protocol fields present) or "canny" (edges, NetDiffusion's)
+    learning_rate: float = 1e-5
+    steps: int = 2000
+    batch_size: int = 4
+    conditioning_scale: float = 1.0
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 20
+    cfg: float = 7.0
+    scheduler: str = "dpmpp-2m-karras"
+    batch_size: int = 4
+    hires_height: int | None = None   # --hires: second pass at this size (NetDiffusion: 1024 x 1088)
+    hires_width: int | None = None
+    hires_strength: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    name: str = "custom"
+    image: ImageConfig = field(default_factory=ImageConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        im = self.image
+        if im.space not in ("ternary", "vae"):
+            raise NetdiffError(f"image.space must be 'ternary' or 'vae', not {im.space!r}")
+        if im.rows not in ("first", "tile"):
+            raise NetdiffError(f"image.rows must be 'first' or 'tile', not {im.rows!r}")
+        if im.height < 1 or im.width < 1:
+            raise NetdiffError("image.height and image.width must be positive")
+        if self.controlnet.kind not in ("mask", "canny"):
+            raise NetdiffError(f"controlnet.kind must be 'mask' or 'canny', not {self.controlnet.kind!r}")
+        if im.space == "ternary":
+            # The UNet halves the latent (len(blocks) - 1) times; every side must stay an integer.
+            div = im.factor * 2 ** (len(self.unet.block_out_channels) - 1)
+            for side, n in (("height", im.height), ("width", im.width)):
+                if n % div:
+                    raise NetdiffError(
+                        f"image.{side} {n} is not a multiple of {div} (factor {im.factor} x "
+                        f"2^{len(self.unet.block_out_channels) - 1} UNet downsamples): choose another "
+                        "height, factor or number of UNet blocks")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "ModelConfig":
+        return _build(cls, d or {}, source)
+
+
+def _build(klass, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise NetdiffError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(klass)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise NetdiffError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = known[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    try:
+        return klass(**kwargs)
+    except TypeError as e:
+        raise NetdiffError(f"{where}: {e}") from None
+
+
+def load_config(path) -> ModelConfig:
+    """A YAML file, or the name of one in ``configs/model/`` (``tiny``, ``compact``, ``sd15-lora``)."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists() and not p.suffix:
+        repo_configs = Path(__file__).resolve().parents[2] / "configs" / "model" / f"{path}.yaml"
+        if repo_configs.exists():
+            p = repo_configs
+    if not p.exists():
+        raise NetdiffError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise NetdiffError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    cfg = ModelConfig.from_dict(data or {}, source=str(p))
+    if cfg.name == "custom":
+        cfg.name = p.stem
+    return cfg
+
+
+def config_from_json(text: str) -> ModelConfig:
+    return ModelConfig.from_dict(json.loads(text), source="saved model config")

@@ -1,0 +1,157 @@
+"""The JSON sidecar next to each image: everything the image cannot hold.
+
+An image keeps the header bits of its layout; the sidecar keeps the rest, so image + sidecar give
+back the original packets byte for byte: timestamps, lengths, link type, and a *residual* per
+packet (its captured bytes with every byte the image covers zeroed, zlib-compressed). Exact
+reconstruction overlays the image's bits on the residual, so the image still has to be right.
+With ``keep_payload=False`` the residual's payload bytes are zeroed too (privacy, size).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from netdiff.bits.codec import Parsed, _section_bytes, _kept_bytes
+from netdiff.bits.layout import SECTION_BYTES, Layout
+from netdiff.errors import ImageError
+from netdiff.io.pcap import PacketBatch
+
+SIDECAR_VERSION = 1
+
+
+def sidecar_path(png: Path) -> Path:
+    return Path(png).with_suffix(".json")
+
+
+def _full_byte_map(layout: Layout) -> list[tuple[str, int]]:
+    """(section, byte within the section) for every byte column of the full matrix."""
+    out = []
+    for sec in layout.sections:
+        budget = layout.payload_bytes if sec == "payload" else SECTION_BYTES[sec]
+        out.extend((sec, j) for j in range(budget))
+    return out
+
+
+def residual_bytes(batch: PacketBatch, p: Parsed, layout: Layout, keep_payload: bool = True) -> np.ndarray:
+    """Flat uint8 buffer of the encodable packets' bytes (in order), with covered bytes zeroed.
+
+    Packet i of the result spans ``caplen`` bytes; lengths are ``batch.caplen[p.reason == 0]``."""
+    ok = np.flatnonzero(p.reason == 0)
+    cap = batch.caplen[ok]
+    total = int(cap.sum())
+    starts = np.zeros(len(ok), dtype=np.int64)
+    if len(ok):
+        starts[1:] = np.cumsum(cap)[:-1]
+    k = np.arange(total, dtype=np.int64)
+    src = np.repeat(batch.offset[ok] - starts, cap) + k
+    out = batch.data[src].copy()
+    kept = _kept_bytes(layout)
+    if kept is None:
+        raise ValueError("sidecars need a layout whose dropped fields are whole bytes")
+    bmap = _full_byte_map(layout)
+    by_sec: dict[str, list[int]] = {}
+    for col in kept.tolist():
+        sec, j = bmap[col]
+        by_sec.setdefault(sec, []).append(j)
+    for sec, js in by_sec.items():
+        start, nvalid, _ = _section_bytes(p, batch.caplen, sec, layout.payload_bytes)
+        start, nvalid = start[ok], nvalid[ok]
+        j = np.asarray(js)
+        pos = start[:, None] + j
+        valid = (j < nvalid[:, None]) & (pos < cap[:, None])
+        r, c = np.nonzero(valid)
+        out[starts[r] + pos[r, c]] = 0
+    if not keep_payload:
+        pstart = np.minimum(p.l4[ok] + p.l4_hlen[ok], cap)
+        drop = np.repeat(pstart, cap) <= (k - np.repeat(starts, cap))
+        out[drop] = 0
+    return out
+
+
+def build(*, layout: Layout, cls: str, source: dict, group: dict, batch: PacketBatch,
+          residual: np.ndarray, l3: np.ndarray, skipped: list[tuple[int, str]],
+          keep_payload: bool, ts_precision: str) -> dict:
+    """The sidecar dict for one image whose rows are the packets of ``batch`` in order."""
+    return {
+        "netdiff_sidecar": SIDECAR_VERSION,
+        "class": cls,
+        "source": source,
+        "group": group,
+        "layout": layout.to_dict(),
+        "rows": len(batch),
+        "ts_precision": ts_precision,
+        "packets": {
+            "number": batch.number.tolist(),
+            "ts_sec": batch.ts_sec.tolist(),
+            "ts_nsec": batch.ts_nsec.tolist(),
+            "caplen": batch.caplen.tolist(),
+            "wirelen": batch.wirelen.tolist(),
+            "linktype": batch.linktype.tolist(),
+            "l3": l3.tolist(),
+        },
+        "residual": {
+            "encoding": "zlib+base64",
+            "payload_kept": keep_payload,
+            "data": base64.b64encode(zlib.compress(residual.tobytes(), 6)).decode("ascii"),
+        },
+        "skipped": {"count": len(skipped), "packets": [[int(n), r] for n, r in skipped]},
+    }
+
+
+def write(path: Path, doc: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise ImageError(path, "no sidecar JSON") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ImageError(path, f"sidecar is not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ImageError(path, "sidecar is not a JSON object")
+    return doc
+
+
+def is_converted_capture(doc: dict) -> bool:
+    """True when the sidecar describes a converted capture (it can be rebuilt exactly)."""
+    return doc.get("netdiff_sidecar") == SIDECAR_VERSION and "residual" in doc and "packets" in doc
+
+
+def base_batch(doc: dict, path) -> tuple[PacketBatch, np.ndarray]:
+    """The residual packets (timestamps, lengths, link types) and their IP header offsets."""
+    try:
+        pk = doc["packets"]
+        raw = zlib.decompress(base64.b64decode(doc["residual"]["data"]))
+        cap = np.asarray(pk["caplen"], dtype=np.int64)
+        offset = np.zeros(len(cap), dtype=np.int64)
+        if len(cap):
+            offset[1:] = np.cumsum(cap)[:-1]
+        if len(raw) != int(cap.sum()):
+            raise ValueError("residual length does not match the captured lengths")
+        batch = PacketBatch(np.frombuffer(raw, dtype=np.uint8).copy(), offset, cap,
+                            np.asarray(pk["wirelen"], np.int64), np.asarray(pk["ts_sec"], np.int64),
+                            np.asarray(pk["ts_nsec"], np.int64), np.asarray(pk["linktype"], np.int32),
+                            np.asarray(pk["number"], np.int64))
+        return batch, np.asarray(pk["l3"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError, zlib.error, base64.binascii.Error) as e:
+        raise ImageError(path, f"sidecar is damaged ({e.__class__.__name__}: {e})") from None
+
+
+def dump_json(obj) -> str:
+    return json.dumps(obj, indent=1)
