@@ -252,9 +252,10 @@ def encode(batch: P.PacketBatch, layout: Layout, fill: int = -1, fragments: str 
     codes = byte_codes(batch, p, layout)
     lut = bit_lut(fill)
     kb = _kept_bytes(layout)
+    n = len(codes)
     if kb is not None:
-        return lut[codes[:, kb]].reshape(len(codes), -1), p
-    return lut[codes].reshape(len(codes), -1)[:, layout.keep], p
+        return lut[codes[:, kb]].reshape(n, layout.width), p
+    return lut[codes].reshape(n, layout.full_width)[:, layout.keep], p
 
 
 def skipped_counts(p: Parsed) -> Counter:

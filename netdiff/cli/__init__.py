@@ -61,6 +61,8 @@ def main(argv=None):
         return cli.main(args=argv, prog_name="netdiff", standalone_mode=False) or 0
     except click.exceptions.Exit as e:
         return e.exit_code
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except click.ClickException as e:
         e.show()
         return e.exit_code

@@ -32,8 +32,7 @@ def class_of(png: Path, root: Path) -> str:
             raise ImageError(side, f"unreadable sidecar JSON ({e})") from None
         if isinstance(doc, dict) and isinstance(doc.get("class"), str) and doc["class"]:
             return doc["class"]
-    parent = png.parent
-    return parent.name if parent != root or not root.name else root.name
+    return png.parent.name
 
 
 def find_pngs(img_dir) -> list[Path]:

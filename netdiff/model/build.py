@@ -1,0 +1,109 @@
+"""Networks and schedulers built from a ModelConfig, with nothing downloaded."""
+from __future__ import annotations
+
+from netdiff.errors import NetdiffError
+from netdiff.model.config import ModelConfig, TrainConfig
+
+SCHEDULERS = ("dpmpp-2m-karras", "euler-a", "ddim", "ddpm")
+
+
+def latent_size(cfg: ModelConfig, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    f = cfg.image.factor
+    return (height or cfg.image.height) // f, (width or cfg.image.width) // f
+
+
+def block_types(cfg: ModelConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """No attention at the highest resolution: 128 x 136 latents would make 17,408-token
+    self-attention; the lower blocks and the mid block carry the text conditioning."""
+    n = len(cfg.unet.block_out_channels)
+    down = cfg.unet.down_block_types or ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
+    up = cfg.unet.up_block_types or ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
+    if len(down) != n or len(up) != n:
+        raise NetdiffError(f"unet: {n} block_out_channels need {n} down and {n} up block types")
+    return tuple(down), tuple(up)
+
+
+def build_unet(cfg: ModelConfig):
+    from diffusers import UNet2DConditionModel
+
+    channels = cfg.image.factor ** 2          # 1 ternary channel folded by pixel_unshuffle
+    down, up = block_types(cfg)
+    u = cfg.unet
+    return UNet2DConditionModel(
+        sample_size=list(latent_size(cfg)),
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=tuple(u.block_out_channels),
+        layers_per_block=u.layers_per_block,
+        attention_head_dim=u.attention_head_dim,
+        cross_attention_dim=u.cross_attention_dim,
+        norm_num_groups=u.norm_num_groups,
+    )
+
+
+def build_text_encoder(cfg: ModelConfig):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    t = cfg.text
+    # Token ids follow netdiff.model.tokenizer.SPECIAL_TOKENS: [PAD]=0, [UNK]=1, [BOS]=2, [EOS]=3.
+    config = CLIPTextConfig(
+        vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
+        max_position_embeddings=t.max_length, projection_dim=cfg.unet.cross_attention_dim,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    if t.hidden_size != cfg.unet.cross_attention_dim:
+        raise NetdiffError(f"text.hidden_size ({t.hidden_size}) must equal unet.cross_attention_dim "
+                           f"({cfg.unet.cross_attention_dim})")
+    return CLIPTextModel(config)
+
+
+def build_train_scheduler(train: TrainConfig):
+    from diffusers import DDPMScheduler
+
+    # steps_offset=1 and clip_sample=False: what SD pipelines expect (they rewrite the config otherwise).
+    return DDPMScheduler(num_train_timesteps=train.num_train_timesteps, beta_schedule=train.beta_schedule,
+                         beta_start=0.00085, beta_end=0.012, prediction_type=train.prediction_type,
+                         clip_sample=False, steps_offset=1, timestep_spacing="leading")
+
+
+def make_scheduler(name: str, base_config):
+    """A sampling scheduler by name, sharing the training noise schedule (``base_config``)."""
+    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                           EulerAncestralDiscreteScheduler)
+
+    if name == "dpmpp-2m-karras":
+        return DPMSolverMultistepScheduler.from_config(
+            base_config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True)
+    if name == "euler-a":
+        return EulerAncestralDiscreteScheduler.from_config(base_config)
+    if name == "ddim":
+        return DDIMScheduler.from_config(base_config, clip_sample=False, set_alpha_to_one=False)
+    if name == "ddpm":
+        return DDPMScheduler.from_config(base_config)
+    raise NetdiffError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def pick_device(prefer: str | None = None):
+    """cuda when present (or asked for), else mps, else cpu."""
+    import torch
+
+    if prefer:
+        if prefer.startswith("cuda") and not torch.cuda.is_available():
+            raise NetdiffError(f"--device {prefer}: no CUDA device here")
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def inference_dtype(device):
+    """fp16 on CUDA (bf16 where supported, it does not overflow), fp32 elsewhere."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32

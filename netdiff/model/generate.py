@@ -1,0 +1,305 @@
+"""Sample images from a trained model: load the folder, denoise, round to {-1,0,1}, write PNGs.
+
+``NetdiffPipeline`` is a small diffusers pipeline: a text-conditioned UNet (optionally with a
+ControlNet) over either the lossless ternary latent or an SD-style VAE latent. It inherits
+``load_lora_weights`` from diffusers' StableDiffusionLoraLoaderMixin, so LoRA folders written by
+``netdiff finetune`` (or any SD 1.5 LoRA for a SD 1.5 base) load the standard way.
+
+Determinism: image k of a run uses ``torch.Generator().manual_seed(seed + k)`` for its starting
+noise and for any noise the sampler adds, so the same seed gives the same PNG bytes (on one device
+type; CPU and GPU kernels differ in the last bits).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from netdiff.errors import NetdiffError
+from netdiff.model.data import caption_for
+from netdiff.model.tokenizer import tokenize
+
+
+@dataclass
+class NetdiffPipelineOutput:
+    samples: torch.Tensor          # decoded, before rounding: (B, C, H, W)
+    bits: np.ndarray               # (B, H, W) int8 in {-1, 0, 1}
+
+
+@dataclass
+class GenerateResult:
+    bits: np.ndarray                               # (N, H, W) int8
+    seeds: list[int]
+    images: list[Path] = field(default_factory=list)
+    pcaps: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    device: str = "cpu"
+
+
+class NetdiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+    _lora_loadable_modules = ["unet", "text_encoder"]
+    model_cpu_offload_seq = "text_encoder->unet"
+
+    def __init__(self, unet, text_encoder, tokenizer, autoencoder, scheduler, controlnet=None):
+        super().__init__()
+        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                              autoencoder=autoencoder, scheduler=scheduler, controlnet=controlnet)
+
+    @property
+    def scale_factor(self) -> int:
+        vae = self.autoencoder
+        if hasattr(vae.config, "factor"):
+            return int(vae.config.factor)
+        return 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str], device) -> torch.Tensor:
+        ids = tokenize(self.tokenizer, prompts).to(device)
+        return self.text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.autoencoder
+        dist = vae.encode(pixels.to(self.unet.device, self.unet.dtype)).latent_dist
+        return dist.mode() * vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.autoencoder
+        dtype = next(vae.parameters()).dtype if any(True for _ in vae.parameters()) else latents.dtype
+        return vae.decode(latents.to(dtype) / vae.config.scaling_factor).sample
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], *, height: int, width: int, generators: list[torch.Generator],
+                 num_inference_steps: int = 20, guidance_scale: float = 7.0,
+                 control: torch.Tensor | None = None, controlnet_conditioning_scale: float = 1.0,
+                 init_latents: torch.Tensor | None = None, strength: float = 1.0,
+                 progress: bool = True) -> NetdiffPipelineOutput:
+        # 1. Check inputs. Raise error if not correct
+        f = self.scale_factor
+        if height % f or width % f:
+            raise ValueError(f"height {height} and width {width} must be multiples of {f}")
+        if len(generators) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(generators)} generators")
+        if control is not None and self.controlnet is None:
+            raise ValueError("a control image needs a ControlNet")
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], not {strength}")
+        device, dtype = self.unet.device, self.unet.dtype
+        batch = len(prompts)
+        do_cfg = guidance_scale > 1.0
+
+        # 2. Encode the prompts (the empty prompt is the unconditional branch of guidance)
+        cond = self.encode_prompt(prompts, device)
+        if do_cfg:
+            cond = torch.cat([self.encode_prompt([""] * batch, device), cond])
+
+        # 3. Timesteps (img2img / hires: start part-way, at `strength`)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        if init_latents is not None and strength < 1.0:
+            start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
+            timesteps = timesteps[start * self.scheduler.order:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(start * self.scheduler.order)
+            if len(timesteps) == 0:
+                raise ValueError(f"strength {strength} leaves no denoising step of {num_inference_steps}")
+
+        # 4. Starting latents: per-image generators make image k independent of the batch it is in
+        shape = (batch, self.unet.config.in_channels, height // f, width // f)
+        noise = randn_tensor(shape, generator=generators, device=torch.device("cpu"), dtype=torch.float32)
+        noise = noise.to(device, dtype)
+        if init_latents is None:
+            latents = noise * self.scheduler.init_noise_sigma
+        else:
+            latents = self.scheduler.add_noise(init_latents.to(device, dtype), noise, timesteps[:1].repeat(batch))
+
+        # 5. Control image, one per prompt, duplicated for both halves of guidance
+        if control is not None:
+            control = control.to(device, dtype)
+            if control.shape[0] == 1:
+                control = control.expand(batch, -1, -1, -1)
+            if control.shape[-2:] != (height, width):
+                raise ValueError(f"control image is {tuple(control.shape[-2:])}, the sample {(height, width)}")
+            if do_cfg:
+                control = torch.cat([control, control])
+
+        # 6. Denoising loop
+        for t in self.progress_bar(timesteps) if progress else timesteps:
+            model_in = torch.cat([latents] * 2) if do_cfg else latents
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            down_res = mid_res = None
+            if control is not None:
+                down_res, mid_res = self.controlnet(
+                    model_in, t, encoder_hidden_states=cond, controlnet_cond=control,
+                    conditioning_scale=controlnet_conditioning_scale, return_dict=False)
+            pred = self.unet(model_in, t, encoder_hidden_states=cond,
+                             down_block_additional_residuals=down_res,
+                             mid_block_additional_residual=mid_res).sample
+            if do_cfg:
+                uncond, text = pred.chunk(2)
+                pred = uncond + guidance_scale * (text - uncond)
+            latents = self.scheduler.step(pred, t, latents, generator=generators).prev_sample
+
+        # 7. Decode and round to the three values
+        samples = self.decode_latents(latents).float()
+        from netdiff.model.ternary import tensor_to_bits
+
+        return NetdiffPipelineOutput(samples=samples, bits=tensor_to_bits(samples))
+
+
+def pixels_for(bits: np.ndarray, space: str) -> torch.Tensor:
+    from netdiff.model.ternary import bits_to_rgb_tensor, bits_to_tensor
+
+    return (bits_to_tensor if space == "ternary" else bits_to_rgb_tensor)(bits)
+
+
+def load_pipeline(model, *, lora=None, lora_scale: float = 1.0, controlnet=None, device=None,
+                  config=None, scheduler: str = "dpmpp-2m-karras"):
+    """Model folder (+ LoRA folder, + ControlNet folder) -> (pipeline, bundle, controlnet kind)."""
+    from netdiff.model.build import inference_dtype, make_scheduler, pick_device
+    from netdiff.model.store import CONTROLNET_JSON, LORA_JSON, load_model, read_json
+
+    device = pick_device(device) if not isinstance(device, torch.device) else device
+    bundle = load_model(model, config=config)
+    control_kind = None
+    cn = None
+    if controlnet is not None:
+        from diffusers import ControlNetModel
+
+        doc = read_json(Path(controlnet) / CONTROLNET_JSON, "ControlNet")
+        control_kind = doc["kind"]
+        cn = ControlNetModel.from_pretrained(controlnet, use_safetensors=True)
+    pipe = NetdiffPipeline(unet=bundle.unet, text_encoder=bundle.text_encoder, tokenizer=bundle.tokenizer,
+                           autoencoder=bundle.autoencoder,
+                           scheduler=make_scheduler(scheduler, bundle.scheduler.config), controlnet=cn)
+    if lora is not None:
+        doc = read_json(Path(lora) / LORA_JSON, "LoRA")
+        bundle.classes = sorted(set(bundle.classes) | set(doc.get("classes", [])))
+        pipe.load_lora_weights(str(lora), adapter_name="netdiff")
+        pipe.set_adapters(["netdiff"], adapter_weights=[lora_scale])
+    pipe.to(device, inference_dtype(device))
+    pipe.set_progress_bar_config(disable=None, leave=False)
+    return pipe, bundle, control_kind
+
+
+def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, lora_scale: float = 1.0,
+             controlnet=None, control: str | None = None, steps: int | None = None, cfg: float | None = None,
+             scheduler: str | None = None, batch_size: int | None = None, hires: bool = False,
+             pcap: bool = False, device=None, config=None, progress: bool = True) -> GenerateResult:
+    """``count`` images of class ``cls``: PNGs (and pcaps through the repair path) in ``output``."""
+    from netdiff.bits.layout import named_layout
+    from netdiff.model.controls import load_control
+
+    if count < 1:
+        raise NetdiffError(f"--count must be at least 1, not {count}")
+    if (controlnet is None) != (control is None):
+        raise NetdiffError("--controlnet and --control go together")
+    if pcap and output is None:
+        raise NetdiffError("--pcap needs an output folder")
+
+    # 1. Load the model (+ LoRA, + ControlNet)
+    pipe, bundle, control_kind = load_pipeline(
+        model, lora=lora, lora_scale=lora_scale, controlnet=controlnet, device=device, config=config,
+        scheduler=scheduler or _default(model, config).sample.scheduler)
+    mcfg = bundle.config
+    s = mcfg.sample
+    steps, cfg_scale = steps or s.steps, s.cfg if cfg is None else cfg
+    batch_size = batch_size or s.batch_size
+    if bundle.classes and cls not in bundle.classes:
+        raise NetdiffError(f"class {cls!r} is not one this model was trained on "
+                           f"({', '.join(bundle.classes)}); fine-tune it with netdiff finetune")
+
+    # 2. Sizes: the layout fixes the columns; --hires adds a second pass at the larger size
+    layout = named_layout(mcfg.image.layout, height=mcfg.image.height)
+    im = mcfg.image
+    if hires:
+        first = (im.train_height or im.height, im.train_width or im.width)
+        final = (s.hires_height or im.height, s.hires_width or im.width)
+        if first == final:
+            raise NetdiffError(f"--hires: config {mcfg.name!r} has no hires size different from its base "
+                               f"size {first}; set sample.hires_height / hires_width")
+    else:
+        first = final = (im.height, im.width)
+    if final[1] != layout.width:
+        raise NetdiffError(f"samples would be {final[1]} columns wide; the {layout.name} layout has "
+                           f"{layout.width}")
+
+    # 3. Control image (the same for every image of the run)
+    control_t = None
+    if control is not None:
+        ctrl = load_control(control, control_kind, layout, final[0])
+        control_t = torch.from_numpy(ctrl)[None, None]
+        if hires and first != final:
+            raise NetdiffError("--hires with a ControlNet is not supported: the ControlNet was trained "
+                               "at one size")
+
+    # 4. Sample in batches, one generator per image
+    seeds = [seed + k for k in range(count)]
+    out_bits = []
+    prompt = caption_for(cls)
+    for lo in range(0, count, batch_size):
+        chunk = seeds[lo: lo + batch_size]
+        gens = [torch.Generator("cpu").manual_seed(sd) for sd in chunk]
+        res = pipe([prompt] * len(chunk), height=first[0], width=first[1], generators=gens,
+                   num_inference_steps=steps, guidance_scale=cfg_scale, control=control_t,
+                   controlnet_conditioning_scale=mcfg.controlnet.conditioning_scale, progress=progress)
+        bits = res.bits
+        if hires:
+            # NetDiffusion's hires fix: enlarge the first pass, re-noise it part-way, denoise again.
+            big = torch.stack([pixels_for(b, im.space) for b in bits])
+            big = torch.nn.functional.interpolate(big, size=final, mode="nearest")
+            init = pipe.encode_images(big)
+            gens = [torch.Generator("cpu").manual_seed(sd + 1_000_003) for sd in chunk]
+            bits = pipe([prompt] * len(chunk), height=final[0], width=final[1], generators=gens,
+                        num_inference_steps=steps, guidance_scale=cfg_scale, init_latents=init,
+                        strength=s.hires_strength, progress=progress).bits
+        out_bits.append(bits)
+    all_bits = np.concatenate(out_bits)
+    result = GenerateResult(bits=all_bits, seeds=seeds, device=str(pipe.unet.device))
+
+    # 5. Write PNGs (and pcaps through the repair path)
+    if output is not None:
+        from netdiff.image.codec import write_png
+
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        for bits, sd in zip(all_bits, seeds):
+            png = out / f"{cls}_{sd:06d}.png"
+            write_png(png, bits, text={"netdiff:class": cls, "netdiff:seed": str(sd),
+                                        "netdiff:model": str(bundle.source), "netdiff:lora": str(lora or ""),
+                                        "netdiff:steps": str(steps), "netdiff:cfg": str(cfg_scale)})
+            result.images.append(png)
+        if pcap:
+            img2pcap = _img2pcap()
+            for png, sd in zip(result.images, seeds):
+                dest = png.with_suffix(".pcap")
+                img2pcap(png, dest, seed=sd)
+                result.pcaps.append(dest)
+    return result
+
+
+def _default(model, config):
+    from netdiff.model.config import ModelConfig
+    from netdiff.model.store import MODEL_JSON, is_netdiff_model
+
+    if config is not None:
+        return config
+    if is_netdiff_model(model):
+        import json
+
+        return ModelConfig.from_dict(json.loads((Path(model) / MODEL_JSON).read_text())["config"])
+    return ModelConfig()
+
+
+def _img2pcap():
+    try:
+        from netdiff.convert import img2pcap
+    except ImportError as e:
+        raise NetdiffError(f"--pcap needs netdiff.convert.img2pcap, which is not available ({e})") from None
+    return img2pcap

@@ -1,0 +1,150 @@
+"""Model folders: what train-base writes and what finetune / train-controlnet / generate load.
+
+A netdiff model folder follows diffusers' one-subfolder-per-part convention (``unet/``,
+``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``autoencoder/``), every weight file in
+safetensors, plus ``netdiff_model.json`` (class names, the netdiff config). The JSON is written last,
+so a folder without it is an unfinished save. A diffusers Stable Diffusion folder (``model_index.json``,
+e.g. a local SD 1.5) or a hub id the user names loads too; its VAE then maps RGB images to latents.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netdiff.errors import NetdiffError
+from netdiff.model.config import ModelConfig
+
+MODEL_JSON = "netdiff_model.json"
+LORA_JSON = "netdiff_lora.json"
+CONTROLNET_JSON = "netdiff_controlnet.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelBundle:
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    autoencoder: Any          # TernaryAutoencoder or a diffusers AutoencoderKL
+    scheduler: Any            # the training (DDPM) scheduler; its config seeds the samplers
+    config: ModelConfig
+    classes: list[str] = field(default_factory=list)   # empty: any class name (a foreign base)
+    source: str = ""
+    kind: str = "netdiff"     # "netdiff" or "diffusers"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def replace_dir(staged: Path, final: Path) -> None:
+    """Move a fully written folder into place (the old one, if any, goes only after that)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old{os.getpid()}")
+        os.replace(final, old)
+    os.replace(staged, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def stage_dir(out_dir: Path, name: str) -> Path:
+    staged = Path(out_dir) / f".{name}.partial{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    return staged
+
+
+def save_model(bundle: ModelBundle, out_dir) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MODEL_JSON).unlink(missing_ok=True)       # the folder is incomplete until the end
+    parts = {"unet": bundle.unet, "text_encoder": bundle.text_encoder, "tokenizer": bundle.tokenizer,
+             "scheduler": bundle.scheduler, "autoencoder": bundle.autoencoder}
+    for name, part in parts.items():
+        staged = stage_dir(out, name)
+        if name in ("unet", "text_encoder"):
+            part.save_pretrained(staged, safe_serialization=True)
+        else:
+            part.save_pretrained(staged)
+        replace_dir(staged, out / name)
+    write_json_atomic(out / MODEL_JSON, {
+        "format": "netdiff-model", "version": FORMAT_VERSION, "classes": list(bundle.classes),
+        "space": bundle.config.image.space, "config": bundle.config.to_dict()})
+    return out
+
+
+def is_netdiff_model(path) -> bool:
+    return (Path(path) / MODEL_JSON).is_file()
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
+
+
+def load_model(source, config: ModelConfig | None = None, torch_dtype=None) -> ModelBundle:
+    """A netdiff model folder, a local diffusers Stable Diffusion folder, or a hub id (downloaded
+    only because the user named it). ``config`` supplies image/training settings for a foreign base."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from netdiff.model.ternary import TernaryAutoencoder
+
+    src = str(source)
+    path = Path(src).expanduser()
+    kw = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    if path.is_dir() and is_netdiff_model(path):
+        doc = json.loads((path / MODEL_JSON).read_text())
+        if doc.get("format") != "netdiff-model":
+            raise NetdiffError(f"{path / MODEL_JSON}: not a netdiff model description")
+        cfg = ModelConfig.from_dict(doc["config"], source=str(path / MODEL_JSON))
+        return ModelBundle(
+            unet=UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True, **kw),
+            text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True, **kw),
+            tokenizer=AutoTokenizer.from_pretrained(path / "tokenizer"),
+            autoencoder=TernaryAutoencoder.from_pretrained(path / "autoencoder"),
+            scheduler=DDPMScheduler.from_pretrained(path / "scheduler"),
+            config=cfg, classes=list(doc.get("classes", [])), source=str(path.resolve()), kind="netdiff")
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise NetdiffError(f"{path}: neither a netdiff model folder ({MODEL_JSON}) nor a diffusers "
+                               "pipeline folder (model_index.json)")
+        where, local = str(path), True
+    elif path.exists():
+        raise NetdiffError(f"{path}: a model must be a folder")
+    elif _looks_like_hub_id(src):
+        where, local = src, False
+    else:
+        raise NetdiffError(f"{src}: no such model folder (and not a hub id like org/name)")
+    cfg = config or ModelConfig.from_dict({"image": {"space": "vae"}})
+    if cfg.image.space != "vae":
+        raise NetdiffError(f"{src} is a Stable Diffusion pipeline: its config needs image.space: vae "
+                           "(e.g. --config configs/model/sd15-lora.yaml)")
+    try:
+        opts = dict(local_files_only=local, **kw)
+        return ModelBundle(
+            unet=UNet2DConditionModel.from_pretrained(where, subfolder="unet", **opts),
+            text_encoder=CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **opts),
+            tokenizer=AutoTokenizer.from_pretrained(where, subfolder="tokenizer", local_files_only=local),
+            autoencoder=AutoencoderKL.from_pretrained(where, subfolder="vae", **opts),
+            scheduler=DDPMScheduler.from_pretrained(where, subfolder="scheduler", local_files_only=local),
+            config=cfg, classes=[], source=where if not local else str(path.resolve()), kind="diffusers")
+    except (OSError, ValueError) as e:
+        raise NetdiffError(f"{src}: cannot load the Stable Diffusion parts ({str(e).splitlines()[0]})") from None
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise NetdiffError(f"{Path(path).parent}: not a netdiff {what} folder (no {Path(path).name})") from None
+    except ValueError as e:
+        raise NetdiffError(f"{path}: unreadable ({e})") from None

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian/Ubuntu machine: system tools, a virtualenv, netdiff and its
+# dependencies. Safe to run again (each step is skipped when already done).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# tshark and tcpreplay (validation), iproute2 (network namespaces for replay).
+need=()
+command -v tshark >/dev/null 2>&1 || need+=(tshark)
+command -v tcpreplay >/dev/null 2>&1 || need+=(tcpreplay)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+  echo "installing ${need[*]} (Debian packages)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# A CPU build of torch: TORCH_SPEC can name another (the default matches the wheel on the
+# project's build machines; pyproject itself only asks for torch>=2.1).
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+fi
+.venv/bin/python -m pip install -q -e ".[dev]"
+echo "netdiff is set up: $(.venv/bin/netdiff --version)"
