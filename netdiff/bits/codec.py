@@ -53,8 +53,10 @@ _LUTS: dict[int, np.ndarray] = {}
 
 
 def bit_lut(fill: int) -> np.ndarray:
+    """(257,) int64 whose 8 bytes are the 8 int8 bit values of each byte code: one ``take``
+    expands a whole byte matrix to bits."""
     if fill not in _LUTS:
-        _LUTS[fill] = _bit_lut(fill)
+        _LUTS[fill] = np.ascontiguousarray(_bit_lut(fill)).view(np.int64).reshape(257)
     return _LUTS[fill]
 
 
@@ -83,12 +85,16 @@ def gather_window(batch: P.PacketBatch, width: int) -> np.ndarray:
     n = len(batch)
     if n == 0:
         return np.zeros((0, width), dtype=np.uint8)
-    j = np.arange(width)
-    idx = batch.offset[:, None] + j
-    valid = j < batch.caplen[:, None]
-    np.minimum(idx, len(batch.data) - 1, out=idx)
-    g = batch.data[idx]
-    g[~valid] = 0
+    data = batch.data
+    if len(data) < int(batch.offset.max()) + width:
+        data = np.concatenate([data, np.zeros(width, dtype=np.uint8)])
+    # Row gather over a strided view of the buffer: one contiguous copy per packet.
+    windows = np.lib.stride_tricks.as_strided(data, shape=(len(data) - width + 1, width),
+                                              strides=(data.strides[0], data.strides[0]), writeable=False)
+    g = windows[batch.offset]
+    short = np.flatnonzero(batch.caplen < width)
+    if len(short):
+        g[short] *= (np.arange(width) < batch.caplen[short, None])
     return g
 
 
@@ -221,26 +227,42 @@ def _kept_bytes(layout: Layout) -> np.ndarray | None:
     return k[:, 0] // 8
 
 
+def _rows_at(g: np.ndarray, start: np.ndarray, budget: int, out: np.ndarray) -> None:
+    """out[i, :] = g[i, start[i] : start[i] + budget] (zero past the window), by slicing per
+    distinct start offset (a chunk has a handful: link header sizes, IHL and doff values)."""
+    n, width = g.shape
+    starts = np.unique(start)
+    for s0 in starts.tolist():
+        take = max(0, min(budget, width - s0))
+        if len(starts) == 1:
+            out[:, :take] = g[:, s0:s0 + take]
+            out[:, take:] = 0
+            return
+        rows = np.flatnonzero(start == s0)
+        out[rows, :take] = g[rows, s0:s0 + take]
+        out[rows, take:] = 0
+
+
 def byte_codes(batch: P.PacketBatch, p: Parsed, layout: Layout) -> np.ndarray:
     """(rows, full bytes) uint16: the byte value, or 256 where the section is fill."""
     ok = np.flatnonzero(p.reason == 0)
-    g = p.window[ok]
+    g = p.window[ok] if len(ok) < len(p.reason) else p.window
     cap = batch.caplen[ok]
-    width = g.shape[1]
-    blocks = []
-    for sec in layout.sections:
-        start, nvalid, budget = _section_bytes(p, batch.caplen, sec, layout.payload_bytes)
+    budgets = [(sec, layout.payload_bytes if sec == "payload" else SECTION_BYTES[sec])
+               for sec in layout.sections]
+    codes = np.empty((len(ok), sum(b for _, b in budgets)), dtype=np.uint16)
+    c0 = 0
+    for sec, budget in budgets:
         if budget == 0:
             continue
+        start, nvalid, _ = _section_bytes(p, batch.caplen, sec, layout.payload_bytes)
         start, nvalid = start[ok], nvalid[ok]
-        j = np.arange(budget)
-        pos = start[:, None] + j
-        valid = (j < nvalid[:, None]) & (pos < cap[:, None]) & (pos < width)
-        np.minimum(pos, width - 1, out=pos)
-        vals = np.take_along_axis(g, pos, axis=1).astype(np.uint16)
-        vals[~valid] = _FILL_CODE
-        blocks.append(vals)
-    return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(ok), 0), np.uint16)
+        block = codes[:, c0:c0 + budget]
+        _rows_at(g, start, budget, block)
+        limit = np.minimum(nvalid, np.maximum(cap - start, 0))
+        np.copyto(block, _FILL_CODE, where=np.arange(budget) >= limit[:, None])
+        c0 += budget
+    return codes
 
 
 def encode(batch: P.PacketBatch, layout: Layout, fill: int = -1, fragments: str = "skip",
@@ -254,8 +276,8 @@ def encode(batch: P.PacketBatch, layout: Layout, fill: int = -1, fragments: str 
     kb = _kept_bytes(layout)
     n = len(codes)
     if kb is not None:
-        return lut[codes[:, kb]].reshape(n, layout.width), p
-    return lut[codes].reshape(n, layout.full_width)[:, layout.keep], p
+        return np.take(lut, codes[:, kb]).view(np.int8).reshape(n, layout.width), p
+    return np.take(lut, codes).view(np.int8).reshape(n, layout.full_width)[:, layout.keep], p
 
 
 def skipped_counts(p: Parsed) -> Counter:
@@ -274,13 +296,19 @@ def full_bits(bits: np.ndarray, layout: Layout, fill: int = -1) -> np.ndarray:
     return out
 
 
+_GATHER_BITS = np.uint64(sum(1 << (63 - 9 * k) for k in range(8)))
+
+
 def bits_to_bytes(full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, bytes) values and a mask of bytes whose 8 bits are all 0/1 (covered)."""
+    """(rows, bytes) values and a mask of bytes whose 8 bits are all 0/1 (covered).
+
+    Each group of 8 int8 values is read as one uint64: a byte is covered when no value has its
+    sign bit set, and one multiply gathers the 8 low bits (MSB first) into the top byte."""
     n = len(full)
-    b = full.reshape(n, -1, 8)
-    covered = np.all((b == 0) | (b == 1), axis=2)
-    vals = np.packbits((b == 1), axis=2).reshape(n, -1)
-    return vals, covered
+    v = np.ascontiguousarray(full, dtype=np.int8).reshape(n, -1, 8).view(np.uint64)[..., 0]
+    covered = (v & np.uint64(0x8080808080808080)) == 0
+    vals = ((v & np.uint64(0x0101010101010101)) * _GATHER_BITS) >> np.uint64(56)
+    return vals.astype(np.uint8), covered
 
 
 def overlay(base: P.PacketBatch, bits: np.ndarray, layout: Layout, l3: np.ndarray,

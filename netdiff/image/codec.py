@@ -83,9 +83,30 @@ def rgb_to_bits_exact(rgb: np.ndarray, path="image") -> np.ndarray:
 
 
 def read_png_bits(path, width: int | None = None, height: int | None = None) -> np.ndarray:
-    """A converted image back to its ternary matrix, checking size and palette."""
-    rgb = read_rgb(path)
-    h, w = rgb.shape[:2]
-    if (width is not None and w != width) or (height is not None and h != height):
-        raise ImageError(path, f"image is {w}x{h} pixels, the layout needs {width}x{height}")
+    """A converted image back to its ternary matrix, checking size and palette.
+
+    Palette PNGs are decoded from their indices (no RGB expansion); others through RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if (width is not None and w != width) or (height is not None and h != height):
+                raise ImageError(path, f"image is {w}x{h} pixels, the layout needs {width}x{height}")
+            if img.mode == "P":
+                idx = np.asarray(img)
+                pal = np.asarray(img.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+                value = np.full(256, 2, dtype=np.int8)
+                for i, colour in enumerate(pal):
+                    hit = np.flatnonzero((PALETTE == colour).all(axis=1))
+                    if len(hit):
+                        value[i] = hit[0] - 1
+                bits = value[idx]
+                if not (bits == 2).any():
+                    return bits
+            rgb = np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(path, f"not a readable image ({e.__class__.__name__}: {e})") from None
     return rgb_to_bits_exact(rgb, path)
