@@ -318,7 +318,16 @@ def overlay(base: P.PacketBatch, bits: np.ndarray, layout: Layout, l3: np.ndarra
     ``base`` holds the bytes the matrix does not (link header, addresses when dropped, payload);
     offsets come from the rows themselves, so a changed IHL or doff moves what follows it."""
     n = len(base)
-    vals, covered = bits_to_bytes(full_bits(bits, layout, fill))
+    kb = _kept_bytes(layout)
+    if kb is not None and len(layout.keep) != layout.full_width:
+        # byte-aligned layout: unpack the kept columns, then place whole bytes
+        kv, kc = bits_to_bytes(bits)
+        vals = np.zeros((n, layout.full_width // 8), dtype=np.uint8)
+        covered = np.zeros((n, layout.full_width // 8), dtype=bool)
+        vals[:, kb] = kv
+        covered[:, kb] = kc
+    else:
+        vals, covered = bits_to_bytes(full_bits(bits, layout, fill))
     data = base.data.copy()
     rows = np.arange(n)
     sec_cols = {}

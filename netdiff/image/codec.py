@@ -101,8 +101,8 @@ def read_png_bits(path, width: int | None = None, height: int | None = None) -> 
                     hit = np.flatnonzero((PALETTE == colour).all(axis=1))
                     if len(hit):
                         value[i] = hit[0] - 1
-                bits = value[idx]
-                if not (bits == 2).any():
+                bits = np.take(value, idx)
+                if value.max() < 2 or not (bits == 2).any():
                     return bits
             rgb = np.asarray(img.convert("RGB"))
     except FileNotFoundError:

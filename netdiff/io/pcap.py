@@ -398,26 +398,13 @@ def encode_pcap(batch: PacketBatch, nanosecond: bool = True, snaplen: int = MAX_
     if not n:
         return head
     frac = batch.ts_nsec if nanosecond else batch.ts_nsec // 1000
-    hdr = np.stack([batch.ts_sec, frac, batch.caplen, batch.wirelen], axis=1).astype("<u4")
-    # Lay every record header and its bytes out in one buffer with vectorised copies.
-    rec_len = 16 + batch.caplen
-    starts = np.zeros(n, dtype=np.int64)
-    starts[1:] = np.cumsum(rec_len)[:-1]
-    out = np.empty(int(rec_len.sum()), dtype=np.uint8)
-    out[starts[:, None] + np.arange(16)] = hdr.view(np.uint8).reshape(n, 16)
-    _scatter_bytes(out, starts + 16, batch)
-    return head + out.tobytes()
-
-
-def _scatter_bytes(out: np.ndarray, dst: np.ndarray, batch: PacketBatch) -> None:
-    """out[dst[i] : dst[i] + caplen[i]] = packet i, for all i, without a per-packet loop."""
-    total = int(batch.caplen.sum())
-    if total == 0:
-        return
-    rep_dst = np.repeat(dst - np.cumsum(batch.caplen) + batch.caplen, batch.caplen)
-    rep_src = np.repeat(batch.offset - np.cumsum(batch.caplen) + batch.caplen, batch.caplen)
-    k = np.arange(total, dtype=np.int64)
-    out[rep_dst + k] = batch.data[rep_src + k]
+    hdr = np.stack([batch.ts_sec, frac, batch.caplen, batch.wirelen], axis=1).astype("<u4").tobytes()
+    data = memoryview(batch.data)
+    parts = [head]
+    for i, (o, c) in enumerate(zip(batch.offset.tolist(), batch.caplen.tolist())):
+        parts.append(hdr[16 * i:16 * i + 16])
+        parts.append(data[o:o + c])
+    return b"".join(parts)
 
 
 def encode_pcapng(batch: PacketBatch) -> bytes:

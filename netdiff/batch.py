@@ -1,0 +1,222 @@
+"""Resumable pipelines: ``netdiff batch PIPELINE.yaml``.
+
+A pipeline is a list of stages, each one netdiff command with its outputs named. A stage writes
+into ``<output>.partial`` and the folder is renamed into place only when the command succeeded,
+so an output that exists is complete. ``<out>/manifest.json`` records for each finished stage
+the command and a hash of its inputs and outputs; a stage whose record matches what is on disk
+is skipped. Killed at any moment (kill -9) and run again, a pipeline redoes only the stage that
+was interrupted: nothing is lost, duplicated or half-written.
+
+Pipeline YAML::
+
+    name: demo
+    out: out/demo                 # relative to the YAML file's folder
+    vars: {seed: 0}
+    stages:
+      - name: images
+        run: pcap2img {captures} {output} --height 32
+        inputs: [captures]        # names of earlier outputs or paths
+        output: images            # the folder this stage makes, under out/
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from netdiff.errors import NetdiffError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Stage:
+    name: str
+    run: str
+    output: str | None = None
+    inputs: list[str] = field(default_factory=list)
+    launcher: str | None = None          # None: in process; "accelerate": accelerate launch
+
+
+@dataclass
+class Pipeline:
+    name: str
+    out: Path
+    vars: dict
+    stages: list[Stage]
+    path: Path
+
+    @classmethod
+    def load(cls, path, out: str | None = None, overrides: dict | None = None) -> "Pipeline":
+        import yaml
+
+        path = Path(path)
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise NetdiffError(f"{path}: no such pipeline file") from None
+        except yaml.YAMLError as e:
+            raise NetdiffError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
+            raise NetdiffError(f"{path}: a pipeline needs a 'stages' list")
+        stages, names = [], set()
+        for i, s in enumerate(doc["stages"]):
+            if not isinstance(s, dict) or "name" not in s or "run" not in s:
+                raise NetdiffError(f"{path}: stage {i + 1} needs 'name' and 'run'")
+            unknown = set(s) - {"name", "run", "output", "inputs", "launcher"}
+            if unknown:
+                raise NetdiffError(f"{path}: stage {s['name']!r} has unknown keys {sorted(unknown)}")
+            if s["name"] in names:
+                raise NetdiffError(f"{path}: two stages are named {s['name']!r}")
+            names.add(s["name"])
+            if s.get("launcher") not in (None, "accelerate"):
+                raise NetdiffError(f"{path}: stage {s['name']!r}: launcher must be 'accelerate' or absent")
+            stages.append(Stage(s["name"], str(s["run"]), s.get("output"), list(s.get("inputs", [])),
+                                s.get("launcher")))
+        base = path.parent
+        out_dir = Path(out) if out else base / str(doc.get("out", f"out/{path.stem}"))
+        variables = {k: str(v) for k, v in (doc.get("vars") or {}).items()}
+        variables.update({k: str(v) for k, v in (overrides or {}).items()})
+        return cls(str(doc.get("name", path.stem)), out_dir, variables, stages, path)
+
+
+def tree_hash(path: Path) -> str:
+    """sha256 over a file, or over a folder's relative paths and file contents, in order."""
+    h = hashlib.sha256()
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+        root = path.parent
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        root = path
+    else:
+        return "missing"
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+class Runner:
+    def __init__(self, pipe: Pipeline, echo: Callable[[str], None] = print, force: bool = False):
+        self.pipe = pipe
+        self.echo = echo
+        self.force = force
+        self.out = pipe.out
+        self.manifest_path = self.out / MANIFEST
+        self.log_path = self.out / "batch.log"
+
+    # --- manifest ----------------------------------------------------------------------------
+    def _load_manifest(self) -> dict:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            return {"pipeline": self.pipe.name, "stages": {}}
+        except json.JSONDecodeError:
+            raise NetdiffError(f"{self.manifest_path}: damaged manifest (delete it to start over)") from None
+
+    def _save_manifest(self, m: dict) -> None:
+        tmp = self.manifest_path.with_name(f".{MANIFEST}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(m, indent=1))
+        os.replace(tmp, self.manifest_path)
+
+    def _log(self, msg: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+        self.echo(msg)
+
+    # --- paths and commands ---------------------------------------------------------------
+    def _paths(self) -> dict[str, str]:
+        return {s.output: str(self.out / s.output) for s in self.pipe.stages if s.output}
+
+    def _resolve(self, name: str) -> Path:
+        paths = self._paths()
+        if name in paths:
+            return Path(paths[name])
+        p = Path(self._format(name))
+        return p if p.is_absolute() else (self.pipe.path.parent / p)
+
+    def _format(self, text: str, **extra) -> str:
+        values = {**self.pipe.vars, **self._paths(), "out": str(self.out),
+                  "pipeline_dir": str(self.pipe.path.parent), **extra}
+        try:
+            return text.format(**values)
+        except KeyError as e:
+            raise NetdiffError(f"{self.pipe.path}: unknown placeholder {{{e.args[0]}}} in {text!r}") from None
+
+    # --- running ---------------------------------------------------------------------------
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        manifest = self._load_manifest()
+        from tqdm import tqdm
+
+        self._log(f"pipeline {self.pipe.name}: {len(self.pipe.stages)} stages -> {self.out}")
+        bar = tqdm(self.pipe.stages, desc=self.pipe.name, unit="stage", disable=not sys.stderr.isatty())
+        for stage in bar:
+            bar.set_postfix_str(stage.name)
+            self._run_stage(stage, manifest)
+        self._log(f"pipeline {self.pipe.name}: done")
+        return manifest
+
+    def _run_stage(self, stage: Stage, manifest: dict) -> None:
+        inputs = {name: tree_hash(self._resolve(name)) for name in stage.inputs}
+        missing = [n for n, h in inputs.items() if h == "missing"]
+        if missing:
+            raise NetdiffError(f"stage {stage.name}: input(s) missing: {', '.join(missing)}")
+        final = self.out / stage.output if stage.output else None
+        command = self._format(stage.run, output=str(final) if final else "")
+        rec = manifest["stages"].get(stage.name)
+        if (not self.force and rec and rec["command"] == command and rec["inputs"] == inputs
+                and (final is None or (final.exists() and tree_hash(final) == rec["output"]))):
+            self._log(f"[{stage.name}] up to date, skipped")
+            return
+        partial = final.with_name(final.name + ".partial") if final else None
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+            if partial.exists():
+                partial.unlink()
+        work_cmd = self._format(stage.run, output=str(partial) if partial else "")
+        self._log(f"[{stage.name}] netdiff {work_cmd}")
+        t0 = time.perf_counter()
+        code = self._execute(stage, shlex.split(work_cmd))
+        if code != 0:
+            if partial is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise NetdiffError(f"stage {stage.name} failed (exit {code}); see {self.log_path}")
+        if final is not None:
+            if not partial.exists():
+                raise NetdiffError(f"stage {stage.name} wrote nothing to {{output}}")
+            if final.exists():
+                shutil.rmtree(final) if final.is_dir() else final.unlink()
+            os.replace(partial, final)
+        manifest["stages"][stage.name] = {"command": command, "inputs": inputs,
+                                          "output": tree_hash(final) if final else None,
+                                          "seconds": round(time.perf_counter() - t0, 2)}
+        self._save_manifest(manifest)
+        self._log(f"[{stage.name}] done in {time.perf_counter() - t0:.1f} s")
+
+    def _execute(self, stage: Stage, args: list[str]) -> int:
+        if stage.launcher == "accelerate":
+            cmd = ["accelerate", "launch", "-m", "netdiff.cli", *args]
+            return subprocess.run(cmd).returncode
+        from netdiff.cli import main
+
+        return main(args)
+
+
+def run_pipeline(path, out: str | None = None, overrides: dict | None = None, force: bool = False,
+                 echo: Callable[[str], None] = print) -> dict:
+    return Runner(Pipeline.load(path, out, overrides), echo=echo, force=force).run()

@@ -1,0 +1,3 @@
+from netdiff.cli import run
+
+run()
