@@ -97,7 +97,7 @@ def build(*, layout: Layout, cls: str, source: dict, group: dict, batch: PacketB
         "residual": {
             "encoding": "zlib+base64",
             "payload_kept": keep_payload,
-            "data": base64.b64encode(zlib.compress(residual.tobytes(), 6)).decode("ascii"),
+            "data": base64.b64encode(zlib.compress(residual.tobytes(), 1)).decode("ascii"),
         },
         "skipped": {"count": len(skipped), "packets": [[int(n), r] for n, r in skipped]},
     }
@@ -108,7 +108,7 @@ def write(path: Path, doc: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "w") as f:
-            json.dump(doc, f, separators=(",", ":"))
+            f.write(json.dumps(doc, separators=(",", ":")))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

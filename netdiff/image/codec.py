@@ -46,7 +46,7 @@ def write_png(path, bits: np.ndarray, text: dict[str, str] | None = None) -> Non
         info.add_text(k, v)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        img.save(tmp, format="PNG", pnginfo=info, compress_level=6)
+        img.save(tmp, format="PNG", pnginfo=info, compress_level=1)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -96,6 +96,8 @@ def read_png_bits(path, width: int | None = None, height: int | None = None) -> 
             if img.mode == "P":
                 idx = np.asarray(img)
                 pal = np.asarray(img.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+                if len(pal) >= 3 and np.array_equal(pal[:3], PALETTE) and idx.max(initial=0) <= 2:
+                    return idx.view(np.int8) - np.int8(1)     # netdiff's own palette order
                 value = np.full(256, 2, dtype=np.int8)
                 for i, colour in enumerate(pal):
                     hit = np.flatnonzero((PALETTE == colour).all(axis=1))
