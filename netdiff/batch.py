@@ -146,6 +146,8 @@ class Runner:
         paths = self._paths()
         if name in paths:
             return Path(paths[name])
+        if any(o == name or o.startswith(name.rstrip("/") + "/") for o in paths):
+            return self.out / name          # a folder that several stages' outputs make up
         p = Path(self._format(name))
         return p if p.is_absolute() else (self.pipe.path.parent / p)
 
@@ -197,6 +199,7 @@ class Runner:
                 shutil.rmtree(partial, ignore_errors=True)
             raise NetdiffError(f"stage {stage.name} failed (exit {code}); see {self.log_path}")
         if final is not None:
+            final.parent.mkdir(parents=True, exist_ok=True)
             if not partial.exists():
                 raise NetdiffError(f"stage {stage.name} wrote nothing to {{output}}")
             if final.exists():

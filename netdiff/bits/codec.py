@@ -329,40 +329,37 @@ def overlay(base: P.PacketBatch, bits: np.ndarray, layout: Layout, l3: np.ndarra
     else:
         vals, covered = bits_to_bytes(full_bits(bits, layout, fill))
     data = base.data.copy()
-    rows = np.arange(n)
-    sec_cols = {}
+    cols = {}
     pos = 0
     for sec in layout.sections:
         budget = layout.payload_bytes if sec == "payload" else SECTION_BYTES[sec]
-        sec_cols[sec] = (pos, budget)
+        cols[sec] = (pos, budget)
         pos += budget
 
-    def write(sec: str, start: np.ndarray):
-        if sec not in sec_cols:
-            return
-        c0, budget = sec_cols[sec]
-        j = np.arange(budget)
-        dst = start[:, None] + j
-        ok = covered[:, c0:c0 + budget] & (dst < base.caplen[:, None])
-        r, k = np.nonzero(ok)
-        data[base.offset[r] + dst[r, k]] = vals[r, c0 + k]
+    def header_byte(secs: tuple[str, ...], j: int, off: np.ndarray) -> np.ndarray:
+        """Byte j of a header: the row's own value where the image covers it, else the base's."""
+        safe = np.minimum(off, np.maximum(base.caplen - 1, 0))
+        out = np.where(off < base.caplen, data[base.offset + safe], 0).astype(np.int64)
+        for sec in secs:
+            if sec in cols and j < cols[sec][1]:
+                c = cols[sec][0] + j
+                out = np.where(covered[:, c], vals[:, c], out)
+        return out
 
-    def byte_at(off: np.ndarray) -> np.ndarray:
-        inside = off < base.caplen
-        return np.where(inside, data[base.offset + np.minimum(off, np.maximum(base.caplen - 1, 0))], 0)
-
-    write("eth", np.zeros(n, dtype=np.int64))
-    write("ipv4", l3)
-    write("ipv6", l3)
-    first = byte_at(l3)
+    # Where each section starts in each packet, from the rows' own IHL / doff.
+    first = header_byte(("ipv4", "ipv6"), 0, l3)
     ver = first >> 4
-    l4 = l3 + np.where(ver == 4, (first & 15).astype(np.int64) * 4, 40)
-    proto = np.where(ver == 4, byte_at(l3 + 9), byte_at(l3 + 6))
-    for sec in ("tcp", "udp", "icmp"):
-        write(sec, l4)
-    doff = (byte_at(l4 + 12) >> 4).astype(np.int64) * 4
-    thl = np.where(proto == 6, doff, 8)
-    write("payload", l4 + thl)
-    del rows
+    l4 = l3 + np.where(ver == 4, (first & 15) * 4, 40)
+    proto = np.where(ver == 4, header_byte(("ipv4",), 9, l3 + 9), header_byte(("ipv6",), 6, l3 + 6))
+    doff = (header_byte(("tcp",), 12, l4 + 12) >> 4) * 4
+    starts = {"eth": np.zeros(n, dtype=np.int64), "ipv4": l3, "ipv6": l3, "tcp": l4, "udp": l4,
+              "icmp": l4, "payload": l4 + np.where(proto == 6, doff, 8)}
+    # One scatter for all sections: destination offset of every byte column.
+    dst = np.empty((n, pos), dtype=np.int64)
+    for sec, (c0, budget) in cols.items():
+        dst[:, c0:c0 + budget] = starts[sec][:, None] + np.arange(budget)
+    ok = covered & (dst < base.caplen[:, None])
+    r, k = np.nonzero(ok)
+    data[base.offset[r] + dst[r, k]] = vals[r, k]
     return P.PacketBatch(data, base.offset, base.caplen, base.wirelen, base.ts_sec, base.ts_nsec,
                          base.linktype, base.number)
