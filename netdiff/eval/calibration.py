@@ -48,6 +48,25 @@ def split_real(ts: TrafficSet, rng: np.random.Generator) -> tuple[np.ndarray, np
     return np.flatnonzero(a), np.flatnonzero(~a)
 
 
+def split_flows(ts: TrafficSet, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of two halves holding whole flows (images: whole images), about half the rows
+    of every class each: the held-out set of the memorisation audit."""
+    key = ts.image if ts.kind == "png" else (ts.flow if ts.flow is not None else ts.group)
+    a = np.zeros(len(ts), dtype=bool)
+    for c in np.unique(ts.label):
+        rows = np.flatnonzero(ts.label == c)
+        units, sizes = np.unique(key[rows], return_counts=True)
+        if len(units) < 2:
+            a[rng.permutation(rows)[: (len(rows) + 1) // 2]] = True
+            continue
+        perm = rng.permutation(len(units))
+        filled = np.cumsum(sizes[perm])
+        # Units in shuffled order until half the class's rows; never all of them.
+        take = perm[: max(1, min(len(units) - 1, int(np.searchsorted(filled, len(rows) / 2)) + 1))]
+        a[rows[np.isin(key[rows], units[take])]] = True
+    return np.flatnonzero(a), np.flatnonzero(~a)
+
+
 def column_marginal_sample(ts: TrafficSet, rng: np.random.Generator, n_per_class: dict | None = None
                            ) -> TrafficSet:
     """A set of the same classes and sizes, each column drawn from its class's real marginal.

@@ -76,7 +76,7 @@ def flow_table(ts) -> pd.DataFrame:
     out = pd.DataFrame({
         "packets": g.size().astype(float),
         "bytes": g["length"].sum(min_count=1).fillna(0.0),
-        "duration": (g["t"].max() - g["t"].min()).fillna(0.0),
+        "duration": g["t"].max() - g["t"].min(),       # NaN without timestamps
         "mean_length": g["length"].mean(), "std_length": g["length"].std(ddof=0),
         "min_length": g["length"].min(), "max_length": g["length"].max(),
         "mean_iat": g["iat"].mean(), "std_iat": g["iat"].std(ddof=0),
@@ -92,7 +92,7 @@ def flow_table(ts) -> pd.DataFrame:
 def flow_matrix(table: pd.DataFrame) -> np.ndarray:
     """Flow features as a float matrix for classifiers: counts and sizes on log scale,
     missing values (no timestamps, no TCP) as -1."""
-    x = table[list(FLOW_FEATURES)].to_numpy(dtype=float, copy=True)
+    x = table[list(FLOW_FEATURES)].to_numpy(dtype=float, copy=True).reshape(-1, len(FLOW_FEATURES))
     logged = [FLOW_FEATURES.index(c) for c in ("packets", "bytes", "duration", "mean_iat", "std_iat",
                                                 "syn", "fin", "rst", "psh")]
     x[:, logged] = np.log10(1.0 + np.clip(x[:, logged], 0, None))

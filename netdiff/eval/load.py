@@ -51,6 +51,18 @@ class TrafficSet:
                        image=self.image[rows], ts=self.ts[rows],
                        flow=None if self.flow is None else self.flow[rows])
 
+    def reblock(self) -> "TrafficSet":
+        """Captures: images renumbered as consecutive blocks of ``layout.height`` rows within each
+        file, as pcap2img would cut this (sub)set. Image sets are returned unchanged."""
+        if self.kind == "png" or len(self) == 0:
+            return self
+        g = self.group
+        starts = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
+        pos = np.arange(len(g)) - np.repeat(starts, np.diff(np.r_[starts, len(g)]))
+        key = np.stack([g, pos // self.layout.height], axis=1)
+        _, image = np.unique(key, axis=0, return_inverse=True)
+        return replace(self, image=image.reshape(-1).astype(np.int64))
+
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.label, minlength=len(self.classes))
         return {c: int(k) for c, k in zip(self.classes, counts) if k}

@@ -9,15 +9,19 @@ copy. A generator that memorises shows DCRs well below the held-out ones and a h
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from netdiff.bits.layout import ADDRESS_FIELDS
 
 NEAR = 0.01                 # at most 1% of present bits differ
 MAX_QUERY_PER_CLASS = 400   # synthetic / held-out rows audited per class
-MAX_REF_PER_CLASS = 20000   # training rows searched per class
+MAX_REF_PER_CLASS = 20000   # training packets / flows searched per class
+MAX_REF_IMAGES_PER_CLASS = 300   # training images searched per class (about 1 MB each)
 FLOW_PACKETS = 8            # a flow is its first packets' rows, side by side
 COLUMN_CHUNK = 4096
+PACKED_ABOVE = 65536        # records wider than this (images) use the packed-bit path
 
 
 def _indicators(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -30,6 +34,8 @@ def nearest(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
         return np.zeros(0)
     if len(ref) == 0:
         return np.full(len(query), np.nan)
+    if query.shape[1] > PACKED_ABOVE:
+        return _nearest_packed(query, ref)
     # Columns that are fill in every row of both sets cannot differ.
     live = np.flatnonzero((query != -1).any(axis=0) | (ref != -1).any(axis=0))
     match = np.zeros((len(query), len(ref)), dtype=np.float32)
@@ -52,6 +58,29 @@ def nearest(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.clip(d.min(axis=1), 0.0, 1.0).astype(np.float64)
 
 
+def _pack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.packbits(x == 1, axis=1), np.packbits(x == 0, axis=1)
+
+
+def _nearest_packed(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The same distance for few, very wide records (whole images): bits packed eight to a
+    byte, popcounts of AND per pair."""
+    q1, q0 = _pack(query)
+    r1, r0 = _pack(ref)
+    rp = r1 | r0
+    pr = np.bitwise_count(rp).sum(axis=1, dtype=np.int64)
+    out = np.empty(len(query))
+    for i in range(len(query)):
+        qp = q1[i] | q0[i]
+        match = (np.bitwise_count(r1 & q1[i]).sum(1, dtype=np.int64)
+                 + np.bitwise_count(r0 & q0[i]).sum(1, dtype=np.int64))
+        both = np.bitwise_count(rp & qp).sum(1, dtype=np.int64)
+        union = int(np.bitwise_count(qp).sum(dtype=np.int64)) + pr - both
+        d = np.where(union > 0, (union - match) / np.maximum(union, 1), 0.0)
+        out[i] = d.min()
+    return out
+
+
 def _no_address(ts) -> np.ndarray:
     keep = np.ones(ts.layout.width, dtype=bool)
     for name in ADDRESS_FIELDS:
@@ -61,61 +90,71 @@ def _no_address(ts) -> np.ndarray:
     return ts.bits[:, keep]
 
 
-def packet_records(ts) -> tuple[np.ndarray, np.ndarray]:
-    return _no_address(ts), ts.label
+class Records:
+    """The records (packets, flows or images) of a set, materialised only when sampled.
+
+    A record is a run of rows (a flow's first FLOW_PACKETS in time order, an image's rows in
+    order) laid side by side and padded with fill; ``digest`` fingerprints every record so exact
+    copies are found among all of them, not only among the sampled ones."""
+
+    def __init__(self, ts, unit: str):
+        self.unit = unit
+        self.bits = _no_address(ts)
+        n = len(ts)
+        if unit == "packets":
+            key, self.rows_per_record = np.arange(n), 1
+        elif unit == "flows":
+            key, self.rows_per_record = ts.flow, FLOW_PACKETS
+        else:
+            key, self.rows_per_record = ts.image, ts.layout.height
+        t = np.nan_to_num(ts.ts, nan=0.0) if unit == "flows" else np.zeros(n)
+        self.order = np.lexsort((np.arange(n), t, key))
+        k = key[self.order]
+        self.starts = np.r_[0, np.flatnonzero(k[1:] != k[:-1]) + 1] if n else np.zeros(0, np.int64)
+        self.counts = np.minimum(np.diff(np.r_[self.starts, n]), self.rows_per_record)
+        self.labels = ts.label[self.order[self.starts]] if n else np.zeros(0, np.int64)
+        self.width = self.rows_per_record * self.bits.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def digests(self) -> np.ndarray:
+        if self.unit == "packets":
+            b = np.ascontiguousarray(self.bits)
+            return b.view(np.dtype((np.void, max(b.shape[1], 1))))[:, 0] if len(b) else np.zeros(0, "V1")
+        out = [hashlib.blake2b(self.bits[self.order[s:s + c]].tobytes() + c.to_bytes(4, "little"),
+                               digest_size=16).digest()
+               for s, c in zip(self.starts.tolist(), self.counts.tolist())]
+        return np.array(out, dtype="V16") if out else np.zeros(0, "V16")
+
+    def matrix(self, idx: np.ndarray) -> np.ndarray:
+        if self.rows_per_record == 1:
+            return self.bits[self.order[self.starts[idx]]]
+        out = np.full((len(idx), self.rows_per_record, self.bits.shape[1]), -1, dtype=np.int8)
+        for j, r in enumerate(idx.tolist()):
+            s, c = self.starts[r], self.counts[r]
+            out[j, :c] = self.bits[self.order[s:s + c]]
+        return out.reshape(len(idx), -1)
 
 
-def _grouped_records(ts, key: np.ndarray, rows_per_record: int) -> tuple[np.ndarray, np.ndarray]:
-    """One flattened record per key value: its first ``rows_per_record`` rows in time order,
-    padded with fill."""
-    if len(ts) == 0:
-        return np.zeros((0, 0), dtype=np.int8), np.zeros(0, dtype=np.int64)
-    bits = _no_address(ts)
-    t = np.nan_to_num(ts.ts, nan=0.0)
-    order = np.lexsort((np.arange(len(ts)), t, key))
-    k = key[order]
-    starts = np.r_[0, np.flatnonzero(k[1:] != k[:-1]) + 1]
-    pos = np.arange(len(ts)) - np.repeat(starts, np.diff(np.r_[starts, len(ts)]))
-    rec = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(ts)]))
-    sel = pos < rows_per_record
-    out = np.full((len(starts), rows_per_record, bits.shape[1]), -1, dtype=np.int8)
-    out[rec[sel], pos[sel]] = bits[order[sel]]
-    return out.reshape(len(starts), -1), ts.label[order[starts]]
-
-
-def flow_records(ts):
-    return _grouped_records(ts, ts.flow, FLOW_PACKETS)
-
-
-def image_records(ts):
-    return _grouped_records(ts, ts.image, ts.layout.height)
-
-
-def _exact_rows(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Which query rows appear verbatim in ref (all rows of ref, not a sample)."""
-    if len(query) == 0 or len(ref) == 0:
-        return np.zeros(len(query), dtype=bool)
-    q = np.ascontiguousarray(query).view(np.dtype((np.void, query.shape[1])))[:, 0]
-    r = np.ascontiguousarray(ref).view(np.dtype((np.void, ref.shape[1])))[:, 0]
-    return np.isin(q, r)
-
-
-def dcr(query: tuple, ref: tuple, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def dcr(query: Records, ref: Records, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(DCR per audited query record, exact-copy flag per query record), class by class."""
-    qx, qy = query
-    rx, ry = ref
-    dists, exact = [], _exact_rows(qx, rx) if qx.shape[1] == rx.shape[1] else np.zeros(len(qx), bool)
-    for c in np.unique(qy):
-        qrows = np.flatnonzero(qy == c)
+    if query.width != ref.width or len(query) == 0:
+        return np.zeros(0), np.zeros(len(query), dtype=bool)
+    exact = np.isin(query.digests(), ref.digests()) if len(ref) else np.zeros(len(query), bool)
+    cap = MAX_REF_IMAGES_PER_CLASS if query.unit == "images" else MAX_REF_PER_CLASS
+    dists = []
+    for c in np.unique(query.labels):
+        qrows = np.flatnonzero(query.labels == c)
         if len(qrows) > MAX_QUERY_PER_CLASS:
-            qrows = rng.choice(qrows, MAX_QUERY_PER_CLASS, replace=False)
-        rrows = np.flatnonzero(ry == c)
+            qrows = np.sort(rng.choice(qrows, MAX_QUERY_PER_CLASS, replace=False))
+        rrows = np.flatnonzero(ref.labels == c)
         if len(rrows) == 0:
             continue
-        if len(rrows) > MAX_REF_PER_CLASS:
-            rrows = rng.choice(rrows, MAX_REF_PER_CLASS, replace=False)
-        d = nearest(qx[qrows], rx[rrows])
-        d[exact[qrows]] = 0.0      # a copy of a row outside the searched sample is still a copy
+        if len(rrows) > cap:
+            rrows = np.sort(rng.choice(rrows, cap, replace=False))
+        d = nearest(query.matrix(qrows), ref.matrix(rrows))
+        d[exact[qrows]] = 0.0      # a copy of a record outside the searched sample is still a copy
         dists.append(d)
     return (np.concatenate(dists) if dists else np.zeros(0)), exact
 
@@ -128,19 +167,22 @@ def _stats(d: np.ndarray, exact: np.ndarray) -> dict:
             "near_copy_rate": float((d <= NEAR).mean())}
 
 
-def audit(synth, reference, holdout, rng: np.random.Generator) -> dict:
+def audit(synth, reference, holdout=None, rng: np.random.Generator | None = None,
+          holdout_reference=None) -> dict:
     """DCR and copy rates of synthetic and held-out real records against the reference
-    (training) set, for packets, flows and images."""
+    (training) set, for packets, flows and images. ``holdout_reference`` (default: the
+    reference) is what the held-out records are compared with."""
+    rng = rng if rng is not None else np.random.default_rng(0)
     out, raw = {}, {}
-    for unit, records in (("packets", packet_records), ("flows", flow_records),
-                          ("images", image_records)):
-        ref = records(reference)
+    for unit in ("packets", "flows", "images"):
+        refs = {"synthetic": Records(reference, unit)}
+        refs["holdout"] = refs["synthetic"] if holdout_reference is None else Records(holdout_reference, unit)
         row = {}
         for name, ts in (("synthetic", synth), ("holdout", holdout)):
             if ts is None or len(ts) == 0:
                 continue
-            q = records(ts)
-            if q[0].shape[1] != ref[0].shape[1]:
+            q, ref = Records(ts, unit), refs[name]
+            if q.width != ref.width:
                 continue
             d, exact = dcr(q, ref, rng)
             row[name] = _stats(d, exact)

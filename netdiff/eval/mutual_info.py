@@ -81,12 +81,14 @@ def field_nmi(real_fields: dict, synth_fields: dict) -> dict:
 def flow_joint(real_flows, synth_flows) -> dict:
     """Bytes vs duration per flow: JSD of the 2-D histograms (log10 scales, real-quantile grid)
     and Spearman correlations of each set."""
-    if len(real_flows) < 3 or len(synth_flows) < 3:
-        return {"size_duration_jsd": None}
     def xy(t):
-        return (np.log10(1 + t["bytes"].to_numpy(float)), np.log10(1 + t["duration"].to_numpy(float)))
+        x, y = np.log10(1 + t["bytes"].to_numpy(float)), np.log10(1 + t["duration"].to_numpy(float))
+        ok = np.isfinite(x) & np.isfinite(y)     # flows without timestamps have no duration
+        return x[ok], y[ok]
     rx, ry = xy(real_flows)
     sx, sy = xy(synth_flows)
+    if len(rx) < 3 or len(sx) < 3:
+        return {"size_duration_jsd": None}
     ex = np.unique(np.quantile(rx, np.linspace(0, 1, FLOW_GRID + 1)[1:-1]))
     ey = np.unique(np.quantile(ry, np.linspace(0, 1, FLOW_GRID + 1)[1:-1]))
 

@@ -59,7 +59,8 @@ def _savefig(fig, path: Path) -> None:
 
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        fig.tight_layout()      # one layout pass; bbox_inches="tight" would draw twice
+        fig.savefig(tmp, dpi=100)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -71,10 +72,9 @@ def _savefig(fig, path: Path) -> None:
 # --- figures ------------------------------------------------------------------------------------
 
 def _image_of(ts, image_id: int) -> np.ndarray:
+    """The image's packet rows (padding rows left out, so small images stay readable)."""
     rows = ts.bits[ts.image == image_id][: ts.layout.height]
-    img = np.full((ts.layout.height, ts.layout.width), -1, dtype=np.int8)
-    img[: len(rows)] = rows
-    return PALETTE[img.astype(np.intp) + 1]
+    return PALETTE[rows.astype(np.intp) + 1]
 
 
 def fig_images(real, synth, path: Path) -> None:
@@ -92,7 +92,7 @@ def fig_images(real, synth, path: Path) -> None:
             ax.set_title(f"{name}: {ts.classes[c] if c is not None else 'all'}", fontsize=9)
             ax.set_xlabel("nPrint column")
             ax.set_ylabel("packet")
-    fig.suptitle("first image of each class (red 1, green 0, blue absent)")
+    fig.suptitle("first image of each class (red 1, green 0, blue absent; padding rows not shown)")
     _savefig(fig, path)
 
 
@@ -112,8 +112,12 @@ def _section_ticks(ax, layout) -> None:
 def fig_field_heatmap(layout, rows: dict[str, np.ndarray], path: Path) -> None:
     import matplotlib.pyplot as plt
 
+    from matplotlib.colors import PowerNorm
+
     fig, ax = plt.subplots(figsize=(12, 1.0 + 0.5 * len(rows)))
-    im = ax.imshow(np.vstack(list(rows.values())), aspect="auto", cmap="magma", vmin=0, vmax=1,
+    m = np.vstack(list(rows.values()))
+    # Square-root colour scale up to the largest value: small distances stay visible.
+    im = ax.imshow(m, aspect="auto", cmap="magma", norm=PowerNorm(0.5, vmin=0, vmax=max(m.max(), 1e-4)),
                    interpolation="nearest")
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(list(rows), fontsize=8)
@@ -135,10 +139,15 @@ def fig_distributions(real, synth, real_flows, synth_flows, path: Path) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     ax = axes[0, 0]
-    for name, ts in (("real", real), ("synthetic", synth)):
-        length = decode_fields(ts.bits, ts.layout)["packet_length"]
-        ax.hist(length[length >= 0], bins=60, alpha=0.5, density=True, label=name)
-    ax.set_title("IP packet length")
+    lengths = {name: decode_fields(ts.bits, ts.layout)["packet_length"] for name, ts in
+               (("real", real), ("synthetic", synth))}
+    lengths = {k: v[v >= 0] for k, v in lengths.items()}
+    # Shared bins up to the real 99.5th percentile (offloaded jumbo segments would squash the rest).
+    top = max(1514.0, float(np.quantile(lengths["real"], 0.995))) if len(lengths["real"]) else 1514.0
+    bins = np.linspace(0, top, 61)
+    for name, v in lengths.items():
+        ax.hist(np.clip(v, 0, top), bins=bins, alpha=0.5, density=True, label=name)
+    ax.set_title("IP packet length (last bin holds longer packets)")
     ax.set_xlabel("bytes")
     ax = axes[0, 1]
     for name, ts in (("real", real), ("synthetic", synth)):
@@ -153,7 +162,6 @@ def fig_distributions(real, synth, real_flows, synth_flows, path: Path) -> None:
         ax.set_xlabel(f"log10(1 + {unit})")
     for ax in axes.flat:
         ax.legend(fontsize=8)
-    fig.tight_layout()
     _savefig(fig, path)
 
 
@@ -181,7 +189,6 @@ def fig_confusion(results: dict[str, dict], path: Path) -> None:
     if not ok:
         axes[0, 0].text(0.5, 0.5, "no classifier result (one class only)", ha="center")
         axes[0, 0].axis("off")
-    fig.tight_layout()
     _savefig(fig, path)
 
 
@@ -204,7 +211,6 @@ def fig_mutual_information(nmi: dict, path: Path) -> None:
         ax.set_yticklabels(names, fontsize=7)
         ax.set_title(f"NMI between header fields: {title}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.045)
-    fig.tight_layout()
     _savefig(fig, path)
 
 
@@ -223,7 +229,6 @@ def fig_dcr(raw: dict, near: float, path: Path) -> None:
         ax.set_title(f"{unit}: distance to closest training record")
         ax.set_xlabel("Hamming over present bits (share)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
     _savefig(fig, path)
 
 
@@ -268,7 +273,9 @@ def make_figures(out: Path, extras: dict) -> list[str]:
 # --- markdown -----------------------------------------------------------------------------------
 
 def _f(x, nd=3) -> str:
-    return "n/a" if x is None else f"{x:.{nd}f}"
+    if x is None:
+        return "n/a"
+    return f"{x:.2e}" if 0 < abs(x) < 10 ** -nd else f"{x:.{nd}f}"
 
 
 def _copy_cell(rep: dict, unit: str, key: str, side: str = "synthetic") -> str:
@@ -351,7 +358,21 @@ def markdown(report: dict) -> str:
                      f"class F1 {_f(aug['real_only'].get('class_f1'))} (macro {_f(aug['real_only'].get('macro_f1'))}) "
                      f"-> {_f(aug['augmented'].get('class_f1'))} (macro {_f(aug['augmented'].get('macro_f1'))}) "
                      f"with {aug['synthetic_packets_added']} synthetic packets added.")
-    lines += ["", "## Compliance", "", "```", json.dumps(_clean(report["compliance"]), indent=1)[:3000], "```"]
+    lines += ["", "## Compliance (netdiff validate)", ""]
+    comp = report["compliance"]
+    if "total" in comp:
+        lines += ["| set | packets | malformed | checksum errors | expert errors | rule failures | ok |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, part in (("synthetic", comp), ("real (floor, no replay)", comp.get("real") or {})):
+            t = part.get("total") or {}
+            if t:
+                lines.append(f"| {name} | {t.get('packets')} | {t.get('malformed')} | "
+                             f"{t.get('checksum_errors')} | {t.get('expert_errors')} | "
+                             f"{t.get('rule_failed_packets')} | {part.get('ok')} |")
+        if isinstance((comp.get("total") or {}).get("replay"), (dict, str)):
+            lines += ["", f"replay of the synthetic pcaps: {comp['total']['replay']}"]
+    else:
+        lines += ["```", json.dumps(_clean(comp), indent=1)[:3000], "```"]
     if report.get("figures"):
         lines += ["", "## Figures", ""]
         for name in report["figures"]:
