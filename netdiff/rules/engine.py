@@ -25,11 +25,14 @@ _POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(a
 
 
 def rules_dir() -> Path:
-    """``$NETDIFF_RULES``, else ``protocol_rules/`` next to the package (repository root)."""
+    """``$NETDIFF_RULES``; else ``netdiff/protocol_rules`` when an installed wheel ships the
+    files inside the package; else ``protocol_rules/`` at the repository root."""
     env = os.environ.get(RULES_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "protocol_rules"
+    here = Path(__file__).resolve()
+    packaged = here.parents[1] / "protocol_rules"
+    return packaged if packaged.is_dir() else here.parents[2] / "protocol_rules"
 
 
 @dataclass(frozen=True)
@@ -215,52 +218,51 @@ def walk_options(grammar: OptionGrammar, vals: np.ndarray, optlen: np.ndarray,
     length byte is sane (RFC 9293 3.1: receivers skip unknown options): the checker's mode.
     """
     n, width = vals.shape
-    out = vals.copy()
     col = np.arange(width)
-    out[col[None, :] >= optlen[:, None]] = 0
+    inside = col[None, :] < optlen[:, None]
+    out = np.where(inside, vals, 0).astype(np.uint8)
     kinds = grammar.kinds
+    K = len(kinds)
     kcodes = np.array([k.kind for k in kinds], dtype=np.int64)
     kmin = np.array([min(k.lengths) for k in kinds], dtype=np.int64)
+    single = np.array([k.lengths == (1,) for k in kinds])
+    eol = np.array([k.kind == 0 for k in kinds])
+    # Hamming distance of every byte value to every kind: a (256, K) table.
+    dist_table = _POPCOUNT[np.arange(256)[:, None] ^ kcodes[None, :]].astype(np.int64)
+    flag_cols = [(j, flags[k.only_with]) for j, k in enumerate(kinds) if k.only_with is not None]
+    known = np.zeros(256, dtype=bool)
+    known[kcodes] = True
     cursor = np.zeros(n, dtype=np.int64)
-    rows = np.arange(n)
-    for _ in range(width):
-        active = cursor < optlen
-        if not active.any():
-            break
-        r = rows[active]
+    r = np.flatnonzero(optlen > 0)
+    while len(r):
         cur = cursor[r]
         room = optlen[r] - cur
-        gen_kind = out[r, cur].astype(np.int64)
-        nxt = np.minimum(cur + 1, width - 1)
-        gen_len = np.where(cur + 1 < optlen[r], out[r, nxt], 0).astype(np.int64)
-        dist = _POPCOUNT[(gen_kind[:, None] ^ kcodes[None, :]) & 0xFF].astype(np.int64)
+        gen_kind = out[r, cur]
+        gen_len = np.where(room > 1, out[r, np.minimum(cur + 1, width - 1)], 0).astype(np.int64)
+        dist = dist_table[gen_kind]
         allowed = kmin[None, :] <= room[:, None]
-        for j, k in enumerate(kinds):
-            if k.only_with is not None:
-                allowed[:, j] &= flags[k.only_with][r].astype(bool)
-        dist = np.where(allowed, dist, 1 << 20)
-        pick = np.argmin(dist, axis=1)
+        for j, fl in flag_cols:
+            allowed[:, j] &= fl[r].astype(bool)
+        pick = np.argmin(np.where(allowed, dist, 1 << 20), axis=1)
+        length = kmin[pick].copy()
         if keep_unknown:
-            unknown = ~np.isin(gen_kind, kcodes)
-            sane = unknown & (gen_len >= 2) & (gen_len <= room)
+            sane = ~known[gen_kind] & (gen_len >= 2) & (gen_len <= room)
         else:
             sane = np.zeros(len(r), dtype=bool)
-        length = np.ones(len(r), dtype=np.int64)
+        fix = ~sane
+        out[r[fix], cur[fix]] = kcodes[pick[fix]]
         for j, k in enumerate(kinds):
-            m = (pick == j) & ~sane
+            if single[j] or not k.value_bits and len(k.lengths) == 1:
+                continue
+            m = fix & (pick == j)
             if not m.any():
                 continue
-            if len(k.lengths) == 1:
-                length[m] = k.lengths[0]
-            else:
+            rr, cc = r[m], cur[m]
+            if len(k.lengths) > 1:
                 opts = np.array(k.lengths, dtype=np.int64)
                 d = np.abs(gen_len[m][:, None] - opts[None, :])
                 d = np.where(opts[None, :] <= room[m][:, None], d, 1 << 20)
                 length[m] = opts[np.argmin(d, axis=1)]
-            rr, cc = r[m], cur[m]
-            out[rr, cc] = k.kind
-            if k.lengths != (1,):
-                out[rr, cc + 1] = length[m]
             if k.value_bits:
                 nb = k.value_bits // 8
                 v = np.zeros(len(rr), dtype=np.int64)
@@ -273,12 +275,17 @@ def walk_options(grammar: OptionGrammar, vals: np.ndarray, optlen: np.ndarray,
                     v = np.clip(v, *k.value_range)
                 for b in range(nb):
                     out[rr, cc + 2 + b] = (v >> (8 * (nb - 1 - b))) & 0xFF
-            if k.kind == 0:                     # EOL: the rest of the area is padding
-                length[m] = room[m]
-                out[rr] = np.where(col[None, :] > cc[:, None], 0, out[rr])
+        multi = fix & ~single[pick]
+        out[r[multi], cur[multi] + 1] = length[multi]
+        ends = fix & eol[pick]                 # EOL: the rest of the area is padding
+        if ends.any():
+            re_, ce = r[ends], cur[ends]
+            out[re_] = np.where(col[None, :] > ce[:, None], 0, out[re_])
+            length[ends] = room[ends]
         length[sane] = gen_len[sane]
         cursor[r] = cur + length
-    changed = np.any(out != vals, axis=1) | np.any((col[None, :] >= optlen[:, None]) & (vals != 0), axis=1)
+        r = r[cursor[r] < optlen[r]]
+    changed = np.any((out != vals) & inside, axis=1)
     return out, changed
 
 

@@ -1,0 +1,376 @@
+"""Trace repair: rows become flows that a TCP/IP stack could have sent.
+
+Flows come from the generated ports (and, to break ties, sequence numbers): rows sharing a
+port pair (either direction) form a flow; a row whose port pair occurs once joins the flow whose
+ports are within a few flipped bits, or stays a flow of its own. Then, per flow: one IP
+version, one 5-tuple and direction per row, a TCP handshake before data and teardown after it,
+sequence and acknowledgement numbers that follow the bytes sent (SYN and FIN count one), TTL and
+DF per direction, IP ID counting per host. Everything is whole-array work over group ids.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netdiff.repair.addresses import AddressPool, mac_for, usable_many
+from netdiff.repair.rows import Rows
+from netdiff.rules import engine as E
+
+MERGE_BITS = 3              # a lone port pair joins a flow whose pair differs in <= 3 bits
+_POP8 = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1)
+M32 = (1 << 32) - 1
+
+
+def popcount32(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.int64)
+    return (_POP8[x & 255] + _POP8[(x >> 8) & 255] + _POP8[(x >> 16) & 255] +
+            _POP8[(x >> 24) & 255]).astype(np.int64)
+
+
+# --- group helpers (g: group id per row, rows in time order) ------------------------------------
+
+def group_excl_cumsum(g: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per row: the sum of x over earlier rows of the same group."""
+    if len(g) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(g, kind="stable")
+    xs = x[order].astype(np.int64)
+    cs = np.cumsum(xs)
+    gs = g[order]
+    start = np.r_[True, gs[1:] != gs[:-1]]
+    before = cs - xs
+    ex = before - before[start][np.cumsum(start) - 1]
+    out = np.empty_like(ex)
+    out[order] = ex
+    return out
+
+
+def group_first(g: np.ndarray, size: int) -> np.ndarray:
+    """Index of the first row of each group (-1 for empty groups)."""
+    first = np.full(size, -1, dtype=np.int64)
+    idx = np.arange(len(g))[::-1]
+    first[g[::-1]] = idx          # later writes win: reversed, so the first row wins
+    return first
+
+
+def group_last(g: np.ndarray, size: int) -> np.ndarray:
+    last = np.full(size, -1, dtype=np.int64)
+    last[g] = np.arange(len(g))
+    return last
+
+
+def group_median(g: np.ndarray, x: np.ndarray, size: int) -> np.ndarray:
+    order = np.lexsort((x, g))
+    counts = np.bincount(g, minlength=size)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    med = np.zeros(size, dtype=np.int64)
+    has = counts > 0
+    med[has] = x[order][starts[has] + (counts[has] - 1) // 2]
+    return med
+
+
+def group_any(g: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+    return np.bincount(g, weights=m.astype(np.float64), minlength=size) > 0
+
+
+# --- flows --------------------------------------------------------------------------------------
+
+def _ports(r: Rows, icmp_types: dict) -> tuple[np.ndarray, np.ndarray]:
+    f = r.f
+    a = np.where(r.proto == 6, f["tcp_sprt"], f["udp_sport"])
+    b = np.where(r.proto == 6, f["tcp_dprt"], f["udp_dport"])
+    icmp = r.proto == 1
+    if icmp.any():
+        id_seq = np.isin(f["icmp_type"], [t for t, d in icmp_types.items() if d["rest"] == "id_seq"])
+        a = np.where(icmp, np.where(id_seq, f["icmp_roh"] >> 16, 0), a)
+        b = np.where(icmp, 0, b)
+    return a, b
+
+
+def find_flows(r: Rows, icmp_types: dict) -> dict:
+    """Flow id, canonical (lo, hi) ports and the row's sending port for every row."""
+    n = len(r)
+    a, b = _ports(r, icmp_types)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    key = (r.proto << 32) | (lo << 16) | hi
+    if r.gen_src is not None:
+        # Layouts with addresses: the unordered generated address pair is part of the key.
+        s8, d8 = r.gen_src.view(">u8"), r.gen_dst.view(">u8")       # (n, 2) halves, compared in order
+        src_first = (s8[:, 0] < d8[:, 0]) | ((s8[:, 0] == d8[:, 0]) & (s8[:, 1] <= d8[:, 1]))
+        first = np.where(src_first[:, None], r.gen_src, r.gen_dst)
+        second = np.where(src_first[:, None], r.gen_dst, r.gen_src)
+        both = np.ascontiguousarray(np.concatenate([first, second], axis=1)).view(np.dtype((np.void, 32)))
+        _, pair_id = np.unique(both.reshape(-1), return_inverse=True)
+        key = key | (pair_id.reshape(-1).astype(np.int64) << 40)
+    uniq, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    # Lone pairs join the nearest frequent pair of the same protocol (port bits, then seq).
+    single = counts[inv] == 1
+    anchors = np.flatnonzero(counts >= 2)
+    merged_into = np.arange(len(uniq))
+    if single.any() and len(anchors):
+        s_rows = np.flatnonzero(single)
+        a_proto = uniq[anchors] >> 32         # protocol and address pair must match
+        a_lo, a_hi = (uniq[anchors] >> 16) & 0xFFFF, uniq[anchors] & 0xFFFF
+        fwd = (a[s_rows] << 16 | b[s_rows])[:, None]
+        d = np.minimum(popcount32(fwd ^ (a_lo << 16 | a_hi)[None, :]),
+                       popcount32(fwd ^ (a_hi << 16 | a_lo)[None, :]))
+        d = np.where(a_proto[None, :] == (key[s_rows] >> 32)[:, None], d, 99)
+        # ties between equally near flows: the one whose first sequence number is nearest
+        first_row = group_first(inv, len(uniq))[anchors]
+        seq = r.f["tcp_seq"]
+        sd = np.abs(((seq[s_rows][:, None] - seq[first_row][None, :] + (1 << 31)) & M32) - (1 << 31))
+        score = d * (1 << 33) + sd
+        j = np.argmin(score, axis=1)
+        ok = d[np.arange(len(s_rows)), j] <= MERGE_BITS
+        merged_into[inv[s_rows[ok]]] = anchors[j[ok]]
+    flow_key = merged_into[inv]
+    uf, flow = np.unique(flow_key, return_inverse=True)
+    flow = flow.reshape(-1)
+    k = uniq[uf]
+    f_lo, f_hi = (k >> 16) & 0xFFFF, k & 0xFFFF
+    # The row's sending port: the canonical port its own pair is nearest to.
+    d_fwd = popcount32((a << 16 | b) ^ (f_lo[flow] << 16 | f_hi[flow]))
+    d_rev = popcount32((a << 16 | b) ^ (f_hi[flow] << 16 | f_lo[flow]))
+    sender_is_lo = d_fwd <= d_rev
+    return {"flow": flow, "n_flows": len(uf), "lo": f_lo, "hi": f_hi, "sender_is_lo": sender_is_lo,
+            "proto": (k >> 32) & 0xFF, "n": n}
+
+
+def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool) -> dict:
+    """Apply every trace rule to ``r`` in place; returns counts for the report."""
+    f = r.f
+    n = len(r)
+    icmp_types = E.icmp_type_info(rules["icmp"])
+    fl = find_flows(r, icmp_types)
+    flow, G = fl["flow"], fl["n_flows"]
+    lo, hi = fl["lo"][flow], fl["hi"][flow]
+    tcp = r.proto == 6
+    udp = r.proto == 17
+    icmp = r.proto == 1
+    report = {"flows": int(G)}
+
+    # 1. One IP version per flow (the majority of its rows).
+    v6_share = np.bincount(flow, weights=r.v6.astype(float), minlength=G) / np.maximum(
+        np.bincount(flow, minlength=G), 1)
+    v6 = v6_share[flow] > 0.5
+    report["rows_changed_ip_version"] = int((v6 != r.v6).sum())
+    to_v6, to_v4 = v6 & ~r.v6, ~v6 & r.v6
+    f["ipv6_hl"] = np.where(to_v6, f["ipv4_ttl"], f["ipv6_hl"])
+    f["ipv6_tc"] = np.where(to_v6, f["ipv4_tos"], f["ipv6_tc"])
+    f["ipv4_ttl"] = np.where(to_v4, np.clip(f["ipv6_hl"], 1, 255), f["ipv4_ttl"])
+    f["ipv4_tos"] = np.where(to_v4, f["ipv6_tc"], f["ipv4_tos"])
+    r.ip_optlen = np.where(v6, 0, r.ip_optlen)
+    r.v6 = v6
+    # A row that became IPv6 has a longer IP header: keep the packet within the MTU.
+    ip_hl = np.where(v6, 40, 20 + r.ip_optlen)
+    l4_hl = np.where(tcp, 20 + r.tcp_optlen, 8)
+    mtu = np.where(v6, rules["ipv6"].header.get("max_total_length", 1500),
+                   rules["ipv4"].header.get("max_total_length", 1500))
+    r.payload_len = np.clip(r.payload_len, 0, mtu - ip_hl - l4_hl)
+
+    # 2. Client side and direction. TCP flows with a SYN open with it: the first row's sender is
+    # the client. Otherwise the higher (ephemeral) port is the client's.
+    syn = tcp & (f["tcp_syn"] == 1)
+    has_syn = group_any(flow, syn, G)
+    first = group_first(flow, G)
+    sender_lo = fl["sender_is_lo"]
+    client_is_lo = np.zeros(G, dtype=bool)
+    client_is_lo[has_syn] = sender_lo[first[has_syn]]
+    direction = np.where(sender_lo == client_is_lo[flow], 0, 1)
+    same = lo == hi
+    if (same & tcp).any():      # equal ports: sequence numbers tell the two sides apart
+        s0 = f["tcp_seq"][first[flow]]
+        a0 = f["tcp_ackn"][first[flow]]
+        near_s = np.abs(((f["tcp_seq"] - s0 + (1 << 31)) & M32) - (1 << 31))
+        near_a = np.abs(((f["tcp_seq"] - a0 + (1 << 31)) & M32) - (1 << 31))
+        direction = np.where(same & tcp, (near_a < near_s).astype(int), direction)
+    if icmp.any():              # requests go client -> server, replies and errors back
+        req = np.isin(f["icmp_type"], [8, 13])
+        direction = np.where(icmp, np.where(req, 0, 1), direction)
+    client_port = np.where(client_is_lo[flow], lo, hi)
+    server_port = np.where(client_is_lo[flow], hi, lo)
+    sport = np.where(direction == 0, client_port, server_port)
+    dport = np.where(direction == 0, server_port, client_port)
+    changed_ports = (tcp & ((sport != f["tcp_sprt"]) | (dport != f["tcp_dprt"]))) | \
+        (udp & ((sport != f["udp_sport"]) | (dport != f["udp_dport"])))
+    report["rows_changed_ports"] = int(changed_ports.sum())
+    f["tcp_sprt"] = np.where(tcp, sport, f["tcp_sprt"])
+    f["tcp_dprt"] = np.where(tcp, dport, f["tcp_dprt"])
+    f["udp_sport"] = np.where(udp, sport, f["udp_sport"])
+    f["udp_dport"] = np.where(udp, dport, f["udp_dport"])
+    fd = flow * 2 + direction                       # (flow, direction) group
+
+    # 3. TCP control flags: handshake first, FIN last per direction, RST last in the flow.
+    if tcp.any():
+        _tcp_flags(r, flow, G, direction, fd, has_syn, first, report)
+        _tcp_numbers(r, flow, fd, direction, G)
+
+    # 4. Fields the rules hold constant per direction (TTL, hop limit): the median of the
+    # generated values of that direction, clamped to the rule's range. DF: the majority.
+    changed = np.zeros(n, dtype=bool)
+    for proto, mask in (("ipv4", ~v6), ("ipv6", v6)):
+        for fr in rules[proto].fields:
+            if fr.per != "direction" or not mask.any():
+                continue
+            col = rules[proto].column(fr.name)
+            med = group_median(fd[mask], f[col][mask], 2 * G)[fd]
+            if fr.range is not None:
+                med = np.clip(med, *fr.range)
+            changed |= mask & (med != f[col])
+            f[col] = np.where(mask, med, f[col])
+    report["rows_changed_ttl"] = int(changed.sum())
+    df = (np.bincount(fd, weights=f["ipv4_dfbit"].astype(float), minlength=2 * G) /
+          np.maximum(np.bincount(fd, minlength=2 * G), 1)) >= 0.5
+    f["ipv4_dfbit"] = df[fd].astype(np.int64)
+
+    # 5. Addresses: one client and one server endpoint per flow.
+    _addresses(r, flow, G, direction, client_port, server_port, pool, keep_addresses, report)
+
+    # 6. IP ID counts per sending host, from the host's first generated ID.
+    host_key = r.src.view(np.dtype((np.void, 16))).reshape(-1)
+    _, host = np.unique(host_key, return_inverse=True)
+    host = host.reshape(-1)
+    nh = int(host.max()) + 1 if n else 0
+    base = f["ipv4_id"][group_first(host, nh)][host]
+    f["ipv4_id"] = (base + group_excl_cumsum(host, np.ones(n, dtype=np.int64))) & 0xFFFF
+    report["hosts"] = nh
+    report["direction"] = direction
+    report["flow"] = flow
+    return report
+
+
+def _tcp_flags(r: Rows, flow, G, direction, fd, has_syn, first, report):
+    f = r.f
+    n = len(r)
+    tcp = r.proto == 6
+    idx = np.arange(n)
+    before = {k: f[k].copy() for k in ("tcp_syn", "tcp_ackf", "tcp_fin", "tcp_rst")}
+    hs = tcp & has_syn[flow]
+    # first server row of each handshake flow
+    s2c = tcp & (direction == 1)
+    first_s2c = np.full(G, n, dtype=np.int64)
+    np.minimum.at(first_s2c, flow[s2c], idx[s2c])
+    pos_first = first[flow] == idx
+    syn_rows = hs & (pos_first | ((direction == 0) & (idx < first_s2c[flow])))
+    synack_rows = hs & (idx == first_s2c[flow])
+    other = tcp & ~syn_rows & ~synack_rows
+    f["tcp_syn"] = np.where(syn_rows | synack_rows, 1, np.where(tcp, 0, f["tcp_syn"]))
+    f["tcp_ackf"] = np.where(syn_rows, 0, np.where(tcp, 1, f["tcp_ackf"]))
+    # FIN: once per direction that generated one, on its last generated FIN or, when data
+    # follows that, on the direction's last data segment (never on a SYN): no data after FIN.
+    fin_gen = other & (f["tcp_fin"] == 1)
+    data = other & (r.payload_len > 0)
+    last_fin = np.full(2 * G, -1, dtype=np.int64)
+    np.maximum.at(last_fin, fd[fin_gen], idx[fin_gen])
+    last_data = np.full(2 * G, -1, dtype=np.int64)
+    np.maximum.at(last_data, fd[data], idx[data])
+    fin_at = np.where(last_fin >= 0, np.maximum(last_fin, last_data), -1)
+    f["tcp_fin"] = np.where(tcp, (other & (fin_at[fd] == idx)).astype(np.int64), f["tcp_fin"])
+    # RST: only as the flow's last row, when the flow generated one.
+    rst_gen = other & (f["tcp_rst"] == 1)
+    want_rst = group_any(flow, rst_gen, G)
+    is_last = group_last(flow, G)[flow] == idx
+    rst = other & is_last & want_rst[flow]
+    f["tcp_rst"] = np.where(tcp, rst.astype(np.int64), f["tcp_rst"])
+    f["tcp_fin"] = np.where(rst, 0, f["tcp_fin"])
+    f["tcp_psh"] = np.where(syn_rows | synack_rows | rst, 0, f["tcp_psh"])
+    # SYN and RST segments carry no data here; PSH only with data.
+    r.payload_len = np.where(tcp & (syn_rows | synack_rows | rst), 0, r.payload_len)
+    f["tcp_psh"] = np.where(tcp & (r.payload_len == 0), 0, f["tcp_psh"])
+    # URG: only with data, pointer inside the segment.
+    urg = tcp & (f["tcp_urg"] == 1) & (r.payload_len > 0) & (f["tcp_ackf"] == 1)
+    f["tcp_urg"] = np.where(tcp, urg.astype(np.int64), f["tcp_urg"])
+    f["tcp_urp"] = np.where(urg, np.clip(f["tcp_urp"], 1, np.maximum(r.payload_len, 1)),
+                            np.where(tcp, 0, f["tcp_urp"]))
+    # ECN: SYN may carry ECE+CWR (setup), SYN-ACK ECE only (RFC 3168 6.1.1).
+    f["tcp_cwr"] = np.where(synack_rows, 0, f["tcp_cwr"])
+    changed = np.zeros(n, dtype=bool)
+    for k, v in before.items():
+        changed |= tcp & (f[k] != v)
+    report["tcp_handshakes"] = int(has_syn.sum())
+    report["rows_changed_tcp_flags"] = int(changed.sum())
+
+
+def _tcp_numbers(r: Rows, flow, fd, direction, G):
+    """seq = the direction's first generated seq + what it sent before; ack = the other side's
+    first seq + what the other side sent before this row (SYN and FIN count one)."""
+    f = r.f
+    n = len(r)
+    tcp = r.proto == 6
+    idx = np.arange(n)
+    syn = tcp & (f["tcp_syn"] == 1)
+    # only the first SYN of a direction occupies sequence space (later ones are retransmits)
+    first_fd = group_first(fd, 2 * G)
+    first_syn = syn & (first_fd[fd] == idx)
+    seglen = np.where(tcp, r.payload_len + first_syn + f["tcp_fin"], 0)
+    isn = f["tcp_seq"][first_fd[np.maximum(fd, 0)]]
+    sent_before = group_excl_cumsum(fd, seglen)
+    seq = np.where(syn, isn, isn + sent_before) & M32
+    other_fd = flow * 2 + (1 - direction)
+    other_first = first_fd[other_fd]
+    # bytes the other side sent before this row: its running total in flow order
+    per_dir = [np.where(direction == d, seglen, 0) for d in (0, 1)]
+    cum_other = np.where(direction == 0, group_excl_cumsum(flow, per_dir[1]),
+                         group_excl_cumsum(flow, per_dir[0]))
+    other_isn = np.where(other_first >= 0, f["tcp_seq"][np.maximum(other_first, 0)], 0)
+    ack = np.where(other_first >= 0, (other_isn + cum_other) & M32, f["tcp_ackn"])
+    ack = np.where(f["tcp_ackf"] == 1, ack, 0)
+    f["tcp_seq"] = np.where(tcp, seq, f["tcp_seq"])
+    f["tcp_ackn"] = np.where(tcp, ack, f["tcp_ackn"])
+
+
+def _addresses(r: Rows, flow, G, direction, client_port, server_port, pool: AddressPool,
+               keep: bool, report):
+    """Client: one host per IP version (the capture's own machine); servers: one per server
+    port (and protocol), so flows to the same service share a server. Generated addresses (when
+    the layout keeps them and no pool is forced) are kept where they are legal unicast."""
+    n = len(r)
+    first = group_first(flow, G)
+    v6_flow = r.v6[first]
+    proto_flow = r.proto[first]
+    sport = server_port[first]
+    client = np.zeros((G, 16), np.uint8)
+    server = np.zeros((G, 16), np.uint8)
+    for ver, m in ((4, ~v6_flow), (6, v6_flow)):
+        if not m.any():
+            continue
+        client[m] = pool.draw(ver, 1)[0]
+        skey = (proto_flow[m] << 16) | sport[m]
+        uk, inv = np.unique(skey, return_inverse=True)
+        server[m] = pool.draw(ver, len(uk))[inv.reshape(-1)]
+    if keep and r.gen_src is not None:
+        # per flow: the generated addresses of its first row in each direction, where usable
+        idx = np.arange(n)
+        for d, (own, other) in ((0, (r.gen_src, r.gen_dst)), (1, (r.gen_dst, r.gen_src))):
+            m = direction == d
+            first_d = np.full(G, n, dtype=np.int64)
+            np.minimum.at(first_d, flow[m], idx[m])
+            has = first_d < n
+            rows_d = first_d[has]
+            for tgt, gen in ((client, own), (server, other)):
+                cand = gen[rows_d].copy()
+                cand[~r.v6[rows_d], 4:] = 0
+                ok = np.where(r.v6[rows_d], usable_many(cand, 6), usable_many(cand, 4))
+                if d == 1:      # the client->server row, where there is one, decided already
+                    ok &= ~got[np.flatnonzero(has)]
+                sel = np.flatnonzero(has)[ok]
+                tgt[sel] = cand[ok]
+            if d == 0:
+                got = has.copy()
+    c, s = client[flow], server[flow]
+    d0 = (direction == 0)[:, None]
+    r.src = np.where(d0, c, s)
+    r.dst = np.where(d0, s, c)
+    report["servers"] = int(len(np.unique(server.view(np.dtype((np.void, 16))))))
+
+
+def macs(r: Rows) -> tuple[np.ndarray, np.ndarray]:
+    """(source MACs, destination MACs) derived from the addresses."""
+    n = len(r)
+    last4_src = np.where(r.v6[:, None], r.src[:, 12:16], r.src[:, :4])
+    last4_dst = np.where(r.v6[:, None], r.dst[:, 12:16], r.dst[:, :4])
+    pre = np.tile(np.array([2, 0], np.uint8), (n, 1))
+    return np.concatenate([pre, last4_src], 1), np.concatenate([pre, last4_dst], 1)
+
+
+__all__ = ["repair_trace", "find_flows", "macs", "mac_for"]

@@ -1,0 +1,397 @@
+"""``netdiff validate``: is every packet of a capture valid?
+
+Three independent checks per file:
+(a) tshark with checksum validation on for IP, TCP, UDP (ICMP is always checked): malformed
+    packets, bad checksums, expert-info entries of severity "error";
+(b) tcpreplay of the file into a veth pair that lives inside a network namespace netdiff
+    creates and removes itself (never a real interface); skipped, with the reason, without root
+    or namespaces;
+(c) netdiff's own rule checks: the same protocol_rules/*.yaml the repair applies.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+from functools import lru_cache
+
+import numpy as np
+
+from netdiff.bits import codec
+from netdiff.errors import NetdiffError
+from netdiff.io.pcap import CaptureReader
+from netdiff.rules import checksum as C
+from netdiff.rules import engine as E
+
+SEVERITY_ERROR = 0x800000           # Wireshark's PI_ERROR
+CHECKSUM_BAD = {"0", "4"}           # PROTO_CHECKSUM_E_BAD, PROTO_CHECKSUM_E_ILLEGAL
+TSHARK_PREFS = ("ip.check_checksum:TRUE", "tcp.check_checksum:TRUE", "udp.check_checksum:TRUE")
+_SHOULD_BE = re.compile(r"\[should be 0x[0-9a-fA-F]+\]")
+_AGG = "\x1f"                       # unit separator: never inside an expert message
+
+
+# --- (a) tshark -------------------------------------------------------------------------------
+
+# Dissectors kept in the default (transport) mode: link, IP and transport layers. Payloads are
+# zeros by default (nPrint images hold none), and an application dissector that happens to own
+# a generated port can reject zeros; that is counted apart (app_layer_malformed) and fails only
+# with app_layers=True.
+TRANSPORT_PROTOCOLS = ("frame", "eth", "ethertype", "vlan", "ip", "ipv6", "tcp", "udp", "icmp",
+                       "data", "_ws.expert", "_ws.malformed", "_ws.lua", "pkt_comment")
+
+
+@lru_cache(maxsize=2)
+def _other_protocols(exe: str) -> tuple[str, ...]:
+    """Every protocol this tshark knows except TRANSPORT_PROTOCOLS (tshark 4.0 has no
+    "disable all": each must be named on its own --disable-protocol)."""
+    proc = subprocess.run([exe, "-G", "protocols"], capture_output=True, text=True)
+    names = [ln.split("\t")[2] for ln in proc.stdout.split("\n") if ln.count("\t") >= 2]
+    return tuple(n for n in names if n and n not in TRANSPORT_PROTOCOLS)
+
+
+def tshark_check(path: str, app_layers: bool = False) -> dict:
+    """tshark's verdict per file; ``app_layers`` keeps every dissector on for the verdict."""
+    out = _tshark(path, restrict=not app_layers)
+    if not app_layers:
+        full = _tshark(path, restrict=False)
+        out["app_layer_malformed"] = full["malformed"]
+    return out
+
+
+def _tshark(path: str, restrict: bool) -> dict:
+    exe = shutil.which("tshark")
+    if exe is None:
+        raise NetdiffError("tshark not found: install the Debian package 'tshark' "
+                           "(apt-get install tshark)")
+    cmd = [exe, "-n", "-r", str(path)]
+    if restrict:
+        for name in _other_protocols(exe):
+            cmd += ["--disable-protocol", name]
+    for p in TSHARK_PREFS:
+        cmd += ["-o", p]
+    fields = ["frame.number", "_ws.malformed", "_ws.expert.severity", "_ws.expert.message",
+              "ip.checksum.status", "tcp.checksum.status", "udp.checksum.status",
+              "icmp.checksum.status", "ipv6.src"]
+    cmd += ["-T", "fields", "-E", "occurrence=a", "-E", f"aggregator={_AGG}", "-E", "quote=n"]
+    for f in fields:
+        cmd += ["-e", f]
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    if proc.returncode != 0:
+        msg = proc.stderr.strip().splitlines()
+        raise NetdiffError(f"{path}: tshark failed: {msg[-1] if msg else proc.returncode}")
+    packets = malformed = cks = errors = 0
+    bad_frames: list[int] = []
+    messages: dict[str, int] = {}
+    for line in proc.stdout.split("\n"):   # not splitlines(): it splits on \x1c-\x1e too
+        cols = line.split("\t")
+        if len(cols) < len(fields) or not cols[0]:
+            continue
+        packets += 1
+        frame = int(cols[0])
+        is_mal = bool(cols[1])
+        sev = [int(s) for s in cols[2].split(_AGG) if s]
+        msgs = cols[3].split(_AGG) if cols[3] else []
+        err_msgs = [m for s, m in zip(sev, msgs) if s >= SEVERITY_ERROR]
+        statuses = _AGG.join(cols[4:8]).split(_AGG)
+        is_cks = any(s in CHECKSUM_BAD for s in statuses)
+        is_err = bool(err_msgs)
+        malformed += is_mal
+        cks += is_cks
+        errors += is_err
+        for m in err_msgs:
+            m = _SHOULD_BE.sub("[should be ...]", m)
+            messages[m] = messages.get(m, 0) + 1
+        if is_mal or is_cks or is_err:
+            bad_frames.append(frame)
+    top = dict(sorted(messages.items(), key=lambda kv: -kv[1])[:8])
+    return {"packets": packets, "malformed": malformed, "checksum_errors": cks,
+            "expert_errors": errors, "expert_error_messages": top, "bad_frames": bad_frames}
+
+
+# --- (b) tcpreplay in a namespace -------------------------------------------------------------
+
+def replay_unavailable() -> str | None:
+    """Why replay cannot run here, or None."""
+    if os.name != "posix" or not hasattr(os, "geteuid"):
+        return "skipped: needs Linux network namespaces"
+    if os.geteuid() != 0:
+        return "skipped: needs root to create a network namespace and veth pair"
+    for tool in ("tcpreplay", "ip"):
+        if shutil.which(tool) is None:
+            pkg = "tcpreplay" if tool == "tcpreplay" else "iproute2"
+            return f"skipped: {tool} not found (Debian package {pkg})"
+    return None
+
+
+def _ip(*args, check=True):
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip() or f"ip {' '.join(args)} failed")
+    return proc
+
+
+def replay(path: str, expected: int) -> dict | str:
+    """Replay into veth ndA (inside a fresh namespace) and count what its peer ndB received."""
+    why = replay_unavailable()
+    if why:
+        return why
+    ns = f"netdiff-{os.getpid()}-{secrets.token_hex(3)}"
+    try:
+        _ip("netns", "add", ns)
+    except RuntimeError as e:
+        return f"skipped: cannot create a network namespace ({e})"
+    try:
+        # Both ends are created inside the namespace: nothing touches the host's interfaces.
+        _ip("-n", ns, "link", "add", "ndA", "type", "veth", "peer", "name", "ndB")
+        for dev in ("ndA", "ndB", "lo"):
+            _ip("-n", ns, "link", "set", dev, "up")
+        rx0 = _rx(ns)
+        proc = subprocess.run(["ip", "netns", "exec", ns, "tcpreplay", "--topspeed", "-i", "ndA",
+                               str(path)], capture_output=True, text=True)
+        out = proc.stdout + proc.stderr
+        ok = _stat(out, "Successful packets")
+        failed = _stat(out, "Failed packets")
+        if proc.returncode != 0 and ok is None:
+            last = [ln for ln in out.strip().splitlines() if ln.strip()]
+            return {"sent": 0, "failed": expected, "received": 0,
+                    "error": last[-1] if last else f"tcpreplay exit {proc.returncode}"}
+        received = _rx(ns) - rx0
+        return {"sent": ok or 0, "failed": failed or 0, "received": received}
+    except RuntimeError as e:
+        return f"skipped: cannot set up the veth pair ({e})"
+    finally:
+        _ip("netns", "del", ns, check=False)
+
+
+def _stat(text: str, label: str) -> int | None:
+    m = re.search(rf"{label}:\s+(\d+)", text)
+    return int(m.group(1)) if m else None
+
+
+def _rx(ns: str) -> int:
+    p = subprocess.run(["ip", "netns", "exec", ns, "cat", "/sys/class/net/ndB/statistics/rx_packets"],
+                       capture_output=True, text=True)
+    try:
+        return int(p.stdout.strip())
+    except ValueError:
+        return 0
+
+
+# --- (c) netdiff's own rules --------------------------------------------------------------------
+
+def _be(g, rows, at, nbytes):
+    v = np.zeros(len(rows), dtype=np.int64)
+    for k in range(nbytes):
+        v = (v << 8) | g[rows, at + k]
+    return v
+
+
+def check_batch(batch, rules: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({rule: bool mask of packets breaking it}, mask of packets the rules could read)."""
+    rules = rules or E.load_rules()
+    p = codec.parse(batch)
+    n = len(batch)
+    checked = p.reason == 0
+    fails: dict[str, np.ndarray] = {}
+
+    def add(name, mask):
+        if mask.any():
+            fails[name] = fails.get(name, np.zeros(n, bool)) | mask
+
+    # Whole IP packets as a zero-padded matrix (for checksums), chunked to bound memory.
+    l3 = p.l3
+    ip_avail = batch.caplen - l3
+    g = p.window
+    rows = np.arange(n)
+    v4 = checked & (p.version == 4)
+    v6 = checked & (p.version == 6)
+    ip_total = np.zeros(n, dtype=np.int64)
+    c3 = np.minimum(l3, g.shape[1] - 61)
+    ip_total[v4] = _be(g, rows[v4], c3[v4] + 2, 2)
+    ip_total[v6] = _be(g, rows[v6], c3[v6] + 4, 2) + 40
+    wire_avail = batch.wirelen - l3
+    add("IP length beyond the frame", checked & (ip_total > wire_avail))
+    complete = checked & (ip_total <= ip_avail)
+
+    # Field values against the rule files (fixed headers, read from the gathered window).
+    for proto, mask, start in (("ipv4", v4, l3), ("ipv6", v6, l3), ("tcp", p.proto == 6, p.l4),
+                               ("udp", p.proto == 17, p.l4), ("icmp", p.proto == 1, p.l4)):
+        pr = rules[proto]
+        r = rows[mask]
+        if not len(r):
+            continue
+        at = np.minimum(start[r], g.shape[1] - 61)
+        fixed_bits = pr.header.get("fixed_bytes", 8) * 8
+        bits = np.unpackbits(g[r[:, None], at[:, None] + np.arange(fixed_bits // 8)[None, :]], axis=1)
+        vals = {}
+        for fr in pr.fields:
+            if fr.offset + fr.bits > fixed_bits or fr.bits > 63:
+                continue
+            seg = bits[:, fr.offset:fr.offset + fr.bits]
+            v = seg.astype(np.int64) @ (1 << np.arange(fr.bits - 1, -1, -1, dtype=np.int64))
+            vals[fr.name] = v
+            if fr.check and (fr.values is not None or fr.range is not None):
+                bad = np.zeros(n, bool)
+                bad[r] = ~fr.legal(v)
+                add(f"{pr.column(fr.name)} not a legal value", bad)
+        if pr.flags:
+            names, _ = pr.flag_table()
+            fl = np.stack([vals[k] for k in names], axis=1)
+            bad = np.zeros(n, bool)
+            bad[r] = ~E.flags_legal(pr, fl)
+            add(f"{proto} flags not a legal combination", bad)
+            for dep in pr.dependencies:
+                if dep.get("check", True) is False:
+                    continue
+                fld = vals.get(dep["field"])
+                bad = np.zeros(n, bool)
+                if "zero_unless" in dep:
+                    bad[r] = (fld != 0) & (vals[dep["zero_unless"]] == 0)
+                    add(f"{pr.column(dep['field'])} set without {dep['zero_unless']}", bad)
+                elif "requires" in dep:
+                    bad[r] = (fld != 0) & (vals[dep["requires"]] == 0)
+                    add(f"{pr.column(dep['field'])} without {dep['requires']}", bad)
+        if pr.types:
+            pairs = pr.icmp_pairs()
+            tc = vals["type"] * 256 + vals["code"]
+            bad = np.zeros(n, bool)
+            bad[r] = ~np.isin(tc, pairs[:, 0] * 256 + pairs[:, 1])
+            add("icmp type/code not a legal pair", bad)
+        if pr.options is not None:
+            hl = vals[pr.header["length_field"]] * pr.header["length_unit"]
+            optlen = np.clip(hl - pr.header["fixed_bytes"], 0, pr.options.max_bytes)
+            ob = g[r[:, None], np.minimum(at[:, None] + pr.header["fixed_bytes"] +
+                                          np.arange(pr.options.max_bytes)[None, :], g.shape[1] - 1)]
+            flags = {k: vals[k] == 1 for k in ("syn", "ackf") if k in vals}
+            flags = {k: v for k, v in flags.items()}
+            full = {k: np.zeros(len(r), bool) | v for k, v in flags.items()}
+            _, changed = E.walk_options(pr.options, ob, optlen, full, keep_unknown=True)
+            bad = np.zeros(n, bool)
+            bad[r] = changed
+            add(f"{proto} options break the option grammar", bad)
+            if proto == "tcp":
+                bad = np.zeros(n, bool)
+                bad[r] = hl > ip_total[r] - p.ip_hlen[r]
+                add("tcp header longer than the IP payload", bad)
+        if proto == "udp":
+            bad = np.zeros(n, bool)
+            bad[r] = vals["len"] != ip_total[r] - p.ip_hlen[r]
+            add("udp length disagrees with the IP length", bad)
+
+    # Checksums over complete packets.
+    ok_ck = _checksums(batch, p, ip_total, complete, rules)
+    for name, bad in ok_ck.items():
+        add(name, bad)
+    return fails, checked
+
+
+def _checksums(batch, p, ip_total, complete, rules) -> dict[str, np.ndarray]:
+    n = len(batch)
+    out = {k: np.zeros(n, bool) for k in ("ipv4 header checksum wrong", "tcp checksum wrong",
+                                          "udp checksum wrong", "icmp checksum wrong")}
+    idx = np.flatnonzero(complete)
+    budget = 1 << 24
+    i = 0
+    while i < len(idx):
+        width = int(ip_total[idx[i]])
+        j = i
+        while j < len(idx) and (j - i + 1) * max(width, int(ip_total[idx[j]])) <= budget:
+            width = max(width, int(ip_total[idx[j]]))
+            j += 1
+        j = max(j, i + 1)
+        sel = idx[i:j]
+        width = max(int(ip_total[sel].max()), 40)     # room for IPv6 addresses in any chunk
+        width += width % 2
+        col = np.arange(width)
+        src = batch.offset[sel, None] + p.l3[sel, None] + col[None, :]
+        inside = col[None, :] < ip_total[sel, None]
+        mat = np.where(inside, batch.data[np.minimum(src, len(batch.data) - 1)], 0).astype(np.uint8)
+        v4 = p.version[sel] == 4
+        k = len(sel)
+        zero = np.zeros(k, np.int64)
+        hl = p.ip_hlen[sel]
+        s4 = np.flatnonzero(v4)
+        bad4 = ~C.verify(C.region_sum(mat[s4], zero[s4], hl[s4]))
+        out["ipv4 header checksum wrong"][sel[s4]] = bad4
+        seg = ip_total[sel] - hl
+        total = C.region_sum(mat, hl, seg)
+        srcs = np.where(v4[:, None], np.pad(mat[:, 12:16], ((0, 0), (0, 12))), mat[:, 8:24])
+        dsts = np.where(v4[:, None], np.pad(mat[:, 16:20], ((0, 0), (0, 12))), mat[:, 24:40])
+        proto = p.proto[sel]
+        pseudo = C.pseudo_header_sum(srcs, dsts, proto, seg)
+        good = C.verify(np.where(proto == 1, total, total + pseudo))
+        rows = np.arange(k)
+        ck_at = hl + np.where(proto == 6, 16, np.where(proto == 17, 6, 2))
+        stored = (mat[rows, np.minimum(ck_at, width - 2)].astype(np.int64) << 8) | \
+            mat[rows, np.minimum(ck_at + 1, width - 1)]
+        udp_none = (proto == 17) & (stored == 0) & v4           # "no checksum" (IPv4 only)
+        for num, name in ((6, "tcp"), (17, "udp"), (1, "icmp")):
+            m = proto == num
+            out[f"{name} checksum wrong"][sel[m]] = ~good[m] & ~udp_none[m]
+        i = j
+    return out
+
+
+# --- all three ---------------------------------------------------------------------------------
+
+def validate_pcaps(paths, *, replay: bool = True, app_layers: bool = False, rules_dir=None) -> dict:
+    """Per file and in total: packets, malformed, checksum errors, expert errors, replay result
+    (or "skipped: <why>"), rule-check failures, ok.
+
+    tshark judges the link, IP and transport layers (``app_layers=True``: every layer); the
+    number of packets an application dissector calls malformed is reported either way."""
+    rules = E.load_rules(rules_dir)
+    files = []
+    for path in paths:
+        path = str(path)
+        reader = CaptureReader(path)
+        rule_fail: dict[str, int] = {}
+        rule_bad_packets = 0
+        unchecked = 0
+        total = 0
+        for batch in reader:
+            fails, checked = check_batch(batch, rules)
+            any_bad = np.zeros(len(batch), bool)
+            for k, m in fails.items():
+                rule_fail[k] = rule_fail.get(k, 0) + int(m.sum())
+                any_bad |= m
+            rule_bad_packets += int(any_bad.sum())
+            unchecked += int((~checked).sum())
+            total += len(batch)
+        ts = tshark_check(path, app_layers)
+        rep = _replay(path, total) if replay else "skipped: --no-replay"
+        replay_ok = not isinstance(rep, dict) or (rep["failed"] == 0 and rep["sent"] == total)
+        ok = (ts["malformed"] == 0 and ts["checksum_errors"] == 0 and ts["expert_errors"] == 0
+              and rule_bad_packets == 0 and replay_ok and not reader.info.stopped)
+        files.append({
+            "path": path, "packets": total, "malformed": ts["malformed"],
+            "checksum_errors": ts["checksum_errors"], "expert_errors": ts["expert_errors"],
+            "expert_error_messages": ts["expert_error_messages"],
+            "app_layer_malformed": ts.get("app_layer_malformed", ts["malformed"]),
+            "tshark_bad_frames": ts["bad_frames"][:20],
+            "rule_failures": dict(sorted(rule_fail.items(), key=lambda kv: -kv[1])),
+            "rule_failed_packets": rule_bad_packets, "rule_unchecked_packets": unchecked,
+            "replay": rep, "capture_problem": reader.info.stopped, "ok": ok,
+        })
+    tot = {k: sum(f[k] for f in files) for k in ("packets", "malformed", "checksum_errors",
+                                                 "expert_errors", "app_layer_malformed",
+                                                 "rule_failed_packets",
+                                                 "rule_unchecked_packets")}
+    reps = [f["replay"] for f in files]
+    if reps and all(isinstance(r, dict) for r in reps):
+        tot["replay"] = {k: sum(r[k] for r in reps) for k in ("sent", "failed", "received")}
+    else:
+        skipped = sorted({r for r in reps if isinstance(r, str)})
+        tot["replay"] = skipped[0] if len(skipped) == 1 and all(isinstance(r, str) for r in reps) \
+            else {"sent": sum(r["sent"] for r in reps if isinstance(r, dict)),
+                  "failed": sum(r["failed"] for r in reps if isinstance(r, dict)),
+                  "skipped_files": sum(isinstance(r, str) for r in reps)}
+    tot["files"] = len(files)
+    tot["ok"] = all(f["ok"] for f in files)
+    return {"files": files, "total": tot, "ok": tot["ok"]}
+
+
+def _replay(path, total):
+    return replay(path, total)

@@ -1,0 +1,216 @@
+"""Trace rules: flows, handshake, teardown, sequence/acknowledgement numbers, IP ID, TTL,
+addresses, timestamps, determinism. Checked on the bytes of the repaired capture."""
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from netdiff.bits.layout import NETDIFFUSION as L
+from netdiff.repair import TimingModel, repair
+from netdiff.repair.perturb import flip_pixels, random_bits
+
+
+def _packets(batch):
+    """Parsed view of every Ethernet/IPv4|IPv6 packet: dicts of the fields the tests need."""
+    out = []
+    for i in range(len(batch)):
+        raw = batch.packet(i)
+        ver = raw[14] >> 4
+        if ver == 4:
+            hl = (raw[14] & 15) * 4
+            src, dst = raw[26:30], raw[30:34]
+            proto, ttl, ipid = raw[23], raw[22], int.from_bytes(raw[18:20], "big")
+            total = int.from_bytes(raw[16:18], "big")
+        else:
+            hl = 40
+            src, dst = raw[22:38], raw[38:54]
+            proto, ttl, ipid = raw[20], raw[21], None
+            total = 40 + int.from_bytes(raw[18:20], "big")
+        l4 = 14 + hl
+        p = dict(src=bytes(src), dst=bytes(dst), proto=proto, ttl=ttl, id=ipid, ver=ver,
+                 ts=int(batch.ts_sec[i]) * 10 ** 9 + int(batch.ts_nsec[i]))
+        if proto == 1:      # ICMP flows are keyed by the echo/timestamp identifier
+            echo = raw[l4] in (0, 8, 13, 14)
+            p["sport"] = int.from_bytes(raw[l4 + 4:l4 + 6], "big") if echo else 0
+        if proto in (6, 17):
+            p["sport"] = int.from_bytes(raw[l4:l4 + 2], "big")
+            p["dport"] = int.from_bytes(raw[l4 + 2:l4 + 4], "big")
+        if proto == 6:
+            doff = (raw[l4 + 12] >> 4) * 4
+            p.update(seq=int.from_bytes(raw[l4 + 4:l4 + 8], "big"),
+                     ack=int.from_bytes(raw[l4 + 8:l4 + 12], "big"), flags=raw[l4 + 13],
+                     plen=total - hl - doff, win=int.from_bytes(raw[l4 + 14:l4 + 16], "big"))
+        out.append(p)
+    return out
+
+
+def _check_tcp(pkts):
+    """Every TCP rule of trace repair, checked flow by flow from the bytes."""
+    flows = defaultdict(list)
+    for p in pkts:
+        if p["proto"] == 6:
+            key = frozenset([(p["src"], p["sport"]), (p["dst"], p["dport"])])
+            flows[key].append(p)
+    assert flows
+    for key, fp in flows.items():
+        nxt = {}          # endpoint -> next sequence number it will use
+        fin_sent = set()
+        syn_done = set()
+        for p in fp:
+            me = (p["src"], p["sport"])
+            peer = (p["dst"], p["dport"])
+            syn, fin, rst, ackf = p["flags"] & 2, p["flags"] & 1, p["flags"] & 4, p["flags"] & 16
+            if syn:
+                assert p["plen"] == 0
+                if me in nxt and me in syn_done:
+                    assert p["seq"] == (nxt[me] - 1) % 2 ** 32     # a retransmitted SYN
+                    continue
+                syn_done.add(me)
+            if me in nxt:
+                assert p["seq"] == nxt[me], "seq must follow the bytes sent"
+            assert me not in fin_sent or p["plen"] == 0, "no data after FIN"
+            if ackf and peer in nxt:
+                assert p["ack"] == nxt[peer], "ack must be the next byte expected from the peer"
+            if not ackf:
+                assert syn and not fin and not rst and p["ack"] == 0
+            nxt[me] = (p["seq"] + p["plen"] + (1 if syn else 0) + (1 if fin else 0)) % 2 ** 32
+            if fin:
+                assert me not in fin_sent, "one FIN per direction"
+                fin_sent.add(me)
+        # handshake flows open with SYN then SYN-ACK; no SYN after data
+        if any(p["flags"] & 2 for p in fp):
+            assert fp[0]["flags"] & 0x12 == 0x02
+            first_other = next((p for p in fp if (p["src"], p["sport"]) != (fp[0]["src"], fp[0]["sport"])), None)
+            if first_other is not None:
+                assert first_other["flags"] & 0x12 == 0x12
+        # RST only as the last packet
+        for p in fp[:-1]:
+            assert not p["flags"] & 4
+
+
+@pytest.mark.parametrize("kind", ["clean", "flip5", "flip30", "random"])
+def test_tcp_trace_rules(mixed_image, kind):
+    bits = {"clean": mixed_image, "flip5": flip_pixels(mixed_image, 0.05, 1),
+            "flip30": flip_pixels(mixed_image, 0.30, 2), "random": random_bits(L, 3)}[kind]
+    res = repair(bits, L, seed=4)
+    _check_tcp(_packets(res.batch))
+
+
+def test_flows_come_from_the_generated_ports(mixed_image, sample_images):
+    res = repair(mixed_image, L, seed=0)
+    pkts = _packets(res.batch)
+    gen_pairs = set()
+    from netdiff.rules.fields import to_int
+    rows = mixed_image[np.any(mixed_image != -1, axis=1)]
+    for a, b in (("tcp_sprt", "tcp_dprt"), ("udp_sport", "udp_dport")):
+        s, d = to_int(rows[:, L.fields[a]]), to_int(rows[:, L.fields[b]])
+        ok = np.all(rows[:, L.fields[a]] != -1, axis=1)
+        gen_pairs |= {(a[:3], min(x, y), max(x, y)) for x, y in zip(s[ok], d[ok])}
+    out_pairs = {("tcp" if p["proto"] == 6 else "udp", min(p["sport"], p["dport"]), max(p["sport"], p["dport"]))
+                 for p in pkts if p["proto"] in (6, 17)}
+    assert out_pairs == gen_pairs                     # clean input: ports survive untouched
+    assert res.report["flows"] >= len(gen_pairs) > 3  # several flows per image
+
+
+def test_noisy_ports_join_their_flow(mixed_image):
+    clean = repair(mixed_image, L, seed=0).report["flows"]
+    bits = mixed_image.copy()
+    rows = np.flatnonzero(np.all(bits[:, L.fields["tcp_sprt"]] != -1, axis=1))[5::40]
+    c = L.fields["tcp_sprt"].start + 15
+    bits[rows, c] = 1 - bits[rows, c]                 # one flipped port bit in a few rows
+    assert repair(bits, L, seed=0).report["flows"] == clean
+
+
+def test_endpoints_ip_id_ttl(mixed_image):
+    res = repair(flip_pixels(mixed_image, 0.05, 9), L, seed=2, address_pool="198.51.100.0/24,2001:db8::/64")
+    pkts = _packets(res.batch)
+    net4, net6 = ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("2001:db8::/64")
+    by_host = defaultdict(list)
+    ttl = defaultdict(set)
+    for p in pkts:
+        for a in (p["src"], p["dst"]):
+            addr = ipaddress.ip_address(a)
+            assert addr in (net4 if addr.version == 4 else net6)
+            assert not (addr.is_multicast or addr.is_loopback or addr.is_unspecified)
+            if addr.version == 4:
+                assert a[-1] not in (0, 255)
+        if p["id"] is not None:
+            by_host[p["src"]].append(p["id"])
+        ttl[(p["src"], p["dst"], p.get("sport"), p.get("dport"), p["proto"])].add(p["ttl"])
+    for ids in by_host.values():
+        assert all((b - a) % 65536 == 1 for a, b in zip(ids, ids[1:])), "IP ID counts per host"
+    assert all(len(v) == 1 for v in ttl.values()), "one TTL per direction"
+    assert all(t >= 1 for v in ttl.values() for t in v)
+
+
+def test_default_pool_is_private():
+    res = repair(random_bits(L, 5), L, seed=5)
+    for p in _packets(res.batch):
+        for a in (p["src"], p["dst"]):
+            assert ipaddress.ip_address(a).is_private
+
+
+def test_timestamps_follow_the_timing_model(mixed_image):
+    model = TimingModel.learn({"slow": [np.full(500, 0.5)], "fast": [np.full(500, 1e-4)]})
+    for klass, gap in (("slow", 0.5), ("fast", 1e-4)):
+        b = repair(mixed_image, L, timing=model, klass=klass).batch
+        t = b.ts_sec * 10 ** 9 + b.ts_nsec
+        d = np.diff(t) / 1e9
+        assert (d >= 0).all()
+        assert np.median(d) == pytest.approx(gap, rel=0.01)
+
+
+def test_same_seed_same_bytes_other_seed_other_addresses(mixed_image):
+    a = repair(mixed_image, L, seed=11).batch
+    b = repair(mixed_image, L, seed=11).batch
+    c = repair(mixed_image, L, seed=12).batch
+    assert a.data.tobytes() == b.data.tobytes()
+    assert (a.ts_nsec == b.ts_nsec).all()
+    assert a.data.tobytes() != c.data.tobytes()
+
+
+def test_payload_bits_become_payload(sample_captures):
+    """With a layout that keeps payload bytes, the generated payload is written (zeros beyond)."""
+    from netdiff.bits.layout import named_layout
+    from repair_helpers import image_bits
+
+    lay = named_layout("netdiffusion", payload_bytes=16)
+    path = sorted(sample_captures.glob("dns_udp/*.pcap"))[0]
+    bits = image_bits(path, lay)
+    res = repair(bits, lay, seed=0)
+    from netdiff.bits.codec import encode
+
+    out, _ = encode(res.batch, lay)
+    sl = lay.fields["payload_bit"]
+    rows = bits[np.any(bits != -1, axis=1)]
+    np.testing.assert_array_equal(out[:, sl], rows[:, sl])
+    assert res.report["kept_share"]["payload"] == 1.0
+
+
+def test_default_payload_is_zeros(mixed_image):
+    b = repair(mixed_image, L, seed=0).batch
+    for i in range(0, len(b), 37):
+        raw = b.packet(i)
+        if raw[23] == 17:                       # IPv4 UDP: payload after 14 + 20 + 8
+            assert set(raw[42:]) <= {0}
+
+
+def test_generated_addresses_are_kept_when_the_layout_has_them(sample_captures):
+    from netdiff.bits.codec import encode
+    from netdiff.bits.layout import NPRINT
+    from repair_helpers import image_bits
+
+    for cls in ("web_tcp", "dns_udp", "icmp_echo"):
+        path = sorted(sample_captures.glob(f"{cls}/*.pcap"))[0]
+        bits = image_bits(path, NPRINT)
+        res = repair(bits, NPRINT, seed=0)
+        out, _ = encode(res.batch, NPRINT)
+        for f in ("ipv4_src", "ipv4_dst"):
+            sl = NPRINT.fields[f]
+            np.testing.assert_array_equal(out[:, sl], bits[res.rows][:, sl])
+        # a pool given by the user wins over generated addresses
+        forced = repair(bits, NPRINT, seed=0, address_pool="192.168.77.0/24").batch
+        assert all(forced.packet(i)[26:29] == bytes([192, 168, 77]) for i in range(len(forced)))
