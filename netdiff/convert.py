@@ -18,6 +18,7 @@ from netdiff.io.pcap import CaptureReader, PacketBatch, write_pcap
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp")
 GROUPINGS = ("file", "flow", "window")
+TIMING_FILE = "timing.json"     # per-class inter-arrival model written next to the images
 
 
 @dataclass
@@ -30,6 +31,7 @@ class ConvertSummary:
     errors: list[str] = field(default_factory=list)     # one line per file that failed
     notes: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    gaps: dict = field(default_factory=dict)             # class -> [inter-arrival seconds arrays]
 
     def to_dict(self) -> dict:
         return {"files": self.files, "images": self.images, "packets_read": self.packets_read,
@@ -167,6 +169,10 @@ def pcap2img(inp, out_dir, *, layout: Layout = NETDIFFUSION, cls: str | None = N
             summary.errors.append(f"{path}: {e.strerror or e}")
         if progress:
             progress(str(path))
+    if summary.outputs:
+        # Inter-arrival times per class, for repairing generated images of this dataset.
+        from netdiff.repair import TimingModel
+        TimingModel.learn(summary.gaps).save(out_dir / TIMING_FILE)
     return summary
 
 
@@ -192,6 +198,9 @@ def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: s
                        keep_payload=keep_payload, ts_precision=reader.info.ts_precision)
         sc.write(sc.sidecar_path(png), doc)
         skipped_pending = []
+        if len(rows.batch) > 1:
+            t = rows.batch.ts_sec * 1_000_000_000 + rows.batch.ts_nsec
+            summary.gaps.setdefault(klass, []).append(np.diff(t) / 1e9)
         made += 1
         summary.images += 1
         summary.rows += len(rows.batch)
@@ -328,7 +337,8 @@ def _repaired(png: Path, out: Path, *, strict, seed, address_pool, timing, layou
         notes: list[str] = []
     else:
         bits, notes = rp.quantize(rgb, layout)
-    result = rp.repair(bits, layout, seed=seed, address_pool=address_pool, timing=timing, strict=strict)
+    result = rp.repair(bits, layout, seed=seed, address_pool=address_pool, timing=timing, strict=strict,
+                       klass=(doc or {}).get("class") or png.parent.name)
     write_pcap(out, result.batch, nanosecond=True)
     return ImageResult(str(png), str(out), "repair", len(result.batch), list(notes))
 
