@@ -169,7 +169,7 @@ def pcap2img(inp, out_dir, *, layout: Layout = NETDIFFUSION, cls: str | None = N
             summary.errors.append(f"{path}: {e.strerror or e}")
         if progress:
             progress(str(path))
-    if summary.outputs:
+    if summary.gaps:
         # Inter-arrival times per class, for repairing generated images of this dataset.
         from netdiff.repair import TimingModel
         TimingModel.learn(summary.gaps).save(out_dir / TIMING_FILE)

@@ -17,7 +17,7 @@ def compare_rebuilt(images_dir: Path, rebuilt_dir: Path) -> dict:
     """Packets and timestamps of every rebuilt pcap against the capture its sidecar names."""
     checked = differing = 0
     cache: dict[str, object] = {}
-    for side in sorted(images_dir.rglob("*.json")):
+    for side in sc.iter_sidecars(images_dir):
         doc = sc.read(side)
         src = doc["source"]["path"]
         if src not in cache:

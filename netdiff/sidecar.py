@@ -28,6 +28,13 @@ def sidecar_path(png: Path) -> Path:
     return Path(png).with_suffix(".json")
 
 
+def iter_sidecars(folder: Path):
+    """Sidecars under ``folder`` (JSON files with an image beside them), in order."""
+    for js in sorted(Path(folder).rglob("*.json")):
+        if js.with_suffix(".png").exists():
+            yield js
+
+
 def _full_byte_map(layout: Layout) -> list[tuple[str, int]]:
     """(section, byte within the section) for every byte column of the full matrix."""
     out = []

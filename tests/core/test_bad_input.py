@@ -102,7 +102,7 @@ def test_skipped_packets_are_counted_with_reasons(tmp_path, cli):
     code, out, _ = run_pcap2img(cli, f, tmp_path / "out")
     assert code == 0 and "no row for 1 packets: ICMPv6" in out
     import json
-    doc = json.loads(next((tmp_path / "out").rglob("*.json")).read_text())
+    doc = json.loads(next((tmp_path / "out").rglob("*_0000.json")).read_text())
     assert doc["skipped"]["count"] == 7 and [1, "empty packet (0 bytes captured)"] in doc["skipped"]["packets"]
 
 

@@ -96,7 +96,8 @@ def test_payload_dropped_from_sidecar_is_zero(sample_captures, tmp_path):
 def test_groupings(sample_captures, tmp_path, group, extra):
     s = pcap2img(sample_captures, tmp_path / "img", group=group, **extra)
     assert not s.errors
-    docs = [json.loads(j.read_text()) for j in (tmp_path / "img").rglob("*.json")]
+    from netdiff.sidecar import iter_sidecars
+    docs = [json.loads(j.read_text()) for j in iter_sidecars(tmp_path / "img")]
     assert sum(d["rows"] for d in docs) == s.rows
     if group == "window":
         assert max(d["rows"] for d in docs) == 100
