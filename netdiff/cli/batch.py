@@ -21,9 +21,13 @@ def _summary(out: Path, echo) -> None:
             continue
         doc = json.loads(rep.read_text())
         if name == "validation":
-            tot = doc.get("total", doc)
-            echo(f"validation: {'PASS' if doc.get('ok') else 'FAIL'} "
-                 f"({tot.get('packets', '?')} packets, {tot.get('failed_packets', tot.get('failed', 0))} failing)")
+            t = doc.get("total", {})
+            rep = t.get("replay")
+            replay = rep if isinstance(rep, str) else f"replayed {rep.get('sent')} sent, {rep.get('failed')} failed"
+            echo(f"validation: {'PASS, every packet valid' if doc.get('ok') else 'FAIL'} "
+                 f"({t.get('packets')} packets in {t.get('files')} files; malformed {t.get('malformed')}, "
+                 f"checksum errors {t.get('checksum_errors')}, rule failures {t.get('rule_failed_packets')}; "
+                 f"{replay})")
         else:
             try:
                 from netdiff.eval import summary_line

@@ -27,8 +27,7 @@ def _line(f: dict) -> str:
 
 
 @click.command("validate", short_help="Check that every packet of captures is valid.")
-@click.argument("pcaps", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False))
+@click.argument("pcaps", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("--replay/--no-replay", default=True, show_default=True,
               help="Replay each file with tcpreplay into a veth pair inside a network "
@@ -36,14 +35,31 @@ def _line(f: dict) -> str:
 @click.option("--app-layers", is_flag=True,
               help="Judge application-layer dissection too (payloads are zeros unless the "
                    "layout keeps payload bits, so dissectors owning a port may reject them).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Also write the full result to OUT/report.json.")
 @click.pass_context
-def validate_cmd(ctx, pcaps, as_json, replay, app_layers):
+def validate_cmd(ctx, pcaps, as_json, replay, app_layers, out_dir):
     """Validate PCAPS three ways: (a) tshark with IP/TCP/UDP/ICMP checksum validation
     (malformed packets, bad checksums, expert errors); (b) tcpreplay into a private veth pair;
     (c) netdiff's protocol rules (protocol_rules/*.yaml). Exit status 1 when any packet fails."""
+    import os
+    from pathlib import Path
+
+    from netdiff.errors import NetdiffError
     from netdiff.validate import validate_pcaps
 
-    result = validate_pcaps(list(pcaps), replay=replay, app_layers=app_layers)
+    files = []
+    for p in map(Path, pcaps):      # a folder stands for every capture under it
+        files += sorted(f for f in p.rglob("*") if f.suffix in (".pcap", ".pcapng")) if p.is_dir() else [p]
+    if not files:
+        raise NetdiffError(f"no .pcap/.pcapng files in {', '.join(pcaps)}")
+    result = validate_pcaps([str(f) for f in files], replay=replay, app_layers=app_layers)
+    if out_dir:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".report.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, out / "report.json")
     if as_json:
         click.echo(json.dumps(result, indent=1))
     else:
