@@ -10,6 +10,9 @@ Modules, by role:
   downstream.py   train-on-synthetic / test-on-real forecasting and anomaly detection
   plots.py        real vs synthetic figures
   modelio.py      save / load models as safetensors + JSON
+  settings.py     YAML configs (sections data, doppelganger, timegan, ...) and column roles
+  common.py       shared model pieces (MLPs, output activations, seeding, time stamps)
+  api.py          train / generate / evaluate as functions (the CLI calls these)
 
 Importing this package does not import torch.
 """

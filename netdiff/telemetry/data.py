@@ -139,7 +139,11 @@ def read_table(path: str | os.PathLike, roles: ColumnRoles) -> pd.DataFrame:
     except NetdiffError:
         raise
     except (ValueError, OSError, pd.errors.ParserError, zipfile.BadZipFile) as e:
-        raise NetdiffError(f"{path}: cannot read table: {e}") from e
+        raise NetdiffError(f"{path}: cannot read table: {_first_line(e)}") from e
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [e.__class__.__name__])[0]
 
 
 def _read_zip(path: Path, roles: ColumnRoles, na: list[str]) -> pd.DataFrame:
@@ -179,7 +183,7 @@ def parse_times(values: pd.Series, fmt: str = "auto") -> tuple[np.ndarray, bool]
         else:
             ts = pd.to_datetime(values, format=fmt, utc=True)
     except (ValueError, TypeError) as e:
-        raise NetdiffError(f"time column {name!r}: cannot parse with format {fmt!r} ({e}); "
+        raise NetdiffError(f"time column {name!r}: cannot parse with format {fmt!r} ({_first_line(e)}); "
                            "set data.time_format (iso, dayfirst, epoch, epoch_ms or a strptime format)") from e
     if ts.isna().any():
         raise NetdiffError(f"time column {name!r}: {int(ts.isna().sum())} empty value(s)")
@@ -285,7 +289,7 @@ def _feature_matrix(df, names, kinds):
             try:
                 cols.append(pd.to_numeric(df[c]).to_numpy(np.float64))
             except (ValueError, TypeError) as e:
-                raise NetdiffError(f"feature {c!r} is not numeric ({e}); list it under data.categorical") from e
+                raise NetdiffError(f"feature {c!r} is not numeric ({_first_line(e)}); list it under data.categorical") from e
     return np.stack(cols, axis=1), categories
 
 
@@ -295,10 +299,10 @@ def _fill_missing(values: np.ndarray, seq: np.ndarray) -> np.ndarray:
     if not np.isnan(values).any():
         return values
     frame = pd.DataFrame(values)
-    g = frame.groupby(seq)
-    frame = g.ffill()
+    median = frame.median()  # of the observed values, before any filling
+    frame = frame.groupby(seq).ffill()
     frame = frame.groupby(seq).bfill()
-    frame = frame.fillna(frame.median()).fillna(0.0)
+    frame = frame.fillna(median).fillna(0.0)
     return frame.to_numpy(np.float64)
 
 

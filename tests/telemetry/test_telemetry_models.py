@@ -1,0 +1,177 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from netdiff.errors import NetdiffError
+from netdiff.telemetry import modelio
+from netdiff.telemetry.baselines import ARBaseline, PARBaseline, bootstrap
+from netdiff.telemetry.doppelganger import DoppelGANger
+from netdiff.telemetry.timegan import TimeGAN
+
+
+def _same(a, b):
+    assert np.array_equal(a.lengths, b.lengths)
+    assert np.allclose(a.features, b.features, equal_nan=True)
+    pd.testing.assert_frame_equal(a.attributes, b.attributes)
+
+
+def _check_types(synth, real, count, max_len):
+    assert synth.n == count and synth.features.shape == (count, max_len, 2)
+    assert synth.feature_names == real.feature_names and synth.attribute_names == real.attribute_names
+    assert set(synth.attributes["kind"]) <= {"a", "b", "c"}
+    assert synth.attributes["capacity"].dtype.kind == "f"
+    lo, hi = real.attributes["capacity"].min(), real.attributes["capacity"].max()
+    assert synth.attributes["capacity"].between(lo - 1e-9, hi + 1e-9).all()
+    valid = synth.features[synth.mask()]
+    assert np.isfinite(valid).all()
+    rv = real.features[real.mask()]
+    assert (valid >= rv.min(0) - 1e-6).all() and (valid <= rv.max(0) + 1e-6).all()
+    assert np.isnan(synth.features[~synth.mask()]).all()
+
+
+def test_doppelganger_trains_generates_and_round_trips(tiny_data, tiny_config, tmp_path):
+    model = DoppelGANger(tiny_config["doppelganger"]).fit(tiny_data, progress=False)
+    assert model.net.flags  # lengths vary, so gen flags are on
+    assert len(model.history["epoch_seconds"]) == 2
+    synth = model.generate(30, seed=5)
+    _check_types(synth, tiny_data, 30, 16)
+    assert synth.times is not None and synth.time_is_datetime
+    _same(synth, model.generate(30, seed=5))  # deterministic given the seed
+    assert not np.allclose(np.nan_to_num(synth.features), np.nan_to_num(model.generate(30, seed=6).features))
+    model.save(tmp_path / "m", extra={"roles": {}})
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    _same(synth, modelio.load(tmp_path / "m").generate(30, seed=5))
+
+
+def test_training_is_deterministic(tiny_data, tiny_config):
+    a = DoppelGANger(tiny_config["doppelganger"]).fit(tiny_data, progress=False).generate(10, seed=1)
+    b = DoppelGANger(tiny_config["doppelganger"]).fit(tiny_data, progress=False).generate(10, seed=1)
+    _same(a, b)
+
+
+def test_real_gen_flags_and_self_norm(tiny_data, tiny_config):
+    model = DoppelGANger(tiny_config["doppelganger"])
+    model._build(tiny_data)
+    attrs, addi, feats = model._prepare(tiny_data)
+    L = tiny_data.lengths
+    i = int(np.argmin(L))
+    flags = feats[i, :, -2:].numpy()
+    assert (flags[: L[i] - 1] == [1, 0]).all() and (flags[L[i] - 1] == [0, 1]).all() and (flags[L[i]:] == 0).all()
+    x = feats[i, : L[i], :2].numpy()
+    assert np.allclose(x.min(0), 0) and np.allclose(x.max(0), 1)  # each sequence in its own range
+    assert addi.shape == (tiny_data.n, 4)
+
+
+def test_gen_flags_set_generated_lengths(tiny_data, tiny_config):
+    """Force the flag logits: all "continue" gives full length, "end" at once gives length 1."""
+    model = DoppelGANger(tiny_config["doppelganger"]).fit(tiny_data, epochs=1, progress=False)
+    out, step, k = model.net.feat_out, model.net.step_dim, model.config.sample_len
+    assert model.net.steps == 4  # 16 steps = 4 cells x 4
+    for logits, expect in (([5.0, -5.0], 16), ([-5.0, 5.0], 1)):
+        with torch.no_grad():
+            out.weight.view(k, step, -1)[:, -2:] = 0
+            out.bias.view(k, step)[:, -2:] = torch.tensor(logits)
+        synth = model.generate(12, seed=0)
+        assert (synth.lengths == expect).all()
+        assert np.isnan(synth.features[:, expect:]).all() and not np.isnan(synth.features[:, :expect]).any()
+
+
+def test_variable_lengths_are_learned_from_data(tiny_data, tiny_config):
+    cfg = {**tiny_config["doppelganger"], "epochs": 600}
+    synth = DoppelGANger(cfg).fit(tiny_data, progress=False).generate(200, seed=0)
+    assert len(np.unique(synth.lengths)) > 1 and synth.lengths.max() <= 16
+
+
+def test_retrain_attributes_changes_only_attribute_mix(tiny_data, tiny_config):
+    model = DoppelGANger(tiny_config["doppelganger"]).fit(tiny_data, progress=False)
+    lstm_before = {k: v.clone() for k, v in model.net.lstm.state_dict().items()}
+    only_c = tiny_data.subset(np.flatnonzero(tiny_data.attributes["kind"] == "c"))
+    before = (model.generate(300, seed=0).attributes["kind"] == "c").mean()
+    model.retrain_attributes(only_c, epochs=100, progress=False)
+    after = (model.generate(300, seed=0).attributes["kind"] == "c").mean()
+    assert after > before + 0.3
+    for k, v in model.net.lstm.state_dict().items():
+        assert torch.equal(v, lstm_before[k])
+
+
+def test_dp_critics_train(tiny_data, tiny_config):
+    cfg = {**tiny_config["doppelganger"], "dp": True, "epochs": 1, "dp_noise_multiplier": 1.1}
+    model = DoppelGANger(cfg).fit(tiny_data, progress=False)
+    rep = model.history["dp"]
+    assert rep["noise_multiplier"] == 1.1 and rep["steps"] == 1 * (24 // 24)
+    assert all(torch.isfinite(p).all() for p in model.net.critic.parameters())
+    if rep["epsilon"] is not None:
+        assert rep["epsilon"] > 0
+    assert model.generate(5).n == 5
+
+
+def test_fixed_length_without_flags(tiny_config):
+    from netdiff.telemetry.data import ColumnRoles, from_long
+    from telemetry_helpers import ROLES, make_long
+
+    data = from_long(make_long(n_seq=12, fixed=True), ColumnRoles.from_dict(ROLES))
+    model = DoppelGANger({**tiny_config["doppelganger"], "sample_len": 3}).fit(data, progress=False)
+    assert not model.net.flags and model.net.steps == 6  # 16 steps padded to 18, cut back
+    synth = model.generate(7)
+    assert (synth.lengths == 16).all() and synth.features.shape == (7, 16, 2)
+
+
+def test_timegan_trains_generates_and_round_trips(tiny_data, tiny_config, tmp_path):
+    model = TimeGAN(tiny_config["timegan"]).fit(tiny_data, progress=False)
+    assert len(model.history["phase_seconds"]) == 3
+    synth = model.generate(9, seed=2)
+    _check_types(synth, tiny_data, 9, 8)
+    assert (synth.lengths == 8).all()
+    model.save(tmp_path / "tg")
+    _same(synth, modelio.load(tmp_path / "tg").generate(9, seed=2))
+    with pytest.raises(NetdiffError, match="seq_len"):
+        TimeGAN({**tiny_config["timegan"], "seq_len": 99}).fit(tiny_data, progress=False)
+
+
+def test_ar_baseline_and_bootstrap(tiny_data, tmp_path):
+    model = ARBaseline({"order": 2}).fit(tiny_data)
+    synth = model.generate(40, seed=3)
+    _check_types(synth, tiny_data, 40, 16)
+    assert set(synth.lengths) <= set(tiny_data.lengths)
+    model.save(tmp_path / "ar")
+    _same(synth, modelio.load(tmp_path / "ar").generate(40, seed=3))
+    boot = bootstrap(tiny_data, 10, seed=1)
+    assert boot.n == 10 and set(map(tuple, boot.attributes.to_numpy())) <= set(map(tuple, tiny_data.attributes.to_numpy()))
+
+
+def test_par_baseline_when_sdv_installed(tiny_data):
+    pytest.importorskip("sdv")
+    model = PARBaseline({"epochs": 1}).fit(tiny_data)
+    synth = model.generate(4)
+    assert synth.n == 4 and synth.feature_names == tiny_data.feature_names
+    assert set(synth.attributes["kind"]) <= {"a", "b", "c"} and np.isfinite(synth.features[synth.mask()]).all()
+
+
+def test_par_needs_sdv_message(tiny_data):
+    try:
+        import sdv  # noqa: F401
+        pytest.skip("sdv is installed")
+    except ImportError:
+        pass
+    with pytest.raises(NetdiffError, match="netdiff\\[sdv\\]"):
+        PARBaseline({"epochs": 1}).fit(tiny_data)
+
+
+def test_load_rejects_non_model_folder(tmp_path):
+    with pytest.raises(NetdiffError, match="not a telemetry model folder"):
+        modelio.load(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(NetdiffError):
+        modelio.load(tmp_path)
+
+
+def test_generation_conditioned_on_given_attributes(tiny_data, tiny_config):
+    model = DoppelGANger(tiny_config["doppelganger"]).fit(tiny_data, progress=False)
+    wanted = pd.DataFrame({"kind": ["c", "a", "c"], "capacity": [10.0, 25.0, 40.0]})
+    synth = model.generate(3, seed=0, attributes=wanted)
+    assert synth.attributes["kind"].tolist() == ["c", "a", "c"]
+    assert np.allclose(synth.attributes["capacity"], wanted["capacity"], atol=1e-4)
+    with pytest.raises(NetdiffError, match="one row per"):
+        model.generate(4, attributes=wanted)
