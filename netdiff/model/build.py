@@ -31,7 +31,7 @@ def build_unet(cfg: ModelConfig):
     u = cfg.unet
     return UNet2DConditionModel(
         sample_size=list(latent_size(cfg)),
-        in_channels=channels,
+        in_channels=channels + u.position_channels,
         out_channels=channels,
         down_block_types=down,
         up_block_types=up,
@@ -41,6 +41,28 @@ def build_unet(cfg: ModelConfig):
         cross_attention_dim=u.cross_attention_dim,
         norm_num_groups=u.norm_num_groups,
     )
+
+
+def extra_input_channels(unet) -> int:
+    """Position channels a UNet expects beyond its latent (0 for Stable Diffusion's)."""
+    return int(unet.config.in_channels) - int(unet.config.out_channels)
+
+
+def with_positions(latents, n: int):
+    """Append ``n`` fixed column-position features (sin/cos at octave frequencies) to a latent batch."""
+    import math
+
+    import torch
+
+    if n == 0:
+        return latents
+    b, _, h, w = latents.shape
+    x = torch.arange(w, device=latents.device, dtype=torch.float32) / w
+    freqs = 2.0 ** torch.arange(n // 2, device=latents.device, dtype=torch.float32)
+    ang = 2 * math.pi * freqs[:, None] * x[None, :]                   # (n/2, w)
+    feats = torch.cat([torch.sin(ang), torch.cos(ang)])               # (n, w)
+    feats = feats[None, :, None, :].expand(b, n, h, w).to(latents.dtype)
+    return torch.cat([latents, feats], dim=1)
 
 
 def build_text_encoder(cfg: ModelConfig):
@@ -68,20 +90,27 @@ def build_train_scheduler(train: TrainConfig):
                          clip_sample=False, steps_offset=1, timestep_spacing="leading")
 
 
-def make_scheduler(name: str, base_config):
-    """A sampling scheduler by name, sharing the training noise schedule (``base_config``)."""
+def make_scheduler(name: str, base_config, clip: bool = False):
+    """A sampling scheduler by name, sharing the training noise schedule (``base_config``).
+
+    ``clip``: the latent is the image itself (ternary space, values in [-1, 1]), so each step's
+    estimate of the clean image is clamped to that range (DDIM/DDPM ``clip_sample``, DPM-Solver++
+    thresholding). Without it an early, poor estimate at high noise (x0 error = eps error /
+    sqrt(alpha_bar), ~13x at the first step) sends samples far outside the range."""
     from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
                            EulerAncestralDiscreteScheduler)
 
     if name == "dpmpp-2m-karras":
         return DPMSolverMultistepScheduler.from_config(
-            base_config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True)
+            base_config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True,
+            thresholding=clip, sample_max_value=1.0)
     if name == "euler-a":
         return EulerAncestralDiscreteScheduler.from_config(base_config)
     if name == "ddim":
-        return DDIMScheduler.from_config(base_config, clip_sample=False, set_alpha_to_one=False)
+        return DDIMScheduler.from_config(base_config, clip_sample=clip, clip_sample_range=1.0,
+                                         set_alpha_to_one=False)
     if name == "ddpm":
-        return DDPMScheduler.from_config(base_config)
+        return DDPMScheduler.from_config(base_config, clip_sample=clip, clip_sample_range=1.0)
     raise NetdiffError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 
 

@@ -43,6 +43,10 @@ class UNetConfig:
     down_block_types: tuple[str, ...] | None = None
     up_block_types: tuple[str, ...] | None = None
     norm_num_groups: int = 32
+    # Fixed sin/cos features of the column position, appended to the UNet input. A column's
+    # meaning (which header field, which bit) is its absolute position, and a convolution alone
+    # only learns position near the image borders.
+    position_channels: int = 0
 
 
 @dataclass
@@ -130,6 +134,8 @@ class ModelConfig:
             raise NetdiffError(f"image.rows must be 'first' or 'tile', not {im.rows!r}")
         if im.height < 1 or im.width < 1:
             raise NetdiffError("image.height and image.width must be positive")
+        if self.unet.position_channels % 2 or self.unet.position_channels < 0:
+            raise NetdiffError("unet.position_channels must be an even number >= 0 (sin/cos pairs)")
         if self.controlnet.kind not in ("mask", "canny"):
             raise NetdiffError(f"controlnet.kind must be 'mask' or 'canny', not {self.controlnet.kind!r}")
         if im.space == "ternary":
@@ -141,6 +147,14 @@ class ModelConfig:
                         f"image.{side} {n} is not a multiple of {div} (factor {im.factor} x "
                         f"2^{len(self.unet.block_out_channels) - 1} UNet downsamples): choose another "
                         "height, factor or number of UNet blocks")
+            latent = im.factor ** 2
+            if self.unet.block_out_channels[0] < latent:
+                # Every latent channel carries independent noise; a narrower first block cannot
+                # pass it through, and the loss stalls near 0.7 (measured with 32 < 64).
+                raise NetdiffError(
+                    f"unet.block_out_channels[0] ({self.unet.block_out_channels[0]}) is narrower than "
+                    f"the {latent} latent channels of factor {im.factor}: use a smaller factor or a "
+                    "wider first block")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

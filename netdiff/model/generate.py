@@ -21,6 +21,7 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from netdiff.errors import NetdiffError
+from netdiff.model.build import extra_input_channels, with_positions
 from netdiff.model.data import caption_for
 from netdiff.model.tokenizer import tokenize
 
@@ -65,14 +66,13 @@ class NetdiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         vae = self.autoencoder
-        dist = vae.encode(pixels.to(self.unet.device, self.unet.dtype)).latent_dist
+        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
         return dist.mode() * vae.config.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.autoencoder
-        dtype = next(vae.parameters()).dtype if any(True for _ in vae.parameters()) else latents.dtype
-        return vae.decode(latents.to(dtype) / vae.config.scaling_factor).sample
+        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], *, height: int, width: int, generators: list[torch.Generator],
@@ -92,6 +92,7 @@ class NetdiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             raise ValueError(f"strength must be in (0, 1], not {strength}")
         device, dtype = self.unet.device, self.unet.dtype
         batch = len(prompts)
+        extra = extra_input_channels(self.unet)     # column-position channels (netdiff models)
         do_cfg = guidance_scale > 1.0
 
         # 2. Encode the prompts (the empty prompt is the unconditional branch of guidance)
@@ -111,7 +112,7 @@ class NetdiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 raise ValueError(f"strength {strength} leaves no denoising step of {num_inference_steps}")
 
         # 4. Starting latents: per-image generators make image k independent of the batch it is in
-        shape = (batch, self.unet.config.in_channels, height // f, width // f)
+        shape = (batch, self.unet.config.out_channels, height // f, width // f)
         noise = randn_tensor(shape, generator=generators, device=torch.device("cpu"), dtype=torch.float32)
         noise = noise.to(device, dtype)
         if init_latents is None:
@@ -132,7 +133,7 @@ class NetdiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         # 6. Denoising loop
         for t in self.progress_bar(timesteps) if progress else timesteps:
             model_in = torch.cat([latents] * 2) if do_cfg else latents
-            model_in = self.scheduler.scale_model_input(model_in, t)
+            model_in = with_positions(self.scheduler.scale_model_input(model_in, t), extra)
             down_res = mid_res = None
             if control is not None:
                 down_res, mid_res = self.controlnet(
@@ -166,7 +167,10 @@ def load_pipeline(model, *, lora=None, lora_scale: float = 1.0, controlnet=None,
     from netdiff.model.store import CONTROLNET_JSON, LORA_JSON, load_model, read_json
 
     device = pick_device(device) if not isinstance(device, torch.device) else device
-    bundle = load_model(model, config=config)
+    dtype = inference_dtype(device)
+    # Loaded straight into the inference dtype (half precision on a GPU), then moved.
+    kw = {} if dtype == torch.float32 else {"torch_dtype": dtype}
+    bundle = load_model(model, config=config, **kw)
     control_kind = None
     cn = None
     if controlnet is not None:
@@ -174,16 +178,22 @@ def load_pipeline(model, *, lora=None, lora_scale: float = 1.0, controlnet=None,
 
         doc = read_json(Path(controlnet) / CONTROLNET_JSON, "ControlNet")
         control_kind = doc["kind"]
-        cn = ControlNetModel.from_pretrained(controlnet, use_safetensors=True)
+        cn = ControlNetModel.from_pretrained(controlnet, use_safetensors=True, **kw)
     pipe = NetdiffPipeline(unet=bundle.unet, text_encoder=bundle.text_encoder, tokenizer=bundle.tokenizer,
                            autoencoder=bundle.autoencoder,
-                           scheduler=make_scheduler(scheduler, bundle.scheduler.config), controlnet=cn)
+                           scheduler=make_scheduler(scheduler, bundle.scheduler.config,
+                                                    clip=bundle.config.image.space == "ternary"),
+                           controlnet=cn)
     if lora is not None:
-        doc = read_json(Path(lora) / LORA_JSON, "LoRA")
-        bundle.classes = sorted(set(bundle.classes) | set(doc.get("classes", [])))
+        # netdiff's LoRA folders name their classes; a plain diffusers LoRA folder loads as well.
+        if (Path(lora) / LORA_JSON).is_file():
+            doc = read_json(Path(lora) / LORA_JSON, "LoRA")
+            bundle.classes = sorted(set(bundle.classes) | set(doc.get("classes", [])))
+        elif not list(Path(lora).glob("*.safetensors")):
+            raise NetdiffError(f"{lora}: no LoRA weights (*.safetensors) in this folder")
         pipe.load_lora_weights(str(lora), adapter_name="netdiff")
         pipe.set_adapters(["netdiff"], adapter_weights=[lora_scale])
-    pipe.to(device, inference_dtype(device))
+    pipe.to(device)
     pipe.set_progress_bar_config(disable=None, leave=False)
     return pipe, bundle, control_kind
 

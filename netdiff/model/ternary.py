@@ -39,6 +39,16 @@ class TernaryAutoencoder(torch.nn.Module, ConfigMixin):
         super().__init__()
         if factor < 1:
             raise ValueError("factor must be >= 1")
+        # No weights; an empty buffer lets .to(), .device and .dtype behave like a model's.
+        self.register_buffer("_probe", torch.zeros(0), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self._probe.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._probe.dtype
 
     @property
     def latent_channels(self) -> int:

@@ -126,7 +126,8 @@ def main(args: TrainBaseArgs) -> T.TrainResult:
                 # Blank some captions (unconditional branch for guidance), then embed them
                 ids = tokenize(tokenizer, T.drop_captions(batch["caption"], tc.caption_dropout, gen)).to(device)
                 hidden = text_encoder(ids)[0]
-                loss = T.diffusion_loss(unet, noise_scheduler, latents, hidden, gen)
+                loss = T.diffusion_loss(unet, noise_scheduler, latents, hidden, gen,
+                                        position_channels=cfg.unet.position_channels)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, tc.max_grad_norm)

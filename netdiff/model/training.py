@@ -102,14 +102,16 @@ def drop_captions(captions: list[str], p: float, gen: torch.Generator) -> list[s
 # --- the diffusion loss --------------------------------------------------------------------------
 
 def diffusion_loss(unet, noise_scheduler, latents, encoder_hidden_states, gen: torch.Generator,
-                   controlnet=None, control=None) -> torch.Tensor:
+                   controlnet=None, control=None, position_channels: int = 0) -> torch.Tensor:
+    from netdiff.model.build import with_positions
+
     # Sample noise that we'll add to the latents
     noise = torch.randn(latents.shape, generator=gen).to(latents.device, latents.dtype)
     # Sample a random timestep for each image
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
     t = t.to(latents.device)
     # Add noise to the latents according to the noise magnitude at each timestep (forward diffusion)
-    noisy = noise_scheduler.add_noise(latents, noise, t)
+    noisy = with_positions(noise_scheduler.add_noise(latents, noise, t), position_channels)
     down_res = mid_res = None
     if controlnet is not None:
         down_res, mid_res = controlnet(noisy, t, encoder_hidden_states=encoder_hidden_states,
