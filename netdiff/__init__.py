@@ -1,5 +1,77 @@
 """netdiff: synthetic network traffic, from pcap to nPrint to image and back.
 
-Importing the package is cheap (no torch); the Python API mirrors the CLI (see README).
+The Python API mirrors the CLI, one function per command; importing the package is cheap
+(torch, diffusers and scikit-learn load only when a function that needs them is called)::
+
+    import netdiff
+    netdiff.samples("captures/")                               # netdiff samples
+    netdiff.pcap2img("captures/", "images/", layout=netdiff.named_layout("netdiffusion", height=32))
+    netdiff.train_base("images/", "model/", config="tiny", steps=200)
+    netdiff.generate("model/", "web_tcp", count=4, seed=0, output="gen/web_tcp")
+    netdiff.img2pcap("gen/web_tcp/web_tcp_000000.png", "gen.pcap")
+    netdiff.validate(["gen.pcap"])["ok"]
+    netdiff.evaluate("captures/", "synthetic_pcaps/", "report/")
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+# name -> (module, attribute): resolved on first use.
+_API = {
+    "read_capture": ("netdiff.io.pcap", "read_capture"),
+    "write_pcap": ("netdiff.io.pcap", "write_pcap"),
+    "Layout": ("netdiff.bits.layout", "Layout"),
+    "named_layout": ("netdiff.bits.layout", "named_layout"),
+    "encode": ("netdiff.bits.codec", "encode"),
+    "nprint": ("netdiff.nprint_csv", "pcap_to_csv"),             # netdiff nprint -P ... -W ...
+    "nprint_reverse": ("netdiff.nprint_reverse", "csv_to_pcap"),  # netdiff nprint -N ... -W ...
+    "pcap2img": ("netdiff.convert", "pcap2img"),
+    "img2pcap": ("netdiff.convert", "img2pcap"),
+    "samples": ("netdiff.samples", "write_samples"),
+    "quantize": ("netdiff.repair", "quantize"),
+    "repair": ("netdiff.repair", "repair"),
+    "TimingModel": ("netdiff.repair", "TimingModel"),
+    "validate": ("netdiff.validate", "validate_pcaps"),
+    "evaluate": ("netdiff.eval", "evaluate"),
+    "generate": ("netdiff.model.generate", "generate"),
+    "run_pipeline": ("netdiff.batch", "run_pipeline"),
+    "NetdiffError": ("netdiff.errors", "NetdiffError"),
+}
+
+
+def train_base(img_dir, output, config: str = "tiny", **options):
+    """netdiff train-base: options as the CLI's (steps, batch_size, learning_rate, seed, ...)."""
+    from netdiff.model import train_base as tb
+    return tb.main(tb.TrainBaseArgs(img_dir=str(img_dir), output=str(output), config=config, **options))
+
+
+def finetune(img_dir, base_model, output, **options):
+    """netdiff finetune (LoRA): options as the CLI's (rank, steps, classes, train_text_encoder, ...)."""
+    from netdiff.model import train_lora as tl
+    return tl.main(tl.FinetuneArgs(img_dir=str(img_dir), base_model=str(base_model), output=str(output),
+                                   **options))
+
+
+def train_controlnet(img_dir, base_model, output, **options):
+    """netdiff train-controlnet: options as the CLI's (kind="mask"|"canny", steps, ...)."""
+    from netdiff.model import train_controlnet as tc
+    return tc.main(tc.ControlNetArgs(img_dir=str(img_dir), base_model=str(base_model), output=str(output),
+                                     **options))
+
+
+def __getattr__(name: str):
+    if name in _API:
+        module, attr = _API[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'netdiff' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_API))
+
+
+__all__ = sorted([*_API, "train_base", "finetune", "train_controlnet", "__version__"])

@@ -125,7 +125,8 @@ def control_from_bits(bits: np.ndarray, kind: str) -> np.ndarray:
 
 
 def load_control(spec: str, kind: str, layout: Layout, height: int) -> np.ndarray:
-    """``--control``: a template name (mask ControlNets), a netdiff PNG (its control is computed),
+    """``--control``: a template name (mask ControlNets), a netdiff PNG or a folder of them (the
+    first is used; its control is computed),
     or a ready control image (grayscale or RGB; bright = 1). Rows are cut or padded to ``height``."""
     from pathlib import Path
 
@@ -139,8 +140,13 @@ def load_control(spec: str, kind: str, layout: Layout, height: int) -> np.ndarra
                                f"trained on {kind} images: pass an image with --control")
         return template_mask(name, layout, height, rows)
     path = Path(spec)
+    if path.is_dir():   # a class folder: its first image is the control (NetDiffusion: a real image of the class)
+        pngs = sorted(path.rglob("*.png"))
+        if not pngs:
+            raise NetdiffError(f"--control {spec}: the folder holds no PNG image")
+        path = pngs[0]
     if not path.is_file():
-        raise NetdiffError(f"--control {spec}: neither a file nor a template "
+        raise NetdiffError(f"--control {spec}: neither a file, a folder of images nor a template "
                            f"({', '.join(TEMPLATES)})")
     rgb = read_rgb(path)
     if rgb.shape[1] != layout.width:
