@@ -82,7 +82,7 @@ class Pipeline:
             stages.append(Stage(s["name"], str(s["run"]), s.get("output"), list(s.get("inputs", [])),
                                 s.get("launcher")))
         base = path.parent
-        out_dir = Path(out) if out else base / str(doc.get("out", f"out/{path.stem}"))
+        out_dir = Path(os.path.normpath(Path(out) if out else base / str(doc.get("out", f"out/{path.stem}"))))
         variables = {k: str(v) for k, v in (doc.get("vars") or {}).items()}
         variables.update({k: str(v) for k, v in (overrides or {}).items()})
         return cls(str(doc.get("name", path.stem)), out_dir, variables, stages, path)
