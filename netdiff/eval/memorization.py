@@ -13,7 +13,7 @@ import hashlib
 
 import numpy as np
 
-from netdiff.bits.layout import ADDRESS_FIELDS
+from netdiff.eval.utility import packet_features
 
 NEAR = 0.01                 # at most 1% of present bits differ
 MAX_QUERY_PER_CLASS = 400   # synthetic / held-out rows audited per class
@@ -81,15 +81,6 @@ def _nearest_packed(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return out
 
 
-def _no_address(ts) -> np.ndarray:
-    keep = np.ones(ts.layout.width, dtype=bool)
-    for name in ADDRESS_FIELDS:
-        sl = ts.layout.fields.get(name)
-        if sl is not None:
-            keep[sl] = False
-    return ts.bits[:, keep]
-
-
 class Records:
     """The records (packets, flows or images) of a set, materialised only when sampled.
 
@@ -99,7 +90,7 @@ class Records:
 
     def __init__(self, ts, unit: str):
         self.unit = unit
-        self.bits = _no_address(ts)
+        self.bits = packet_features(ts)   # addresses excluded
         n = len(ts)
         if unit == "packets":
             key, self.rows_per_record = np.arange(n), 1
