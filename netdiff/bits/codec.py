@@ -354,12 +354,18 @@ def overlay(base: P.PacketBatch, bits: np.ndarray, layout: Layout, l3: np.ndarra
     doff = (header_byte(("tcp",), 12, l4 + 12) >> 4) * 4
     starts = {"eth": np.zeros(n, dtype=np.int64), "ipv4": l3, "ipv6": l3, "tcp": l4, "udp": l4,
               "icmp": l4, "payload": l4 + np.where(proto == 6, doff, 8)}
-    # One scatter for all sections: destination offset of every byte column.
-    dst = np.empty((n, pos), dtype=np.int64)
-    for sec, (c0, budget) in cols.items():
-        dst[:, c0:c0 + budget] = starts[sec][:, None] + np.arange(budget)
-    ok = covered & (dst < base.caplen[:, None])
-    r, k = np.nonzero(ok)
-    data[base.offset[r] + dst[r, k]] = vals[r, k]
+    # One scatter for all covered bytes: each byte column's section and offset within it.
+    sec_names = list(cols)
+    col_sec = np.empty(pos, dtype=np.int64)
+    col_off = np.empty(pos, dtype=np.int64)
+    for i, (sec, (c0, budget)) in enumerate(cols.items()):
+        col_sec[c0:c0 + budget] = i
+        col_off[c0:c0 + budget] = np.arange(budget)
+    sec_start = np.stack([starts[sec] for sec in sec_names], axis=1)
+    r, k = np.nonzero(covered)
+    dst = sec_start[r, col_sec[k]] + col_off[k]
+    inside = dst < base.caplen[r]
+    r, k, dst = r[inside], k[inside], dst[inside]
+    data[base.offset[r] + dst] = vals[r, k]
     return P.PacketBatch(data, base.offset, base.caplen, base.wirelen, base.ts_sec, base.ts_nsec,
                          base.linktype, base.number)
