@@ -10,10 +10,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from netdiff import sidecar as sc
-from netdiff.bits.codec import SKIP_REASONS, Parsed, encode, overlay
+from netdiff.bits.codec import SKIP_REASONS, Parsed, kept_bytes, encode, overlay, overlay_bytes
 from netdiff.bits.layout import Layout, NETDIFFUSION
 from netdiff.errors import CaptureError, ImageError, NetdiffError
-from netdiff.image.codec import pad_rows, read_png_bits, write_png
+from netdiff.image.codec import pad_rows, read_png_bits, read_png_bytes, write_png
 from netdiff.io.pcap import CaptureReader, PacketBatch, write_pcap
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp")
@@ -303,15 +303,21 @@ def _exact(png: Path, out: Path, doc: dict) -> ImageResult:
         rows = int(doc["rows"])
     except (KeyError, TypeError, ValueError) as e:
         raise ImageError(png, f"sidecar has no valid layout ({e})") from None
-    bits = read_png_bits(png, width=layout.width, height=layout.height)
-    notes = []
     if rows > layout.height:
         raise ImageError(png, f"sidecar lists {rows} packets but the image has {layout.height} rows")
-    padding = bits[rows:]
-    if padding.size and not np.all(padding == -1):
-        notes.append(f"{int(np.any(padding != -1, axis=1).sum())} padding rows hold bits; ignored")
-    base, l3 = sc.base_batch(doc, png)
-    batch = overlay(base, bits[:rows], layout, l3, fill=-1)
+    notes = []
+    if kept_bytes(layout) is not None:
+        # byte-aligned layout: straight from the packed pixels to header bytes
+        vals, covered, blank = read_png_bytes(png, width=layout.width, height=layout.height)
+        base, l3 = sc.base_batch(doc, png)
+        batch = overlay_bytes(base, vals[:rows], covered[:rows], layout, l3)
+    else:
+        bits = read_png_bits(png, width=layout.width, height=layout.height)
+        blank = (bits == -1).all(axis=1)
+        base, l3 = sc.base_batch(doc, png)
+        batch = overlay(base, bits[:rows], layout, l3, fill=-1)
+    if not blank[rows:].all():
+        notes.append(f"{int((~blank[rows:]).sum())} padding rows hold bits; ignored")
     write_pcap(out, batch, nanosecond=doc.get("ts_precision") == "ns")
     return ImageResult(str(png), str(out), "exact", len(batch), notes)
 

@@ -16,7 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from netdiff.bits.codec import Parsed, _section_bytes, _kept_bytes
+try:    # about 4x faster than the json module both ways; sidecars are read on the hot path
+    import orjson
+except ImportError:         # pragma: no cover - orjson is a dependency; stay usable without it
+    orjson = None
+
+from netdiff.bits.codec import Parsed, _section_bytes, kept_bytes
 from netdiff.bits.layout import SECTION_BYTES, Layout
 from netdiff.errors import ImageError
 from netdiff.io.pcap import PacketBatch
@@ -57,7 +62,7 @@ def residual_bytes(batch: PacketBatch, p: Parsed, layout: Layout, keep_payload: 
     k = np.arange(total, dtype=np.int64)
     src = np.repeat(batch.offset[ok] - starts, cap) + k
     out = batch.data[src].copy()
-    kept = _kept_bytes(layout)
+    kept = kept_bytes(layout)
     if kept is None:
         raise ValueError("sidecars need a layout whose dropped fields are whole bytes")
     bmap = _full_byte_map(layout)
@@ -114,8 +119,8 @@ def write(path: Path, doc: dict) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(doc, separators=(",", ":")))
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(doc) if orjson else json.dumps(doc, separators=(",", ":")).encode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -124,8 +129,9 @@ def write(path: Path, doc: dict) -> None:
 
 def read(path: Path) -> dict:
     try:
-        with open(path) as f:
-            doc = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
+        doc = orjson.loads(raw) if orjson else json.loads(raw)
     except FileNotFoundError:
         raise ImageError(path, "no sidecar JSON") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

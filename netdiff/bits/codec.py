@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -215,7 +216,7 @@ def _section_bytes(p: Parsed, cap: np.ndarray, sec: str, payload_bytes: int):
     return start, np.minimum(p.payload_len, payload_bytes), payload_bytes
 
 
-def _kept_bytes(layout: Layout) -> np.ndarray | None:
+def kept_bytes(layout: Layout) -> np.ndarray | None:
     """Byte columns (of the full byte matrix) the layout keeps, or None if a dropped field is not
     byte-aligned (then whole bit columns are selected instead)."""
     keep = layout.keep
@@ -273,7 +274,7 @@ def encode(batch: P.PacketBatch, layout: Layout, fill: int = -1, fragments: str 
     p = parsed if parsed is not None else parse(batch, layout.payload_bytes, fragments, vlan)
     codes = byte_codes(batch, p, layout)
     lut = bit_lut(fill)
-    kb = _kept_bytes(layout)
+    kb = kept_bytes(layout)
     n = len(codes)
     if kb is not None:
         return np.take(lut, codes[:, kb]).view(np.int8).reshape(n, layout.width), p
@@ -317,32 +318,46 @@ def overlay(base: P.PacketBatch, bits: np.ndarray, layout: Layout, l3: np.ndarra
 
     ``base`` holds the bytes the matrix does not (link header, addresses when dropped, payload);
     offsets come from the rows themselves, so a changed IHL or doff moves what follows it."""
-    n = len(base)
-    kb = _kept_bytes(layout)
-    if kb is not None and len(layout.keep) != layout.full_width:
-        # byte-aligned layout: unpack the kept columns, then place whole bytes
-        kv, kc = bits_to_bytes(bits)
-        vals = np.zeros((n, layout.full_width // 8), dtype=np.uint8)
-        covered = np.zeros((n, layout.full_width // 8), dtype=bool)
-        vals[:, kb] = kv
-        covered[:, kb] = kc
-    else:
-        vals, covered = bits_to_bytes(full_bits(bits, layout, fill))
-    data = base.data.copy()
-    cols = {}
-    pos = 0
+    if kept_bytes(layout) is not None:
+        return overlay_bytes(base, *bits_to_bytes(bits), layout, l3)
+    return overlay_bytes(base, *bits_to_bytes(full_bits(bits, layout, fill)),
+                         Layout(sections=layout.sections, payload_bytes=layout.payload_bytes), l3)
+
+
+@lru_cache(maxsize=64)
+def _byte_blocks(layout: Layout) -> tuple[dict, list]:
+    """Where an image's byte columns land: {(section, byte): image column}, and per section its
+    run of image columns (contiguous: kept columns keep nPrint's order) with their byte offsets."""
+    kb = kept_bytes(layout)
+    full = [(sec, j) for sec in layout.sections
+            for j in range(layout.payload_bytes if sec == "payload" else SECTION_BYTES[sec])]
+    where = {full[c]: i for i, c in enumerate(kb.tolist())}
+    blocks = []
     for sec in layout.sections:
-        budget = layout.payload_bytes if sec == "payload" else SECTION_BYTES[sec]
-        cols[sec] = (pos, budget)
-        pos += budget
+        cols = [i for (s, _), i in where.items() if s == sec]
+        if cols:
+            i0, i1 = min(cols), max(cols) + 1
+            blocks.append((sec, i0, i1, np.array([full[c][1] for c in kb[i0:i1].tolist()])))
+    return where, blocks
+
+
+def overlay_bytes(base: P.PacketBatch, vals: np.ndarray, covered: np.ndarray, layout: Layout,
+                  l3: np.ndarray) -> P.PacketBatch:
+    """``overlay`` from the image's byte values and covered mask (``bits_to_bytes`` of its
+    columns; the layout's dropped fields must be whole bytes)."""
+    n = len(base)
+    if kept_bytes(layout) is None:
+        raise ValueError("overlay_bytes needs a layout whose dropped fields are whole bytes")
+    where, blocks = _byte_blocks(layout)
+    data = base.data.copy()
 
     def header_byte(secs: tuple[str, ...], j: int, off: np.ndarray) -> np.ndarray:
         """Byte j of a header: the row's own value where the image covers it, else the base's."""
         safe = np.minimum(off, np.maximum(base.caplen - 1, 0))
         out = np.where(off < base.caplen, data[base.offset + safe], 0).astype(np.int64)
         for sec in secs:
-            if sec in cols and j < cols[sec][1]:
-                c = cols[sec][0] + j
+            c = where.get((sec, j))
+            if c is not None:
                 out = np.where(covered[:, c], vals[:, c], out)
         return out
 
@@ -354,18 +369,16 @@ def overlay(base: P.PacketBatch, bits: np.ndarray, layout: Layout, l3: np.ndarra
     doff = (header_byte(("tcp",), 12, l4 + 12) >> 4) * 4
     starts = {"eth": np.zeros(n, dtype=np.int64), "ipv4": l3, "ipv6": l3, "tcp": l4, "udp": l4,
               "icmp": l4, "payload": l4 + np.where(proto == 6, doff, 8)}
-    # One scatter for all covered bytes: each byte column's section and offset within it.
-    sec_names = list(cols)
-    col_sec = np.empty(pos, dtype=np.int64)
-    col_off = np.empty(pos, dtype=np.int64)
-    for i, (sec, (c0, budget)) in enumerate(cols.items()):
-        col_sec[c0:c0 + budget] = i
-        col_off[c0:c0 + budget] = np.arange(budget)
-    sec_start = np.stack([starts[sec] for sec in sec_names], axis=1)
-    r, k = np.nonzero(covered)
-    dst = sec_start[r, col_sec[k]] + col_off[k]
-    inside = dst < base.caplen[r]
-    r, k, dst = r[inside], k[inside], dst[inside]
-    data[base.offset[r] + dst] = vals[r, k]
+    # Per section, its block of columns at the rows' own offsets; a block no row covers (UDP in
+    # a TCP capture) costs one test.
+    dest = base.offset[:, None]
+    room = base.caplen[:, None]
+    for sec, i0, i1, offs in blocks:
+        cov = covered[:, i0:i1]
+        if not cov.any():
+            continue
+        at = starts[sec][:, None] + offs
+        keep = cov & (at < room)
+        data[(at + dest)[keep]] = vals[:, i0:i1][keep]
     return P.PacketBatch(data, base.offset, base.caplen, base.wirelen, base.ts_sec, base.ts_nsec,
                          base.linktype, base.number)

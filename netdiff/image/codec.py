@@ -1,17 +1,21 @@
 """Bit matrices <-> 3-colour PNG images (NetDiffusion's palette).
 
 1 -> red (255,0,0), 0 -> green (0,255,0), -1 -> blue (0,0,255). Images are written as palette
-PNGs (one byte per pixel before compression: small and fast); any reader that converts to RGB
-gets exactly these colours. Reading accepts palette or RGB(A) PNGs.
+PNGs (two bits per pixel: small and fast); any reader that converts to RGB
+gets exactly these colours. Reading accepts palette or RGB(A) PNGs; netdiff's own (2 bits per
+pixel, rows unfiltered: see ``netdiff.image.png``) are decoded without Pillow.
 """
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from netdiff.errors import ImageError
+from netdiff.image.png import decode_palette2_packed, encode_palette2, unpack2
 
 PALETTE = np.array([[0, 0, 255], [0, 255, 0], [255, 0, 0]], dtype=np.uint8)  # index = value + 1
 VALUE_OF_INDEX = np.array([-1, 0, 1], dtype=np.int8)
@@ -34,19 +38,14 @@ def bits_to_rgb(bits: np.ndarray) -> np.ndarray:
 
 
 def write_png(path, bits: np.ndarray, text: dict[str, str] | None = None) -> None:
-    """Write a ternary matrix as a palette PNG, atomically."""
-    from PIL import Image, PngImagePlugin
-
+    """Write a ternary matrix as a 2-bit palette PNG (rows unfiltered), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray((bits.astype(np.int16) + 1).astype(np.uint8), mode="P")
-    img.putpalette(PALETTE.reshape(-1).tolist())
-    info = PngImagePlugin.PngInfo()
-    for k, v in (text or {}).items():
-        info.add_text(k, v)
+    data = encode_palette2((bits.astype(np.int16) + 1).astype(np.uint8), PALETTE, text)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        img.save(tmp, format="PNG", pnginfo=info, compress_level=1)
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -82,12 +81,89 @@ def rgb_to_bits_exact(rgb: np.ndarray, path="image") -> np.ndarray:
     return out
 
 
+def _own_png_packed(path, check_indices: bool = True) -> tuple[np.ndarray, int] | None:
+    """(packed 2-bit rows, width) of a PNG in netdiff's own format (2-bit palette in netdiff's
+    colour order, rows unfiltered, no index 3 unless ``check_indices`` is off), read without
+    Pillow; None for any other image."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except OSError as e:
+        raise ImageError(path, f"cannot read ({e.strerror or e})") from None
+    try:
+        got = decode_palette2_packed(data)
+    except (ValueError, zlib.error, struct.error) as e:
+        raise ImageError(path, f"not a readable image (damaged PNG: {e})") from None
+    if got is None:
+        return None
+    packed, w, pal = got
+    if len(pal) < 3 or not np.array_equal(pal[:3], PALETTE):
+        return None
+    if check_indices and (packed & (packed >> 1) & 0x55).any():
+        return None
+    return packed, w
+
+
+def _check_size(path, w: int, h: int, width: int | None, height: int | None) -> None:
+    if (width is not None and w != width) or (height is not None and h != height):
+        raise ImageError(path, f"image is {w}x{h} pixels, the layout needs {width}x{height}")
+
+
+def _byte_table() -> np.ndarray:
+    """For two packed bytes read as one native uint16 (8 pixels): the byte their bits spell (low
+    8 bits), whether all 8 are 0/1 (bit 8: ``bits_to_bytes``'s covered), whether all are fill
+    (bit 9) and whether one is index 3, outside the palette (bit 10)."""
+    u = np.arange(1 << 16, dtype=np.uint32)
+    first, second = (u & 0xFF, u >> 8) if np.little_endian else (u >> 8, u & 0xFF)
+    pix = np.stack([(b >> s) & 3 for b in (first, second) for s in (6, 4, 2, 0)], axis=1)
+    value = ((pix == 2) << np.arange(7, -1, -1)).sum(axis=1)
+    covered = ((pix == 1) | (pix == 2)).all(axis=1)
+    return (value | covered << 8 | (pix == 0).all(axis=1) << 9 | (pix == 3).any(axis=1) << 10
+            ).astype(np.uint16)
+
+
+_BYTE_TABLE = None
+
+
+def read_png_bytes(path, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An image's (byte values, covered mask, blank rows) without unpacking its pixels:
+    ``bits_to_bytes`` of its matrix, and which rows are all fill. Width must be a multiple of 8."""
+    global _BYTE_TABLE
+    own = _own_png_packed(path, check_indices=False) if width % 8 == 0 else None
+    if own is not None:
+        packed, w = own
+        _check_size(path, w, len(packed), width, height)
+        if _BYTE_TABLE is None:
+            _BYTE_TABLE = _byte_table()
+        code = _BYTE_TABLE[packed.view(np.uint16)]
+        if not (code & 0x400).any():
+            return (code.astype(np.uint8), (code & 0x100).astype(bool),
+                    (code & 0x200).astype(bool).all(axis=1))
+    bits = read_png_bits(path, width, height)
+    from netdiff.bits.codec import bits_to_bytes
+    return (*bits_to_bytes(bits), (bits == -1).all(axis=1))
+
+
+def _read_own_png(path) -> np.ndarray | None:
+    own = _own_png_packed(path)
+    if own is None:
+        return None
+    packed, w = own
+    return unpack2(packed, w).view(np.int8) - np.int8(1)
+
+
 def read_png_bits(path, width: int | None = None, height: int | None = None) -> np.ndarray:
     """A converted image back to its ternary matrix, checking size and palette.
 
     Palette PNGs are decoded from their indices (no RGB expansion); others through RGB."""
     from PIL import Image, UnidentifiedImageError
 
+    fast = _read_own_png(path)
+    if fast is not None:
+        _check_size(path, fast.shape[1], fast.shape[0], width, height)
+        return fast
     try:
         with Image.open(path) as img:
             w, h = img.size
