@@ -15,8 +15,9 @@ change the attribute mix without touching the time series. ``dp`` trains the cri
 Training speed (CPU): the critic step and the generator step's critic pass are written out by
 hand (``_MLPCritic``: the WGAN-GP loss, its gradient penalty and every weight gradient as a few
 matrix products per layer, no double backward), and the LSTM (``_CondLSTM``) projects the
-per-sequence condition once instead of at every step, with backpropagation through time written
-out. Both equal autograd's results to float rounding (tests/telemetry compare them).
+per-sequence condition once instead of at every step and runs the output layer on all steps at
+once, with backpropagation through time written out and its work buffers kept between calls.
+Both equal autograd's results to float rounding (tests/telemetry compare them).
 """
 from __future__ import annotations
 
@@ -117,10 +118,12 @@ class _Networks(nn.Module):
         noise = z(n, self.steps, self.feat_noise)
         if self.lstm.num_layers == 1 and dev.type == "cpu":  # cuDNN's LSTM is the better one on GPU
             lstm = self.lstm
-            h = _CondLSTM.apply(cond, noise, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+            out = _cond_lstm(cond, noise, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0,
+                                  self.feat_out.weight, self.feat_out.bias)
         else:
             h, _ = self.lstm(torch.cat([cond.unsqueeze(1).expand(n, self.steps, cond.shape[1]), noise], 2))
-        out = self.feat_act(self.feat_out(h).reshape(n, self.steps * self.sample_len, self.step_dim))
+            out = self.feat_out(h)
+        out = self.feat_act(out.reshape(n, self.steps * self.sample_len, self.step_dim))
         if self.flags:
             # alive[t] = no end flag before t; a hard mask, as in DoppelGANger
             end = (out[..., -1] > out[..., -2]).to(out.dtype)
@@ -231,77 +234,164 @@ _sigmoid_grad = torch.ops.aten.sigmoid_backward.grad_input
 _tanh_grad = torch.ops.aten.tanh_backward.grad_input
 
 
+_gate_orders: dict = {}
+
+
+def _gate_order(H: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's gate rows i, f, g, o reordered i, f, o, g, and the inverse permutation."""
+    key = (H, str(device))
+    if key not in _gate_orders:
+        order = torch.cat([torch.arange(2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)]).to(device)
+        _gate_orders[key] = (order, torch.argsort(order))
+    return _gate_orders[key]
+
+
+class _LSTMWork:
+    """Work buffers of one _CondLSTM shape and the per-step views into them, made once: slicing
+    tensors from Python costs about as much as the elementwise work of a step here."""
+
+    def __init__(self, T: int, z: int, H: int, n: int, like: torch.Tensor, grad: bool):
+        self.key = (T, z, H, n, like.dtype, like.device, grad)
+        self.owner = None  # the forward whose activations the buffers hold
+        H3, H4, H5 = 3 * H, 4 * H, 5 * H
+        self.x = like.new_empty(T + 1, z + H, n)  # x[t] = [noise_t; h_{t-1}], x[T] holds h_T only
+        self.e = like.new_empty(T, 6 * H, n)  # per step: i, f, o, g, c_{t-1}, tanh c_t
+        self.x[0, z:] = 0
+        self.e[0, H4:H5] = 0
+        self.noise = self.x[:T, :z]
+        self.hs = self.x[1:, z:]  # (T, H, n)
+        c_last = like.new_empty(H, n)
+        self.pq = like.new_empty(T, H5, n) if grad else None  # i', f', o', g' times partners; o tanh'(c)
+        self.fwd = []
+        for t in range(T):
+            et = self.e[t]
+            c_new = self.e[t + 1, H4:H5] if t + 1 < T else c_last
+            pq = (self.pq[t, :H3], self.pq[t, H3:H4], self.pq[t, H4:]) if grad else None
+            self.fwd.append((self.x[t], et[:H4], et[:H3], et[H3:H4], et[:H], et[H:2 * H], et[2 * H:H3],
+                             et[H4:H5], c_new, et[H5:], et[H3:], self.x[t + 1, z:], pq))
+        if grad:
+            self.d_gates = like.new_empty(T, H4, n)
+            self.dc = like.new_empty(H, n)
+            self.dout = like.new_empty(T, H, n)
+            self.bwd = []
+            for t in range(T):
+                p, dg = self.pq[t], self.d_gates[t]
+                self.bwd.append((p[:2 * H].view(2, H, n), dg[:2 * H].view(2, H, n), p[2 * H:H3], dg[2 * H:H3],
+                                 p[H3:H4], dg[H3:H4], p[H4:], self.e[t + 1, H:2 * H] if t + 1 < T else None,
+                                 self.x[t].t(), dg, self.dout[t - 1] if t else None))
+
+    def forward(self, base, w_zh, noise):
+        self.noise.copy_(noise.permute(1, 2, 0))
+        grad = self.pq is not None
+        for t, (xt, pre, sig, g, i, f, o, c_prev, c_new, tc, partners, h, pq) in enumerate(self.fwd):
+            torch.addmm(base, w_zh, xt, out=pre)
+            sig.sigmoid_()
+            g.tanh_()
+            if t:
+                torch.mul(f, c_prev, out=c_new).addcmul_(i, g)
+            else:
+                torch.mul(i, g, out=c_new)
+            torch.tanh(c_new, out=tc)
+            torch.mul(o, tc, out=h)
+            if grad:
+                _sigmoid_grad(partners, sig, grad_input=pq[0])  # [g, c_{t-1}, tanh c_t] s (1 - s)
+                _tanh_grad(i, g, grad_input=pq[1])  # i (1 - g^2)
+                _tanh_grad(o, tc, grad_input=pq[2])  # o (1 - tanh^2 c_t)
+        return self.hs
+
+
+_lstm_work: dict = {}
+
+
+def _lstm_inputs(cond, w_ih, w_hh, b_ih, b_hh):
+    """Weights with gate rows reordered i, f, o, g, stacked [W_cond | W_noise | W_hh], and the
+    per-sequence part of the gate pre-activations, W_cond cond + b_ih + b_hh, as (4H, n)."""
+    order, _ = _gate_order(w_hh.shape[1], w_hh.device)
+    w = torch.cat([w_ih, w_hh], 1).index_select(0, order)
+    c = cond.shape[1]
+    return w, torch.addmm((b_ih + b_hh).index_select(0, order)[:, None], w[:, :c], cond.t())
+
+
+def _cond_lstm(cond, noise, w_ih, w_hh, b_ih, b_hh, w_out, b_out):
+    """_CondLSTM, or under no_grad its forward pass alone (fresh buffers, no derivatives kept)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (cond, w_ih, w_hh, b_ih, b_hh, w_out, b_out)):
+        return _CondLSTM.apply(cond, noise, w_ih, w_hh, b_ih, b_hh, w_out, b_out)
+    n, T, z = noise.shape
+    w, base = _lstm_inputs(cond, w_ih, w_hh, b_ih, b_hh)
+    hs = _LSTMWork(T, z, w_hh.shape[1], n, cond, False).forward(base, w[:, cond.shape[1]:], noise)
+    return torch.baddbmm(b_out[None, :, None], w_out.expand(T, *w_out.shape), hs).permute(2, 0, 1).contiguous()
+
+
 class _CondLSTM(torch.autograd.Function):
     """One-layer LSTM with PyTorch's maths over inputs [cond, noise_t] whose ``cond`` part is the
-    same at every step. Its input projection is computed once per sequence instead of once per
-    step, and backpropagation through time is written out. Everything runs transposed, (gates,
-    batch), with the gates reordered i, f, o, g, so that each gate and the sigmoid and tanh
-    blocks are contiguous (strided slices make elementwise ops several times slower on CPU).
-    Returns h_1..h_T as (n, T, H)."""
+    same at every step, followed by a linear output layer: returns (n, T, O) = h_t W_out^T + b_out.
+
+    Written for a small batch on one CPU core, where operator count matters as much as FLOPs:
+    the condition's projection (and both biases) is computed once per sequence; each step is one
+    matrix product [W_z | W_hh] [noise_t; h_{t-1}] into a per-step buffer, the activations and
+    the cell update; the forward pass also stores the activations' local derivatives (sigmoid'
+    times its partner, etc.), so that backpropagation through time is 3 elementwise products,
+    2 cell-state updates and 2 matrix products per step. Everything runs transposed, (rows,
+    batch), with the gates reordered i, f, o, g, and each step's buffer laid out [i, f, o, g,
+    c_{t-1}, tanh c_t], so that the sigmoid block and its partners (g, c_{t-1}, tanh c_t) are
+    contiguous blocks. The output layer runs on all steps at once in that layout (no transposes
+    of the hidden states). Work buffers and their per-step views are kept between calls
+    (``_LSTMWork``); a backward pass whose buffers were reused by a later forward recomputes
+    them. Results equal nn.LSTM + nn.Linear to float rounding (tests compare)."""
 
     @staticmethod
-    def forward(ctx, cond, noise, w_ih, w_hh, b_ih, b_hh):
-        n, T, _ = noise.shape
-        c, H = cond.shape[1], w_hh.shape[1]
-        order = torch.cat([torch.arange(2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)]).to(w_hh.device)
-        w_ih, w_hh = w_ih[order], w_hh[order]
-        acts = torch.matmul(w_ih[:, c:], noise.permute(1, 2, 0))  # (T, 4H, n)
-        acts += torch.addmm((b_ih + b_hh)[order, None], w_ih[:, :c], cond.t())
-        hs = cond.new_empty(T + 1, H, n)  # hs[t] = h_{t-1}
-        cs = cond.new_empty(T + 1, H, n)
-        hs[0], cs[0] = 0, 0
-        tcs = cond.new_empty(T, H, n)
-        for t in range(T):
-            a = acts[t].addmm_(w_hh, hs[t])  # gate pre-activations, then activations
-            i, f, o, g = a.split(H)
-            a[:3 * H].sigmoid_()
-            g.tanh_()
-            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
-            torch.tanh(cs[t + 1], out=tcs[t])
-            torch.mul(o, tcs[t], out=hs[t + 1])
-        ctx.save_for_backward(cond, noise, w_ih, w_hh, order)
-        ctx.inter = (acts, hs, cs, tcs)
-        return hs[1:].permute(2, 0, 1).contiguous()
+    def forward(ctx, cond, noise, w_ih, w_hh, b_ih, b_hh, w_out, b_out):
+        n, T, z = noise.shape
+        H = w_hh.shape[1]
+        w, base = _lstm_inputs(cond, w_ih, w_hh, b_ih, b_hh)
+        key = (T, z, H, n, cond.dtype, cond.device, True)
+        work = _lstm_work.get(key)
+        if work is None:
+            if len(_lstm_work) > 8:
+                _lstm_work.clear()
+            work = _lstm_work[key] = _LSTMWork(T, z, H, n, cond, True)
+        hs = work.forward(base, w[:, cond.shape[1]:], noise)
+        work.owner = ctx.token = object()
+        ctx.save_for_backward(cond, noise, w, base, w_out)
+        ctx.work = work
+        return torch.baddbmm(b_out[None, :, None], w_out.expand(T, *w_out.shape), hs).permute(2, 0, 1).contiguous()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dout):
-        cond, noise, w_ih, w_hh, order = ctx.saved_tensors
-        acts, hs, cs, tcs = ctx.inter
-        T, H4, n = acts.shape
-        H, c = H4 // 4, cond.shape[1]
-        dout = dout.permute(1, 2, 0).contiguous()  # (T, H, n)
-        d_gates = torch.empty_like(acts)
-        d_whh = torch.zeros_like(w_hh)
-        d_wz_t = w_hh.new_zeros(noise.shape[2], H4)  # transposed: skinny products are slow the other way
-        dh, dc, tmp = dout[T - 1].clone(), torch.zeros_like(dout[0]), torch.empty_like(dout[0])
+    def backward(ctx, dy):
+        cond, noise, w, base, w_out = ctx.saved_tensors
+        work, c = ctx.work, cond.shape[1]
+        z = noise.shape[2]
+        if work.owner is not ctx.token:  # a later forward reused the buffers: recompute
+            work = _LSTMWork(*work.key[:4], cond, True)
+            work.forward(base, w[:, c:], noise)
+        T, H4, n = work.d_gates.shape
+        _, inv = _gate_order(H4 // 4, w.device)
+        dy = dy.permute(1, 2, 0).contiguous()  # (T, O, n)
+        d_wout = torch.bmm(dy, work.hs.transpose(1, 2)).sum(0)
+        d_bout = dy.sum((0, 2))
+        torch.matmul(w_out.t(), dy, out=work.dout)  # d loss / d h_t from the output layer
+        w_hh_t = w[:, c + z:].t()
+        d_wzh = w.new_zeros(H4, w.shape[1] - c)
+        dc = work.dc
+        dh = work.dout[T - 1]
         for t in range(T - 1, -1, -1):
-            if t < T - 1:
-                dh += dout[t]
-            a, dg = acts[t], d_gates[t]
-            i, f, o, g = a.split(H)
-            di, df, do, dgg = dg.split(H)
-            dc += _tanh_grad(torch.mul(dh, o, out=tmp), tcs[t], grad_input=tmp)
-            torch.mul(dc, g, out=di)
-            torch.mul(dc, cs[t], out=df)
-            torch.mul(dh, tcs[t], out=do)
-            torch.mul(dc, i, out=dgg)
-            _sigmoid_grad(dg[:3 * H], a[:3 * H], grad_input=dg[:3 * H])
-            _tanh_grad(dgg, g, grad_input=dgg)
-            d_whh.addmm_(dg, hs[t].t())
-            d_wz_t.addmm_(noise[:, t].t(), dg.t())
+            p_if, dg_if, p_o, dg_o, p_g, dg_g, p_c, f_next, xt_t, dg, dout_prev = work.bwd[t]
+            if f_next is None:
+                torch.mul(dh, p_c, out=dc)
+            else:
+                dc.mul_(f_next).addcmul_(dh, p_c)
+            torch.mul(p_if, dc, out=dg_if)
+            torch.mul(p_o, dh, out=dg_o)
+            torch.mul(p_g, dc, out=dg_g)
+            d_wzh.addmm_(dg, xt_t)
             if t:
-                dc.mul_(f)
-                dh = torch.mm(w_hh.t(), dg)
-        d_pre = d_gates.sum(0)  # (4H, n): the cond projection and the biases
-        d_bias = torch.empty_like(order, dtype=w_hh.dtype)
-        d_bias[order] = d_pre.sum(1)
-        d_wih = torch.empty(H4, c + noise.shape[2], dtype=w_hh.dtype, device=w_hh.device)
-        d_wih[order] = torch.cat([d_pre @ cond, d_wz_t.t()], 1)
-        d_w = torch.empty_like(d_whh)
-        d_w[order] = d_whh
-        d_cond = (d_pre.t() @ w_ih[:, :c]) if ctx.needs_input_grad[0] else None
-        return d_cond, None, d_wih, d_w, d_bias, d_bias
+                dh = torch.addmm(dout_prev, w_hh_t, dg)
+        d_pre = work.d_gates.sum(0)  # (4H, n): the condition's projection and the biases
+        d_bias = d_pre.sum(1).index_select(0, inv)
+        d_w = torch.cat([d_pre @ cond, d_wzh], 1).index_select(0, inv)
+        d_cond = (d_pre.t() @ w[:, :c]) if ctx.needs_input_grad[0] else None
+        return d_cond, None, d_w[:, :c + z], d_w[:, c + z:], d_bias, d_bias, d_wout, d_bout
 
 
 class _FusedAdam:
@@ -424,12 +514,14 @@ class DoppelGANger:
         epochs = cfg.epochs if epochs is None else epochs
         hist = {"epoch_seconds": [], "epoch_cpu_seconds": [], "critic_loss": [], "generator_loss": []}
         net.train()
+        # the critics' real inputs for every sequence, made once: a batch is two row gathers
+        real_all, cond_all = (t.contiguous() for t in net.critic_inputs(attrs, addi, feats))
         for _ in tqdm(range(epochs), desc="doppelganger", disable=progress is False or None, leave=False):
             t0, c0 = time.perf_counter(), time.process_time()
             perm = torch.randperm(n, generator=g, device=self.device)
             for b in range(batches):
                 idx = perm[b * bs:(b + 1) * bs]
-                real = net.critic_inputs(attrs[idx], addi[idx], feats[idx])
+                real = (real_all.index_select(0, idx), cond_all.index_select(0, idx))
                 for k in range(cfg.critic_steps):
                     # The last critic step's fake batch also serves the generator step (one
                     # generator pass per batch instead of two; the critic is updated in between).

@@ -208,25 +208,49 @@ def test_hand_written_critic_step_matches_autograd():
 
 
 def test_cond_lstm_matches_torch_lstm():
-    """_CondLSTM (condition projected once, BPTT written out) equals nn.LSTM on [cond, noise]."""
-    from netdiff.telemetry.doppelganger import _CondLSTM
+    """_CondLSTM (condition projected once, BPTT written out, output layer fused) equals
+    nn.LSTM on [cond, noise] followed by nn.Linear, with and without gradients."""
+    from netdiff.telemetry.doppelganger import _cond_lstm
 
     torch.manual_seed(0)
-    n, T, c, z, H = 6, 5, 4, 3, 7
-    lstm = torch.nn.LSTM(c + z, H, 1, batch_first=True).double()
+    for n, T, c, z, H, O in ((6, 5, 4, 3, 7, 4), (3, 1, 2, 2, 5, 3), (4, 2, 0, 3, 4, 2)):
+        lstm = torch.nn.LSTM(c + z, H, 1, batch_first=True).double()
+        lin = torch.nn.Linear(H, O).double()
+        params = list(lstm.parameters()) + list(lin.parameters())
+        args = lambda cond, noise: (cond, noise, lstm.weight_ih_l0, lstm.weight_hh_l0,  # noqa: E731
+                                    lstm.bias_ih_l0, lstm.bias_hh_l0, lin.weight, lin.bias)
+        for _ in range(2):  # the second round reuses the work buffers
+            cond = torch.rand(n, c, dtype=torch.float64, requires_grad=True)
+            noise = torch.randn(n, T, z, dtype=torch.float64)
+            weights = torch.randn(n, T, O, dtype=torch.float64)
+            y = lin(lstm(torch.cat([cond.unsqueeze(1).expand(n, T, c), noise], 2))[0])
+            (y * weights).sum().backward()
+            expect = [p.grad.clone() for p in params] + [cond.grad.clone()]
+            for p in params + [cond]:
+                p.grad = None
+            got = _cond_lstm(*args(cond, noise))
+            assert torch.allclose(got, y)
+            (got * weights).sum().backward()
+            for g, e in zip([p.grad for p in params] + [cond.grad], expect):
+                assert torch.allclose(g, e)
+            for p in params + [cond]:
+                p.grad = None
+            with torch.no_grad():
+                assert torch.allclose(_cond_lstm(*args(cond, noise)), y)
+
+    # a forward pass that reuses the work buffers before an earlier one's backward: recomputed
+    first, second = torch.randn(n, T, z, dtype=torch.float64), torch.randn(n, T, z, dtype=torch.float64)
     cond = torch.rand(n, c, dtype=torch.float64, requires_grad=True)
-    noise = torch.randn(n, T, z, dtype=torch.float64)
-    weights = torch.randn(n, T, H, dtype=torch.float64)
-    h, _ = lstm(torch.cat([cond.unsqueeze(1).expand(n, T, c), noise], 2))
-    (h * weights).sum().backward()
-    expect = [p.grad.clone() for p in lstm.parameters()] + [cond.grad.clone()]
-    lstm.zero_grad(set_to_none=True)
-    cond.grad = None
-    got = _CondLSTM.apply(cond, noise, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
-    assert torch.allclose(got, h)
-    (got * weights).sum().backward()
-    for g, e in zip([p.grad for p in lstm.parameters()] + [cond.grad], expect):
-        assert torch.allclose(g, e)
+    y1 = lin(lstm(torch.cat([cond.unsqueeze(1).expand(n, T, c), first], 2))[0])
+    y1.sum().backward()
+    expect = [p.grad.clone() for p in params]
+    for p in params + [cond]:
+        p.grad = None
+    got1 = _cond_lstm(*args(cond, first))
+    _cond_lstm(*args(cond, second))
+    got1.sum().backward()
+    for p, e in zip(params, expect):
+        assert torch.allclose(p.grad, e)
 
 
 def test_fused_adam_matches_torch_adam():
