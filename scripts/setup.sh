@@ -19,7 +19,7 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q --upgrade pip "setuptools>=70.1" >/dev/null   # 70.1+: builds wheels without the wheel package (tests/test_packaging.py)
 # A CPU build of torch: TORCH_SPEC can name another (the default matches the wheel on the
 # project's build machines; pyproject itself only asks for torch>=2.1).
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
