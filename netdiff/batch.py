@@ -5,7 +5,15 @@ into ``<output>.partial`` and the folder is renamed into place only when the com
 so an output that exists is complete. ``<out>/manifest.json`` records for each finished stage
 the command and a hash of its inputs and outputs; a stage whose record matches what is on disk
 is skipped. Killed at any moment (kill -9) and run again, a pipeline redoes only the stage that
-was interrupted: nothing is lost, duplicated or half-written.
+was interrupted: nothing is lost, duplicated or half-written. A stage that declares ``resume``
+(extra arguments with which its command continues in the folder it had begun: ``--resume
+latest`` for training, ``--skip-existing`` for generation) keeps that folder when the same
+command on the same inputs is run again, so an interrupted day of training or generation goes
+on from its last checkpoint or image instead of starting over.
+
+``launcher: accelerate`` runs a stage's command under ``accelerate launch`` (every GPU of the
+machine by default; ``launch_args`` adds launcher options such as ``--num_processes 4``):
+training stages spread their batches, generation stages split their images over the processes.
 
 Pipeline YAML::
 
@@ -17,6 +25,12 @@ Pipeline YAML::
         run: pcap2img {captures} {output} --height 32
         inputs: [captures]        # names of earlier outputs or paths
         output: images            # the folder this stage makes, under out/
+      - name: model
+        run: train-base {images} --config compact --output {output}
+        inputs: [images]
+        output: model
+        launcher: accelerate      # optional; launch_args: "--num_processes 2"
+        resume: --resume latest   # optional
 """
 from __future__ import annotations
 
@@ -44,6 +58,8 @@ class Stage:
     output: str | None = None
     inputs: list[str] = field(default_factory=list)
     launcher: str | None = None          # None: in process; "accelerate": accelerate launch
+    launch_args: list[str] = field(default_factory=list)
+    resume: list[str] = field(default_factory=list)   # arguments that continue a begun output
 
 
 @dataclass
@@ -71,7 +87,7 @@ class Pipeline:
         for i, s in enumerate(doc["stages"]):
             if not isinstance(s, dict) or "name" not in s or "run" not in s:
                 raise NetdiffError(f"{path}: stage {i + 1} needs 'name' and 'run'")
-            unknown = set(s) - {"name", "run", "output", "inputs", "launcher"}
+            unknown = set(s) - {"name", "run", "output", "inputs", "launcher", "launch_args", "resume"}
             if unknown:
                 raise NetdiffError(f"{path}: stage {s['name']!r} has unknown keys {sorted(unknown)}")
             if s["name"] in names:
@@ -79,13 +95,23 @@ class Pipeline:
             names.add(s["name"])
             if s.get("launcher") not in (None, "accelerate"):
                 raise NetdiffError(f"{path}: stage {s['name']!r}: launcher must be 'accelerate' or absent")
+            if s.get("launch_args") and s.get("launcher") != "accelerate":
+                raise NetdiffError(f"{path}: stage {s['name']!r}: launch_args need launcher: accelerate")
+            if s.get("resume") and not s.get("output"):
+                raise NetdiffError(f"{path}: stage {s['name']!r}: resume needs an output folder")
             stages.append(Stage(s["name"], str(s["run"]), s.get("output"), list(s.get("inputs", [])),
-                                s.get("launcher")))
+                                s.get("launcher"), _args(s.get("launch_args")), _args(s.get("resume"))))
         base = path.parent
         out_dir = Path(os.path.normpath(Path(out) if out else base / str(doc.get("out", f"out/{path.stem}"))))
         variables = {k: str(v) for k, v in (doc.get("vars") or {}).items()}
         variables.update({k: str(v) for k, v in (overrides or {}).items()})
         return cls(str(doc.get("name", path.stem)), out_dir, variables, stages, path)
+
+
+def _args(value) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else shlex.split(str(value))
 
 
 def tree_hash(path: Path) -> str:
@@ -186,16 +212,25 @@ class Runner:
             self._log(f"[{stage.name}] up to date, skipped")
             return
         partial = final.with_name(final.name + ".partial") if final else None
-        if partial is not None:
+        attempt = {"command": command, "inputs": inputs}
+        running = manifest.setdefault("running", {})
+        resume = (partial is not None and stage.resume and not self.force
+                  and running.get(stage.name) == attempt and partial.is_dir())
+        if partial is not None and not resume:
             shutil.rmtree(partial, ignore_errors=True)
             if partial.exists():
                 partial.unlink()
+        running[stage.name] = attempt
+        self._save_manifest(manifest)
         work_cmd = self._format(stage.run, output=str(partial) if partial else "")
-        self._log(f"[{stage.name}] netdiff {work_cmd}")
+        args = shlex.split(work_cmd) + (stage.resume if resume else [])
+        launch = (shlex.join(["accelerate", "launch", *stage.launch_args]) + " -m "
+                  if stage.launcher == "accelerate" else "")
+        self._log(f"[{stage.name}] {'resuming: ' if resume else ''}{launch}netdiff {shlex.join(args)}")
         t0 = time.perf_counter()
-        code = self._execute(stage, shlex.split(work_cmd))
+        code = self._execute(stage, args)
         if code != 0:
-            if partial is not None:
+            if partial is not None and not stage.resume:
                 shutil.rmtree(partial, ignore_errors=True)
             raise NetdiffError(f"stage {stage.name} failed (exit {code}); see {self.log_path}")
         if final is not None:
@@ -205,6 +240,7 @@ class Runner:
             if final.exists():
                 shutil.rmtree(final) if final.is_dir() else final.unlink()
             os.replace(partial, final)
+        running.pop(stage.name, None)
         manifest["stages"][stage.name] = {"command": command, "inputs": inputs,
                                           "output": tree_hash(final) if final else None,
                                           "seconds": round(time.perf_counter() - t0, 2)}
@@ -213,7 +249,9 @@ class Runner:
 
     def _execute(self, stage: Stage, args: list[str]) -> int:
         if stage.launcher == "accelerate":
-            cmd = ["accelerate", "launch", "-m", "netdiff.cli", *args]
+            # the launcher of this interpreter's environment, whether or not its bin/ is on PATH
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", *stage.launch_args,
+                   "-m", "netdiff.cli", *args]
             return subprocess.run(cmd).returncode
         from netdiff.cli import main
 

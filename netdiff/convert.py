@@ -338,12 +338,9 @@ def layout_for_width(width: int, height: int) -> Layout:
 
 
 def _repaired(png: Path, out: Path, *, strict, seed, address_pool, timing, layout, doc) -> ImageResult:
-    try:
-        from netdiff import repair as rp
-    except ImportError:
-        raise ImageError(png, "no sidecar of a converted capture, and the repair module is not "
-                         "installed: cannot rebuild a generated image") from None
+    # the module, not ``netdiff.repair`` the API function of the same name
     from netdiff.image.codec import read_rgb
+    from netdiff.repair import quantize, repair
 
     if layout is None and doc and "layout" in doc:
         layout = Layout.from_dict(doc["layout"])
@@ -358,8 +355,8 @@ def _repaired(png: Path, out: Path, *, strict, seed, address_pool, timing, layou
         bits = rgb_to_bits_exact(rgb, png)
         notes: list[str] = []
     else:
-        bits, notes = rp.quantize(rgb, layout)
-    result = rp.repair(bits, layout, seed=seed, address_pool=address_pool, timing=timing, strict=strict,
+        bits, notes = quantize(rgb, layout)
+    result = repair(bits, layout, seed=seed, address_pool=address_pool, timing=timing, strict=strict,
                        klass=(doc or {}).get("class") or png.parent.name)
     write_pcap(out, result.batch, nanosecond=True)
     return ImageResult(str(png), str(out), "repair", len(result.batch), list(notes))

@@ -5,6 +5,8 @@ run the same training through accelerate: ``accelerate launch -m netdiff.model.t
 """
 from __future__ import annotations
 
+import os
+
 import click
 
 from netdiff.errors import NetdiffError
@@ -21,6 +23,30 @@ def _quiet_loaders() -> None:
     tlog.disable_progress_bar()
 
 
+THREADS_HELP = ("CPU threads for torch (env NETDIFF_THREADS; default: torch's own, i.e. OMP_NUM_THREADS or one "
+                "per core). On a machine busy with other jobs use 1: OpenMP threads spin waiting for a core, and "
+                "2 threads ran 10-20x slower than 1 on a loaded 2-core box (docs/diffusion.md).")
+
+
+def _threads_option(f):
+    return click.option("--threads", type=click.IntRange(min=1), envvar="NETDIFF_THREADS",
+                        show_envvar=True, help=THREADS_HELP)(f)
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's intra-op threads (and inter-op threads, which torch allows only before any
+    parallel work has started) before anything runs. None leaves torch's default."""
+    if not threads:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:        # inter-op pool already started (e.g. a second call in one process)
+        pass
+
+
 def _training_options(f):
     for opt in reversed([
         click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps (overrides the config)."),
@@ -34,6 +60,8 @@ def _training_options(f):
         click.option("--resume", help="'latest' or a checkpoint folder under OUTPUT/checkpoints."),
         click.option("--cpu", is_flag=True, help="Train on the CPU even when a GPU is present."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+        click.option("--threads", type=click.IntRange(min=1), envvar="NETDIFF_THREADS", show_envvar=True,
+                     help=THREADS_HELP),
     ]):
         f = opt(f)
     return f
@@ -52,11 +80,12 @@ def _report(result, what: str) -> None:
               help="Model config: a YAML file or tiny / compact (configs/model/).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
 @_training_options
-def train_base_cmd(img_dir, config, output, quiet, **kw):
+def train_base_cmd(img_dir, config, output, quiet, threads, **kw):
     """Train netdiff's compact base (UNet + text encoder built from --config) on IMG_DIR/<class>/*.png
     with captions "pixelated network data, type-<class>"."""
     from netdiff.model.train_base import TrainBaseArgs, main
 
+    set_threads(threads)
     _quiet_loaders()
 
     result = main(TrainBaseArgs(img_dir=img_dir, output=output, config=config, progress=not quiet, **kw))
@@ -73,10 +102,11 @@ def train_base_cmd(img_dir, config, output, quiet, **kw):
 @click.option("--rank", type=click.IntRange(min=1), help="LoRA rank.")
 @click.option("--train-text-encoder", is_flag=True, default=None, help="LoRA on the text encoder too.")
 @_training_options
-def finetune_cmd(img_dir, base_model, output, config, classes, rank, train_text_encoder, quiet, **kw):
+def finetune_cmd(img_dir, base_model, output, config, classes, rank, train_text_encoder, quiet, threads, **kw):
     """Train LoRA adapters (peft) on the frozen base; OUTPUT loads with diffusers' load_lora_weights."""
     from netdiff.model.train_lora import FinetuneArgs, main
 
+    set_threads(threads)
     _quiet_loaders()
 
     result = main(FinetuneArgs(img_dir=img_dir, base_model=base_model, output=output, config=config,
@@ -94,10 +124,11 @@ def finetune_cmd(img_dir, base_model, output, config, classes, rank, train_text_
 @click.option("--config", help="Config for ControlNet settings.")
 @click.option("--class", "classes", multiple=True, help="Only these classes (repeatable).")
 @_training_options
-def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, quiet, **kw):
+def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, quiet, threads, **kw):
     """Train a ControlNet (ControlNetModel.from_unet) on (control, image) pairs made from IMG_DIR."""
     from netdiff.model.train_controlnet import ControlNetArgs, main
 
+    set_threads(threads)
     _quiet_loaders()
 
     result = main(ControlNetArgs(img_dir=img_dir, base_model=base_model, output=output, kind=kind,
@@ -126,19 +157,33 @@ def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, qui
 @click.option("--config", help="Config for a Stable Diffusion base (e.g. sd15-lora).")
 @click.option("--device", help="cuda, cuda:1, cpu, ... (default: a GPU when present).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--skip-existing", is_flag=True,
+              help="Leave images already in OUTPUT alone (go on with an interrupted run).")
+@_threads_option
 def generate_cmd(model, lora, lora_scale, controlnet, control, cls, count, seed, output, pcap, steps, cfg,
-                 scheduler, batch_size, hires, config, device, quiet):
+                 scheduler, batch_size, hires, config, device, quiet, skip_existing, threads):
     """Generate COUNT images of class CLASS as palette PNGs in OUTPUT (same seed, same bytes)."""
     from netdiff.model.config import load_config
     from netdiff.model.generate import generate
 
+    set_threads(threads)
     _quiet_loaders()
 
     if (controlnet is None) != (control is None):
         raise NetdiffError("--controlnet and --control go together")
+    # Under accelerate launch / torchrun: one process per GPU, each making every world-th image.
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and device is None:
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     result = generate(model, cls, count, seed, output, lora=lora, lora_scale=lora_scale, controlnet=controlnet,
                       control=control, steps=steps, cfg=cfg, scheduler=scheduler, batch_size=batch_size,
                       hires=hires, pcap=pcap, device=device, config=load_config(config) if config else None,
-                      progress=not quiet)
+                      progress=not quiet and rank == 0, shard=(rank, world), skip_existing=skip_existing)
     extra = f" and {len(result.pcaps)} pcaps" if result.pcaps else ""
-    click.echo(f"generate: {len(result.images)} images{extra} of class {cls} on {result.device} in {output}")
+    who = f" (process {rank + 1} of {world})" if world > 1 else ""
+    done = f"; {len(range(rank, count, world)) - len(result.images)} were there already" if skip_existing else ""
+    click.echo(f"generate{who}: {len(result.images)} images{extra} of class {cls} on {result.device} in "
+               f"{output}{done}")

@@ -40,6 +40,8 @@ def build_unet(cfg: ModelConfig):
         attention_head_dim=u.attention_head_dim,
         cross_attention_dim=u.cross_attention_dim,
         norm_num_groups=u.norm_num_groups,
+        **({"addition_embed_type": "text", "addition_embed_type_num_heads": u.attention_head_dim}
+           if u.text_time_embedding else {}),
     )
 
 
@@ -48,8 +50,14 @@ def extra_input_channels(unet) -> int:
     return int(unet.config.in_channels) - int(unet.config.out_channels)
 
 
-def with_positions(latents, n: int):
-    """Append ``n`` fixed column-position features (sin/cos at octave frequencies) to a latent batch."""
+def with_positions(latents, n: int, encoding: str = "octave"):
+    """Append ``n`` fixed column-position channels to a latent batch (the same for every row).
+
+    ``onehot``: channel j is 1 in latent column j (n = latent width), so the weights the first
+    convolution gives these channels are a learned embedding of each column: a column's meaning in
+    nPrint (which field, which bit) is its absolute position. ``octave``: sin/cos of the column
+    index at octave frequencies (n/2 of them); a linear layer can only form biases in the span of
+    those n functions, not one per column."""
     import math
 
     import torch
@@ -57,11 +65,18 @@ def with_positions(latents, n: int):
     if n == 0:
         return latents
     b, _, h, w = latents.shape
-    x = torch.arange(w, device=latents.device, dtype=torch.float32) / w
-    freqs = 2.0 ** torch.arange(n // 2, device=latents.device, dtype=torch.float32)
-    ang = 2 * math.pi * freqs[:, None] * x[None, :]                   # (n/2, w)
-    feats = torch.cat([torch.sin(ang), torch.cos(ang)])               # (n, w)
-    feats = feats[None, :, None, :].expand(b, n, h, w).to(latents.dtype)
+    if encoding == "onehot":
+        if n != w:
+            raise NetdiffError(f"one-hot column positions need {w} channels for a latent {w} wide, not {n}")
+        feats = torch.eye(w, device=latents.device, dtype=latents.dtype)          # (n, w)
+    elif encoding == "octave":
+        x = torch.arange(w, device=latents.device, dtype=torch.float32) / w
+        freqs = 2.0 ** torch.arange(n // 2, device=latents.device, dtype=torch.float32)
+        ang = 2 * math.pi * freqs[:, None] * x[None, :]                   # (n/2, w)
+        feats = torch.cat([torch.sin(ang), torch.cos(ang)]).to(latents.dtype)   # (n, w)
+    else:
+        raise NetdiffError(f"unknown position encoding {encoding!r}")
+    feats = feats[None, :, None, :].expand(b, n, h, w)
     return torch.cat([latents, feats], dim=1)
 
 
@@ -81,13 +96,31 @@ def build_text_encoder(cfg: ModelConfig):
     return CLIPTextModel(config)
 
 
+def shifted_betas(train: TrainConfig):
+    """The config's beta schedule with its SNR divided by ``snr_shift``^2 at every timestep
+    (logit(alpha_bar) - 2 log(shift)), as betas diffusers' schedulers take (``trained_betas``)."""
+    import math
+
+    import torch
+    from diffusers import DDPMScheduler
+
+    ab = DDPMScheduler(num_train_timesteps=train.num_train_timesteps, beta_schedule=train.beta_schedule,
+                       beta_start=0.00085, beta_end=0.012).alphas_cumprod.double()
+    ab = torch.sigmoid(torch.logit(ab) - 2 * math.log(train.snr_shift))
+    alphas = ab / torch.cat([ab.new_ones(1), ab[:-1]])
+    return (1 - alphas).tolist()
+
+
 def build_train_scheduler(train: TrainConfig):
     from diffusers import DDPMScheduler
 
     # steps_offset=1 and clip_sample=False: what SD pipelines expect (they rewrite the config otherwise).
     return DDPMScheduler(num_train_timesteps=train.num_train_timesteps, beta_schedule=train.beta_schedule,
                          beta_start=0.00085, beta_end=0.012, prediction_type=train.prediction_type,
-                         clip_sample=False, steps_offset=1, timestep_spacing="leading")
+                         trained_betas=shifted_betas(train) if train.snr_shift != 1 else None,
+                         clip_sample=False, steps_offset=1 if train.timestep_spacing == "leading" else 0,
+                         timestep_spacing=train.timestep_spacing,
+                         rescale_betas_zero_snr=train.rescale_betas_zero_snr)
 
 
 def make_scheduler(name: str, base_config, clip: bool = False):
@@ -105,13 +138,47 @@ def make_scheduler(name: str, base_config, clip: bool = False):
             base_config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True,
             thresholding=clip, sample_max_value=1.0)
     if name == "euler-a":
-        return EulerAncestralDiscreteScheduler.from_config(base_config)
+        prediction = dict(base_config).get("prediction_type", "epsilon")
+        if not clip and prediction != "sample":
+            return EulerAncestralDiscreteScheduler.from_config(base_config)
+        sched = _clean_estimate_euler_a().from_config(base_config, prediction_type="epsilon")
+        sched.model_prediction, sched.clip = prediction, clip
+        return sched
     if name == "ddim":
         return DDIMScheduler.from_config(base_config, clip_sample=clip, clip_sample_range=1.0,
                                          set_alpha_to_one=False)
     if name == "ddpm":
         return DDPMScheduler.from_config(base_config, clip_sample=clip, clip_sample_range=1.0)
     raise NetdiffError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def _clean_estimate_euler_a():
+    """diffusers' Euler a, fed through the clean-image estimate: it then also samples models that
+    predict the clean sample (``prediction_type: sample``, which diffusers' Euler a refuses) and,
+    for ternary models, clamps the estimate to [-1, 1] like the other samplers."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    class CleanEstimateEulerAncestral(EulerAncestralDiscreteScheduler):
+        model_prediction = "epsilon"
+        clip = False
+
+        def step(self, model_output, timestep, sample, generator=None, return_dict=True):
+            if self.step_index is None:
+                self._init_step_index(timestep)
+            sigma = self.sigmas[self.step_index]
+            out, x = model_output.float(), sample.float()
+            if self.model_prediction == "sample":
+                x0 = out
+            elif self.model_prediction == "v_prediction":
+                x0 = out * (-sigma / (sigma ** 2 + 1) ** 0.5) + x / (sigma ** 2 + 1)
+            else:
+                x0 = x - sigma * out
+            if self.clip:
+                x0 = x0.clamp(-1.0, 1.0)
+            eps = ((x - x0) / sigma).to(model_output.dtype)     # the noise that estimate implies
+            return super().step(eps, timestep, sample, generator=generator, return_dict=return_dict)
+
+    return CleanEstimateEulerAncestral
 
 
 def pick_device(prefer: str | None = None):

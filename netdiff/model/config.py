@@ -15,6 +15,8 @@ from typing import Any
 from netdiff.errors import NetdiffError
 
 CAPTION_TEMPLATE = "pixelated network data, type-{cls}"   # NetDiffusion's prompt
+POSITION_ENCODINGS = ("octave", "onehot")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 @dataclass
@@ -47,6 +49,14 @@ class UNetConfig:
     # meaning (which header field, which bit) is its absolute position, and a convolution alone
     # only learns position near the image borders.
     position_channels: int = 0
+    # "onehot": one channel per latent column (position_channels = width / factor), so the UNet's
+    # first convolution holds a learned embedding of every column (docs/diffusion.md, "Column
+    # position"). "octave": sin/cos at octave frequencies (models saved before onehot existed).
+    position_encoding: str = "octave"
+    # The caption, attention-pooled, is added to the timestep embedding (diffusers'
+    # addition_embed_type "text"): every ResNet block at every level sees the class, not only the
+    # cross-attention blocks of the low levels.
+    text_time_embedding: bool = False
 
 
 @dataclass
@@ -78,6 +88,13 @@ class TrainConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "scaled_linear"
     prediction_type: str = "epsilon"
+    # Zero terminal SNR (Lin et al. 2024): the last training timestep is pure noise, as sampling's
+    # first step is. Needs v_prediction or sample; see docs/diffusion.md for why it matters here.
+    rescale_betas_zero_snr: bool = False
+    timestep_spacing: str = "leading"     # "trailing" makes sampling start at the last timestep
+    # Divide the schedule's signal-to-noise ratio at every timestep by snr_shift^2 (simple
+    # diffusion's shift): 64 correlated pixels per latent position make a nominal noise level easy.
+    snr_shift: float = 1.0
 
 
 @dataclass
@@ -134,8 +151,27 @@ class ModelConfig:
             raise NetdiffError(f"image.rows must be 'first' or 'tile', not {im.rows!r}")
         if im.height < 1 or im.width < 1:
             raise NetdiffError("image.height and image.width must be positive")
-        if self.unet.position_channels % 2 or self.unet.position_channels < 0:
+        u = self.unet
+        if u.position_encoding not in POSITION_ENCODINGS:
+            raise NetdiffError(f"unet.position_encoding must be one of {', '.join(POSITION_ENCODINGS)}, "
+                               f"not {u.position_encoding!r}")
+        if u.position_channels < 0 or (u.position_encoding == "octave" and u.position_channels % 2):
             raise NetdiffError("unet.position_channels must be an even number >= 0 (sin/cos pairs)")
+        if u.position_encoding == "onehot" and u.position_channels and im.space == "ternary" \
+                and u.position_channels != im.width // im.factor:
+            raise NetdiffError(f"unet.position_channels ({u.position_channels}) must equal the latent width "
+                               f"{im.width // im.factor} (image.width / factor) for position_encoding onehot")
+        if self.train.rescale_betas_zero_snr and self.train.prediction_type == "epsilon":
+            raise NetdiffError("train.rescale_betas_zero_snr needs prediction_type v_prediction or sample: "
+                               "at zero terminal SNR the noise alone says nothing about the image")
+        if self.train.snr_shift <= 0:
+            raise NetdiffError(f"train.snr_shift must be positive, not {self.train.snr_shift}")
+        if self.train.timestep_spacing not in ("leading", "trailing", "linspace"):
+            raise NetdiffError(f"train.timestep_spacing must be leading, trailing or linspace, not "
+                               f"{self.train.timestep_spacing!r}")
+        if self.train.prediction_type not in PREDICTION_TYPES:
+            raise NetdiffError(f"train.prediction_type must be one of {', '.join(PREDICTION_TYPES)}, "
+                               f"not {self.train.prediction_type!r}")
         if self.controlnet.kind not in ("mask", "canny"):
             raise NetdiffError(f"controlnet.kind must be 'mask' or 'canny', not {self.controlnet.kind!r}")
         if im.space == "ternary":
@@ -193,7 +229,8 @@ def load_config(path) -> ModelConfig:
 
     p = Path(path)
     if not p.exists() and not p.suffix:
-        repo_configs = Path(__file__).resolve().parents[2] / "configs" / "model" / f"{path}.yaml"
+        # netdiff/configs: a link to the repository's configs/, or the copy a wheel ships
+        repo_configs = Path(__file__).resolve().parents[1] / "configs" / "model" / f"{path}.yaml"
         if repo_configs.exists():
             p = repo_configs
     if not p.exists():

@@ -21,6 +21,7 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from netdiff.errors import NetdiffError
+from netdiff.stale import remove_stale
 from netdiff.model.build import extra_input_channels, with_positions
 from netdiff.model.data import caption_for
 from netdiff.model.tokenizer import tokenize
@@ -46,10 +47,13 @@ class NetdiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     _lora_loadable_modules = ["unet", "text_encoder"]
     model_cpu_offload_seq = "text_encoder->unet"
 
-    def __init__(self, unet, text_encoder, tokenizer, autoencoder, scheduler, controlnet=None):
+    def __init__(self, unet, text_encoder, tokenizer, autoencoder, scheduler, controlnet=None,
+                 position_encoding: str = "octave"):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
                               autoencoder=autoencoder, scheduler=scheduler, controlnet=controlnet)
+        # How the UNet's extra input channels encode the column (netdiff models; SD has none).
+        self.register_to_config(position_encoding=position_encoding)
 
     @property
     def scale_factor(self) -> int:
@@ -133,7 +137,8 @@ class NetdiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         # 6. Denoising loop
         for t in self.progress_bar(timesteps) if progress else timesteps:
             model_in = torch.cat([latents] * 2) if do_cfg else latents
-            model_in = with_positions(self.scheduler.scale_model_input(model_in, t), extra)
+            model_in = with_positions(self.scheduler.scale_model_input(model_in, t), extra,
+                                      self.config.position_encoding)
             down_res = mid_res = None
             if control is not None:
                 down_res, mid_res = self.controlnet(
@@ -183,7 +188,7 @@ def load_pipeline(model, *, lora=None, lora_scale: float = 1.0, controlnet=None,
                            autoencoder=bundle.autoencoder,
                            scheduler=make_scheduler(scheduler, bundle.scheduler.config,
                                                     clip=bundle.config.image.space == "ternary"),
-                           controlnet=cn)
+                           controlnet=cn, position_encoding=bundle.config.unet.position_encoding)
     if lora is not None:
         # netdiff's LoRA folders name their classes; a plain diffusers LoRA folder loads as well.
         if (Path(lora) / LORA_JSON).is_file():
@@ -201,8 +206,13 @@ def load_pipeline(model, *, lora=None, lora_scale: float = 1.0, controlnet=None,
 def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, lora_scale: float = 1.0,
              controlnet=None, control: str | None = None, steps: int | None = None, cfg: float | None = None,
              scheduler: str | None = None, batch_size: int | None = None, hires: bool = False,
-             pcap: bool = False, device=None, config=None, progress: bool = True) -> GenerateResult:
-    """``count`` images of class ``cls``: PNGs (and pcaps through the repair path) in ``output``."""
+             pcap: bool = False, device=None, config=None, progress: bool = True,
+             shard: tuple[int, int] = (0, 1), skip_existing: bool = False) -> GenerateResult:
+    """``count`` images of class ``cls``: PNGs (and pcaps through the repair path) in ``output``.
+
+    ``shard=(rank, world)`` makes image k this process's when k % world == rank (one process per
+    GPU under ``accelerate launch``); ``skip_existing`` leaves images already in ``output`` alone
+    (an interrupted run goes on). Image k depends only on seed + k, so neither changes a byte."""
     from netdiff.bits.layout import named_layout
     from netdiff.model.controls import load_control
 
@@ -212,6 +222,19 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
         raise NetdiffError("--controlnet and --control go together")
     if pcap and output is None:
         raise NetdiffError("--pcap needs an output folder")
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise NetdiffError(f"shard {rank} of {world} does not exist")
+    if skip_existing and output is None:
+        raise NetdiffError("--skip-existing needs an output folder")
+    seeds = [seed + k for k in range(rank, count, world)]
+    if skip_existing:
+        remove_stale(Path(output))
+        # PNGs and pcaps are written atomically: one that exists is complete
+        seeds = [sd for sd in seeds if not (_png_path(output, cls, sd).exists()
+                                             and (not pcap or _png_path(output, cls, sd).with_suffix(".pcap").exists()))]
+    if not seeds:       # all done already, or fewer images than processes
+        return GenerateResult(bits=np.zeros((0, 0, 0), dtype=np.int8), seeds=[], device="none")
 
     # 1. Load the model (+ LoRA, + ControlNet)
     pipe, bundle, control_kind = load_pipeline(
@@ -249,11 +272,11 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
             raise NetdiffError("--hires with a ControlNet is not supported: the ControlNet was trained "
                                "at one size")
 
-    # 4. Sample in batches, one generator per image
-    seeds = [seed + k for k in range(count)]
+    # 4. Sample in batches, one generator per image; each batch is written as soon as it is made
     out_bits = []
     prompt = caption_for(cls)
-    for lo in range(0, count, batch_size):
+    result = GenerateResult(bits=np.zeros((0, 0, 0), dtype=np.int8), seeds=seeds, device=str(pipe.unet.device))
+    for lo in range(0, len(seeds), batch_size):
         chunk = seeds[lo: lo + batch_size]
         gens = [torch.Generator("cpu").manual_seed(sd) for sd in chunk]
         res = pipe([prompt] * len(chunk), height=first[0], width=first[1], generators=gens,
@@ -270,28 +293,32 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
                         num_inference_steps=steps, guidance_scale=cfg_scale, init_latents=init,
                         strength=s.hires_strength, progress=progress).bits
         out_bits.append(bits)
-    all_bits = np.concatenate(out_bits)
-    result = GenerateResult(bits=all_bits, seeds=seeds, device=str(pipe.unet.device))
-
-    # 5. Write PNGs (and pcaps through the repair path)
-    if output is not None:
-        from netdiff.image.codec import write_png
-
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
-        for bits, sd in zip(all_bits, seeds):
-            png = out / f"{cls}_{sd:06d}.png"
-            write_png(png, bits, text={"netdiff:class": cls, "netdiff:seed": str(sd),
-                                        "netdiff:model": str(bundle.source), "netdiff:lora": str(lora or ""),
-                                        "netdiff:steps": str(steps), "netdiff:cfg": str(cfg_scale)})
-            result.images.append(png)
-        if pcap:
-            img2pcap = _img2pcap()
-            for png, sd in zip(result.images, seeds):
-                dest = png.with_suffix(".pcap")
-                img2pcap(png, dest, seed=sd)
-                result.pcaps.append(dest)
+        if output is not None:
+            _write(result, bits, chunk, output, cls, pcap, {
+                "netdiff:model": str(bundle.source), "netdiff:lora": str(lora or ""),
+                "netdiff:steps": str(steps), "netdiff:cfg": str(cfg_scale)})
+    result.bits = np.concatenate(out_bits)
     return result
+
+
+def _png_path(output, cls: str, seed: int) -> Path:
+    return Path(output) / f"{cls}_{seed:06d}.png"
+
+
+def _write(result: GenerateResult, bits: np.ndarray, seeds: list[int], output, cls: str, pcap: bool,
+           text: dict[str, str]) -> None:
+    """PNGs (and pcaps through the repair path) of one batch, each written atomically."""
+    from netdiff.image.codec import write_png
+
+    Path(output).mkdir(parents=True, exist_ok=True)
+    for b, sd in zip(bits, seeds):
+        png = _png_path(output, cls, sd)
+        write_png(png, b, text={"netdiff:class": cls, "netdiff:seed": str(sd), **text})
+        result.images.append(png)
+        if pcap:
+            dest = png.with_suffix(".pcap")
+            _img2pcap()(png, dest, seed=sd)
+            result.pcaps.append(dest)
 
 
 def _default(model, config):

@@ -127,7 +127,8 @@ def main(args: TrainBaseArgs) -> T.TrainResult:
                 ids = tokenize(tokenizer, T.drop_captions(batch["caption"], tc.caption_dropout, gen)).to(device)
                 hidden = text_encoder(ids)[0]
                 loss = T.diffusion_loss(unet, noise_scheduler, latents, hidden, gen,
-                                        position_channels=cfg.unet.position_channels)
+                                        position_channels=cfg.unet.position_channels,
+                                        position_encoding=cfg.unet.position_encoding)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, tc.max_grad_norm)

@@ -169,7 +169,8 @@ def main(args: ControlNetArgs) -> T.TrainResult:
                     # The frozen UNet predicts the noise with the ControlNet's residuals added
                     loss = T.diffusion_loss(unet, noise_scheduler, latents, hidden, gen, controlnet=controlnet,
                                             control=batch["control"].to(device, weight_dtype),
-                                            position_channels=extra)
+                                            position_channels=extra,
+                                            position_encoding=base.config.unet.position_encoding)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, tc.max_grad_norm)

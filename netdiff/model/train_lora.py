@@ -168,7 +168,8 @@ def main(args: FinetuneArgs) -> T.TrainResult:
                 with accelerator.autocast():
                     hidden = text_encoder(ids)[0]
                     loss = T.diffusion_loss(unet, noise_scheduler, latents, hidden, gen,
-                                            position_channels=extra)
+                                            position_channels=extra,
+                                            position_encoding=base.config.unet.position_encoding)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, tc.max_grad_norm)

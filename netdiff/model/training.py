@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from netdiff.errors import NetdiffError
+from netdiff.stale import remove_stale
 
 
 @dataclass
@@ -102,7 +103,8 @@ def drop_captions(captions: list[str], p: float, gen: torch.Generator) -> list[s
 # --- the diffusion loss --------------------------------------------------------------------------
 
 def diffusion_loss(unet, noise_scheduler, latents, encoder_hidden_states, gen: torch.Generator,
-                   controlnet=None, control=None, position_channels: int = 0) -> torch.Tensor:
+                   controlnet=None, control=None, position_channels: int = 0,
+                   position_encoding: str = "octave") -> torch.Tensor:
     from netdiff.model.build import with_positions
 
     # Sample noise that we'll add to the latents
@@ -111,7 +113,8 @@ def diffusion_loss(unet, noise_scheduler, latents, encoder_hidden_states, gen: t
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
     t = t.to(latents.device)
     # Add noise to the latents according to the noise magnitude at each timestep (forward diffusion)
-    noisy = with_positions(noise_scheduler.add_noise(latents, noise, t), position_channels)
+    noisy = with_positions(noise_scheduler.add_noise(latents, noise, t), position_channels,
+                           position_encoding)
     down_res = mid_res = None
     if controlnet is not None:
         down_res, mid_res = controlnet(noisy, t, encoder_hidden_states=encoder_hidden_states,
@@ -122,6 +125,8 @@ def diffusion_loss(unet, noise_scheduler, latents, encoder_hidden_states, gen: t
         target = noise
     elif noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, t)
+    elif noise_scheduler.config.prediction_type == "sample":
+        target = latents
     else:
         raise NetdiffError(f"unsupported prediction_type {noise_scheduler.config.prediction_type!r}")
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
@@ -168,6 +173,8 @@ def save_checkpoint(ckpt_root: Path, step: int, epoch_step: tuple[int, int], mod
 
 
 def find_checkpoint(ckpt_root: Path, resume: str) -> Path | None:
+    if ckpt_root.is_dir():
+        remove_stale(ckpt_root)          # a checkpoint half-written when the last run was killed
     if resume == "latest":
         found = sorted(ckpt_root.glob("step-*"))
         return found[-1] if found else None

@@ -128,7 +128,7 @@ def test_shipped_pipelines_name_real_commands_and_options(path):
         cmd = cli.get_command(ctx, words[0])
         assert cmd is not None, f"{stage.name}: unknown command {words[0]}"
         known = {o for p in cmd.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
-        for w in words[1:]:
+        for w in words[1:] + stage.resume:
             if w.startswith("-"):
                 assert w in known, f"{path.name}: stage {stage.name}: {words[0]} has no option {w}"
 
@@ -178,3 +178,74 @@ def test_demo_killed_during_training_resumes_to_the_same_outputs(tmp_path, demo_
     assert any(k.startswith("model/") for k in a) and any(k.startswith("synthetic_pcaps/") for k in a)
     assert a == b
     assert json.loads((out / "validation" / "report.json").read_text())["ok"]
+
+
+def gen_pipeline(tmp: Path, model: Path, count: int = 12, **extra) -> Path:
+    """One generation stage on an existing model, resumable."""
+    stage = {"name": "gen", "inputs": ["{model_dir}"], "output": "gen", "resume": "--skip-existing",
+             "run": f"generate --model {{model_dir}} --class web_tcp --count {count} --seed 0 --steps 3 "
+                    "--batch-size 1 --output {output} --quiet", **extra}
+    p = tmp / "g.yaml"
+    p.write_text(yaml.safe_dump({"name": "g", "out": "out", "vars": {"model_dir": str(model)}, "stages": [stage]}))
+    return p
+
+
+def png_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def gen_straight(tmp_path_factory, demo_straight):
+    d = tmp_path_factory.mktemp("gen")
+    run_pipeline(gen_pipeline(d, demo_straight / "model"), echo=lambda s: None)
+    return d / "out" / "gen"
+
+
+def test_generation_killed_midway_goes_on_from_its_last_image(tmp_path, demo_straight, gen_straight):
+    p = gen_pipeline(tmp_path, demo_straight / "model")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "netdiff.cli", "batch", str(p)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "out" / "gen.partial"
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(partial.glob("*.png"))) < 3 and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    made = {f.name: f.stat().st_mtime_ns for f in partial.glob("*.png")}
+    assert 3 <= len(made) < 12, "the stage should have been killed midway"
+    logs = []
+    run_pipeline(p, echo=logs.append)
+    assert any(line.startswith("[gen] resuming: netdiff generate") for line in logs)
+    final = tmp_path / "out" / "gen"
+    assert all((final / n).stat().st_mtime_ns == t for n, t in made.items())    # not redone
+    assert png_bytes(final) == png_bytes(gen_straight)
+    assert sorted(f.name for f in final.iterdir()) == sorted(png_bytes(gen_straight))  # no stray files
+    assert not (tmp_path / "out" / "gen.partial").exists()
+
+
+def test_changed_command_does_not_resume_a_stale_folder(tmp_path, demo_straight):
+    """A .partial left by another command (or other inputs) is started over, not continued."""
+    p = gen_pipeline(tmp_path, demo_straight / "model", count=2)
+    partial = tmp_path / "out" / "gen.partial"
+    partial.mkdir(parents=True)
+    (partial / "web_tcp_000000.png").write_bytes(b"left by something else")
+    logs = []
+    run_pipeline(p, echo=logs.append)
+    assert not any("resuming" in line for line in logs)
+    assert (tmp_path / "out" / "gen" / "web_tcp_000000.png").read_bytes() != b"left by something else"
+
+
+def test_generation_stage_under_accelerate_launch(tmp_path, demo_straight, gen_straight, monkeypatch, capfd):
+    """launcher: accelerate splits a stage's images over processes (CPU stand-ins for GPUs)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    p = gen_pipeline(tmp_path, demo_straight / "model", launcher="accelerate",
+                     launch_args="--multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
+                                 "--dynamo_backend no")
+    logs = []
+    run_pipeline(p, echo=logs.append)
+    assert png_bytes(tmp_path / "out" / "gen") == png_bytes(gen_straight)
+    assert "[gen] accelerate launch --multi_gpu --num_processes 2" in (tmp_path / "out" / "batch.log").read_text()
+    out = capfd.readouterr().out
+    assert "generate (process 1 of 2): 6 images" in out and "generate (process 2 of 2): 6 images" in out

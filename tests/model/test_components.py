@@ -121,3 +121,52 @@ def test_canny_finds_the_boundaries_of_a_block():
     assert edges[16, 30] == 0 and edges[2, 2] == 0                      # not inside, not outside
     assert edges[7:9, 16:48].any(axis=0).all()                           # the whole top edge
     assert C.canny(np.zeros((8, 8), dtype=np.int8)).sum() == 0
+
+
+def test_one_hot_column_positions_and_their_config_checks():
+    from netdiff.model.build import with_positions
+
+    z = torch.zeros(2, 64, 4, 136)
+    x = with_positions(z, 136, "onehot")
+    assert x.shape == (2, 200, 4, 136)
+    # channel 64 + j is 1 exactly in latent column j, on every row of every image
+    assert torch.equal(x[:, 64:], torch.eye(136)[None, :, None, :].expand(2, 136, 4, 136))
+    with pytest.raises(NetdiffError, match="136 channels"):
+        with_positions(z, 16, "onehot")
+    assert with_positions(z, 16).shape[1] == 80            # octave sin/cos: saved models before onehot
+    with pytest.raises(NetdiffError, match="latent width 136"):
+        ModelConfig.from_dict({"image": {"height": 32}, "unet": {"block_out_channels": [64, 128],
+                                                                "position_channels": 16,
+                                                                "position_encoding": "onehot"}})
+    with pytest.raises(NetdiffError, match="position_encoding"):
+        ModelConfig.from_dict({"unet": {"position_encoding": "learned"}})
+    with pytest.raises(NetdiffError, match="v_prediction or sample"):
+        ModelConfig.from_dict({"train": {"rescale_betas_zero_snr": True, "prediction_type": "epsilon"}})
+
+
+def test_shifted_zero_snr_schedule_round_trips_and_every_sampler_steps(tmp_path):
+    from diffusers import DDPMScheduler
+
+    from netdiff.model.build import SCHEDULERS, build_train_scheduler, make_scheduler
+
+    tc = load_config("tiny").train
+    assert tc.prediction_type == "sample" and tc.rescale_betas_zero_snr and tc.snr_shift > 1
+    sched = build_train_scheduler(tc)
+    ab = sched.alphas_cumprod
+    assert float(ab[-1]) < 1e-6                          # the last timestep is pure noise, as sampling starts
+    plain = build_train_scheduler(type(tc)(**{**tc.__dict__, "snr_shift": 1.0})).alphas_cumprod
+    # SNR divided by shift^2 at every timestep (zero-SNR rescaling aside, which moves the tail)
+    snr, snr_plain = ab / (1 - ab), plain / (1 - plain)
+    assert torch.all(snr[:-1] < snr_plain[:-1])
+    sched.save_pretrained(tmp_path / "scheduler")
+    again = DDPMScheduler.from_pretrained(tmp_path / "scheduler")
+    assert torch.allclose(again.alphas_cumprod, ab)
+    # every sampler, Euler a included (diffusers' own refuses clean-sample models), one step each
+    x = torch.randn(1, 64, 4, 136, generator=torch.Generator().manual_seed(0))
+    for name in SCHEDULERS:
+        s = make_scheduler(name, again.config, clip=True)
+        s.set_timesteps(4)
+        t = s.timesteps[0]
+        out = s.step(torch.full_like(x, 3.0), t, s.scale_model_input(x, t),
+                     generator=torch.Generator().manual_seed(0)).prev_sample
+        assert torch.isfinite(out).all(), name

@@ -80,3 +80,30 @@ def test_cli_train_finetune_generate(img_dir, tmp_path):
     # user errors: one line, exit 1, no traceback
     assert netdiff_main(["generate", "--model", str(model), "--class", "nope", "--output", str(gen)]) == 1
     assert netdiff_main(["train-base", str(tmp_path), "--output", str(tmp_path / "x")]) == 1
+
+
+def test_cli_threads_option(img_dir, tiny_model, tmp_path):
+    """--threads (or NETDIFF_THREADS) sets torch's intra-op threads before a real short run."""
+    import torch
+
+    from netdiff.cli import cli
+
+    before = torch.get_num_threads()
+    runner = CliRunner()
+    try:
+        torch.set_num_threads(2)
+        r = runner.invoke(cli, ["train-base", str(img_dir), "--config", "tiny", "--output", str(tmp_path / "m"),
+                                "--steps", "1", "--batch-size", "2", "--checkpoint-every", "0", "-q",
+                                "--threads", "1"])
+        assert r.exit_code == 0, r.output
+        assert "train-base: 1 steps" in r.output and torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        r = runner.invoke(cli, ["generate", "--model", str(tiny_model), "--class", "web_tcp", "--steps", "2",
+                                "--output", str(tmp_path / "g"), "-q"], env={"NETDIFF_THREADS": "1"})
+        assert r.exit_code == 0, r.output
+        assert torch.get_num_threads() == 1 and len(list((tmp_path / "g").glob("*.png"))) == 1
+        r = runner.invoke(cli, ["generate", "--model", str(tiny_model), "--class", "web_tcp",
+                                "--output", str(tmp_path / "g"), "--threads", "0"])
+        assert r.exit_code == 2 and "--threads" in r.output
+    finally:
+        torch.set_num_threads(before)

@@ -52,18 +52,19 @@ def test_controlnet_conditioning_changes_the_output(tiny_model, img_dir, tmp_pat
     from netdiff.model.train_controlnet import ControlNetArgs, main
 
     out = tmp_path / "cn"
-    res = main(ControlNetArgs(str(img_dir), str(tiny_model), str(out), kind="mask", steps=3, batch_size=2,
+    res = main(ControlNetArgs(str(img_dir), str(tiny_model), str(out), kind="mask", steps=6, batch_size=2,
                               learning_rate=1e-2, checkpoint_every=0, progress=False))
-    assert res.steps == 3 and (out / "diffusion_pytorch_model.safetensors").is_file()
+    assert res.steps == 6 and (out / "diffusion_pytorch_model.safetensors").is_file()
     pipe, _, kind = load_pipeline(tiny_model, controlnet=out)
     assert kind == "mask"
     udp = torch.from_numpy(template_mask("udp-only", NETDIFFUSION, 32))[None, None]
     tcp = torch.from_numpy(template_mask("tcp-options", NETDIFFUSION, 32))[None, None]
     # The noise the UNet predicts, with the ControlNet's residuals for each control
-    from netdiff.model.build import with_positions
+    from netdiff.model.build import extra_input_channels, with_positions
 
     g = torch.Generator().manual_seed(0)
-    z = with_positions(torch.randn(1, 64, 4, 136, generator=g), 16)
+    z = with_positions(torch.randn(1, 64, 4, 136, generator=g), extra_input_channels(pipe.unet),
+                       pipe.config.position_encoding)
     t = torch.tensor([500])
     with torch.no_grad():
         hidden = pipe.encode_prompt(["pixelated network data, type-dns_udp"], "cpu")
