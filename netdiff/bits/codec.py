@@ -216,16 +216,19 @@ def _section_bytes(p: Parsed, cap: np.ndarray, sec: str, payload_bytes: int):
     return start, np.minimum(p.payload_len, payload_bytes), payload_bytes
 
 
+@lru_cache(maxsize=64)
 def kept_bytes(layout: Layout) -> np.ndarray | None:
     """Byte columns (of the full byte matrix) the layout keeps, or None if a dropped field is not
-    byte-aligned (then whole bit columns are selected instead)."""
+    byte-aligned (then whole bit columns are selected instead). Cached per layout: read-only."""
     keep = layout.keep
     if len(keep) % 8 or layout.full_width % 8:
         return None
     k = keep.reshape(-1, 8)
     if not (np.all(k[:, 0] % 8 == 0) and np.all(np.diff(k, axis=1) == 1)):
         return None
-    return k[:, 0] // 8
+    out = k[:, 0] // 8
+    out.setflags(write=False)
+    return out
 
 
 def _rows_at(g: np.ndarray, start: np.ndarray, budget: int, out: np.ndarray) -> None:
