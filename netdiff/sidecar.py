@@ -2,7 +2,8 @@
 
 An image keeps the header bits of its layout; the sidecar keeps the rest, so image + sidecar give
 back the original packets byte for byte: timestamps, lengths, link type, and a *residual* per
-packet (its captured bytes with every byte the image covers zeroed, zlib-compressed). Exact
+packet (its captured bytes with every byte the image covers zeroed, zstd-compressed; sidecars
+written without the zstandard module, and older ones, use zlib). Exact
 reconstruction overlays the image's bits on the residual, so the image still has to be right.
 With ``keep_payload=False`` the residual's payload bytes are zeroed too (privacy, size).
 """
@@ -20,6 +21,10 @@ try:    # about 4x faster than the json module both ways; sidecars are read on t
     import orjson
 except ImportError:         # pragma: no cover - orjson is a dependency; stay usable without it
     orjson = None
+try:    # residuals: 8x faster to inflate and 10x faster to compress than zlib, slightly smaller
+    import zstandard
+except ImportError:         # pragma: no cover - a dependency; zlib is the fallback
+    zstandard = None
 
 from netdiff.bits.codec import Parsed, _section_bytes, kept_bytes
 from netdiff.bits.layout import SECTION_BYTES, Layout
@@ -85,6 +90,21 @@ def residual_bytes(batch: PacketBatch, p: Parsed, layout: Layout, keep_payload: 
     return out
 
 
+def _compress(raw: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=1).compress(raw) if zstandard else zlib.compress(raw, 1)
+
+
+def _decompress(encoding: str, data: bytes, path) -> bytes:
+    if encoding == "zlib+base64":
+        return zlib.decompress(data)
+    if encoding == "zstd+base64":
+        if zstandard is None:
+            raise ImageError(path, "the sidecar's residual is zstd-compressed and the zstandard "
+                             "module is not installed (pip install zstandard)")
+        return zstandard.ZstdDecompressor().decompress(data)
+    raise ImageError(path, f"sidecar residual has an unknown encoding {encoding!r}")
+
+
 def build(*, layout: Layout, cls: str, source: dict, group: dict, batch: PacketBatch,
           residual: np.ndarray, l3: np.ndarray, skipped: list[tuple[int, str]],
           keep_payload: bool, ts_precision: str) -> dict:
@@ -107,9 +127,9 @@ def build(*, layout: Layout, cls: str, source: dict, group: dict, batch: PacketB
             "l3": l3.tolist(),
         },
         "residual": {
-            "encoding": "zlib+base64",
+            "encoding": "zstd+base64" if zstandard else "zlib+base64",
             "payload_kept": keep_payload,
-            "data": base64.b64encode(zlib.compress(residual.tobytes(), 1)).decode("ascii"),
+            "data": base64.b64encode(_compress(residual.tobytes())).decode("ascii"),
         },
         "skipped": {"count": len(skipped), "packets": [[int(n), r] for n, r in skipped]},
     }
@@ -150,7 +170,8 @@ def base_batch(doc: dict, path) -> tuple[PacketBatch, np.ndarray]:
     """The residual packets (timestamps, lengths, link types) and their IP header offsets."""
     try:
         pk = doc["packets"]
-        raw = zlib.decompress(base64.b64decode(doc["residual"]["data"]))
+        raw = _decompress(doc["residual"].get("encoding", "zlib+base64"),
+                          base64.b64decode(doc["residual"]["data"]), path)
         cap = np.asarray(pk["caplen"], dtype=np.int64)
         offset = np.zeros(len(cap), dtype=np.int64)
         if len(cap):
@@ -162,7 +183,8 @@ def base_batch(doc: dict, path) -> tuple[PacketBatch, np.ndarray]:
                             np.asarray(pk["ts_nsec"], np.int64), np.asarray(pk["linktype"], np.int32),
                             np.asarray(pk["number"], np.int64))
         return batch, np.asarray(pk["l3"], dtype=np.int64)
-    except (KeyError, TypeError, ValueError, zlib.error, base64.binascii.Error) as e:
+    except (KeyError, TypeError, AttributeError, ValueError, zlib.error, base64.binascii.Error,
+            *((zstandard.ZstdError,) if zstandard else ())) as e:
         raise ImageError(path, f"sidecar is damaged ({e.__class__.__name__}: {e})") from None
 
 
