@@ -19,11 +19,14 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip "setuptools>=70.1" >/dev/null   # 70.1+: builds wheels without the wheel package (tests/test_packaging.py)
+# Every version comes from constraints.txt, the set the test suite last passed with: a release of
+# some dependency tomorrow changes nothing here (scripts/upgrade-deps.sh moves the set on).
+PIN=(-c constraints.txt)
+.venv/bin/python -m pip install -q "${PIN[@]}" pip setuptools >/dev/null
 # A CPU build of torch: TORCH_SPEC can name another (the default matches the wheel on the
 # project's build machines; pyproject itself only asks for torch>=2.1).
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-  .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+  .venv/bin/python -m pip install -q "${PIN[@]}" "${TORCH_SPEC:-torch==2.13.0}"
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q "${PIN[@]}" -e ".[dev]"
 echo "netdiff is set up: $(.venv/bin/netdiff --version)"

@@ -75,15 +75,27 @@ def main(argv=None):
     except KeyboardInterrupt:
         click.echo("netdiff: interrupted", err=True)
         return 130
+    except ImportError as e:    # two dependencies of mismatched versions, named in one line
+        from netdiff.deps import describe_import_failure
+
+        line = describe_import_failure(e)
+        if line is None:
+            return _internal_error(e)
+        click.echo(f"netdiff: error: {line}", err=True)
+        return 1
     except MemoryError:
         click.echo("netdiff: error: out of memory", err=True)
         return 1
     except Exception as e:  # a bug, not a user error: still one line unless asked for more
-        if os.environ.get("NETDIFF_DEBUG"):
-            raise
-        click.echo(f"netdiff: internal error: {e.__class__.__name__}: {e} "
-                   "(set NETDIFF_DEBUG=1 for the traceback)", err=True)
-        return 2
+        return _internal_error(e)
+
+
+def _internal_error(e: Exception) -> int:
+    if os.environ.get("NETDIFF_DEBUG"):
+        raise e
+    click.echo(f"netdiff: internal error: {e.__class__.__name__}: {e} "
+               "(set NETDIFF_DEBUG=1 for the traceback)", err=True)
+    return 2
 
 
 def run():

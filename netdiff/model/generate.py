@@ -190,6 +190,9 @@ def load_pipeline(model, *, lora=None, lora_scale: float = 1.0, controlnet=None,
                                                     clip=bundle.config.image.space == "ternary"),
                            controlnet=cn, position_encoding=bundle.config.unet.position_encoding)
     if lora is not None:
+        from netdiff.deps import check_peft_stack
+
+        check_peft_stack()
         # netdiff's LoRA folders name their classes; a plain diffusers LoRA folder loads as well.
         if (Path(lora) / LORA_JSON).is_file():
             doc = read_json(Path(lora) / LORA_JSON, "LoRA")

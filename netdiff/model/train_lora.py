@@ -78,6 +78,9 @@ def resolve_config(base_model: str, config: str | None):
 
 
 def main(args: FinetuneArgs) -> T.TrainResult:
+    from netdiff.deps import check_peft_stack
+
+    check_peft_stack()          # before transformers fails inside add_adapter
     from diffusers.training_utils import cast_training_params
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
