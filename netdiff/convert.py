@@ -19,6 +19,7 @@ from netdiff.io.pcap import CaptureReader, PacketBatch, write_pcap
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp")
 GROUPINGS = ("file", "flow", "window")
 TIMING_FILE = "timing.json"     # per-class inter-arrival model written next to the images
+PRIORS_FILE = "field_priors.json"   # per-class header field distributions, beside timing.json
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ConvertSummary:
     notes: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     gaps: dict = field(default_factory=dict)             # class -> [inter-arrival seconds arrays]
+    priors: object = None                                # PriorsLearner fed with every image
 
     def to_dict(self) -> dict:
         return {"files": self.files, "images": self.images, "packets_read": self.packets_read,
@@ -158,6 +160,8 @@ def pcap2img(inp, out_dir, *, layout: Layout = NETDIFFUSION, cls: str | None = N
         per_image = window
     out_dir = Path(out_dir)
     summary = ConvertSummary()
+    from netdiff.repair.priors import PriorsLearner
+    summary.priors = PriorsLearner()
     for path, klass in find_captures(Path(inp), cls):
         try:
             _convert_one(path, klass, out_dir, layout, group, per_image, keep_payload, max_images,
@@ -173,6 +177,9 @@ def pcap2img(inp, out_dir, *, layout: Layout = NETDIFFUSION, cls: str | None = N
         # Inter-arrival times per class, for repairing generated images of this dataset.
         from netdiff.repair import TimingModel
         TimingModel.learn(summary.gaps).save(out_dir / TIMING_FILE)
+    if summary.priors.packets:
+        # Header field distributions per class (no address, no packet), for repair's --priors.
+        summary.priors.result().save(out_dir / PRIORS_FILE)
     return summary
 
 
@@ -201,6 +208,8 @@ def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: s
         if len(rows.batch) > 1:
             t = rows.batch.ts_sec * 1_000_000_000 + rows.batch.ts_nsec
             summary.gaps.setdefault(klass, []).append(np.diff(t) / 1e9)
+        if summary.priors is not None:
+            summary.priors.add(klass, rows.batch)
         made += 1
         summary.images += 1
         summary.rows += len(rows.batch)
@@ -285,16 +294,23 @@ class ImageResult:
 
 
 def img2pcap(png, out, *, strict: bool = False, seed: int = 0, address_pool: str | None = None,
-             timing=None, layout: Layout | None = None) -> ImageResult:
-    """One image -> one pcap: exact when its sidecar describes a converted capture, else repair."""
+             timing=None, layout: Layout | None = None, priors=None) -> ImageResult:
+    """One image -> one pcap: exact when its sidecar describes a converted capture, else repair.
+
+    ``priors``: class field distributions (``field_priors.json`` written by pcap2img: a path, its
+    loaded JSON or a ``FieldPriors``); repair then replaces values the image's class never shows.
+    """
     png, out = Path(png), Path(out)
     side = sc.sidecar_path(png)
     if side.exists():
         doc = sc.read(side)
         if sc.is_converted_capture(doc):
             return _exact(png, out, doc)
+    if priors is not None and not hasattr(priors, "for_class"):
+        from netdiff.repair.priors import FieldPriors
+        priors = FieldPriors.coerce(priors)
     return _repaired(png, out, strict=strict, seed=seed, address_pool=address_pool, timing=timing,
-                     layout=layout, doc=sc.read(side) if side.exists() else None)
+                     layout=layout, doc=sc.read(side) if side.exists() else None, priors=priors)
 
 
 def _exact(png: Path, out: Path, doc: dict) -> ImageResult:
@@ -337,7 +353,8 @@ def layout_for_width(width: int, height: int) -> Layout:
     return NETDIFFUSION
 
 
-def _repaired(png: Path, out: Path, *, strict, seed, address_pool, timing, layout, doc) -> ImageResult:
+def _repaired(png: Path, out: Path, *, strict, seed, address_pool, timing, layout, doc,
+              priors=None) -> ImageResult:
     # the module, not ``netdiff.repair`` the API function of the same name
     from netdiff.image.codec import read_rgb
     from netdiff.repair import quantize, repair
@@ -357,14 +374,19 @@ def _repaired(png: Path, out: Path, *, strict, seed, address_pool, timing, layou
     else:
         bits, notes = quantize(rgb, layout)
     result = repair(bits, layout, seed=seed, address_pool=address_pool, timing=timing, strict=strict,
-                       klass=(doc or {}).get("class") or png.parent.name)
+                    klass=(doc or {}).get("class") or png.parent.name, priors=priors)
     write_pcap(out, result.batch, nanosecond=True)
+    if isinstance(result.report.get("priors"), str):
+        notes.append(result.report["priors"])
     return ImageResult(str(png), str(out), "repair", len(result.batch), list(notes))
 
 
 def img2pcap_many(inp, out, **kw) -> Iterator[ImageResult | str]:
     """img2pcap over a PNG or a directory (mirrored under ``out``); yields results or error lines."""
     inp, out = Path(inp), Path(out)
+    if kw.get("priors") is not None:        # read the file once, not once per image
+        from netdiff.repair.priors import FieldPriors
+        kw["priors"] = FieldPriors.coerce(kw["priors"])
     images = find_images(inp)
     single = inp.is_file()
     for png in images:

@@ -106,7 +106,9 @@ def nprint_cmd(pcap_file, nprint_file, write_file, eth, ipv4, ipv6, tcp, udp, ic
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def pcap2img_cmd(inp, out_dir, cls, layout_name, payload_bytes, height, group, window, max_images,
                  min_packets, no_payload, as_json):
-    """Convert a capture, or a directory of <class>/*.pcap, into images under OUT_DIR/<class>/."""
+    """Convert a capture, or a directory of <class>/*.pcap, into images under OUT_DIR/<class>/,
+    with OUT_DIR/timing.json (inter-arrival model) and OUT_DIR/field_priors.json (header field
+    distributions) per class, for img2pcap --timing / --priors."""
     from netdiff.bits.layout import named_layout
     from netdiff.convert import pcap2img
 
@@ -140,8 +142,11 @@ def pcap2img_cmd(inp, out_dir, cls, layout_name, payload_bytes, height, group, w
 @click.option("--address-pool", help="CIDR(s) for repaired addresses, comma-separated (default: private ranges)")
 @click.option("--timing", type=click.Path(exists=True, dir_okay=False),
               help="inter-arrival model JSON (learned from training sidecars)")
+@click.option("--priors", type=click.Path(exists=True, dir_okay=False),
+              help="class field priors JSON (field_priors.json written by pcap2img): values the "
+                   "image's class never shows are replaced by ones it shows")
 @click.option("--json", "as_json", is_flag=True, help="print results as JSON")
-def img2pcap_cmd(inp, out, strict, seed, address_pool, timing, as_json):
+def img2pcap_cmd(inp, out, strict, seed, address_pool, timing, priors, as_json):
     """Rebuild pcaps from a PNG or a directory of PNGs (mirrored under OUT).
 
     An image with the sidecar of a converted capture is rebuilt exactly (every header bit and
@@ -152,12 +157,16 @@ def img2pcap_cmd(inp, out, strict, seed, address_pool, timing, as_json):
     if timing:
         from netdiff.repair import TimingModel
         timing_model = TimingModel.load(timing)
+    field_priors = None
+    if priors:
+        from netdiff.repair.priors import FieldPriors
+        field_priors = FieldPriors.load(priors)
     modes: Counter = Counter()
     packets = 0
     errors = []
     results = []
     for r in img2pcap_many(Path(inp), Path(out), strict=strict, seed=seed, address_pool=address_pool,
-                           timing=timing_model):
+                           timing=timing_model, priors=field_priors):
         if isinstance(r, ImageResult):
             modes[r.mode] += 1
             packets += r.packets

@@ -143,15 +143,23 @@ def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, qui
 @click.option("--controlnet", type=click.Path(exists=True, file_okay=False), help="ControlNet folder.")
 @click.option("--control", help="Control: an image, or a template (tcp, tcp-options, udp-only, icmp, "
               "ipv6-tcp, ...; NAME:ROWS for fewer packets).")
-@click.option("--class", "cls", required=True, help="Class to generate.")
+@click.option("--class", "cls", required=True,
+              help="Class to generate; 'all': every class the model knows, each in OUTPUT/<class>.")
 @click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Image k uses seed + k.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False))
 @click.option("--pcap", is_flag=True, help="Also write a pcap per image through the repair path.")
 @click.option("--steps", type=click.IntRange(min=1), help="Denoising steps (default: the config's).")
 @click.option("--cfg", type=click.FloatRange(min=0), help="Guidance scale (default: the config's).")
-@click.option("--scheduler", type=click.Choice(["dpmpp-2m-karras", "euler-a", "ddim", "ddpm"]),
+@click.option("--scheduler", type=click.Choice(["dpmpp-2m-karras", "euler-a", "ddim", "ddpm", "masked"]),
               help="Sampler (default: the config's).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
+              help="Masked models: softmax temperature bits are drawn at (default: the config's).")
+@click.option("--unmask-order", type=click.Choice(["random", "confidence"]),
+              help="Masked models: reveal pixels in random order or most confident first (default: the config's).")
+@click.option("--free-layout", is_flag=True,
+              help="Masked models: let the model draw row layouts pixel by pixel instead of from the class's "
+                   "layout chain first (for comparison).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch.")
 @click.option("--hires", is_flag=True, help="Second pass at the config's hires size (NetDiffusion's hires fix).")
 @click.option("--config", help="Config for a Stable Diffusion base (e.g. sd15-lora).")
@@ -161,7 +169,8 @@ def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, qui
               help="Leave images already in OUTPUT alone (go on with an interrupted run).")
 @_threads_option
 def generate_cmd(model, lora, lora_scale, controlnet, control, cls, count, seed, output, pcap, steps, cfg,
-                 scheduler, batch_size, hires, config, device, quiet, skip_existing, threads):
+                 scheduler, temperature, unmask_order, free_layout, batch_size, hires, config, device, quiet, skip_existing,
+                 threads):
     """Generate COUNT images of class CLASS as palette PNGs in OUTPUT (same seed, same bytes)."""
     from netdiff.model.config import load_config
     from netdiff.model.generate import generate
@@ -178,12 +187,21 @@ def generate_cmd(model, lora, lora_scale, controlnet, control, cls, count, seed,
 
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-    result = generate(model, cls, count, seed, output, lora=lora, lora_scale=lora_scale, controlnet=controlnet,
-                      control=control, steps=steps, cfg=cfg, scheduler=scheduler, batch_size=batch_size,
-                      hires=hires, pcap=pcap, device=device, config=load_config(config) if config else None,
-                      progress=not quiet and rank == 0, shard=(rank, world), skip_existing=skip_existing)
-    extra = f" and {len(result.pcaps)} pcaps" if result.pcaps else ""
-    who = f" (process {rank + 1} of {world})" if world > 1 else ""
-    done = f"; {len(range(rank, count, world)) - len(result.images)} were there already" if skip_existing else ""
-    click.echo(f"generate{who}: {len(result.images)} images{extra} of class {cls} on {result.device} in "
-               f"{output}{done}")
+    if cls == "all":
+        from netdiff.model.store import known_classes
+
+        jobs = [(c, os.path.join(output, c)) for c in known_classes(model)]
+    else:
+        jobs = [(cls, output)]
+    for name, folder in jobs:
+        result = generate(model, name, count, seed, folder, lora=lora, lora_scale=lora_scale,
+                          controlnet=controlnet, control=control, steps=steps, cfg=cfg, scheduler=scheduler,
+                          batch_size=batch_size, hires=hires, pcap=pcap, device=device,
+                          config=load_config(config) if config else None, progress=not quiet and rank == 0,
+                          shard=(rank, world), skip_existing=skip_existing, temperature=temperature,
+                          unmask_order=unmask_order, layouts=not free_layout)
+        extra = f" and {len(result.pcaps)} pcaps" if result.pcaps else ""
+        who = f" (process {rank + 1} of {world})" if world > 1 else ""
+        done = f"; {len(range(rank, count, world)) - len(result.images)} were there already" if skip_existing else ""
+        click.echo(f"generate{who}: {len(result.images)} images{extra} of class {name} on {result.device} in "
+                   f"{folder}{done}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from netdiff.errors import NetdiffError
 from netdiff.model.config import ModelConfig, TrainConfig
 
-SCHEDULERS = ("dpmpp-2m-karras", "euler-a", "ddim", "ddpm")
+SCHEDULERS = ("dpmpp-2m-karras", "euler-a", "ddim", "ddpm")     # Gaussian samplers; masked models use "masked"
 
 
 def latent_size(cfg: ModelConfig, height: int | None = None, width: int | None = None) -> tuple[int, int]:
@@ -27,6 +27,10 @@ def build_unet(cfg: ModelConfig):
     from diffusers import UNet2DConditionModel
 
     channels = cfg.image.factor ** 2          # 1 ternary channel folded by pixel_unshuffle
+    if cfg.image.space == "masked":
+        from netdiff.model.masked import STATES
+
+        channels *= STATES                    # one-hot of each visible pixel in, 3 logits per pixel out
     down, up = block_types(cfg)
     u = cfg.unet
     return UNet2DConditionModel(
@@ -111,8 +115,13 @@ def shifted_betas(train: TrainConfig):
     return (1 - alphas).tolist()
 
 
-def build_train_scheduler(train: TrainConfig):
+def build_train_scheduler(train: TrainConfig, space: str = "ternary"):
     from diffusers import DDPMScheduler
+
+    if space == "masked":
+        from netdiff.model.masked import MaskedBitScheduler
+
+        return MaskedBitScheduler(num_train_timesteps=train.num_train_timesteps)
 
     # steps_offset=1 and clip_sample=False: what SD pipelines expect (they rewrite the config otherwise).
     return DDPMScheduler(num_train_timesteps=train.num_train_timesteps, beta_schedule=train.beta_schedule,
@@ -149,6 +158,8 @@ def make_scheduler(name: str, base_config, clip: bool = False):
                                          set_alpha_to_one=False)
     if name == "ddpm":
         return DDPMScheduler.from_config(base_config, clip_sample=clip, clip_sample_range=1.0)
+    if name == "masked":
+        raise NetdiffError("the masked sampler is for models trained with image.space: masked")
     raise NetdiffError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 
 

@@ -17,12 +17,15 @@ from netdiff.errors import NetdiffError
 CAPTION_TEMPLATE = "pixelated network data, type-{cls}"   # NetDiffusion's prompt
 POSITION_ENCODINGS = ("octave", "onehot")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+SPACES = ("ternary", "masked", "vae")
+FOLDED_SPACES = ("ternary", "masked")      # the lossless pixel_unshuffle map, no learned autoencoder
 
 
 @dataclass
 class ImageConfig:
     """What the model sees. ``space`` is ``ternary`` (the lossless pixel_unshuffle autoencoder on
-    the 1-channel {-1,0,1} map) or ``vae`` (the base model's own AutoencoderKL on the RGB image, as
+    the 1-channel {-1,0,1} map, Gaussian diffusion), ``masked`` (the same map, masked diffusion with a
+    categorical output per pixel: netdiff.model.masked) or ``vae`` (the base model's own AutoencoderKL on the RGB image, as
     NetDiffusion did with SD 1.5; it loses bits, see docs/diffusion.md)."""
 
     layout: str = "netdiffusion"
@@ -127,6 +130,9 @@ class SampleConfig:
     hires_height: int | None = None   # --hires: second pass at this size (NetDiffusion: 1024 x 1088)
     hires_width: int | None = None
     hires_strength: float = 0.5
+    # masked models: the order pixels are revealed in and the softmax temperature they are drawn at
+    unmask_order: str = "random"
+    temperature: float = 1.0
 
 
 @dataclass
@@ -145,8 +151,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         im = self.image
-        if im.space not in ("ternary", "vae"):
-            raise NetdiffError(f"image.space must be 'ternary' or 'vae', not {im.space!r}")
+        if im.space not in SPACES:
+            raise NetdiffError(f"image.space must be one of {', '.join(SPACES)}, not {im.space!r}")
         if im.rows not in ("first", "tile"):
             raise NetdiffError(f"image.rows must be 'first' or 'tile', not {im.rows!r}")
         if im.height < 1 or im.width < 1:
@@ -157,7 +163,7 @@ class ModelConfig:
                                f"not {u.position_encoding!r}")
         if u.position_channels < 0 or (u.position_encoding == "octave" and u.position_channels % 2):
             raise NetdiffError("unet.position_channels must be an even number >= 0 (sin/cos pairs)")
-        if u.position_encoding == "onehot" and u.position_channels and im.space == "ternary" \
+        if u.position_encoding == "onehot" and u.position_channels and im.space in FOLDED_SPACES \
                 and u.position_channels != im.width // im.factor:
             raise NetdiffError(f"unet.position_channels ({u.position_channels}) must equal the latent width "
                                f"{im.width // im.factor} (image.width / factor) for position_encoding onehot")
@@ -174,7 +180,14 @@ class ModelConfig:
                                f"not {self.train.prediction_type!r}")
         if self.controlnet.kind not in ("mask", "canny"):
             raise NetdiffError(f"controlnet.kind must be 'mask' or 'canny', not {self.controlnet.kind!r}")
-        if im.space == "ternary":
+        if self.sample.unmask_order not in ("random", "confidence"):
+            raise NetdiffError(f"sample.unmask_order must be random or confidence, not {self.sample.unmask_order!r}")
+        if self.sample.temperature <= 0:
+            raise NetdiffError(f"sample.temperature must be positive, not {self.sample.temperature}")
+        if (im.space == "masked") != (self.sample.scheduler == "masked"):
+            raise NetdiffError(f"sample.scheduler {self.sample.scheduler!r} does not fit image.space {im.space!r}: "
+                               "masked-space models sample with 'masked', the others with a Gaussian sampler")
+        if im.space in FOLDED_SPACES:
             # The UNet halves the latent (len(blocks) - 1) times; every side must stay an integer.
             div = im.factor * 2 ** (len(self.unet.block_out_channels) - 1)
             for side, n in (("height", im.height), ("width", im.width)):

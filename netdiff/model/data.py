@@ -112,7 +112,7 @@ class ImageDataset:
         from netdiff.model.ternary import bits_to_rgb_tensor, bits_to_tensor
 
         ex = self.examples[i]
-        if self.image.space == "ternary":
+        if self.image.space in ("ternary", "masked"):
             pixels = bits_to_tensor(ex.bits)
         else:
             pixels = bits_to_rgb_tensor(ex.bits)

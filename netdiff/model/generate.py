@@ -162,11 +162,12 @@ class NetdiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 def pixels_for(bits: np.ndarray, space: str) -> torch.Tensor:
     from netdiff.model.ternary import bits_to_rgb_tensor, bits_to_tensor
 
-    return (bits_to_tensor if space == "ternary" else bits_to_rgb_tensor)(bits)
+    return (bits_to_tensor if space in ("ternary", "masked") else bits_to_rgb_tensor)(bits)
 
 
 def load_pipeline(model, *, lora=None, lora_scale: float = 1.0, controlnet=None, device=None,
-                  config=None, scheduler: str = "dpmpp-2m-karras"):
+                  config=None, scheduler: str | None = None, temperature: float | None = None,
+                  unmask_order: str | None = None):
     """Model folder (+ LoRA folder, + ControlNet folder) -> (pipeline, bundle, controlnet kind)."""
     from netdiff.model.build import inference_dtype, make_scheduler, pick_device
     from netdiff.model.store import CONTROLNET_JSON, LORA_JSON, load_model, read_json
@@ -184,11 +185,23 @@ def load_pipeline(model, *, lora=None, lora_scale: float = 1.0, controlnet=None,
         doc = read_json(Path(controlnet) / CONTROLNET_JSON, "ControlNet")
         control_kind = doc["kind"]
         cn = ControlNetModel.from_pretrained(controlnet, use_safetensors=True, **kw)
-    pipe = NetdiffPipeline(unet=bundle.unet, text_encoder=bundle.text_encoder, tokenizer=bundle.tokenizer,
-                           autoencoder=bundle.autoencoder,
-                           scheduler=make_scheduler(scheduler, bundle.scheduler.config,
-                                                    clip=bundle.config.image.space == "ternary"),
-                           controlnet=cn, position_encoding=bundle.config.unet.position_encoding)
+    scheduler = scheduler or bundle.config.sample.scheduler
+    if bundle.config.image.space == "masked":
+        from netdiff.model.masked import MaskedBitScheduler
+        from netdiff.model.masked_pipeline import NetdiffMaskedPipeline
+
+        if scheduler != "masked":
+            raise NetdiffError(f"--scheduler {scheduler}: this model is a masked-space model; its sampler is 'masked'")
+        s = bundle.config.sample
+        pipe_class, sampler = NetdiffMaskedPipeline, MaskedBitScheduler.from_config(
+            bundle.scheduler.config, unmask_order=unmask_order or s.unmask_order,
+            temperature=s.temperature if temperature is None else temperature)
+    else:
+        pipe_class = NetdiffPipeline
+        sampler = make_scheduler(scheduler, bundle.scheduler.config, clip=bundle.config.image.space == "ternary")
+    pipe = pipe_class(unet=bundle.unet, text_encoder=bundle.text_encoder, tokenizer=bundle.tokenizer,
+                      autoencoder=bundle.autoencoder, scheduler=sampler,
+                      controlnet=cn, position_encoding=bundle.config.unet.position_encoding)
     if lora is not None:
         from netdiff.deps import check_peft_stack
 
@@ -210,12 +223,15 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
              controlnet=None, control: str | None = None, steps: int | None = None, cfg: float | None = None,
              scheduler: str | None = None, batch_size: int | None = None, hires: bool = False,
              pcap: bool = False, device=None, config=None, progress: bool = True,
-             shard: tuple[int, int] = (0, 1), skip_existing: bool = False) -> GenerateResult:
+             shard: tuple[int, int] = (0, 1), skip_existing: bool = False, temperature: float | None = None,
+             unmask_order: str | None = None, layouts: bool = True) -> GenerateResult:
     """``count`` images of class ``cls``: PNGs (and pcaps through the repair path) in ``output``.
 
     ``shard=(rank, world)`` makes image k this process's when k % world == rank (one process per
     GPU under ``accelerate launch``); ``skip_existing`` leaves images already in ``output`` alone
-    (an interrupted run goes on). Image k depends only on seed + k, so neither changes a byte."""
+    (an interrupted run goes on). Image k depends only on seed + k, so neither changes a byte.
+    ``layouts``: masked models first draw each image's row layouts from the class's layout chain
+    (netdiff.model.layouts); False lets the model draw layouts pixel by pixel (for comparison)."""
     from netdiff.bits.layout import named_layout
     from netdiff.model.controls import load_control
 
@@ -242,7 +258,8 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
     # 1. Load the model (+ LoRA, + ControlNet)
     pipe, bundle, control_kind = load_pipeline(
         model, lora=lora, lora_scale=lora_scale, controlnet=controlnet, device=device, config=config,
-        scheduler=scheduler or _default(model, config).sample.scheduler)
+        scheduler=scheduler or _default(model, config).sample.scheduler, temperature=temperature,
+        unmask_order=unmask_order)
     mcfg = bundle.config
     s = mcfg.sample
     steps, cfg_scale = steps or s.steps, s.cfg if cfg is None else cfg
@@ -276,15 +293,23 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
                                "at one size")
 
     # 4. Sample in batches, one generator per image; each batch is written as soon as it is made
+    use_layouts = (layouts and mcfg.image.space == "masked" and control_t is None
+                   and bundle.layouts is not None and cls in bundle.layouts.classes)
     out_bits = []
     prompt = caption_for(cls)
     result = GenerateResult(bits=np.zeros((0, 0, 0), dtype=np.int8), seeds=seeds, device=str(pipe.unet.device))
     for lo in range(0, len(seeds), batch_size):
         chunk = seeds[lo: lo + batch_size]
         gens = [torch.Generator("cpu").manual_seed(sd) for sd in chunk]
+        extra = {}
+        if use_layouts:
+            # structure first: each image's row layouts from its own stream (seed + k)
+            lg = [torch.Generator("cpu").manual_seed(sd + 2_000_003) for sd in chunk]
+            extra["present"] = torch.from_numpy(
+                np.stack([bundle.layouts.sample(cls, first[0], g) for g in lg]))[:, None]
         res = pipe([prompt] * len(chunk), height=first[0], width=first[1], generators=gens,
                    num_inference_steps=steps, guidance_scale=cfg_scale, control=control_t,
-                   controlnet_conditioning_scale=mcfg.controlnet.conditioning_scale, progress=progress)
+                   controlnet_conditioning_scale=mcfg.controlnet.conditioning_scale, progress=progress, **extra)
         bits = res.bits
         if hires:
             # NetDiffusion's hires fix: enlarge the first pass, re-noise it part-way, denoise again.

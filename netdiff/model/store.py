@@ -35,6 +35,7 @@ class ModelBundle:
     classes: list[str] = field(default_factory=list)   # empty: any class name (a foreign base)
     source: str = ""
     kind: str = "netdiff"     # "netdiff" or "diffusers"
+    layouts: Any = None       # masked models: LayoutChain (row layouts per class), else None
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -75,10 +76,22 @@ def save_model(bundle: ModelBundle, out_dir) -> Path:
         else:
             part.save_pretrained(staged)
         replace_dir(staged, out / name)
+    if bundle.layouts is not None:
+        bundle.layouts.save(out)              # written whole before the JSON marks the folder complete
     write_json_atomic(out / MODEL_JSON, {
         "format": "netdiff-model", "version": FORMAT_VERSION, "classes": list(bundle.classes),
         "space": bundle.config.image.space, "config": bundle.config.to_dict()})
     return out
+
+
+def known_classes(path) -> list[str]:
+    """The classes a netdiff model folder was trained on (``--class all``)."""
+    if not is_netdiff_model(path):
+        raise NetdiffError(f"{path}: --class all needs a netdiff model folder ({MODEL_JSON} names its classes)")
+    classes = json.loads((Path(path) / MODEL_JSON).read_text()).get("classes", [])
+    if not classes:
+        raise NetdiffError(f"{path}: the model names no classes")
+    return list(classes)
 
 
 def is_netdiff_model(path) -> bool:
@@ -96,6 +109,7 @@ def load_model(source, config: ModelConfig | None = None, torch_dtype=None) -> M
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
+    from netdiff.model.layouts import LayoutChain
     from netdiff.model.ternary import TernaryAutoencoder
 
     src = str(source)
@@ -111,8 +125,9 @@ def load_model(source, config: ModelConfig | None = None, torch_dtype=None) -> M
             text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True, **kw),
             tokenizer=AutoTokenizer.from_pretrained(path / "tokenizer"),
             autoencoder=TernaryAutoencoder.from_pretrained(path / "autoencoder"),
-            scheduler=DDPMScheduler.from_pretrained(path / "scheduler"),
-            config=cfg, classes=list(doc.get("classes", [])), source=str(path.resolve()), kind="netdiff")
+            scheduler=_scheduler_class(cfg).from_pretrained(path / "scheduler"),
+            config=cfg, classes=list(doc.get("classes", [])), source=str(path.resolve()), kind="netdiff",
+            layouts=LayoutChain.load(path))
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise NetdiffError(f"{path}: neither a netdiff model folder ({MODEL_JSON}) nor a diffusers "
@@ -139,6 +154,16 @@ def load_model(source, config: ModelConfig | None = None, torch_dtype=None) -> M
             config=cfg, classes=[], source=where if not local else str(path.resolve()), kind="diffusers")
     except (OSError, ValueError) as e:
         raise NetdiffError(f"{src}: cannot load the Stable Diffusion parts ({str(e).splitlines()[0]})") from None
+
+
+def _scheduler_class(cfg: ModelConfig):
+    if cfg.image.space == "masked":
+        from netdiff.model.masked import MaskedBitScheduler
+
+        return MaskedBitScheduler
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -65,10 +65,10 @@ def main(args: TrainBaseArgs) -> T.TrainResult:
                  "seed", "checkpoint_every"):
         if getattr(args, name) is not None:
             setattr(tc, name, getattr(args, name))
-    if cfg.image.space != "ternary":
+    if cfg.image.space not in ("ternary", "masked"):
         from netdiff.errors import NetdiffError
 
-        raise NetdiffError(f"train-base builds a ternary-space model; config {cfg.name!r} has "
+        raise NetdiffError(f"train-base builds a ternary- or masked-space model; config {cfg.name!r} has "
                            f"image.space {cfg.image.space!r} (use finetune on a Stable Diffusion base)")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def main(args: TrainBaseArgs) -> T.TrainResult:
     unet = build_unet(cfg)
     text_encoder = build_text_encoder(cfg)
     autoencoder = TernaryAutoencoder(factor=cfg.image.factor)
-    noise_scheduler = build_train_scheduler(tc)
+    noise_scheduler = build_train_scheduler(tc, cfg.image.space)
     unet.train()
     text_encoder.train(tc.train_text_encoder)
     text_encoder.requires_grad_(tc.train_text_encoder)
@@ -160,10 +160,16 @@ def main(args: TrainBaseArgs) -> T.TrainResult:
     result = T.TrainResult(output=output, steps=step, losses=losses, seconds=timer(),
                            resumed_from=resumed_from, device=str(device))
     if accelerator.is_main_process:
+        layouts = None
+        if cfg.image.space == "masked":
+            from netdiff.model.layouts import LayoutChain
+
+            # the structure stage of sampling: which rows are which stacks, per class
+            layouts = LayoutChain.fit([e.bits for e in dataset.examples], [e.cls for e in dataset.examples])
         bundle = ModelBundle(unet=accelerator.unwrap_model(unet).eval(),
                              text_encoder=accelerator.unwrap_model(text_encoder).eval(),
                              tokenizer=tokenizer, autoencoder=autoencoder, scheduler=noise_scheduler,
-                             config=cfg, classes=dataset.classes, source=str(output.resolve()))
+                             config=cfg, classes=dataset.classes, source=str(output.resolve()), layouts=layouts)
         save_model(bundle, output)
         if losses:
             T.plot_losses(losses, output / "loss.png", f"train-base ({cfg.name})")

@@ -123,7 +123,7 @@ def main(args: ControlNetArgs) -> T.TrainResult:
     unet, text_encoder, autoencoder, tokenizer = base.unet, base.text_encoder, base.autoencoder, base.tokenizer
     noise_scheduler = base.scheduler
     extra = extra_input_channels(unet)
-    factor = cfg.image.factor if cfg.image.space == "ternary" else 2 ** (len(autoencoder.config.block_out_channels) - 1)
+    factor = cfg.image.factor if cfg.image.space in ("ternary", "masked") else 2 ** (len(autoencoder.config.block_out_channels) - 1)
     controlnet = ControlNetModel.from_unet(unet, conditioning_channels=1,
                                            conditioning_embedding_out_channels=conditioning_channels_for(factor))
     for m in (unet, text_encoder, autoencoder):

@@ -106,7 +106,12 @@ def diffusion_loss(unet, noise_scheduler, latents, encoder_hidden_states, gen: t
                    controlnet=None, control=None, position_channels: int = 0,
                    position_encoding: str = "octave") -> torch.Tensor:
     from netdiff.model.build import with_positions
+    from netdiff.model.masked import MaskedBitScheduler, masked_loss
 
+    if isinstance(noise_scheduler, MaskedBitScheduler):
+        return masked_loss(unet, noise_scheduler, latents, encoder_hidden_states, gen, controlnet=controlnet,
+                           control=control, position_channels=position_channels,
+                           position_encoding=position_encoding)
     # Sample noise that we'll add to the latents
     noise = torch.randn(latents.shape, generator=gen).to(latents.device, latents.dtype)
     # Sample a random timestep for each image
@@ -222,7 +227,7 @@ def plot_losses(losses: list[float], path: Path, title: str) -> None:
         ax.plot(np.arange(w, len(y) + 1), np.convolve(y, np.ones(w) / w, mode="valid"), lw=1.5,
                 label=f"mean of {w}")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("MSE")
+    ax.set_ylabel("loss (MSE; cross-entropy for masked models)")
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend()

@@ -1,12 +1,14 @@
 """Repair: any generated image of the right kind -> a capture whose every packet is valid.
 
     bits, notes = quantize(rgb, layout)
-    result = repair(bits, layout, seed=0, address_pool="10.0.0.0/16", timing=model)
+    result = repair(bits, layout, seed=0, address_pool="10.0.0.0/16", timing=model,
+                    priors=FieldPriors.load("field_priors.json"), klass="dns")
     write_pcap(path, result.batch)
 
 Steps: quantise pixels (quantize.py); decide each row's stack and move its fields to legal
 values (rows.py, rules from protocol_rules/); group rows into flows and make the trace
-consistent (trace.py); addresses (addresses.py), timestamps (timing.py), bodies (bodies.py);
+consistent (trace.py); with class priors (priors.py), legal values the class never shows are
+replaced by ones it shows; addresses (addresses.py), timestamps (timing.py), bodies (bodies.py);
 then bytes, lengths and checksums in one pass (rows.build). The report says what changed and
 how much of the generated content survived, per field group.
 """
@@ -20,10 +22,12 @@ from netdiff.bits.layout import Layout
 from netdiff.errors import NetdiffError
 from netdiff.io.pcap import PacketBatch
 from netdiff.repair.addresses import AddressPool
+from netdiff.repair.priors import FieldPriors
 from netdiff.repair.quantize import quantize
 from netdiff.repair.timing import TimingModel, timestamps
 
-__all__ = ["quantize", "repair", "RepairResult", "TimingModel", "FIELD_GROUPS", "check_rows"]
+__all__ = ["quantize", "repair", "RepairResult", "TimingModel", "FieldPriors", "FIELD_GROUPS",
+           "check_rows"]
 
 # Field groups of the report: nPrint field name prefix -> group
 FIELD_GROUPS = {
@@ -72,13 +76,15 @@ def check_rows(bits: np.ndarray, layout: Layout) -> dict[str, tuple[int, int]]:
 
 def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str | None = None,
            timing: TimingModel | None = None, strict: bool = False,
-           klass: str | None = None) -> RepairResult:
+           klass: str | None = None, priors: FieldPriors | None = None) -> RepairResult:
     """Turn a (possibly noisy) ternary matrix into valid Ethernet packets.
 
     ``address_pool``: CIDRs/addresses, comma separated (default: private ranges; generated
     addresses are kept when the layout has them and they are legal). ``timing``: inter-arrival
     model (``klass`` picks its class; default: a neutral log-uniform model). ``strict``: raise
-    ``NetdiffError`` listing the rule violations instead of repairing them.
+    ``NetdiffError`` listing the rule violations instead of repairing them. ``priors``: field
+    distributions per class (``FieldPriors``, a loaded ``field_priors.json`` or its path);
+    values of class ``klass`` that the class never shows are replaced by ones it shows.
     """
     from netdiff.bits.codec import encode
     from netdiff.repair import bodies, rows, trace
@@ -87,7 +93,10 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     # 1. Check the input and decide what every row is.
     bits = _check_bits(bits, layout)
     rules = E.load_rules()
-    r = rows.read_rows(bits, layout, rules)
+    priors = FieldPriors.coerce(priors)
+    cp = priors.for_class(klass, seed, rules) if priors is not None else None
+    r = rows.read_rows(bits, layout, rules,
+                       stack_prior=cp.stacks(rows.STACKS) if cp is not None else None)
     n = len(r)
     if n == 0:
         raise NetdiffError("no row of the image holds a packet (every row is blank/fill)")
@@ -105,13 +114,17 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
 
     # 2. Trace: flows, directions, flags, sequence numbers, TTL, addresses, IP ID.
     pool = AddressPool(address_pool, seed)
-    t = trace.repair_trace(r, rules, pool, keep_addresses=address_pool is None)
+    t = trace.repair_trace(r, rules, pool, keep_addresses=address_pool is None, priors=cp)
 
     # 3. Option areas (legal kinds depend on the flags the trace settled), ICMP, bodies.
     f = r.f
     flags = {"syn": f["tcp_syn"] == 1, "ackf": f["tcp_ackf"] == 1}
     r.tcp_opt, tcp_opt_changed = E.walk_options(rules["tcp"].options, r.tcp_opt, r.tcp_optlen, flags)
     r.ip_opt, ip_opt_changed = E.walk_options(rules["ipv4"].options, r.ip_opt, r.ip_optlen, flags)
+    if cp is not None:          # option layouts and values the class never shows
+        opt_changed = cp.options(r, t["flow"], t["direction"])
+        tcp_opt_changed = tcp_opt_changed | opt_changed.get("tcp", False)
+        ip_opt_changed = ip_opt_changed | opt_changed.get("ipv4", False)
     bodies.icmp_rest(r, rules)
     body, body_len = bodies.bodies(r, rules, layout.payload_bytes)
 
@@ -165,4 +178,7 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
         "addresses": address_pool or "private ranges (default pool)",
         "seed": seed,
     }
+    if priors is not None:
+        report["priors"] = cp.report() if cp is not None else \
+            f"class {klass!r} is not in the priors (classes: {', '.join(sorted(priors.classes))}); not applied"
     return RepairResult(batch=batch, report=report, rows=r.index.copy())

@@ -72,8 +72,12 @@ def section_shares(bits: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     return out
 
 
-def decide_stacks(bits: np.ndarray, layout: Layout):
-    """(is_packet, stack index into STACKS, shares, contradiction mask) for every row."""
+def decide_stacks(bits: np.ndarray, layout: Layout, stack_prior: np.ndarray | None = None):
+    """(is_packet, stack index into STACKS, shares, contradiction mask) for every row.
+
+    ``stack_prior`` (per STACKS entry, from class priors: -inf for a stack the class never
+    shows, else a small bonus that breaks near-ties towards the class's usual stack) is added to
+    the scores of rows that are packets; whether a row is a packet is decided without it."""
     shares = section_shares(bits, layout)
     n = len(bits)
     scores = np.full((n, len(STACKS)), -np.inf)
@@ -91,6 +95,8 @@ def decide_stacks(bits: np.ndarray, layout: Layout):
     best = np.argmax(scores, axis=1)
     rows = np.arange(n)
     share = filled[rows, best]
+    if stack_prior is not None and np.isfinite(scores + stack_prior[None, :]).any():
+        best = np.argmax(scores + stack_prior[None, :], axis=1)
     # Half filled makes a packet (blank padding stays blank even with 30% of pixels flipped).
     # An image whose rows are all less filled (a model that under-paints) keeps the rows
     # within 0.1 of its best-filled one, down to 20%.
@@ -113,9 +119,11 @@ def _bits(bits, layout, name):
     return None if sl is None else bits[:, sl]
 
 
-def read_rows(bits: np.ndarray, layout: Layout, rules: dict) -> Rows:
-    """Decide stacks and move every row's fields to their nearest legal values."""
-    is_packet, best, _, contradiction, partial = decide_stacks(bits, layout)
+def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
+              stack_prior: np.ndarray | None = None) -> Rows:
+    """Decide stacks and move every row's fields to their nearest legal values
+    (``stack_prior``: see ``decide_stacks``)."""
+    is_packet, best, _, contradiction, partial = decide_stacks(bits, layout, stack_prior)
     idx = np.flatnonzero(is_packet)
     b = bits[idx]
     stack = best[idx]

@@ -136,8 +136,13 @@ def find_flows(r: Rows, icmp_types: dict) -> dict:
             "proto": (k >> 32) & 0xFF, "n": n}
 
 
-def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool) -> dict:
-    """Apply every trace rule to ``r`` in place; returns counts for the report."""
+def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
+                 priors=None) -> dict:
+    """Apply every trace rule to ``r`` in place; returns counts for the report.
+
+    ``priors`` (a ``priors.ClassPriors``) replaces values the class never shows: IP version per
+    flow, server/client ports per flow, payload lengths, free TCP flags, per-direction and
+    per-host fields, IP ID behaviour per host. Without it nothing below changes."""
     f = r.f
     n = len(r)
     icmp_types = E.icmp_type_info(rules["icmp"])
@@ -152,7 +157,10 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool) 
     # 1. One IP version per flow (the majority of its rows).
     v6_share = np.bincount(flow, weights=r.v6.astype(float), minlength=G) / np.maximum(
         np.bincount(flow, minlength=G), 1)
-    v6 = v6_share[flow] > 0.5
+    v6_flow = v6_share > 0.5
+    if priors is not None:
+        v6_flow = priors.versions(v6_flow)
+    v6 = v6_flow[flow]
     report["rows_changed_ip_version"] = int((v6 != r.v6).sum())
     to_v6, to_v4 = v6 & ~r.v6, ~v6 & r.v6
     f["ipv6_hl"] = np.where(to_v6, f["ipv4_ttl"], f["ipv6_hl"])
@@ -189,6 +197,11 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool) 
         direction = np.where(icmp, np.where(req, 0, 1), direction)
     client_port = np.where(client_is_lo[flow], lo, hi)
     server_port = np.where(client_is_lo[flow], hi, lo)
+    if priors is not None:
+        s_f, c_f = priors.ports(r.proto[first], v6_flow, server_port[first], client_port[first])
+        ported = tcp | udp
+        server_port = np.where(ported, s_f[flow], server_port)
+        client_port = np.where(ported, c_f[flow], client_port)
     sport = np.where(direction == 0, client_port, server_port)
     dport = np.where(direction == 0, server_port, client_port)
     changed_ports = (tcp & ((sport != f["tcp_sprt"]) | (dport != f["tcp_dprt"]))) | \
@@ -199,10 +212,14 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool) 
     f["udp_sport"] = np.where(udp, sport, f["udp_sport"])
     f["udp_dport"] = np.where(udp, dport, f["udp_dport"])
     fd = flow * 2 + direction                       # (flow, direction) group
+    if priors is not None:
+        priors.payload(r, direction, mtu - ip_hl - l4_hl)
 
     # 3. TCP control flags: handshake first, FIN last per direction, RST last in the flow.
     if tcp.any():
         _tcp_flags(r, flow, G, direction, fd, has_syn, first, report)
+        if priors is not None:
+            priors.flags(r)
         _tcp_numbers(r, flow, fd, direction, G)
 
     # 4. Fields the rules hold constant per direction (TTL, hop limit): the median of the
@@ -231,8 +248,12 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool) 
     _, host = np.unique(host_key, return_inverse=True)
     host = host.reshape(-1)
     nh = int(host.max()) + 1 if n else 0
+    if priors is not None:      # per-direction and per-host fields the class never shows
+        priors.values(r, flow, direction, host)
     base = f["ipv4_id"][group_first(host, nh)][host]
     f["ipv4_id"] = (base + group_excl_cumsum(host, np.ones(n, dtype=np.int64))) & 0xFFFF
+    if priors is not None:
+        f["ipv4_id"] = priors.ip_ids(host, f["ipv4_id"])
     report["hosts"] = nh
     report["direction"] = direction
     report["flow"] = flow

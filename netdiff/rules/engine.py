@@ -45,6 +45,7 @@ class FieldRule:
     compute: str | None = None
     check: bool = True
     per: str | None = None
+    prior: dict | None = field(default=None, compare=False)   # class-learnt (repair/priors.py)
 
     def legal(self, v: np.ndarray) -> np.ndarray:
         ok = np.ones(len(v), dtype=bool)
@@ -100,6 +101,7 @@ class ProtocolRules:
     types: tuple[dict, ...] = ()
     ports: tuple[str, ...] = ()
     path: str = field(default="", compare=False)
+    prior: dict = field(default_factory=dict, compare=False)    # protocol-level class priors
 
     def field(self, name: str) -> FieldRule:
         for f in self.fields:
@@ -152,7 +154,7 @@ def _parse(path: Path) -> ProtocolRules:
                            values=tuple(int(v) for v in f["values"]) if "values" in f else None,
                            range=tuple(int(v) for v in f["range"]) if "range" in f else None,
                            compute=f.get("compute"), check=bool(f.get("check", True)),
-                           per=f.get("per"))
+                           per=f.get("per"), prior=_prior_entry(path, f.get("prior")))
         except (KeyError, TypeError, ValueError) as e:
             _bad(path, f"bad field entry {f!r} ({e})")
         if fr.values is not None and any(v < 0 or v >= 1 << fr.bits for v in fr.values):
@@ -183,7 +185,20 @@ def _parse(path: Path) -> ProtocolRules:
         bind=dict(doc.get("bind", {})), header=dict(doc.get("header", {})), fields=tuple(rules),
         options=options, flags=doc.get("flags"), dependencies=tuple(doc.get("dependencies", ())),
         checksum=doc.get("checksum"), types=tuple(doc.get("types", ())),
-        ports=tuple(doc.get("ports", ())), path=str(path))
+        ports=tuple(doc.get("ports", ())), path=str(path),
+        prior={k: e for k, v in (doc.get("prior") or {}).items()
+               if (e := _prior_entry(path, v)) is not None})
+
+
+def _prior_entry(path, v) -> dict | None:
+    """A ``prior:`` entry: ``true`` or a mapping (kind, by, per, ...); see repair/priors.py."""
+    if v is None or v is False:
+        return None
+    if v is True:
+        return {}
+    if not isinstance(v, dict):
+        _bad(path, f"prior entry {v!r} must be true or a mapping")
+    return dict(v)
 
 
 @lru_cache(maxsize=4)

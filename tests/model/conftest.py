@@ -77,6 +77,17 @@ def tiny_model(img_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def gaussian_model(img_dir, tmp_path_factory) -> Path:
+    """The Gaussian (MSE, DPM-Solver) counterpart of tiny, for the samplers only it uses."""
+    from netdiff.model.train_base import TrainBaseArgs, main
+
+    out = tmp_path_factory.mktemp("gaussian")
+    main(TrainBaseArgs(str(img_dir), str(out), "tiny-gaussian", steps=4, batch_size=4, checkpoint_every=0,
+                       progress=False))
+    return out
+
+
 def real_bits(rows: int = 256) -> list[tuple[str, np.ndarray]]:
     """nPrint images of a few real captures (first ``rows`` packets), or skip."""
     from netdiff.io.pcap import read_capture

@@ -149,7 +149,7 @@ def test_shifted_zero_snr_schedule_round_trips_and_every_sampler_steps(tmp_path)
 
     from netdiff.model.build import SCHEDULERS, build_train_scheduler, make_scheduler
 
-    tc = load_config("tiny").train
+    tc = load_config("tiny-gaussian").train
     assert tc.prediction_type == "sample" and tc.rescale_betas_zero_snr and tc.snr_shift > 1
     sched = build_train_scheduler(tc)
     ab = sched.alphas_cumprod

@@ -15,9 +15,11 @@ from netdiff.model.generate import generate
 FAST = dict(steps=3, progress=False)
 
 
-def test_same_seed_same_png_bytes_other_seed_other_image(tiny_model, tmp_path):
-    a = generate(tiny_model, "web_tcp", 2, 7, tmp_path / "a", **FAST)
-    b = generate(tiny_model, "web_tcp", 2, 7, tmp_path / "b", batch_size=1, scheduler="dpmpp-2m-karras", **FAST)
+@pytest.mark.parametrize("which", ["masked", "gaussian"])
+def test_same_seed_same_png_bytes_other_seed_other_image(which, tiny_model, gaussian_model, tmp_path):
+    model, scheduler = (tiny_model, "masked") if which == "masked" else (gaussian_model, "dpmpp-2m-karras")
+    a = generate(model, "web_tcp", 2, 7, tmp_path / "a", **FAST)
+    b = generate(model, "web_tcp", 2, 7, tmp_path / "b", batch_size=1, scheduler=scheduler, **FAST)
     assert [p.name for p in a.images] == ["web_tcp_000007.png", "web_tcp_000008.png"]
     for pa, pb in zip(a.images, b.images):
         assert pa.read_bytes() == pb.read_bytes()
@@ -27,9 +29,9 @@ def test_same_seed_same_png_bytes_other_seed_other_image(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("scheduler", ["euler-a", "ddim"])
-def test_other_schedulers_are_deterministic_too(tiny_model, scheduler):
-    a = generate(tiny_model, "dns_udp", 1, 1, None, scheduler=scheduler, **FAST)
-    b = generate(tiny_model, "dns_udp", 1, 1, None, scheduler=scheduler, **FAST)
+def test_other_schedulers_are_deterministic_too(gaussian_model, scheduler):
+    a = generate(gaussian_model, "dns_udp", 1, 1, None, scheduler=scheduler, **FAST)
+    b = generate(gaussian_model, "dns_udp", 1, 1, None, scheduler=scheduler, **FAST)
     assert np.array_equal(a.bits, b.bits) and a.bits.shape == (1, 32, 1088)
 
 

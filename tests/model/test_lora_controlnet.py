@@ -63,7 +63,12 @@ def test_controlnet_conditioning_changes_the_output(tiny_model, img_dir, tmp_pat
     from netdiff.model.build import extra_input_channels, with_positions
 
     g = torch.Generator().manual_seed(0)
-    z = with_positions(torch.randn(1, 64, 4, 136, generator=g), extra_input_channels(pipe.unet),
+    # a half-hidden map, as the masked sampler feeds it
+    from netdiff.model.masked import one_hot_visible
+
+    values = torch.randint(-1, 2, (1, 64, 4, 136), generator=g).float()
+    hidden = torch.rand(values.shape, generator=g) < 0.5
+    z = with_positions(one_hot_visible(values, hidden), extra_input_channels(pipe.unet),
                        pipe.config.position_encoding)
     t = torch.tensor([500])
     with torch.no_grad():

@@ -20,7 +20,7 @@ def fixed_batch_loss(unet, text_encoder, tokenizer, ds) -> float:
     """Loss on all training images with fixed noise and timesteps: comparable across models."""
     batch = T.stack_batch([ds[i] for i in range(len(ds))])
     ae = TernaryAutoencoder(factor=ds_cfg.image.factor)
-    sched = build_train_scheduler(ds_cfg.train)
+    sched = build_train_scheduler(ds_cfg.train, ds_cfg.image.space)
     extra = extra_input_channels(unet)
     total = 0.0
     with torch.no_grad():

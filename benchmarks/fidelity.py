@@ -1,0 +1,635 @@
+"""Fidelity benchmark at two levels: train a model on real captures, generate, repair, evaluate
+against real traffic the model never saw, and read every number next to its floor.
+
+    .venv/bin/python benchmarks/fidelity.py [--data ../shared/data/pcaps] [--work bench_out/fidelity]
+        [--config small|tiny] [--steps N] [--count 12] [--seed 0] [--classes dns,ssh]
+        [--levels in,unseen] [--threads 1] [--skip-train] [--max-packets-per-file N]
+        [--priors | --no-priors] [--no-compliance] [--figures]
+
+Levels (each a train and a test folder of ``<class>/*.pcap`` under ``--work/<level>/``):
+
+* ``in`` (in distribution): every capture's packets are split by bidirectional flow (5-tuple);
+  a flow's packets are never on both sides. Per capture, the flows are shuffled with a seed drawn
+  from (--seed, class, file name) and half of them (an odd one out by a seeded coin) go to the
+  training side A, the rest to the held-back side B. A capture dominated by one huge flow is split
+  by flow all the same, so one side then holds most of its packets; a single-flow capture goes
+  whole to the side its coin picks. Packets netdiff cannot parse (non-IP) travel together as
+  one more "flow". Every packet keeps its bytes and timestamp (netdiff's own reader and writer).
+* ``unseen`` (unseen captures): per class, about two thirds of the capture files (seeded shuffle)
+  train, the rest test; a class with two files puts one on each side, a class with one file has
+  that file's flows split as above (the output says so).
+
+Per level: pcap2img the training side (netdiffusion layout, the config's height), train-base,
+``--count`` images per class, img2pcap with the training side's timing model (and, with
+``--priors`` when img2pcap takes a ``priors=`` argument, a second set repaired with the class
+field priors written next to timing.json), then ``netdiff.evaluate`` of each generated set
+against the test side, with the training side as the memorisation reference. The floor is the
+real training side evaluated the same way against the test side: what a generator that
+reproduced its training data exactly would score on held-out traffic. Next to them, evaluate's
+own calibration rows from the generated set's report: the column-marginal sampler (the naive
+baseline) and real vs real (evaluate's A/B split of the test side). Sample spread
+(netdiff.eval.spread) compares generated images of a class with each other, and the real
+training images of that class with each other.
+
+Writes ``--work/results.json`` and ``--work/results.md`` (the printed markdown tables), and keeps
+every intermediate folder (splits, images, model, generated images and pcaps, reports).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import sys
+import time
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LEVELS = {"in": "in distribution", "unseen": "unseen captures"}
+GEN, PRIORS, FLOOR, MARGINAL, REAL = ("generated", "generated + class priors", "floor (real train vs test)",
+                                      "column-marginal baseline", "real vs real (evaluate A/B)")
+TRAIN_STAMP = "bench_train.json"     # written into the model folder: what it was trained on
+DCR_UNITS = ("packets", "flows")      # generated pcaps hold 32-packet images; evaluate's 1024-row
+#                                       "images" unit would compare them with whole training files
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    default_config = "small" if (ROOT / "configs" / "model" / "small.yaml").exists() else "tiny"
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "pcaps",
+                   help="real captures as <class>/*.pcap (default: ../shared/data/pcaps)")
+    p.add_argument("--work", type=Path, default=ROOT / "bench_out" / "fidelity",
+                   help="folder for splits, images, models, reports and results (default: bench_out/fidelity)")
+    p.add_argument("--config", default=default_config, help=f"model config (default: {default_config})")
+    p.add_argument("--steps", type=int, help="training steps (default: the config's)")
+    p.add_argument("--count", type=int, default=12, help="generated images per class (default: 12)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", help="comma-separated subset of the classes under --data")
+    p.add_argument("--levels", default="in,unseen", help="comma-separated: in, unseen (default: both)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch and OpenMP threads (default 1: on a shared 2-core machine 2 threads are "
+                        "several times slower)")
+    p.add_argument("--skip-train", action="store_true",
+                   help="reuse the model already in --work/<level>/model (it must have been trained on the same split)")
+    p.add_argument("--max-packets-per-file", type=int,
+                   help="keep only the first N packets of every capture (to fit a CPU budget)")
+    p.add_argument("--priors", action=argparse.BooleanOptionalAction, default=False,
+                   help="also repair with the class field priors next to timing.json, when img2pcap takes "
+                        "priors= (a 'generated + class priors' column)")
+    p.add_argument("--no-compliance", dest="compliance", action="store_false",
+                   help="skip netdiff validate inside evaluate (no validity row)")
+    p.add_argument("--figures", action="store_true", help="let evaluate draw its figures (slower)")
+    args = p.parse_args(argv)
+    args.levels = [x.strip() for x in args.levels.split(",") if x.strip()]
+    bad = [x for x in args.levels if x not in LEVELS]
+    if bad:
+        p.error(f"--levels: unknown {', '.join(bad)} (choose from {', '.join(LEVELS)})")
+    if args.count < 1 or args.threads < 1:
+        p.error("--count and --threads must be at least 1")
+    return args
+
+
+def set_threads(n: int) -> None:
+    """Before numpy or torch load: OpenMP/BLAS pools read these once, when they start."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def torch_threads(n: int, quiet: bool) -> None:
+    import torch
+
+    if quiet:       # weight-loading bars of diffusers / transformers, as the CLI does
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:        # the inter-op pool had already started
+        pass
+
+
+class Phases:
+    """Wall time per phase, printed as each ends."""
+
+    def __init__(self, level: str):
+        self.level, self.seconds, self._t = level, {}, time.perf_counter()
+
+    def done(self, name: str, note: str = "") -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._t, 1)
+        self._t = now
+        print(f"[{self.level}] {name}: {self.seconds[name]:.1f} s{'  ' + note if note else ''}", flush=True)
+
+
+# --- 1. splits ----------------------------------------------------------------------------------
+
+def read_capped(path: Path, cap: int | None):
+    """The whole capture (or its first ``cap`` packets) in one batch, its info and its full length."""
+    import numpy as np
+
+    from netdiff.io.pcap import read_capture
+
+    batch, info = read_capture(path)
+    total = len(batch)
+    if cap is not None and total > cap:
+        batch = batch.take(np.arange(cap))
+    return batch, info, total
+
+
+def flow_sides(batch, key: str, seed: int):
+    """Row indices of the training side A and the held-back side B, whole flows on each side.
+
+    Flows are bidirectional 5-tuples (netdiff.convert.flow_labels); packets netdiff cannot parse
+    are one more unit. The shuffle's seed comes from (seed, key) so that every capture gets its
+    own order and the split does not depend on which other files or classes are in the run."""
+    import numpy as np
+
+    from netdiff.bits.codec import encode
+    from netdiff.bits.layout import NETDIFFUSION
+    from netdiff.convert import flow_labels
+
+    _, parsed = encode(batch, NETDIFFUSION)
+    ok = np.flatnonzero(parsed.reason == 0)
+    unit = np.full(len(batch), -1, dtype=np.int64)
+    unit[ok] = flow_labels(batch, parsed)
+    units = np.unique(unit)
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    order = rng.permutation(units)
+    n_a = len(units) // 2 + (int(rng.integers(0, 2)) if len(units) % 2 else 0)
+    in_a = np.isin(unit, order[:n_a])
+    flows = lambda m: int(len(np.unique(unit[m & (unit >= 0)])))  # noqa: E731
+    return np.flatnonzero(in_a), np.flatnonzero(~in_a), {"flows_a": flows(in_a), "flows_b": flows(~in_a)}
+
+
+def write_rows(batch, idx, info, dest: Path) -> int:
+    """The selected packets, bytes and timestamps untouched, at the source's timestamp precision."""
+    from netdiff.io.pcap import write_pcap
+
+    if len(idx) == 0:
+        return 0
+    write_pcap(dest, batch.take(idx), nanosecond=info.ts_precision == "ns")
+    return len(idx)
+
+
+def class_files(data: Path, classes: list[str]) -> dict[str, list[Path]]:
+    from netdiff.convert import CAPTURE_SUFFIXES
+
+    return {c: sorted(f for f in (data / c).iterdir() if f.suffix.lower() in CAPTURE_SUFFIXES)
+            for c in classes}
+
+
+def _side() -> dict:
+    return {"files": [], "packets": 0, "flows": 0}
+
+
+def split_by_flows(files: list[Path], cls: str, train: Path, test: Path, seed: int, cap, manifest: dict) -> None:
+    """Every file's flows dealt between train and test (the in-distribution split)."""
+    row = manifest["classes"].setdefault(cls, {"train": _side(), "test": _side()})
+    for f in files:
+        batch, info, total = read_capped(f, cap)
+        if len(batch) < total:
+            manifest["capped"].append(f"{cls}/{f.name}: first {len(batch)} of {total} packets")
+        a, b, counts = flow_sides(batch, f"{cls}/{f.name}", seed)
+        for side, idx, flows, folder in (("train", a, counts["flows_a"], train), ("test", b, counts["flows_b"], test)):
+            if write_rows(batch, idx, info, folder / cls / f"{f.stem}.pcap"):
+                row[side]["files"].append(f.name)
+                row[side]["packets"] += int(len(idx))
+                row[side]["flows"] += flows
+        if len(a) == 0 or len(b) == 0:
+            manifest["notes"].append(f"{cls}/{f.name}: one flow only, all {len(batch)} packets on the "
+                                     f"{'train' if len(a) else 'test'} side")
+
+
+def split_in_distribution(data: Path, classes: list[str], out: Path, seed: int, cap) -> dict:
+    manifest = {"level": "in", "classes": {}, "notes": [], "capped": []}
+    for cls, files in class_files(data, classes).items():
+        split_by_flows(files, cls, out / "train", out / "test", seed, cap, manifest)
+        manifest["classes"][cls]["how"] = "flows of every file"
+    return manifest
+
+
+def split_unseen(data: Path, classes: list[str], out: Path, seed: int, cap) -> dict:
+    import numpy as np
+
+    manifest = {"level": "unseen", "classes": {}, "notes": [], "capped": []}
+    for cls, files in class_files(data, classes).items():
+        if len(files) == 1:
+            split_by_flows(files, cls, out / "train", out / "test", seed, cap, manifest)
+            manifest["classes"][cls]["how"] = "one file: its flows split"
+            manifest["notes"].append(f"{cls}: only one capture ({files[0].name}); its flows are split "
+                                     "instead, so this class is in distribution at this level")
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(cls.encode())])
+        order = [files[i] for i in rng.permutation(len(files))]
+        n_train = min(len(files) - 1, max(1, round(2 * len(files) / 3)))
+        row = {"train": _side(), "test": _side(), "how": f"files {n_train}/{len(files) - n_train}"}
+        for k, f in enumerate(order):
+            side, folder = ("train", out / "train") if k < n_train else ("test", out / "test")
+            batch, info, total = read_capped(f, cap)
+            if len(batch) < total:
+                manifest["capped"].append(f"{cls}/{f.name}: first {len(batch)} of {total} packets")
+            _, _, counts = flow_sides(batch, f"{cls}/{f.name}", seed)
+            if write_rows(batch, np.arange(len(batch)), info, folder / cls / f"{f.stem}.pcap"):
+                row[side]["files"].append(f.name)
+                row[side]["packets"] += len(batch)
+                row[side]["flows"] += counts["flows_a"] + counts["flows_b"]
+        manifest["classes"][cls] = row
+    return manifest
+
+
+def check_sides(manifest: dict) -> list[str]:
+    """Classes left without training or test packets cannot be evaluated: drop them, say why."""
+    empty = [c for c, r in manifest["classes"].items() if not r["train"]["packets"] or not r["test"]["packets"]]
+    for c in empty:
+        manifest["notes"].append(f"{c}: dropped, one side holds no packet")
+    return [c for c in manifest["classes"] if c not in empty]
+
+
+def folder_sha256(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.pcap")):
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+# --- 2. model, generation, repair ---------------------------------------------------------------
+
+def train_or_reuse(images: Path, model: Path, train_dir: Path, args, tty: bool) -> dict:
+    """Train a fresh model, or (--skip-train) check that the one there saw this very training set."""
+    import netdiff
+
+    stamp = {"train_sha256": folder_sha256(train_dir), "config": args.config, "seed": args.seed}
+    if args.skip_train:
+        try:
+            saved = json.loads((model / TRAIN_STAMP).read_text())
+        except (OSError, ValueError):
+            raise SystemExit(f"--skip-train: no model trained by this benchmark in {model}")
+        if saved.get("train_sha256") != stamp["train_sha256"]:
+            raise SystemExit(f"--skip-train: the model in {model} was trained on another split (other "
+                             "--classes, --seed or --max-packets-per-file?); run without --skip-train")
+        return {**saved, "reused": True}
+    # Never resume into an old model folder: a finished one would be trained further.
+    shutil.rmtree(model, ignore_errors=True)
+    result = netdiff.train_base(images, model, config=args.config, steps=args.steps, seed=args.seed,
+                                progress=tty)
+    stamp.update(steps=result.steps, final_loss=result.losses[-1] if result.losses else None,
+                 seconds=round(result.seconds, 1), device=result.device)
+    (model / TRAIN_STAMP).write_text(json.dumps(stamp, indent=1))
+    return {**stamp, "reused": False}
+
+
+def priors_file(images: Path) -> Path | None:
+    """The class field-priors file pcap2img may write next to timing.json (name not fixed yet)."""
+    found = sorted(p for p in images.glob("*prior*.json"))
+    return found[0] if found else None
+
+
+def repair_all(gen_images: Path, out: Path, timing, seed: int, priors: Path | None = None) -> dict:
+    """Every generated PNG -> pcap under out/<class>/; images repair refuses are counted, not fatal."""
+    import netdiff
+    from netdiff.errors import NetdiffError
+
+    shutil.rmtree(out, ignore_errors=True)
+    extra = {"priors": str(priors)} if priors is not None else {}
+    done, failed = 0, {}
+    for k, png in enumerate(sorted(gen_images.rglob("*.png"))):
+        try:
+            netdiff.img2pcap(png, out / png.parent.name / f"{png.stem}.pcap", seed=seed + k, timing=timing, **extra)
+            done += 1
+        except NetdiffError as e:
+            failed[str(png.relative_to(gen_images))] = str(e)
+    return {"pcaps": done, "failed": failed}
+
+
+# --- 3. sample spread ---------------------------------------------------------------------------
+
+def spreads(gen_images: Path, train_images: Path, classes: list[str], height: int, seed: int) -> dict:
+    """Per class: spread of generated images and of real training images (same height).
+
+    Real images: the full windows only (a file's last, shorter image is padding below its last
+    packet, which would count as differing bits); all of them when a class has fewer than two."""
+    from netdiff.bits.layout import NETDIFFUSION
+    from netdiff.eval.spread import sample_spread
+    from netdiff.image.codec import read_png_bits
+
+    out = {}
+    for cls in classes:
+        gen = [read_png_bits(p) for p in sorted((gen_images / cls).glob("*.png"))]
+        real_all = [read_png_bits(p, width=NETDIFFUSION.width, height=height)
+                    for p in sorted((train_images / cls).glob("*.png"))]
+        full = [im for im in real_all if not (im == -1).all(axis=1).any()]
+        real = full if len(full) >= 2 else real_all
+        out[cls] = {"generated": sample_spread(gen, seed=seed), "real": sample_spread(real, seed=seed),
+                    "real_windows": "full" if real is full else "all (fewer than two full)"}
+    mean = {}
+    for side in ("generated", "real"):
+        vals = [v[side]["present"] for v in out.values() if v[side]["present"] is not None]
+        mean[side] = sum(vals) / len(vals) if vals else None
+    out["_mean"] = mean       # unweighted over classes
+    return out
+
+
+# --- 4. the numbers out of report.json ----------------------------------------------------------
+
+def _get(d, *path):
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def validity(report: dict) -> dict:
+    """Share of pcaps `netdiff validate` passes (tshark, replay, rules), overall and per class
+    (the class is the pcap's folder)."""
+    files = _get(report, "compliance", "files")
+    if not files:
+        return {"overall": None, "per_class": {}}
+    per: dict[str, list[bool]] = {}
+    for f in files:
+        per.setdefault(Path(f["path"]).parent.name, []).append(bool(f.get("ok")))
+    share = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"overall": share([x for xs in per.values() for x in xs]),
+            "per_class": {c: share(xs) for c, xs in per.items()}}
+
+
+DISTANCES = ("header-field JSD", "field MI distance", "flow size-duration JSD", "inter-arrival EMD (log10 s)")
+
+
+def overall_metrics(section: dict, dcr_side: str = "synthetic") -> dict:
+    """The headline numbers of a report, or of one of its calibration sections (same keys)."""
+    m = {
+        "packet C2ST AUC": _get(section, "c2st_auc", "overall"),
+        "flow C2ST AUC": _get(section, "c2st_auc", "flows"),
+        "TSTR macro-F1": _get(section, "tstr", "overall"),
+        "header-field JSD": _get(section, "decoded_field_jsd", "overall"),
+        "field MI distance": _get(section, "mutual_information_distance", "overall"),
+        "flow size-duration JSD": _get(section, "mutual_information_distance", "flow_size_duration",
+                                       "size_duration_jsd"),
+        "inter-arrival EMD (log10 s)": _get(section, "fidelity", "overall", "inter_arrival", "emd_log10_s"),
+    }
+    for unit in DCR_UNITS:
+        m[f"DCR median ({unit})"] = _get(section, "dcr", unit, dcr_side, "median")
+        m[f"exact copy rate ({unit})"] = _get(section, "copy_rate", unit, dcr_side, "exact_copy_rate")
+        m[f"near copy rate ({unit})"] = _get(section, "copy_rate", unit, dcr_side, "near_copy_rate")
+    return m
+
+
+def class_metrics(section: dict, cls: str) -> dict:
+    return {
+        "packet C2ST AUC": _get(section, "c2st_auc", "per_class", cls),
+        "flow C2ST AUC": _get(section, "c2st_auc", "flows_per_class", cls),
+        "TSTR F1": _get(section, "tstr", "per_class", cls),
+        "header-field JSD": _get(section, "decoded_field_jsd", "per_class", cls),
+        "field MI distance": _get(section, "mutual_information_distance", "per_class", cls),
+        "inter-arrival EMD (log10 s)": _get(section, "fidelity", "per_class", cls, "inter_arrival", "emd_log10_s"),
+    }
+
+
+def level_table(reports: dict, spread: dict, classes: list[str]) -> dict:
+    """{"overall": {metric: {column: value}}, "per_class": {class: {metric: {column: value}}}}."""
+    gen = reports[GEN]
+    cal = gen["calibration"]
+    cols = {GEN: overall_metrics(gen)}
+    if PRIORS in reports:
+        cols[PRIORS] = overall_metrics(reports[PRIORS])
+    # The floor's "synthetic" set is the training set itself, so its own DCR is 0 by construction;
+    # the held-out real (test) records against the training set are the DCR floor.
+    cols[FLOOR] = overall_metrics(reports[FLOOR], dcr_side="holdout")
+    cols[MARGINAL] = overall_metrics(cal["column_marginal"])
+    cols[REAL] = overall_metrics(cal["real_vs_real"])
+    # TSTR of real vs real is TRTR (trained on the test side's half A): its own row.
+    cols[REAL]["TRTR macro-F1"] = cols[REAL].pop("TSTR macro-F1")
+    cols[GEN]["sample spread"] = spread["_mean"]["generated"]
+    if PRIORS in cols:
+        cols[PRIORS]["sample spread"] = spread["_mean"]["generated"]   # same images, other repair
+    cols[FLOOR]["sample spread"] = spread["_mean"]["real"]
+    for name in (GEN, PRIORS, FLOOR):
+        if name in reports:
+            cols[name]["validity (pcaps ok)"] = validity(reports[name])["overall"]
+    order = list(cols[GEN]) + ["TRTR macro-F1"]
+    overall = {m: {c: v[m] for c, v in cols.items() if m in v} for m in order}
+    for m in DISTANCES:
+        g, f = overall[m].get(GEN), overall[m].get(FLOOR)
+        overall[m]["generated / floor"] = g / f if g is not None and f not in (None, 0) else None
+
+    per_class = {}
+    for cls in classes:
+        row = {name: class_metrics(reports[name], cls) for name in (GEN, PRIORS, FLOOR) if name in reports}
+        row[REAL] = {"TRTR F1": _get(gen, "trtr", "per_class", cls)}
+        row[GEN]["sample spread"] = _get(spread, cls, "generated", "present")
+        row[FLOOR]["sample spread"] = _get(spread, cls, "real", "present")
+        for name in (GEN, PRIORS, FLOOR):
+            if name in reports:
+                row[name]["validity (pcaps ok)"] = validity(reports[name])["per_class"].get(cls)
+        metrics = list(row[GEN]) + ["TRTR F1"]
+        per_class[cls] = {m: {c: v[m] for c, v in row.items() if m in v} for m in metrics}
+    return {"overall": overall, "per_class": per_class}
+
+
+# --- 5. printing --------------------------------------------------------------------------------
+
+def fmt(x) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.1e}" if 0 < abs(x) < 1e-3 else f"{x:.3f}"
+    return str(x)
+
+
+def markdown_level(level: str, res: dict) -> str:
+    table = res["table"]
+    cols = [c for c in (GEN, PRIORS, FLOOR, MARGINAL, REAL, "generated / floor")
+            if any(c in v for v in table["overall"].values())]
+    lines = [f"### {LEVELS[level]} (`{level}`)", "",
+             f"config {res['model']['config']}, {res['model'].get('steps')} steps, {res['count']} images per "
+             f"class, seed {res['seed']}; test side {res['packets']['test']} packets, training side "
+             f"{res['packets']['train']} packets", "",
+             "| measure | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for m, row in table["overall"].items():
+        lines.append(f"| {m} | " + " | ".join(fmt(row[c]) if c in row else "" for c in cols) + " |")
+    lines += ["", "Sample spread = mean share of differing present bits between two images of a class "
+              "(generated vs generated; floor column: real training image vs real training image). "
+              "DCR / copy rates: floor = held-out real (test) records against the training set; "
+              "column marginal = sampler vs the test side's half A (evaluate's calibration).", ""]
+    # Per class: the measure's generated value, then (+ priors), then the floor.
+    names = [c for c in (GEN, PRIORS, FLOOR) if c in res["reports"]]
+    short = {GEN: "gen", PRIORS: "priors", FLOOR: "floor"}
+    metrics = [m for m in next(iter(table["per_class"].values()), {}) if m != "TRTR F1"]
+    lines += [f"Per class ({' / '.join(short[n] for n in names)}; TSTR F1 also / TRTR; "
+              "spread: generated / real training):", "",
+              "| class | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for cls, row in table["per_class"].items():
+        cells = []
+        for m in metrics:
+            vals = [fmt(row[m].get(n)) for n in names if n in row[m]]
+            if m == "TSTR F1":
+                vals.append(fmt(row["TRTR F1"].get(REAL)))
+            cells.append(" / ".join(vals))
+        lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+    lines += ["", "Split (files / packets / flows):", "", "| class | how | train | test |", "|---|---|---|---|"]
+    for cls, r in res["split"]["classes"].items():
+        side = lambda s: f"{len(r[s]['files'])} / {r[s]['packets']} / {r[s]['flows']}"  # noqa: E731
+        lines.append(f"| {cls} | {r['how']} | {side('train')} | {side('test')} |")
+    notes = res["split"]["notes"] + res["split"]["capped"] + res["notes"]
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    lines += ["", "Phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in res["timing_s"].items()), ""]
+    return "\n".join(lines)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
+    import netdiff
+    from netdiff.bits.layout import named_layout
+    from netdiff.convert import TIMING_FILE
+    from netdiff.model.config import load_config
+    from netdiff.repair import TimingModel
+
+    work = args.work / level
+    phases = Phases(level)
+    notes: list[str] = []
+
+    # 1. Train/test split, written as <class>/*.pcap folders.
+    for sub in ("train", "test"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+    split = (split_in_distribution if level == "in" else split_unseen)(
+        args.data, classes, work, args.seed, args.max_packets_per_file)
+    (work / "split.json").parent.mkdir(parents=True, exist_ok=True)
+    (work / "split.json").write_text(json.dumps(split, indent=1))
+    kept = check_sides(split)
+    if len(kept) < len(classes):
+        for c in set(classes) - set(kept):
+            for sub in ("train", "test"):
+                shutil.rmtree(work / sub / c, ignore_errors=True)
+    packets = {s: sum(split["classes"][c][s]["packets"] for c in kept) for s in ("train", "test")}
+    phases.done("split", f"train {packets['train']} packets, test {packets['test']} packets"
+                + (f"; capped {len(split['capped'])} files" if split["capped"] else ""))
+    for n in split["capped"] + split["notes"]:
+        print(f"[{level}]   {n}")
+
+    # 2. Training images at the model's height, with the timing model next to them.
+    height = load_config(args.config).image.height
+    images = work / "images"
+    shutil.rmtree(images, ignore_errors=True)
+    conv = netdiff.pcap2img(work / "train", images, layout=named_layout("netdiffusion", height=height))
+    notes += conv.errors
+    phases.done("pcap2img", f"{conv.images} images of {height} rows")
+
+    # 3. Model.
+    model = work / "model"
+    trained = train_or_reuse(images, model, work / "train", args, tty)
+    phases.done("train", "reused" if trained["reused"] else
+                f"{trained.get('steps')} steps, final loss {fmt(trained.get('final_loss'))}")
+
+    # 4. Generated images per class.
+    gen_images = work / "generated" / "images"
+    shutil.rmtree(gen_images, ignore_errors=True)
+    for cls in kept:
+        netdiff.generate(model, cls, args.count, args.seed, output=gen_images / cls, progress=False)
+    phases.done("generate", f"{args.count} x {len(kept)} classes")
+
+    # 5. Repair into pcaps with the training side's timing (and class priors when asked).
+    timing = TimingModel.load(images / TIMING_FILE)
+    pcaps = {GEN: work / "generated" / "pcaps"}
+    repairs = {GEN: repair_all(gen_images, pcaps[GEN], timing, args.seed)}
+    if args.priors:
+        prior = priors_file(images)
+        if "priors" not in inspect.signature(netdiff.img2pcap).parameters:
+            notes.append("--priors: this netdiff's img2pcap takes no priors= argument; row left out")
+        elif prior is None:
+            notes.append(f"--priors: pcap2img wrote no *prior*.json next to {TIMING_FILE}; row left out")
+        else:
+            pcaps[PRIORS] = work / "generated" / "pcaps_priors"
+            repairs[PRIORS] = repair_all(gen_images, pcaps[PRIORS], timing, args.seed, priors=prior)
+    for name, r in repairs.items():
+        if r["failed"]:
+            notes.append(f"{name}: {len(r['failed'])} images not repaired (first: "
+                         f"{next(iter(r['failed'].items()))})")
+    phases.done("repair", ", ".join(f"{n}: {r['pcaps']} pcaps" for n, r in repairs.items()))
+
+    # 6. Evaluate every candidate against the held-back test side; the floor is the training side.
+    reports = {}
+    candidates = {**pcaps, FLOOR: work / "train"}
+    for name, synth in candidates.items():
+        out = work / "reports" / {GEN: "generated", PRIORS: "generated_priors", FLOOR: "floor"}[name]
+        reports[name] = netdiff.evaluate(work / "test", synth, out, training=work / "train", seed=args.seed,
+                                         figures=args.figures, compliance=args.compliance)
+        phases.done(f"evaluate {name.split(' (')[0]}")
+
+    # 7. Sample spread.
+    spread = spreads(gen_images, images, kept, height, args.seed)
+    phases.done("spread")
+
+    res = {"level": level, "seed": args.seed, "count": args.count, "classes": kept, "packets": packets,
+           "split": split, "model": {**trained, "config": args.config}, "repairs": repairs, "spread": spread,
+           "reports": {n: str(work / "reports" / {GEN: "generated", PRIORS: "generated_priors", FLOOR: "floor"}[n]
+                              / "report.json") for n in reports},
+           "notes": notes}
+    res["table"] = level_table(reports, spread, kept)
+    res["timing_s"] = phases.seconds
+    # Each level on its own too: levels run separately (to fit a budget) keep their results.
+    (work / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    return res
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # 0. Threads before anything loads numpy or torch; no data, nothing to measure.
+    set_threads(args.threads)
+    if not args.data.is_dir():
+        print(f"fidelity benchmark skipped: no captures at {args.data}")
+        return 0
+    available = sorted(d.name for d in args.data.iterdir() if d.is_dir())
+    classes = available
+    if args.classes:
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        unknown = [c for c in classes if c not in available]
+        if unknown:
+            print(f"--classes: no folder {', '.join(unknown)} under {args.data} "
+                  f"(there are: {', '.join(available)})", file=sys.stderr)
+            return 2
+    if len(classes) < 2:
+        print("fidelity benchmark needs at least two classes (TSTR and C2ST per class)", file=sys.stderr)
+        return 2
+    tty = sys.stderr.isatty()
+    torch_threads(args.threads, quiet=not tty)
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"fidelity benchmark: {len(classes)} classes from {args.data}, config {args.config}, "
+          f"steps {args.steps or 'config default'}, {args.count} images per class, seed {args.seed}, "
+          f"{args.threads} thread(s)"
+          + (f", first {args.max_packets_per_file} packets of every capture" if args.max_packets_per_file else ""),
+          flush=True)
+
+    # 1.-7. per level: split, images, model, generate, repair, evaluate, spread.
+    results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "levels": {}}
+    started = time.perf_counter()
+    for level in args.levels:
+        results["levels"][level] = run_level(level, classes, args, tty)
+    results["total_s"] = round(time.perf_counter() - started, 1)
+
+    # 8. Tables (markdown, ready for docs/results.md) and everything in results.json.
+    md = "\n".join(markdown_level(level, res) for level, res in results["levels"].items())
+    print()
+    print(md)
+    print(f"total {results['total_s']:.1f} s; {args.work / 'results.json'}")
+    (args.work / "results.md").write_text(md)
+    (args.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1169 @@
+"""Class priors: what a traffic class's header fields look like, so that repair can replace a
+legal value the class never shows (DNS from port 1 to port 1 with TTL 1, SSH segments with
+ECE+URG set and window 65535 on every packet).
+
+Learnt at ``pcap2img`` time and written next to ``timing.json`` as ``field_priors.json``
+(``PriorsLearner.add(class, batch)`` per image, ``.result().save(path)``); used by
+``repair(..., priors=FieldPriors.load(path), klass=...)`` and ``img2pcap --priors``.
+
+Which fields are learnt, and what shares one replacement (a flow direction, a host...), is
+declared in the rule files (``prior:`` on a field, a protocol's ``prior:`` block; see the
+comment at the top of ``protocol_rules/ipv4.yaml``). This module names no header field.
+
+The file holds distributions only: per class and statistic, at most ``TOP_K`` values with
+their probabilities (a value is listed only when seen in ``MIN_COUNT`` packets of ``MIN_FLOWS``
+flows or more), the mass of all other values and, for fields of 16 bits or more, coarsened
+quantiles of those other values (each (value, flow) pair counted once). No address, no packet.
+
+A value is *plausible* when the class gives it at least ``min(threshold, 1 / number of values
+the field can take)``: at least as likely as a uniform draw over the field, or 1%. Repair keeps
+plausible values (the model's output stays visible) and replaces the others: with the first
+plausible value of the same group (a host's TTL, a flow direction's window) or with one draw
+per group from the class's plausible values, deterministic with the seed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from netdiff.errors import NetdiffError
+from netdiff.rules import engine as E
+
+FORMAT = "netdiff-field-priors/1"
+TOP_K = 16                  # values listed per distribution
+MIN_COUNT = 5               # ... each seen in at least this many packets
+MIN_FLOWS = 2               # ... of at least this many flows
+THRESHOLD = 0.01            # plausible: p >= min(THRESHOLD, 1 / field's value count)
+LEVELS = np.linspace(0.01, 0.99, 21)     # quantile levels of the unlisted values
+BIN_SLACK = 4               # a quantile bin's density is an estimate: judged 4x more leniently
+STACK_WEIGHT = 0.1          # stack score bonus: decides rows whose sections are near-equally filled
+ID_BEHAVIOURS = ("increment", "zero", "random")
+ICMP_REQUESTS = (8, 13)     # echo and timestamp requests go client -> server (as trace.py)
+_VALUE_BITS = 20            # accumulator keys: 44 bits of flow hash, 20 bits of value
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+# --- what is learnt: read from the rule files ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Stat:
+    name: str               # "ipv4.ttl", "tcp.server_port", "tcp.options", "stack.l3"
+    protocol: str           # rule file ("" for stack statistics)
+    kind: str               # value, port, id, payload, flags, options, option_value, stack
+    field: str | None = None
+    by: str | None = None   # None, "direction" or a field of the same protocol
+    per: str = "packet"     # packet, direction, flow, endpoint
+    bits: int = 16
+    weight: str = "packets"     # probabilities over packets or over flows
+
+
+def stats(rules: dict) -> list[Stat]:
+    """The statistics the rule files ask for, in a fixed order (layer, protocol, field)."""
+    out: list[Stat] = []
+    for name in sorted(rules, key=lambda k: (rules[k].layer, k)):
+        pr = rules[name]
+        ports_done = False
+        for fr in pr.fields:
+            if fr.prior is None:
+                continue
+            kind = fr.prior.get("kind", "value")
+            if kind == "port":
+                if not pr.ports or fr.name not in pr.ports:
+                    raise NetdiffError(f"{pr.path}: field {fr.name} has prior kind port but is "
+                                       "not one of the protocol's ports")
+                if not ports_done:
+                    out += [Stat(f"{name}.{role}", name, "port", role, None, "flow", fr.bits, "flows")
+                            for role in ("server_port", "client_port")]
+                    ports_done = True
+            elif kind == "id":
+                out.append(Stat(f"{name}.{fr.name}", name, "id", fr.name, None, "endpoint", fr.bits))
+            elif kind == "value":
+                out.append(Stat(f"{name}.{fr.name}", name, "value", fr.name, fr.prior.get("by"),
+                                fr.prior.get("per", "packet"), fr.bits))
+            else:
+                raise NetdiffError(f"{pr.path}: field {fr.name}: unknown prior kind {kind!r} "
+                                   "(value, port, id)")
+            by = fr.prior.get("by")
+            if by not in (None, "direction") and by not in {f.name for f in pr.fields}:
+                raise NetdiffError(f"{pr.path}: field {fr.name}: prior by {by!r} is neither "
+                                   "'direction' nor a field of the protocol")
+        pp = pr.prior
+        if "payload" in pp:
+            out.append(Stat(f"{name}.payload", name, "payload", None, pp["payload"].get("by"),
+                            "packet", 16))
+        if "flags" in pp:
+            out.append(Stat(f"{name}.flags", name, "flags", None, None, "packet",
+                            len(pp["flags"]["fields"])))
+        if "options" in pp and pr.options is not None:
+            spec = pp["options"]
+            out.append(Stat(f"{name}.options", name, "options", None, spec.get("by"),
+                            spec.get("per", "direction"), 0))
+            if spec.get("values"):
+                out += [Stat(f"{name}.options.{k.name}", name, "option_value", k.name, None,
+                             spec.get("per", "direction"), k.value_bits)
+                        for k in pr.options.kinds if k.value_bits]
+    out += [Stat("stack.l3", "", "stack", "3", None, "flow", 8, "flows"),
+            Stat("stack.l4", "", "stack", "4", None, "packet", 8)]
+    return out
+
+
+def _layer_protocols(rules: dict, layer: int) -> dict[int, str]:
+    """{number: protocol}: IP version for layer 3, protocol number for layer 4."""
+    out = {}
+    for name, pr in rules.items():
+        if pr.layer == layer == 3 and "version" in pr.bind:
+            out[int(pr.bind["version"])] = name
+        elif pr.layer == layer == 4 and pr.number is not None:
+            out[pr.number] = name
+    return out
+
+
+def _cond_key(by: str | None, v) -> str:
+    return "*" if by is None else f"{by}={int(v)}"
+
+
+# --- reading packets ----------------------------------------------------------------------------
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser over uint64 arrays (wrapping arithmetic)."""
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _hash(*parts: np.ndarray) -> np.ndarray:
+    h = np.zeros(len(parts[0]), dtype=np.uint64)
+    for p in parts:
+        h = _mix(h ^ p.astype(np.uint64))
+    return h
+
+
+def read_field(g: np.ndarray, base: np.ndarray, bit_offset: int, bits: int) -> np.ndarray:
+    """Value of a ``bits``-wide field at ``bit_offset`` bits past each row's ``base`` byte."""
+    rows = np.arange(len(g))
+    b0 = base + bit_offset // 8
+    nbytes = (bit_offset % 8 + bits + 7) // 8
+    v = np.zeros(len(g), dtype=np.int64)
+    for k in range(nbytes):
+        v = (v << 8) | g[rows, np.minimum(b0 + k, g.shape[1] - 1)]
+    return (v >> (nbytes * 8 - bit_offset % 8 - bits)) & ((1 << bits) - 1)
+
+
+@dataclass
+class _View:
+    """Per-packet arrays of one batch: header offsets, flows, directions, hosts."""
+
+    g: np.ndarray
+    l3: np.ndarray
+    l4: np.ndarray
+    version: np.ndarray
+    proto: np.ndarray
+    payload: np.ndarray
+    flow_hash: np.ndarray
+    direction: np.ndarray
+    server_port: np.ndarray
+    client_port: np.ndarray
+    pair: np.ndarray        # hash of the ordered (source, destination) address pair
+
+
+def _headers(batch) -> dict | None:
+    """The header bytes (each packet's first bytes, enough for IP + transport headers) and
+    offsets of a batch's readable packets: what learning needs, without the payload."""
+    from netdiff.bits import codec
+
+    p = codec.parse(batch)
+    ok = np.flatnonzero(p.reason == 0)
+    if len(ok) == 0:
+        return None
+    return {"g": p.window[ok], "l3": p.l3[ok], "l4": p.l4[ok], "version": p.version[ok],
+            "proto": p.proto[ok], "payload": p.payload_len[ok]}
+
+
+def _view(h: dict, rules: dict) -> _View:
+    g, l3, l4, version, proto = h["g"], h["l3"], h["l4"], h["version"], h["proto"]
+    n = len(g)
+    rows = np.arange(n)
+    v4 = version == 4
+
+    def addr(off4: int, off6: int) -> tuple[np.ndarray, np.ndarray]:
+        at = np.where(v4, l3 + off4, l3 + off6)
+        j = np.arange(16)
+        b = g[rows[:, None], np.minimum(at[:, None] + j, g.shape[1] - 1)].astype(np.uint64)
+        b[(j >= np.where(v4, 4, 16)[:, None])] = 0
+        hi = np.zeros(n, np.uint64)
+        lo = np.zeros(n, np.uint64)
+        for i in range(8):
+            hi = (hi << np.uint64(8)) | b[:, i]
+            lo = (lo << np.uint64(8)) | b[:, 8 + i]
+        return hi, lo
+
+    sh, sl = addr(12, 8)
+    dh, dl = addr(16, 24)
+    ported = np.isin(proto, [pr.number for pr in rules.values() if pr.ports and pr.number])
+    sp = np.where(ported, read_field(g, l4, 0, 16), 0)
+    dp = np.where(ported, read_field(g, l4, 16, 16), 0)
+    icmp = proto == 1
+    itype = np.where(icmp, read_field(g, l4, 0, 8), -1)
+    if icmp.any():      # ICMP flows: the echo/timestamp identifier (types whose rest is id_seq)
+        id_seq = np.isin(itype, [t for t, d in E.icmp_type_info(rules["icmp"]).items()
+                                 if d["rest"] == "id_seq"])
+        sp = np.where(icmp & id_seq, read_field(g, l4, 32, 16), sp)
+    a_first = (sh < dh) | ((sh == dh) & ((sl < dl) | ((sl == dl) & (sp <= dp))))
+    pa, pb = np.where(a_first, sp, dp), np.where(a_first, dp, sp)
+    flow_hash = _hash(proto, np.where(a_first, sh, dh), np.where(a_first, sl, dl), pa,
+                      np.where(a_first, dh, sh), np.where(a_first, dl, sl), pb)
+    _, first, flow = np.unique(flow_hash, return_index=True, return_inverse=True)
+    flow = flow.reshape(-1)
+    F = len(first)
+    # The client: a TCP flow's first SYN without ACK is sent by it; otherwise the higher port is
+    # the client's (equal ports: the first packet's sender), as repair decides.
+    tcp = rules.get("tcp")
+    tcp_rows = proto == (tcp.number if tcp else -1)
+    client_is_a = np.where(pa[first] > pb[first], True,
+                           np.where(pa[first] < pb[first], False, a_first[first]))
+    if tcp is not None and tcp_rows.any():
+        syn = read_field(g, l4, tcp.field("syn").offset, 1) == 1
+        ack = read_field(g, l4, tcp.field("ackf").offset, 1) == 1
+        opener = tcp_rows & syn & ~ack
+        first_syn = np.full(F, n, dtype=np.int64)
+        np.minimum.at(first_syn, flow[opener], rows[opener])
+        has = first_syn < n
+        client_is_a[has] = a_first[first_syn[has]]
+    direction = np.where(a_first == client_is_a[flow], 0, 1)
+    direction = np.where(icmp, np.where(np.isin(itype, ICMP_REQUESTS), 0, 1), direction)
+    c_a = client_is_a[flow]
+    server_port = np.where(c_a, pb, pa)
+    client_port = np.where(c_a, pa, pb)
+    return _View(g=g, l3=l3, l4=l4, version=version, proto=proto, payload=h["payload"],
+                 flow_hash=flow_hash, direction=direction, server_port=server_port,
+                 client_port=client_port, pair=_hash(sh, sl, dh, dl))
+
+
+def option_kinds(vals: np.ndarray, optlen: np.ndarray, grammar) -> tuple[np.ndarray, np.ndarray]:
+    """Kinds (n, max) int16 (-1 after the last) and their start bytes, walking every row's
+    option area at once (single-byte kinds from the grammar; others by their length byte;
+    EOL or a malformed length ends the walk)."""
+    n, width = vals.shape
+    single = np.zeros(256, dtype=bool)
+    single[[k.kind for k in grammar.kinds if k.lengths == (1,)]] = True
+    kinds = np.full((n, width), -1, dtype=np.int16)
+    starts = np.zeros((n, width), dtype=np.int16)
+    cursor = np.zeros(n, dtype=np.int64)
+    rows = np.flatnonzero(optlen > 0)
+    step = 0
+    while len(rows) and step < width:
+        c = cursor[rows]
+        k = vals[rows, np.minimum(c, width - 1)].astype(np.int64)
+        kinds[rows, step] = k
+        starts[rows, step] = c
+        one = single[k]
+        ln = np.where(one, 1, vals[rows, np.minimum(c + 1, width - 1)].astype(np.int64))
+        bad = ~one & ((c + 1 >= optlen[rows]) | (ln < 2))
+        cursor[rows] = c + np.maximum(ln, 1)
+        rows = rows[(k != 0) & ~bad & (cursor[rows] < optlen[rows])]
+        step += 1
+    return kinds, starts
+
+
+def layout_keys(kinds: np.ndarray) -> np.ndarray:
+    """uint64 key per row of option kinds (-1 after the last): base-257 digits, exact up to 7
+    kinds, hashed beyond. Equal layouts have equal keys whatever the matrix width."""
+    kinds = np.atleast_2d(kinds)
+    cnt = (kinds >= 0).sum(axis=1)
+    key = np.zeros(len(kinds), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(int(cnt.max(initial=0))):
+            nk = key * np.uint64(257) + (kinds[:, j].astype(np.int64) + 1).astype(np.uint64)
+            if j >= 7:
+                nk = _mix(nk)
+            key = np.where(j < cnt, nk, key)
+    return key
+
+
+def _layout_key(s: str) -> int:
+    return int(layout_keys(np.array([[int(x) for x in s.split(",")] if s else [-1]]))[0])
+
+
+def layout_strings(kinds: np.ndarray) -> np.ndarray:
+    """Object array of "2,4,8,1,3" per row ("" for no options)."""
+    n = len(kinds)
+    if n == 0:
+        return np.zeros(0, dtype=object)
+    _, first, inv = np.unique(layout_keys(kinds), return_index=True, return_inverse=True)
+    names = np.array([",".join(str(int(k)) for k in kinds[i] if k >= 0) for i in first], dtype=object)
+    return names[inv.reshape(-1)]
+
+
+def _option_area(g, base, rules_p, mask) -> tuple[np.ndarray, np.ndarray]:
+    """(n, max_bytes) option bytes and lengths of a protocol's header at ``base`` (rows outside
+    ``mask`` or without options: zero)."""
+    h = rules_p.header
+    fr = rules_p.field(h["length_field"])
+    mx = rules_p.options.max_bytes
+    hlen = read_field(g, base, fr.offset, fr.bits) * h["length_unit"]
+    optlen = np.where(mask, np.clip(hlen - h["fixed_bytes"], 0, mx), 0)
+    vals = np.zeros((len(g), mx), dtype=np.uint8)
+    r = np.flatnonzero(optlen > 0)
+    if len(r):
+        j = np.arange(mx)[None, :]
+        got = g[r[:, None], np.minimum(base[r, None] + h["fixed_bytes"] + j, g.shape[1] - 1)]
+        vals[r] = np.where(j < optlen[r, None], got, 0)
+    return vals, optlen
+
+
+# --- learning -----------------------------------------------------------------------------------
+
+class _Acc:
+    """Counts of (flow, value) pairs: raw keys are buffered and merged with one np.unique when
+    the buffer is large, so memory is bounded by the distinct pairs."""
+
+    def __init__(self):
+        self.keys = np.zeros(0, dtype=np.uint64)
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.parts: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, flow_hash: np.ndarray, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        v = np.clip(np.asarray(values, dtype=np.int64), 0, (1 << _VALUE_BITS) - 1).astype(np.uint64)
+        self.parts.append(((flow_hash >> np.uint64(_VALUE_BITS)) << np.uint64(_VALUE_BITS)) | v)
+        self.size += len(v)
+        if self.size > 1 << 20:
+            self.compact()
+
+    def compact(self) -> None:
+        if not self.parts:
+            return
+        k = np.concatenate([self.keys] + self.parts)
+        c = np.concatenate([self.counts, np.ones(len(k) - len(self.keys), dtype=np.int64)])
+        u, inv = np.unique(k, return_inverse=True)
+        self.keys = u
+        self.counts = np.bincount(inv.reshape(-1), weights=c, minlength=len(u)).astype(np.int64)
+        self.parts = []
+        self.size = len(u)
+
+    def table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(values, packets per value, flows per value, pair values, pair flows)."""
+        self.compact()
+        pv = (self.keys & np.uint64((1 << _VALUE_BITS) - 1)).astype(np.int64)
+        pf = self.keys >> np.uint64(_VALUE_BITS)
+        values, inv = np.unique(pv, return_inverse=True)
+        inv = inv.reshape(-1)
+        packets = np.bincount(inv, weights=self.counts, minlength=len(values)).astype(np.int64)
+        flows = np.bincount(inv, minlength=len(values)).astype(np.int64)
+        return values, packets, flows, pv, pf
+
+
+def _quantile_step(bits: int) -> int:
+    """Quantiles of a ``bits``-wide field are stored as multiples of this (16 for 16 bits)."""
+    return 1 << max(0, bits - 12)
+
+
+def _distribution(acc: _Acc, bits: int, weight: str, names: list[str] | None = None) -> dict | None:
+    values, packets, flows, pv, pf = acc.table()
+    if len(values) == 0:
+        return None
+    w = (flows if weight == "flows" else packets).astype(np.float64)
+    total = w.sum()
+    eligible = np.flatnonzero((packets >= MIN_COUNT) & (flows >= MIN_FLOWS))
+    order = eligible[np.lexsort((values[eligible], -w[eligible]))][:TOP_K]
+    listed = values[order]
+    p = w[order] / total
+    other = max(0.0, 1.0 - float(w[order].sum() / total))
+    d: dict = {"values": [names[v] for v in listed] if names is not None else [int(v) for v in listed],
+               "p": [round(float(x), 5) for x in p], "other": round(other, 5), "n": int(total)}
+    if names is None and bits >= 16 and other > 0:
+        rest = ~np.isin(pv, listed)
+        pts = np.sort(pv[rest])
+        if len(pts) >= 2 * MIN_COUNT and len(np.unique(pf[rest])) >= MIN_FLOWS:
+            # each (value, flow) pair once; quantiles coarsened to 2^(bits-12)
+            step = _quantile_step(bits)
+            q = np.rint(np.quantile(pts, LEVELS) / step) * step
+            d["q"] = [int(x) for x in np.clip(np.maximum.accumulate(q), 0, (1 << bits) - 1)]
+    return d
+
+
+class PriorsLearner:
+    """Accumulates per class what ``stats(rules)`` asks for; ``result()`` gives the priors.
+
+    ``add`` keeps only the header bytes of each batch and learns from them in blocks of
+    ``BLOCK`` packets (whole-array work amortised; a flow cut by an image boundary is still one
+    flow: flows are keyed by a hash of their 5-tuple)."""
+
+    BLOCK = 16384
+
+    def __init__(self, rules: dict | None = None):
+        self.rules = rules if rules is not None else E.load_rules()
+        self.stats = stats(self.rules)
+        self.acc: dict[str, dict[tuple[str, str], _Acc]] = {}
+        self.ids: dict[str, Counter] = {}
+        self.packets: Counter = Counter()
+        self.layouts: dict[str, int] = {}           # layout string -> accumulator value
+        self.pending: dict[str, list[dict]] = {}
+        self.pending_n: Counter = Counter()
+
+    def _a(self, klass: str, stat: str, cond: str) -> _Acc:
+        return self.acc.setdefault(klass, {}).setdefault((stat, cond), _Acc())
+
+    def _add(self, klass, st: Stat, mask, cond, values, fh) -> None:
+        if not mask.any():
+            return
+        if cond is None:
+            self._a(klass, st.name, "*").add(fh[mask], values[mask])
+            return
+        for c in np.unique(cond[mask]):
+            m = mask & (cond == c)
+            self._a(klass, st.name, _cond_key(st.by, c)).add(fh[m], values[m])
+
+    def add(self, klass: str, batch) -> None:
+        """Learn from one batch of a class's packets (an image's worth)."""
+        h = _headers(batch)
+        if h is None:
+            return
+        klass = str(klass)
+        self.packets[klass] += len(h["g"])
+        self.pending.setdefault(klass, []).append(h)
+        self.pending_n[klass] += len(h["g"])
+        if self.pending_n[klass] >= self.BLOCK:
+            self._flush(klass)
+
+    def _flush(self, klass: str) -> None:
+        parts = self.pending.pop(klass, [])
+        self.pending_n[klass] = 0
+        if not parts:
+            return
+        width = max(p["g"].shape[1] for p in parts)
+        h = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "g"}
+        h["g"] = np.concatenate([np.pad(p["g"], ((0, 0), (0, width - p["g"].shape[1]))) for p in parts])
+        self._learn(klass, _view(h, self.rules))
+
+    def _learn(self, klass: str, v: _View) -> None:
+        rules = self.rules
+        n = len(v.g)
+        fh = v.flow_hash
+        l3p = _layer_protocols(rules, 3)
+        l4p = _layer_protocols(rules, 4)
+        mask_of = {name: v.version == ver for ver, name in l3p.items()}
+        mask_of.update({name: v.proto == num for num, name in l4p.items()})
+        base_of = {name: (v.l3 if rules[name].layer == 3 else v.l4) for name in rules}
+        for st in self.stats:
+            if st.kind == "stack":
+                self._add(klass, st, np.ones(n, bool), None,
+                          v.version if st.field == "3" else v.proto, fh)
+                continue
+            pr = rules[st.protocol]
+            mask = mask_of.get(st.protocol)
+            if mask is None or not mask.any():
+                continue
+            base = base_of[st.protocol]
+            cond = None
+            if st.by == "direction":
+                cond = v.direction
+            elif st.by is not None:
+                fb = pr.field(st.by)
+                cond = read_field(v.g, base, fb.offset, fb.bits)
+            if st.kind == "value":
+                fr = pr.field(st.field)
+                self._add(klass, st, mask, cond, read_field(v.g, base, fr.offset, fr.bits), fh)
+            elif st.kind == "port":
+                self._add(klass, st, mask, cond,
+                          v.server_port if st.field == "server_port" else v.client_port, fh)
+            elif st.kind == "payload":
+                self._add(klass, st, mask, cond, v.payload, fh)
+            elif st.kind == "flags":
+                code = np.zeros(n, dtype=np.int64)
+                for nm in pr.prior["flags"]["fields"]:
+                    fr = pr.field(nm)
+                    code = (code << 1) | read_field(v.g, base, fr.offset, 1)
+                self._add(klass, st, mask, cond, code, fh)
+            elif st.kind == "options":
+                vals, optlen = _option_area(v.g, base, pr, mask)
+                kinds, starts = option_kinds(vals, optlen, pr.options)
+                u, inv = np.unique(layout_strings(kinds[mask]).astype(str), return_inverse=True)
+                ids = np.array([self.layouts.setdefault(str(x), len(self.layouts)) for x in u],
+                               dtype=np.int64)
+                code = np.zeros(n, dtype=np.int64)
+                code[mask] = ids[inv.reshape(-1)]
+                self._add(klass, st, mask, cond, code, fh)
+                for vs in self.stats:       # option values of this protocol
+                    if vs.kind != "option_value" or vs.protocol != st.protocol:
+                        continue
+                    k = pr.options.kind(vs.field)
+                    hit = (kinds == k.kind) & mask[:, None]
+                    r_, c_ = np.nonzero(hit)
+                    if not len(r_):
+                        continue
+                    at = starts[r_, c_].astype(np.int64) + 2
+                    val = np.zeros(len(r_), dtype=np.int64)
+                    for b in range(k.value_bits // 8):
+                        val = (val << 8) | vals[r_, np.minimum(at + b, vals.shape[1] - 1)]
+                    self._a(klass, vs.name, "*").add(fh[r_], val)
+            elif st.kind == "id":
+                self._ids(klass, v, mask, base, pr.field(st.field))
+
+    def _ids(self, klass: str, v: _View, mask: np.ndarray, base: np.ndarray, fr) -> None:
+        """IP ID behaviour per ordered host pair with 3+ packets: all zero, counting up (median
+        step 1..4095), or random."""
+        idx = np.flatnonzero(mask)
+        if len(idx) < 3:
+            return
+        ids = read_field(v.g, base, fr.offset, fr.bits)[idx]
+        _, pair = np.unique(v.pair[idx], return_inverse=True)
+        pair = pair.reshape(-1)
+        order = np.argsort(pair, kind="stable")
+        ps, is_ = pair[order], ids[order]
+        same = ps[1:] == ps[:-1]
+        step = (is_[1:] - is_[:-1]) & ((1 << fr.bits) - 1)
+        counts = np.bincount(pair)
+        P = len(counts)
+        zero_all = np.bincount(pair, weights=(ids == 0).astype(float), minlength=P) == counts
+        s_pair = ps[1:][same]
+        s_val = step[same]
+        o = np.lexsort((s_val, s_pair))
+        s_pair, s_val = s_pair[o], s_val[o]
+        n_steps = np.bincount(s_pair, minlength=P)
+        starts = np.r_[0, np.cumsum(n_steps)[:-1]]
+        has = counts >= 3
+        med = np.zeros(P, dtype=np.int64)
+        med[has] = s_val[starts[has] + (n_steps[has] - 1) // 2]
+        inc = has & ~zero_all & (med >= 1) & (med < 4096)
+        c = self.ids.setdefault(klass, Counter())
+        c["zero"] += int((has & zero_all).sum())
+        c["increment"] += int(inc.sum())
+        c["random"] += int((has & ~zero_all & ~inc).sum())
+
+    def result(self) -> "FieldPriors":
+        for klass in list(self.pending):
+            self._flush(klass)
+        names = {i: s for s, i in self.layouts.items()}
+        by_name = {s.name: s for s in self.stats}
+        classes = {}
+        for klass in sorted(self.acc):
+            fields: dict[str, dict] = {}
+            for (stat, cond), acc in sorted(self.acc[klass].items()):
+                st = by_name[stat]
+                d = _distribution(acc, st.bits, st.weight,
+                                  names if st.kind == "options" else None)
+                if d is not None:
+                    fields.setdefault(stat, {})[cond] = d
+            ids = self.ids.get(klass)
+            if ids and sum(ids.values()):
+                tot = sum(ids.values())
+                for st in self.stats:
+                    if st.kind == "id":
+                        fields[st.name] = {"*": {"shares": {b: round(ids[b] / tot, 5)
+                                                            for b in ID_BEHAVIOURS},
+                                                 "n": int(tot)}}
+            classes[klass] = {"packets": int(self.packets[klass]), "fields": fields}
+        return FieldPriors(classes)
+
+
+# --- the file -----------------------------------------------------------------------------------
+
+class FieldPriors:
+    """Per-class field distributions (``field_priors.json``, format ``netdiff-field-priors/1``)."""
+
+    def __init__(self, classes: dict | None = None, threshold: float = THRESHOLD, levels=None):
+        self.classes: dict[str, dict] = classes or {}
+        self.threshold = float(threshold)
+        self.levels = np.asarray(LEVELS if levels is None else levels, dtype=np.float64)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "threshold": self.threshold, "top_k": TOP_K,
+                "min_count": MIN_COUNT, "min_flows": MIN_FLOWS,
+                "levels": [round(float(x), 4) for x in self.levels], "classes": self.classes}
+
+    def save(self, path) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def from_dict(cls, doc, where: str = "priors") -> "FieldPriors":
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise NetdiffError(f"{where}: not netdiff field priors (format {FORMAT!r} expected)")
+        classes = doc.get("classes")
+        if not isinstance(classes, dict) or not all(isinstance(c, dict) and isinstance(c.get("fields"), dict)
+                                                    for c in classes.values()):
+            raise NetdiffError(f"{where}: 'classes' must map class names to {{'fields': ...}}")
+        levels = doc.get("levels", list(LEVELS))
+        for k, c in classes.items():
+            for stat, conds in c["fields"].items():
+                for cond, d in conds.items():
+                    if "shares" in d:
+                        continue
+                    if len(d.get("values", [])) != len(d.get("p", [])) or \
+                            not 0 <= d.get("other", -1) <= 1 or len(d.get("q") or levels) != len(levels):
+                        raise NetdiffError(f"{where}: class {k!r}, {stat} [{cond}] is malformed")
+        return cls(classes, float(doc.get("threshold", THRESHOLD)), levels)
+
+    @classmethod
+    def load(cls, path) -> "FieldPriors":
+        try:
+            doc = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise NetdiffError(f"{path}: no such priors file") from None
+        except ValueError as e:
+            raise NetdiffError(f"{path}: not a JSON priors file ({e})") from None
+        return cls.from_dict(doc, str(path))
+
+    @classmethod
+    def coerce(cls, x) -> "FieldPriors | None":
+        """A FieldPriors from itself, a loaded JSON document or a path (None stays None)."""
+        if x is None or isinstance(x, FieldPriors):
+            return x
+        if isinstance(x, dict):
+            return cls.from_dict(x)
+        return cls.load(x)
+
+    def for_class(self, klass: str | None, seed: int = 0, rules: dict | None = None) -> "ClassPriors | None":
+        if klass is None or klass not in self.classes:
+            return None
+        return ClassPriors(self.classes[klass]["fields"], str(klass), rules or E.load_rules(),
+                           seed, self.threshold, self.levels)
+
+
+# --- using them ---------------------------------------------------------------------------------
+
+class Dist:
+    """One learnt distribution: listed values with probabilities, the rest's mass and, for wide
+    fields, quantiles of the rest (probability spread evenly between consecutive quantiles)."""
+
+    def __init__(self, d: dict, space: float | None, threshold: float, numeric: bool = True,
+                 levels=LEVELS):
+        self.values = list(d.get("values", []))
+        self.p = np.asarray(d.get("p", []), dtype=np.float64)
+        self.other = float(d.get("other", 0.0))
+        q = d.get("q")
+        self.q = np.asarray(q, dtype=np.float64) if q else None
+        self.space = space
+        self.floor = threshold if not space else min(threshold, 1.0 / space)
+        self.numeric = numeric
+        if self.q is not None:
+            # bins between quantiles, plus the 1% tails spread over BIN_SLACK times the width
+            # they would have at the density of the bin next to them
+            # (at least BIN_SLACK rounding steps: quantiles are stored rounded)
+            q, lv = self.q, np.asarray(levels, dtype=np.float64)
+            top = float(1 << 16) - 1 if not space else space - 1
+            step = float(_quantile_step(int(np.log2(top + 1))))
+            lo = max(0.0, q[0] - BIN_SLACK * max(step, (q[1] - q[0]) * lv[0] / (lv[1] - lv[0])))
+            hi = min(top, q[-1] + BIN_SLACK * max(step, (q[-1] - q[-2]) * (1 - lv[-1]) / (lv[-1] - lv[-2])))
+            self.edges = np.r_[np.floor(lo), q, np.ceil(hi)]
+            self.bin_mass = self.other * np.diff(np.r_[0.0, lv, 1.0])
+            self.bin_width = np.diff(self.edges) + 1
+
+    def _other_prob(self, v: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(v))
+        if self.other <= 0:
+            return out
+        if self.q is not None:
+            vv = v.astype(np.float64)[:, None]
+            inside = (vv >= self.edges[None, :-1]) & (vv <= self.edges[None, 1:])
+            return BIN_SLACK * (inside * (self.bin_mass / self.bin_width)[None, :]).sum(axis=1)
+        if self.space:
+            return out + self.other / max(self.space - len(self.values), 1)
+        return out
+
+    def prob(self, v) -> np.ndarray:
+        """The class's probability of each value (for values in quantile bins: the bin's
+        density, times BIN_SLACK)."""
+        v = np.asarray(v)
+        if self.numeric:
+            v = v.astype(np.int64)
+            out = self._other_prob(v)
+            for val, p in zip(self.values, self.p):
+                out = np.where(v == val, p, out)
+            return out
+        lut = dict(zip(self.values, self.p))
+        u, inv = np.unique(v.astype(str), return_inverse=True)
+        return np.array([lut.get(s, 0.0) for s in u])[inv.reshape(-1)]
+
+    def plausible(self, v) -> np.ndarray:
+        return self.prob(v) >= self.floor
+
+    def sample(self, rng: np.random.Generator, n: int, allow=None) -> np.ndarray | None:
+        """``n`` draws from the plausible part (listed values and dense enough quantile bins);
+        ``allow(values) -> mask`` restricts the listed values. None when nothing qualifies."""
+        ok = self.p >= self.floor
+        if allow is not None and len(self.values):
+            ok &= np.asarray(allow(self.values), dtype=bool)
+        w = list(np.where(ok, self.p, 0.0))
+        bins = []
+        if self.q is not None and self.numeric and allow is None:
+            dense = BIN_SLACK * (self.bin_mass / self.bin_width) >= self.floor
+            bins = list(np.flatnonzero(dense))
+            w += list(self.bin_mass[bins])
+        w = np.asarray(w, dtype=np.float64)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64 if self.numeric else object)
+        if w.sum() <= 0:
+            return None
+        pick = rng.choice(len(w), size=n, p=w / w.sum())
+        u = rng.random(n)
+        nv = len(self.values)
+        if not self.numeric:
+            return np.array(self.values, dtype=object)[pick]
+        out = np.zeros(n, dtype=np.int64)
+        lv = pick < nv
+        out[lv] = np.asarray(self.values, dtype=np.int64)[pick[lv]]
+        if bins:
+            b = np.asarray(bins)[pick[~lv] - nv]
+            lo, hi = self.edges[b], self.edges[b + 1]
+            out[~lv] = np.floor(lo + u[~lv] * (hi - lo + 1)).clip(lo, hi).astype(np.int64)
+        return out
+
+
+def _replace(cur: np.ndarray, rows: np.ndarray, ok: np.ndarray, group: np.ndarray, draw,
+             rank=None) -> tuple[np.ndarray, np.ndarray]:
+    """New values for ``rows`` whose value is not ``ok``: the group's most common ok value
+    (ties: the higher ``rank(values)``, the class probability), else one ``draw(k)`` per group
+    (groups in id order). Returns (values, changed rows)."""
+    bad = ~ok
+    if not bad.any():
+        return cur, np.zeros(0, dtype=np.int64)
+    gid = group[rows]
+    ug, inv = np.unique(gid, return_inverse=True)
+    inv = inv.reshape(-1)
+    repl = np.empty(len(ug), dtype=cur.dtype)
+    has = np.zeros(len(ug), dtype=bool)
+    gi = np.flatnonzero(ok)
+    if len(gi):
+        vals = cur[rows[gi]]
+        uv, vinv = np.unique(vals, return_inverse=True)      # value ids (works for strings too)
+        vinv = vinv.reshape(-1)
+        pair = inv[gi] * len(uv) + vinv
+        up, cnt = np.unique(pair, return_counts=True)
+        pg, pv = up // len(uv), up % len(uv)
+        score = cnt.astype(np.float64)
+        if rank is not None:
+            score = score + 0.5 * np.asarray(rank(uv[pv]), dtype=np.float64)   # rank in [0, 1]
+        o = np.lexsort((-score, pg))          # per group, best first
+        firsts = o[np.r_[True, pg[o][1:] != pg[o][:-1]]]
+        repl[pg[firsts]] = uv[pv[firsts]]
+        has[pg[firsts]] = True
+    need = np.unique(inv[bad])
+    fresh = need[~has[need]]
+    if len(fresh):
+        d = draw(len(fresh))
+        if d is None:           # nothing plausible to draw: keep the generated values there
+            bad = bad & ~np.isin(inv, fresh)
+        else:
+            repl[fresh] = d
+    out = cur.copy()
+    out[rows[bad]] = repl[inv[bad]]
+    changed = rows[bad][out[rows[bad]] != cur[rows[bad]]]
+    return out, changed
+
+
+class ClassPriors:
+    """One class's priors bound to a seed: the hooks trace and option repair call."""
+
+    def __init__(self, fields: dict, klass: str, rules: dict, seed: int, threshold: float,
+                 levels=LEVELS):
+        self.fields = fields
+        self.klass = klass
+        self.rules = rules
+        self.threshold = threshold
+        self.levels = levels
+        self.rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x9F1E1D])
+        self.stats = stats(rules)
+        self.by_name = {s.name: s for s in self.stats}
+        self.changed: Counter = Counter()
+        self.l3 = _layer_protocols(rules, 3)
+        self.l4 = _layer_protocols(rules, 4)
+
+    def dist(self, name: str, cond: str = "*") -> Dist | None:
+        d = self.fields.get(name, {}).get(cond)
+        if d is None or "values" not in d:
+            return None
+        st = self.by_name.get(name)
+        if st is None:
+            return None
+        if st.kind == "stack":
+            space = len(self.l3 if st.field == "3" else self.l4)
+        elif st.kind == "options":
+            space = None
+        else:
+            space = float(1 << st.bits)
+        return Dist(d, space, self.threshold, numeric=st.kind != "options", levels=self.levels)
+
+    def _mask(self, r, protocol: str) -> np.ndarray:
+        pr = self.rules[protocol]
+        if pr.layer == 3:
+            return r.v6 if int(pr.bind.get("version", 4)) == 6 else ~r.v6
+        return r.proto == pr.number
+
+    def report(self) -> dict:
+        return {"class": self.klass, "changed": {k: v for k, v in sorted(self.changed.items()) if v}}
+
+    def stacks(self, stacks) -> np.ndarray | None:
+        """Score added per (layer 3, layer 4) stack when rows choose theirs: -inf for a stack
+        the class never shows, else STACK_WEIGHT x its probability (a row whose sections are
+        about equally filled, such as an all-zero or random row, takes the class's usual stack;
+        a row the model painted clearly keeps its own). None without stack statistics."""
+        d3, d4 = self.dist("stack.l3"), self.dist("stack.l4")
+        if d3 is None or d4 is None:
+            return None
+        ver = {name: num for num, name in self.l3.items()}
+        num = {name: n for n, name in self.l4.items()}
+        a = np.array([ver.get(x, -1) for x, _ in stacks])
+        b = np.array([num.get(y, -1) for _, y in stacks])
+        ok = d3.plausible(a) & d4.plausible(b)
+        if not ok.any():
+            return None
+        return np.where(ok, STACK_WEIGHT * d3.prob(a) * d4.prob(b), -np.inf)
+
+    # --- trace hooks (trace.repair_trace) ---------------------------------------------------------
+
+    def versions(self, v6_flow: np.ndarray) -> np.ndarray:
+        """A flow whose IP version the class never shows takes the other one."""
+        d = self.dist("stack.l3")
+        if d is None or not (4 in self.l3 and 6 in self.l3):
+            return v6_flow
+        ok4, ok6 = d.plausible(np.array([4, 6]))
+        flip = (v6_flow & ~ok6 & ok4) | (~v6_flow & ~ok4 & ok6)
+        if flip.any():
+            self.changed["stack.l3 (flows)"] += int(flip.sum())
+        return v6_flow ^ flip
+
+    def ports(self, proto_f, v6_f, server_f, client_f) -> tuple[np.ndarray, np.ndarray]:
+        """Per flow: a server port the class never shows is drawn from its server ports, a client
+        port likewise from its client ports; 5-tuples stay distinct."""
+        server_f, client_f = server_f.copy(), client_f.copy()
+        anyp = np.zeros(len(proto_f), dtype=bool)
+        for num, name in sorted(self.l4.items()):
+            pr = self.rules[name]
+            m = proto_f == num
+            if not m.any() or f"{name}.server_port" not in self.by_name:
+                continue
+            anyp |= m
+            lo, hi = pr.field(pr.ports[0]).range or (0, (1 << 16) - 1)
+            for role, arr in (("server_port", server_f), ("client_port", client_f)):
+                d = self.dist(f"{name}.{role}")
+                if d is None:
+                    continue
+                idx = np.flatnonzero(m)
+                bad = idx[~d.plausible(arr[idx])]
+                if len(bad):
+                    v = d.sample(self.rng, len(bad))
+                    if v is not None:
+                        arr[bad] = np.clip(v, lo, hi)
+                        self.changed[f"{name}.{role} (flows)"] += len(bad)
+            # distinct flows keep distinct port pairs: later duplicates draw again
+            d = self.dist(f"{name}.client_port")
+            for attempt in range(64):
+                key = (v6_f.astype(np.int64) << 40) | (server_f.astype(np.int64) << 20) | client_f
+                key = np.where(m, key, -1 - np.arange(len(key)))
+                _, first = np.unique(key, return_index=True)
+                dup = np.ones(len(key), dtype=bool)
+                dup[first] = False
+                dup &= m
+                if not dup.any():
+                    break
+                k = int(dup.sum())
+                v = d.sample(self.rng, k) if (d is not None and attempt < 32) else None
+                if v is None:
+                    v = self.rng.integers(49152, 65536, size=k)
+                client_f[dup] = np.clip(v, lo, hi)
+        return server_f, client_f
+
+    def payload(self, r, direction: np.ndarray, room: np.ndarray) -> None:
+        """Payload lengths the class never shows: drawn per packet (within the MTU)."""
+        for st in self.stats:
+            if st.kind != "payload":
+                continue
+            mask = self._mask(r, st.protocol)
+            cond = self._cond(r, st, direction)
+            for c in np.unique(cond[mask]):
+                d = self.dist(st.name, _cond_key(st.by, c))
+                if d is None:
+                    continue
+                rows = np.flatnonzero(mask & (cond == c))
+                cur = r.payload_len
+                new, changed = _replace(cur, rows, d.plausible(cur[rows]), np.arange(len(cur)),
+                                        lambda k: d.sample(self.rng, k))
+                r.payload_len = np.clip(new, 0, np.maximum(room, 0))
+                self.changed[st.name] += len(changed)
+
+    def flags(self, r) -> None:
+        """Flag combinations the class never shows (given the SYN/ACK/FIN/RST the trace set):
+        the nearest combination it shows with the same fixed flags, else the free flags off."""
+        for st in self.stats:
+            if st.kind != "flags":
+                continue
+            pr = self.rules[st.protocol]
+            d = self.dist(st.name)
+            mask = self._mask(r, st.protocol)
+            if d is None or not mask.any() or not d.values:
+                continue                # nothing the class shows often enough to judge by
+            spec = pr.prior["flags"]
+            names = list(spec["fields"])
+            F = len(names)
+            cols = [pr.column(nm) for nm in names]
+            fixed = np.array([nm in spec["fixed"] for nm in names])
+            free_n = int((~fixed).sum())
+            rows = np.flatnonzero(mask)
+            cur = np.stack([r.f[c][rows] for c in cols], axis=1).astype(np.int64)
+            weights = 1 << np.arange(F - 1, -1, -1)
+            code = cur @ weights
+            vals = np.asarray(d.values, dtype=np.int64)
+            table = (vals[:, None] >> np.arange(F - 1, -1, -1)[None, :]) & 1
+            tk = (table * fixed) @ weights          # the fixed flags of each listed combination
+            cond_tot = np.array([d.p[tk == k].sum() for k in tk])
+            pc = np.where(cond_tot > 0, d.p / np.maximum(cond_tot, 1e-12), 0.0)
+            floor = min(self.threshold, 1.0 / (1 << free_n))
+            # legal per the protocol's flag table, and compatible with the row (data, ACK)
+            tnames, _ = pr.flag_table()
+            legal = E.flags_legal(pr, table[:, [names.index(t) for t in tnames]]) \
+                if all(t in names for t in tnames) else np.ones(len(vals), bool)
+            usable = (pc >= floor) & legal
+            known = (code[:, None] == vals[None, :])
+            ok = (known & (pc >= floor)[None, :]).any(axis=1)
+            # combinations too rare to list: plausible only if the class has many of them
+            unlisted = d.other / max((1 << F) - len(vals), 1) >= min(self.threshold, 1.0 / (1 << F))
+            ok |= ~known.any(axis=1) & unlisted
+            if ok.all():
+                continue
+            # the protocol file's dependencies: a flag that needs data, or another flag
+            has_data = r.payload_len[rows] > 0
+            compat = np.ones((len(rows), len(vals)), dtype=bool)
+            for dp in pr.dependencies:
+                if dp.get("field") not in names:
+                    continue
+                j = names.index(dp["field"])
+                if dp.get("requires_payload"):
+                    compat &= ~((table[:, j] == 1)[None, :] & ~has_data[:, None])
+                if dp.get("requires") in names:
+                    k = names.index(dp["requires"])
+                    compat &= ~((table[:, j] == 1) & (table[:, k] == 0))[None, :]
+            same_fixed = ((cur * fixed) @ weights)[:, None] == tk[None, :]
+            cand = same_fixed & usable[None, :] & compat
+            dist_h = ((cur[:, None, :] != table[None, :, :]) & ~fixed[None, None, :]).sum(axis=2)
+            score = np.where(cand, dist_h * 1e6 - pc[None, :], np.inf)
+            j = np.argmin(score, axis=1)
+            has = np.isfinite(score[np.arange(len(rows)), j])
+            new = np.where(has[:, None], table[j], np.where(fixed[None, :], cur, 0))
+            new = np.where(ok[:, None], cur, new)
+            changed = np.any(new != cur, axis=1)
+            for i, c in enumerate(cols):
+                col = r.f[c].copy()
+                col[rows] = new[:, i]
+                r.f[c] = col
+            self.changed[st.name] += int(changed.sum())
+            # a field that means nothing without a flag (the urgent pointer): zero without it, and
+            # inside the segment with it
+            for dp in pr.dependencies:
+                if "zero_unless" not in dp or dp["zero_unless"] not in names or not dp.get("check", True):
+                    continue
+                col = pr.column(dp["field"])
+                gate = mask & (r.f[pr.column(dp["zero_unless"])] == 1)
+                r.f[col] = np.where(mask & ~gate, 0, r.f[col])
+                r.f[col] = np.where(gate, np.clip(r.f[col], 1, np.maximum(r.payload_len, 1)), r.f[col])
+
+    def _cond(self, r, st: Stat, direction: np.ndarray) -> np.ndarray:
+        if st.by is None:
+            return np.zeros(len(r), dtype=np.int64)
+        if st.by == "direction":
+            return direction
+        return r.f[self.rules[st.protocol].column(st.by)]
+
+    def _group(self, st: Stat, n, flow, direction, host) -> np.ndarray:
+        if st.per == "direction":
+            return flow * 2 + direction
+        if st.per == "flow":
+            return flow
+        if st.per == "endpoint":
+            return host * 2 + direction
+        return np.arange(n)
+
+    def values(self, r, flow: np.ndarray, direction: np.ndarray, host: np.ndarray) -> None:
+        """Every plain field prior (TTL, hop limit, TOS/traffic class, DF, window...)."""
+        n = len(r)
+        for st in self.stats:
+            if st.kind != "value":
+                continue
+            pr = self.rules[st.protocol]
+            fr = pr.field(st.field)
+            col = pr.column(st.field)
+            mask = self._mask(r, st.protocol)
+            if not mask.any() or col not in r.f:
+                continue
+            cond = self._cond(r, st, direction)
+            group = self._group(st, n, flow, direction, host)
+            for c in np.unique(cond[mask]):
+                d = self.dist(st.name, _cond_key(st.by, c))
+                if d is None:
+                    continue
+                rows = np.flatnonzero(mask & (cond == c))
+                cur = r.f[col]
+
+                def draw(k, d=d, fr=fr):
+                    v = d.sample(self.rng, k)
+                    return v if v is None or fr.range is None else np.clip(v, *fr.range)
+
+                new, changed = _replace(cur, rows, d.plausible(cur[rows]), group, draw, d.prob)
+                r.f[col] = new
+                self.changed[st.name] += len(changed)
+
+    def ip_ids(self, host: np.ndarray, counted: np.ndarray) -> np.ndarray:
+        """IP IDs per sending host following a behaviour drawn from the class's shares: counting
+        up (``counted``, repair's own), all zero, or random."""
+        for st in self.stats:
+            if st.kind != "id":
+                continue
+            d = self.fields.get(st.name, {}).get("*")
+            if not d or "shares" not in d or not len(host):
+                continue
+            names = [b for b in ID_BEHAVIOURS if d["shares"].get(b, 0) >= self.threshold]
+            if not names:
+                continue
+            w = np.array([d["shares"][b] for b in names], dtype=np.float64)
+            nh = int(host.max()) + 1
+            pick = np.asarray(names, dtype=object)[self.rng.choice(len(names), size=nh, p=w / w.sum())]
+            beh = pick[host]
+            rnd = self.rng.integers(0, 1 << 16, size=len(host))
+            out = np.where(beh == "zero", 0, np.where(beh == "random", rnd, counted))
+            self.changed[st.name] += int((out != counted).sum())
+            return out
+        return counted
+
+    # --- option areas (repair, after the option walk) --------------------------------------------
+
+    def options(self, r, flow: np.ndarray, direction: np.ndarray) -> dict[str, np.ndarray]:
+        """Option layouts the class never shows become one it shows (the direction's own, else
+        a draw) where it fits the MTU; option values (MSS, window scale) likewise. Returns the
+        rows changed per protocol."""
+        out = {}
+        f = r.f
+        n = len(r)
+        for st in self.stats:
+            if st.kind != "options":
+                continue
+            pr = self.rules[st.protocol]
+            g = pr.options
+            attr = "ip" if pr.layer == 3 else pr.section
+            if not hasattr(r, f"{attr}_opt"):
+                continue
+            mask = self._mask(r, st.protocol)
+            if not mask.any():
+                continue
+            vals = getattr(r, f"{attr}_opt")
+            optlen = getattr(r, f"{attr}_optlen")
+            before_v, before_l = vals.copy(), optlen.copy()
+            mtu = np.where(r.v6, self.rules[self.l3.get(6, "ipv6")].header.get("max_total_length", 1500),
+                           self.rules[self.l3.get(4, "ipv4")].header.get("max_total_length", 1500))
+            ip_hl = np.where(r.v6, 40, 20 + r.ip_optlen)
+            l4_hl = np.where(r.proto == 6, 20 + r.tcp_optlen, 8)
+            fits = np.minimum(optlen + mtu - ip_hl - l4_hl - r.payload_len, g.max_bytes)
+            kinds, _ = option_kinds(vals, optlen, g)
+            lay = layout_keys(kinds)            # compared as keys; strings only for the class's
+            cond = self._cond(r, st, direction)
+            group = self._group(st, n, flow, direction, np.zeros(n, dtype=np.int64))
+            known = {k.kind: k for k in g.kinds}
+
+            def size(s: str) -> int:
+                if s == "":
+                    return 0
+                tot = 0
+                for k in (int(x) for x in s.split(",")):
+                    kk = known.get(k)
+                    if kk is None:
+                        return 1 << 20
+                    tot += 1 if kk.lengths == (1,) else min(kk.lengths)
+                return -(-tot // g.align) * g.align
+
+            target = lay.copy()
+            names: dict[int, str] = {}
+            for c in np.unique(cond[mask]):
+                d = self.dist(st.name, _cond_key(st.by, c))
+                if d is None or not d.values:
+                    continue
+                keys = np.array([_layout_key(v) for v in d.values], dtype=np.uint64)
+                names.update(zip(keys.tolist(), d.values))
+                by_key = dict(zip(keys.tolist(), d.p))
+                good = keys[d.p >= d.floor]
+                rows = np.flatnonzero(mask & (cond == c))
+
+                def draw(k, d=d, keys=keys):
+                    v = d.sample(self.rng, k, allow=lambda vs: [size(x) <= g.max_bytes for x in vs])
+                    return None if v is None else keys[[d.values.index(x) for x in v]]
+
+                target, _ = _replace(target, rows, np.isin(lay[rows], good), group, draw,
+                                     lambda ks, by_key=by_key: [by_key.get(int(x), 0.0) for x in ks])
+            want = np.flatnonzero(mask & (target != lay))
+            sizes = {int(k): size(names[int(k)]) for k in np.unique(target[want])}
+            want = want[np.array([sizes[int(target[i])] for i in want], dtype=np.int64) <= fits[want]] \
+                if len(want) else want
+            vals = vals.copy()
+            optlen = optlen.copy()
+            for key in np.unique(target[want]).tolist():
+                s = names[int(key)]
+                rows = want[target[want] == key]
+                block = vals[rows].copy()
+                pos = 0
+                for k in ([int(x) for x in s.split(",")] if s else []):
+                    kk = known[k]
+                    block[:, pos] = k
+                    if kk.lengths == (1,):
+                        pos += 1
+                    else:
+                        block[:, pos + 1] = min(kk.lengths)
+                        pos += min(kk.lengths)
+                block[:, pos:] = 0
+                vals[rows] = block
+                optlen[rows] = sizes[int(key)]
+            if want.size:
+                self.changed[st.name] += len(want)
+            # option values the class never shows
+            for vs in self.stats:
+                if vs.kind != "option_value" or vs.protocol != st.protocol:
+                    continue
+                d = self.dist(vs.name)
+                if d is None:
+                    continue
+                k = g.kind(vs.field)
+                kinds, starts = option_kinds(vals, optlen, g)
+                hit = (kinds == k.kind) & mask[:, None]
+                first = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+                rows = np.flatnonzero(first >= 0)
+                if not len(rows):
+                    continue
+                at = starts[rows, first[rows]].astype(np.int64) + 2
+                nb = k.value_bits // 8
+                cur = np.zeros(n, dtype=np.int64)
+                v = np.zeros(len(rows), dtype=np.int64)
+                for b in range(nb):
+                    v = (v << 8) | vals[rows, np.minimum(at + b, vals.shape[1] - 1)]
+                cur[rows] = v
+                new, changed = _replace(cur, rows, d.plausible(v), group,
+                                        lambda q, d=d: d.sample(self.rng, q), d.prob)
+                if k.value_range is not None:
+                    new = np.clip(new, *k.value_range)
+                for b in range(nb):
+                    vals[rows, np.minimum(at + b, vals.shape[1] - 1)] = (new[rows] >> (8 * (nb - 1 - b))) & 0xFF
+                self.changed[vs.name] += len(changed)
+            touched = np.flatnonzero(np.any(vals != before_v, axis=1) | (optlen != before_l))
+            if len(touched):        # the option grammar once more, on the rows changed here
+                flags = {"syn": f["tcp_syn"][touched] == 1, "ackf": f["tcp_ackf"][touched] == 1}
+                vals[touched], _ = E.walk_options(g, vals[touched], optlen[touched], flags)
+            setattr(r, f"{attr}_opt", vals)
+            setattr(r, f"{attr}_optlen", optlen)
+            out[st.protocol] = mask & (np.any(vals != before_v, axis=1) | (optlen != before_l))
+        return out
+
+
+__all__ = ["FieldPriors", "ClassPriors", "PriorsLearner", "Dist", "Stat", "stats", "FORMAT",
+           "option_kinds", "layout_strings"]

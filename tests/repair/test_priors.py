@@ -1,0 +1,323 @@
+"""Class priors (repair/priors.py): field distributions learnt at pcap2img time and used by
+repair to replace legal values a class never shows. Learnt from netdiff's own samples and,
+where present, from the shared real captures; the repaired packets stay valid."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from netdiff.bits.layout import named_layout
+from netdiff.convert import PRIORS_FILE, img2pcap, pcap2img
+from netdiff.errors import NetdiffError
+from netdiff.image.codec import write_png
+from netdiff.io.pcap import read_capture, write_pcap
+from netdiff.repair import FieldPriors, repair
+from netdiff.repair import priors as PR
+from netdiff.repair.perturb import random_bits
+from netdiff.rules import engine as E
+from netdiff.validate import check_batch, validate_pcaps
+
+L = named_layout("netdiffusion", height=256)
+ECE, CWR, URG = 64, 128, 32
+
+
+@pytest.fixture(scope="module")
+def sample_priors(sample_captures, tmp_path_factory) -> tuple[FieldPriors, object]:
+    out = tmp_path_factory.mktemp("prior_images")
+    pcap2img(sample_captures, out, layout=named_layout("netdiffusion", height=256))
+    return FieldPriors.load(out / PRIORS_FILE), out
+
+
+def _packets(batch) -> list[dict]:
+    out = []
+    for i in range(len(batch)):
+        raw = batch.packet(i)
+        ver = raw[14] >> 4
+        if ver == 4:
+            hl, src, dst, proto, ttl = (raw[14] & 15) * 4, raw[26:30], raw[30:34], raw[23], raw[22]
+        else:
+            hl, src, dst, proto, ttl = 40, raw[22:38], raw[38:54], raw[20], raw[21]
+        l4 = 14 + hl
+        p = dict(ver=ver, src=bytes(src), dst=bytes(dst), proto=proto, ttl=ttl)
+        if proto in (6, 17):
+            p["sport"] = int.from_bytes(raw[l4:l4 + 2], "big")
+            p["dport"] = int.from_bytes(raw[l4 + 2:l4 + 4], "big")
+        if proto == 6:
+            p.update(flags=raw[l4 + 13], win=int.from_bytes(raw[l4 + 14:l4 + 16], "big"))
+        out.append(p)
+    return out
+
+
+def _valid(batch, tmp_path, name="out"):
+    fails, checked = check_batch(batch)
+    assert checked.all() and not fails, {k: int(v.sum()) for k, v in fails.items()}
+    if shutil.which("tshark") is None:
+        return
+    path = tmp_path / f"{name}.pcap"
+    write_pcap(path, batch)
+    res = validate_pcaps([path], replay=False)         # netdiff.validate, replay disabled
+    assert res["ok"], res
+
+
+def _images():
+    return {"random": random_bits(L, 4), "zeros": np.zeros((L.height, L.width), np.int8)}
+
+
+# --- the file ------------------------------------------------------------------------------------
+
+def test_pcap2img_writes_priors_beside_timing(sample_priors):
+    pri, out = sample_priors
+    assert (out / "timing.json").exists() and (out / PRIORS_FILE).exists()
+    assert set(pri.classes) == {"web_tcp", "dns_udp", "icmp_echo"}
+    dns = pri.classes["dns_udp"]["fields"]
+    assert dns["udp.server_port"]["*"]["values"] == [53]
+    assert dns["stack.l4"]["*"]["values"] == [17]
+    tcp = pri.classes["web_tcp"]["fields"]
+    assert set(tcp["tcp.server_port"]["*"]["values"]) == {80, 443, 8080}
+    assert tcp["tcp.options"]["syn=1"]["values"] == ["2,4,8,1,3"]
+
+
+def test_priors_hold_no_address_and_no_packet(sample_priors, sample_captures):
+    pri, out = sample_priors
+    text = (out / PRIORS_FILE).read_text()
+    doc = json.loads(text)
+    # every address of the captures: none appears, as text or as a number
+    addrs = set()
+    for p in sample_captures.glob("*/*.pcap"):
+        batch, _ = read_capture(p)
+        for i in range(len(batch)):
+            raw = batch.packet(i)
+            for a in (raw[26:30], raw[30:34]):
+                addrs.add(".".join(str(b) for b in a))
+                addrs.add(int.from_bytes(a, "big"))
+    assert not any(a in text for a in addrs if isinstance(a, str))
+
+    def walk(x, key=""):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                assert re.fullmatch(r"[a-z0-9_.=*-]+", k), k
+                walk(v, k)
+        elif isinstance(x, list):
+            assert len(x) <= max(PR.TOP_K, len(PR.LEVELS)), key
+            for v in x:
+                walk(v, key)
+        elif isinstance(x, str):
+            assert key == "format" or re.fullmatch(r"[0-9,]*", x), x     # option layouts only
+        elif key in ("values", "q"):
+            assert isinstance(x, int) and 0 <= x <= 65535 and x not in addrs, x
+    walk(doc)
+    assert len(text) < 64_000
+    # values seen in one flow only are not listed: each sample TCP flow has its own client port
+    assert pri.classes["web_tcp"]["fields"]["tcp.client_port"]["*"]["values"] == []
+
+
+def test_bad_priors_are_one_line_errors(tmp_path):
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(NetdiffError, match="not netdiff field priors"):
+        FieldPriors.load(p)
+    p.write_text("{")
+    with pytest.raises(NetdiffError, match="not a JSON priors file"):
+        FieldPriors.load(p)
+    with pytest.raises(NetdiffError, match="no such priors file"):
+        FieldPriors.load(tmp_path / "missing.json")
+
+
+# --- repair with priors --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["random", "zeros"])
+def test_dns_image_takes_the_class_values(sample_priors, tmp_path, kind):
+    pri, _ = sample_priors
+    res = repair(_images()[kind], L, seed=1, priors=pri, klass="dns_udp")
+    _valid(res.batch, tmp_path)
+    pk = _packets(res.batch)
+    assert {p["proto"] for p in pk} == {17} and {p["ver"] for p in pk} == {4}   # the class's stack
+    assert all(53 in (p["sport"], p["dport"]) for p in pk)     # the class's only server port
+    assert {p["ttl"] for p in pk} == {64}
+    assert res.report["priors"]["class"] == "dns_udp"
+
+
+def test_tcp_image_takes_the_class_values(sample_priors, tmp_path):
+    pri, _ = sample_priors
+    f = pri.classes["web_tcp"]["fields"]
+    res = repair(_images()["random"], L, seed=2, priors=pri, klass="web_tcp")
+    _valid(res.batch, tmp_path)
+    pk = _packets(res.batch)
+    assert {p["proto"] for p in pk} == {6}
+    servers = set(f["tcp.server_port"]["*"]["values"])
+    flags = set(f["tcp.flags"]["*"]["values"])
+    for p in pk:
+        server_side = p["sport"] in servers
+        assert server_side or p["dport"] in servers
+        assert p["ttl"] in f["ipv4.ttl"][f"direction={int(server_side)}"]["values"]
+        syn = (p["flags"] >> 1) & 1
+        assert p["win"] in f["tcp.wsize"][f"syn={syn}"]["values"]
+        assert not p["flags"] & (ECE | CWR | URG)       # the class never shows them
+        # free flags follow the class; SYN/ACK/FIN/RST are the trace's
+        assert p["flags"] in flags or not any((c & 0x17) == (p["flags"] & 0x17) for c in flags)
+    # flows keep their ports: one 5-tuple per repaired flow, none shared
+    tuples = {(min((p["src"], p["sport"]), (p["dst"], p["dport"])),
+               max((p["src"], p["sport"]), (p["dst"], p["dport"]))) for p in pk}
+    assert len(tuples) == res.report["flows"]
+
+
+def test_flows_keep_their_ports_and_hosts_one_ttl(sample_priors):
+    pri, _ = sample_priors
+    res = repair(_images()["random"], L, seed=3, priors=pri, klass="dns_udp")
+    by_client = defaultdict(set)
+    ttl_by_host = defaultdict(set)
+    for p in _packets(res.batch):
+        client = (p["src"], p["sport"]) if p["dport"] == 53 else (p["dst"], p["dport"])
+        by_client[client].add(53)
+        ttl_by_host[p["src"]].add(p["ttl"])
+    assert all(len(v) == 1 for v in ttl_by_host.values())
+    assert len(by_client) == res.report["flows"]             # no two flows merged into one
+
+
+def test_same_seed_same_bytes(sample_priors):
+    pri, _ = sample_priors
+    bits = _images()["random"]
+    a = repair(bits, L, seed=7, priors=pri, klass="web_tcp").batch
+    b = repair(bits, L, seed=7, priors=pri, klass="web_tcp").batch
+    c = repair(bits, L, seed=8, priors=pri, klass="web_tcp").batch
+    assert np.array_equal(a.data, b.data) and np.array_equal(a.caplen, b.caplen)
+    assert not (len(a.data) == len(c.data) and np.array_equal(a.data, c.data))
+
+
+def test_values_the_class_shows_are_kept(sample_priors, sample_images):
+    """A converted sample image already looks like its class: priors change nothing but the IP
+    ID behaviour (drawn per host from the class's shares)."""
+    pri, _ = sample_priors
+    from netdiff.bits.layout import NETDIFFUSION
+    from repair_helpers import fields_of
+
+    for cls, bits in sample_images.items():
+        a = repair(bits, NETDIFFUSION, seed=0)
+        b = repair(bits, NETDIFFUSION, seed=0, priors=pri, klass=cls)
+        assert set(b.report["priors"]["changed"]) <= {"ipv4.id"}, b.report["priors"]
+        _, va = fields_of(a.batch)
+        _, vb = fields_of(b.batch)
+        for k in ("tcp_sprt", "tcp_dprt", "udp_sport", "udp_dport", "ipv4_ttl", "tcp_wsize",
+                  "tcp_ackf", "tcp_psh", "tcp_opt", "ipv4_tl", "tcp_seq"):
+            if k in va:
+                np.testing.assert_array_equal(va[k], vb[k], err_msg=f"{cls} {k}")
+
+
+def test_priors_accept_a_path_a_dict_or_the_object(sample_priors, tmp_path):
+    pri, out = sample_priors
+    png = tmp_path / "dns_udp" / "gen.png"
+    png.parent.mkdir()
+    write_png(png, _images()["random"])
+    got = []
+    for i, p in enumerate((out / PRIORS_FILE, str(out / PRIORS_FILE), pri.to_dict(), pri)):
+        img2pcap(png, tmp_path / f"{i}.pcap", seed=4, priors=p)
+        got.append((tmp_path / f"{i}.pcap").read_bytes())
+    assert len(set(got)) == 1
+    res = repair(_images()["random"], L, seed=4, priors=pri, klass="dns_udp")
+    write_pcap(tmp_path / "api.pcap", res.batch, nanosecond=True)
+    assert (tmp_path / "api.pcap").read_bytes() == got[0]
+
+
+def test_unknown_class_is_said_and_changes_nothing(sample_priors):
+    pri, _ = sample_priors
+    bits = _images()["random"]
+    a = repair(bits, L, seed=5)
+    b = repair(bits, L, seed=5, priors=pri, klass="no_such_class")
+    assert np.array_equal(a.batch.data, b.batch.data)
+    assert "not in the priors" in b.report["priors"]
+
+
+def test_rules_declare_what_is_learnt(sample_priors, tmp_path, monkeypatch):
+    """Without ``prior:`` on the TTL in ipv4.yaml, repair leaves the TTL to the trace rules."""
+    pri, _ = sample_priors
+    for p in E.rules_dir().glob("*.yaml"):
+        shutil.copy(p, tmp_path / p.name)
+    text = (tmp_path / "ipv4.yaml").read_text()
+    text = text.replace(", prior: {by: direction, per: endpoint}}", "}")
+    (tmp_path / "ipv4.yaml").write_text(text)
+    monkeypatch.setenv(E.RULES_ENV, str(tmp_path))
+    assert "ipv4.ttl" not in {s.name for s in PR.stats(E.load_rules())}
+    res = repair(_images()["zeros"], L, seed=1, priors=pri, klass="dns_udp")
+    assert {p["ttl"] for p in _packets(res.batch)} == {1}          # the generated all-zero TTL
+    assert all(53 in (p["sport"], p["dport"]) for p in _packets(res.batch))
+
+
+# --- without priors: exactly as before -----------------------------------------------------------
+
+# sha256 of img2pcap's output for these images (seed 5) before priors existed
+BEFORE = {"random": "0837fd7f92b662271e236b25371be8265638ca61d3c2528330911bac4e9e9102",
+          "zeros": "af37d5c6254679dbed5cdc02cd2664c3530a0eb61b191624dc4fac9f6d24a25c"}
+
+
+@pytest.mark.parametrize("kind", sorted(BEFORE))
+def test_img2pcap_without_priors_is_unchanged(tmp_path, kind):
+    lay = named_layout("netdiffusion", height=64)
+    bits = random_bits(lay, 3) if kind == "random" else np.zeros((64, lay.width), np.int8)
+    png = tmp_path / "dns" / f"{kind}.png"
+    png.parent.mkdir()
+    write_png(png, bits)
+    img2pcap(png, tmp_path / "a.pcap", seed=5)
+    img2pcap(png, tmp_path / "b.pcap", seed=5, priors=None)
+    for name in ("a.pcap", "b.pcap"):
+        assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == BEFORE[kind]
+
+
+def test_cli_img2pcap_priors(sample_priors, tmp_path, cli):
+    pri, out = sample_priors
+    png = tmp_path / "img" / "web_tcp" / "gen.png"
+    png.parent.mkdir(parents=True)
+    write_png(png, _images()["random"])
+    code, _, err = cli("img2pcap", tmp_path / "img", tmp_path / "pcap", "--seed", 3,
+                       "--priors", out / PRIORS_FILE)
+    assert code == 0, err
+    ref = repair(_images()["random"], L, seed=3, priors=pri, klass="web_tcp").batch
+    write_pcap(tmp_path / "ref.pcap", ref, nanosecond=True)
+    assert (tmp_path / "pcap" / "web_tcp" / "gen.pcap").read_bytes() == (tmp_path / "ref.pcap").read_bytes()
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    code, _, err = cli("img2pcap", tmp_path / "img", tmp_path / "pcap2", "--priors", bad)
+    assert code != 0 and "not netdiff field priors" in err
+
+
+# --- a real class --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_priors(shared_data) -> FieldPriors:
+    learner = PR.PriorsLearner()
+    for cls in ("dns", "ssh"):
+        for p in sorted((shared_data / "pcaps" / cls).glob("*.pcap")):
+            batch, _ = read_capture(p)
+            for i in range(0, len(batch), 1024):
+                learner.add(cls, batch.take(np.arange(i, min(i + 1024, len(batch)))))
+    return learner.result()
+
+
+def test_real_dns_and_ssh(real_priors, tmp_path):
+    dns = real_priors.classes["dns"]["fields"]
+    assert dns["udp.server_port"]["*"]["values"] == [53]
+    for kind, bits in _images().items():
+        res = repair(bits, L, seed=6, priors=real_priors, klass="dns")
+        _valid(res.batch, tmp_path, f"dns_{kind}")
+        udp = [p for p in _packets(res.batch) if p["proto"] == 17]
+        assert udp and all(53 in (p["sport"], p["dport"]) for p in udp)
+
+        res = repair(bits, L, seed=6, priors=real_priors, klass="ssh")
+        _valid(res.batch, tmp_path, f"ssh_{kind}")
+        cp = real_priors.for_class("ssh", 0)
+        pk = _packets(res.batch)
+        assert {p["proto"] for p in pk} == {6} and {p["ver"] for p in pk} == {4}
+        assert all(22 in (p["sport"], p["dport"]) for p in pk)
+        assert not any(p["flags"] & (ECE | URG) for p in pk)
+        for syn in (0, 1):
+            w = np.array([p["win"] for p in pk if (p["flags"] >> 1) & 1 == syn])
+            if len(w):
+                assert cp.dist("tcp.wsize", f"syn={syn}").plausible(w).all()
+        for p in pk:
+            d = 0 if p["dport"] == 22 else 1
+            assert p["ttl"] in real_priors.classes["ssh"]["fields"]["ipv4.ttl"][f"direction={d}"]["values"]
