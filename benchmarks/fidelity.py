@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -278,6 +277,9 @@ def train_or_reuse(images: Path, model: Path, train_dir: Path, args, tty: bool) 
         if saved.get("train_sha256") != stamp["train_sha256"]:
             raise SystemExit(f"--skip-train: the model in {model} was trained on another split (other "
                              "--classes, --seed or --max-packets-per-file?); run without --skip-train")
+        if saved.get("config") != args.config or (args.steps is not None and saved.get("steps") != args.steps):
+            raise SystemExit(f"--skip-train: the model in {model} is config {saved.get('config')!r}, "
+                             f"{saved.get('steps')} steps; run without --skip-train")
         return {**saved, "reused": True}
     # Never resume into an old model folder: a finished one would be trained further.
     shutil.rmtree(model, ignore_errors=True)
@@ -290,18 +292,22 @@ def train_or_reuse(images: Path, model: Path, train_dir: Path, args, tty: bool) 
 
 
 def priors_file(images: Path) -> Path | None:
-    """The class field-priors file pcap2img may write next to timing.json (name not fixed yet)."""
-    found = sorted(p for p in images.glob("*prior*.json"))
-    return found[0] if found else None
+    """The class field-priors file pcap2img writes next to timing.json."""
+    from netdiff.convert import PRIORS_FILE
+
+    path = images / PRIORS_FILE
+    return path if path.is_file() else None
 
 
 def repair_all(gen_images: Path, out: Path, timing, seed: int, priors: Path | None = None) -> dict:
     """Every generated PNG -> pcap under out/<class>/; images repair refuses are counted, not fatal."""
     import netdiff
     from netdiff.errors import NetdiffError
+    from netdiff.repair import FieldPriors
 
     shutil.rmtree(out, ignore_errors=True)
-    extra = {"priors": str(priors)} if priors is not None else {}
+    # loaded once, not re-read for every image
+    extra = {"priors": FieldPriors.load(priors)} if priors is not None else {}
     done, failed = 0, {}
     for k, png in enumerate(sorted(gen_images.rglob("*.png"))):
         try:
@@ -547,10 +553,8 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
     repairs = {GEN: repair_all(gen_images, pcaps[GEN], timing, args.seed)}
     if args.priors:
         prior = priors_file(images)
-        if "priors" not in inspect.signature(netdiff.img2pcap).parameters:
-            notes.append("--priors: this netdiff's img2pcap takes no priors= argument; row left out")
-        elif prior is None:
-            notes.append(f"--priors: pcap2img wrote no *prior*.json next to {TIMING_FILE}; row left out")
+        if prior is None:
+            notes.append(f"--priors: pcap2img wrote no field priors next to {TIMING_FILE}; row left out")
         else:
             pcaps[PRIORS] = work / "generated" / "pcaps_priors"
             repairs[PRIORS] = repair_all(gen_images, pcaps[PRIORS], timing, args.seed, priors=prior)

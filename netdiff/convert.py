@@ -313,6 +313,20 @@ def img2pcap(png, out, *, strict: bool = False, seed: int = 0, address_pool: str
                      layout=layout, doc=sc.read(side) if side.exists() else None, priors=priors)
 
 
+def _class_of(png: Path, doc: dict | None) -> str:
+    """The sidecar's class, else the one netdiff generate wrote into the PNG, else the folder name."""
+    if doc and doc.get("class"):
+        return doc["class"]
+    from netdiff.image.png import text_chunks
+
+    try:
+        with open(png, "rb") as f:
+            head = f.read(4096)            # the text chunks come before the image data
+    except OSError:
+        head = b""
+    return text_chunks(head).get("netdiff:class") or png.parent.name
+
+
 def _exact(png: Path, out: Path, doc: dict) -> ImageResult:
     try:
         layout = Layout.from_dict(doc["layout"])
@@ -374,7 +388,7 @@ def _repaired(png: Path, out: Path, *, strict, seed, address_pool, timing, layou
     else:
         bits, notes = quantize(rgb, layout)
     result = repair(bits, layout, seed=seed, address_pool=address_pool, timing=timing, strict=strict,
-                    klass=(doc or {}).get("class") or png.parent.name, priors=priors)
+                    klass=_class_of(png, doc), priors=priors)
     write_pcap(out, result.batch, nanosecond=True)
     if isinstance(result.report.get("priors"), str):
         notes.append(result.report["priors"])

@@ -50,7 +50,7 @@ def installed_version(name: str) -> str | None:
         return None
 
 
-def _version_tuple(v: str) -> tuple:
+def version_tuple(v: str) -> tuple:
     parts = []
     for piece in re.split(r"[.+]", v):
         m = re.match(r"(\d+)", piece)
@@ -83,7 +83,7 @@ def check_peft_stack() -> None:
             need = getattr(__import__(module, fromlist=["MIN_PEFT_VERSION"]), "MIN_PEFT_VERSION", None)
         except ImportError:
             need = None
-        if need and _version_tuple(peft) < _version_tuple(str(need)):
+        if need and version_tuple(peft) < version_tuple(str(need)):
             raise DependencyError(f"{owner} {have} needs peft >= {need}, but peft {peft} is installed; "
                                   f"{_works_with(owner, 'peft')}")
 
@@ -125,9 +125,10 @@ def describe_import_failure(exc: ImportError) -> str | None:
     if _canonical(a) == _canonical(b):
         return None
     va, vb = installed_version(a), installed_version(b)
+    who = f"{a} {va}" if va else a
     if vb is None:
-        return f"{a} {va} needs {b}, which is not installed; {_works_with(a, b)}"
-    return (f"{a} {va} does not work with {b} {vb} ({str(exc).splitlines()[0]}); "
+        return f"{who} needs {b}, which is not installed; {_works_with(a, b)}"
+    return (f"{who} does not work with {b} {vb} ({str(exc).splitlines()[0]}); "
             f"{_works_with(a, b)}")
 
 

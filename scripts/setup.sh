@@ -25,8 +25,14 @@ PIN=(-c constraints.txt)
 .venv/bin/python -m pip install -q "${PIN[@]}" pip setuptools >/dev/null
 # A CPU build of torch: TORCH_SPEC can name another (the default matches the wheel on the
 # project's build machines; pyproject itself only asks for torch>=2.1).
-if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-  .venv/bin/python -m pip install -q "${PIN[@]}" "${TORCH_SPEC:-torch==2.13.0}"
+# An installed torch is kept only when it is the one TORCH_SPEC names (torch==X).
+spec=${TORCH_SPEC:-torch==2.13.0}
+want=${spec#torch==}
+have=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || true)
+if [ -z "$have" ] || { [ "$want" != "$spec" ] && [ "$have" != "$want" ]; }; then
+  .venv/bin/python -m pip install -q "${PIN[@]}" "$spec"
 fi
-.venv/bin/python -m pip install -q "${PIN[@]}" -e ".[dev]"
+# No build isolation: the build backend is the pinned setuptools of the venv, not whatever
+# release an isolated build environment would fetch today.
+.venv/bin/python -m pip install -q "${PIN[@]}" --no-build-isolation -e ".[dev]"
 echo "netdiff is set up: $(.venv/bin/netdiff --version)"

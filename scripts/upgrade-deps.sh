@@ -13,13 +13,14 @@ trap 'rm -rf "$scratch"' EXIT
 "$PY" -m venv "$scratch/venv"
 pip=("$scratch/venv/bin/python" -m pip)
 "${pip[@]}" install -q --upgrade pip setuptools
-"${pip[@]}" install -q "${TORCH_SPEC:-torch==2.13.0}"
-# --upgrade-strategy eager: every dependency goes to its newest allowed release, not only netdiff's
-"${pip[@]}" install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+# --upgrade-strategy eager: every dependency goes to its newest allowed release, not only netdiff's;
+# torch named in the same command so it stays TORCH_SPEC (a plain upgrade would pull a CUDA build)
+"${pip[@]}" install -q --upgrade --upgrade-strategy eager "${TORCH_SPEC:-torch==2.13.0}" -e ".[dev]"
 echo "resolved (newest allowed):"
 "${pip[@]}" freeze --exclude-editable | grep -iE "^(diffusers|transformers|peft|accelerate|numpy|scipy|scikit-learn|pandas)==" | sed 's/^/  /'
 log="$scratch/pytest.log"
-if ! "$scratch/venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@" 2>&1 | tee "$log" | tail -n 3; then
+# NETDIFF_UPGRADING: the test that checks installed == constraints.txt is about the old file
+if ! NETDIFF_UPGRADING=1 "$scratch/venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@" 2>&1 | tee "$log" | tail -n 3; then
   :
 fi
 if ! grep -qE "^[0-9]+ passed" <(tail -n 1 "$log") || grep -qE "[0-9]+ (failed|error)" <(tail -n 1 "$log"); then
@@ -31,7 +32,7 @@ summary=$(tail -n 1 "$log" | sed 's/=//g; s/^ *//; s/ *$//')
 {
   sed -n '1,5p' constraints.txt
   echo "# generated $(date -u +%Y-%m-%d) by scripts/upgrade-deps.sh from a passing run ($summary)"
-  "${pip[@]}" freeze --all --exclude-editable | grep -viE "^(torch|nvidia-|triton)[=-]"
-} > "$scratch/constraints.txt"
-mv "$scratch/constraints.txt" constraints.txt
+  "${pip[@]}" freeze --all --exclude-editable | grep -viE '^(torch|triton)[=-]|^nvidia-'
+} > constraints.txt.new
+mv constraints.txt.new constraints.txt      # same folder: the rename is atomic
 echo "constraints.txt rewritten; review 'git diff constraints.txt', run bash scripts/setup.sh, commit"

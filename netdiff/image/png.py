@@ -45,6 +45,25 @@ def encode_palette2(indices: np.ndarray, palette: np.ndarray, text: dict[str, st
     return b"".join(parts)
 
 
+def text_chunks(data: bytes) -> dict[str, str]:
+    """The tEXt key/value pairs of PNG bytes, read before the image data (netdiff writes them
+    there); {} for anything that is not a PNG."""
+    out: dict[str, str] = {}
+    if not data.startswith(SIGNATURE):
+        return out
+    i = len(SIGNATURE)
+    while i + 8 <= len(data):
+        n = struct.unpack(">I", data[i:i + 4])[0]
+        kind = data[i + 4:i + 8]
+        if kind in (b"IDAT", b"IEND"):
+            break
+        if kind == b"tEXt":
+            key, _, value = data[i + 8:i + 8 + n].partition(b"\0")
+            out[key.decode("latin-1")] = value.decode("latin-1")
+        i += 12 + n
+    return out
+
+
 def decode_palette2_packed(data: bytes) -> tuple[np.ndarray, int, np.ndarray] | None:
     """(packed rows (H, ceil(W/4)) uint8, W, palette (N, 3) uint8) of a 2-bit, non-interlaced
     palette PNG whose rows are all unfiltered; None for any other PNG (use a general decoder).

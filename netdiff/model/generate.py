@@ -192,6 +192,10 @@ def load_pipeline(model, *, lora=None, lora_scale: float = 1.0, controlnet=None,
 
         if scheduler != "masked":
             raise NetdiffError(f"--scheduler {scheduler}: this model is a masked-space model; its sampler is 'masked'")
+        if unmask_order not in (None, "random", "confidence"):
+            raise NetdiffError(f"unmask order must be random or confidence, not {unmask_order!r}")
+        if temperature is not None and not temperature > 0:
+            raise NetdiffError(f"temperature must be positive, not {temperature}")
         s = bundle.config.sample
         pipe_class, sampler = NetdiffMaskedPipeline, MaskedBitScheduler.from_config(
             bundle.scheduler.config, unmask_order=unmask_order or s.unmask_order,
@@ -258,7 +262,7 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
     # 1. Load the model (+ LoRA, + ControlNet)
     pipe, bundle, control_kind = load_pipeline(
         model, lora=lora, lora_scale=lora_scale, controlnet=controlnet, device=device, config=config,
-        scheduler=scheduler or _default(model, config).sample.scheduler, temperature=temperature,
+        scheduler=scheduler or model_config_for(model, config).sample.scheduler, temperature=temperature,
         unmask_order=unmask_order)
     mcfg = bundle.config
     s = mcfg.sample
@@ -303,7 +307,8 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
         gens = [torch.Generator("cpu").manual_seed(sd) for sd in chunk]
         extra = {}
         if use_layouts:
-            # structure first: each image's row layouts from its own stream (seed + k)
+            # structure first: each image's row layouts from a stream of its own (seed + k, offset so
+            # it is independent of the pixel draws at seed + k and the hires pass at + 1_000_003)
             lg = [torch.Generator("cpu").manual_seed(sd + 2_000_003) for sd in chunk]
             extra["present"] = torch.from_numpy(
                 np.stack([bundle.layouts.sample(cls, first[0], g) for g in lg]))[:, None]
@@ -349,7 +354,8 @@ def _write(result: GenerateResult, bits: np.ndarray, seeds: list[int], output, c
             result.pcaps.append(dest)
 
 
-def _default(model, config):
+def model_config_for(model, config):
+    """The config a model folder was trained with (or ``config`` when given; defaults otherwise)."""
     from netdiff.model.config import ModelConfig
     from netdiff.model.store import MODEL_JSON, is_netdiff_model
 

@@ -16,6 +16,7 @@ Saved as ``layouts.safetensors`` in the model folder.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +84,11 @@ class LayoutChain:
 
         final = Path(folder) / LAYOUTS_FILE
         tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+        # one metadata key: safetensors writes a metadata map in an order that varies between
+        # processes, and a resumed training must write the same bytes as a straight one
+        meta = json.dumps({"classes": self.classes, "width": int(self.vocab.shape[1])}, sort_keys=True)
         save_file({"vocab": np.packbits(self.vocab, axis=1), "start": self.start.astype(np.float32),
-                   "trans": self.trans.astype(np.float32)}, str(tmp),
-                  metadata={"classes": "\n".join(self.classes), "width": str(self.vocab.shape[1])})
+                   "trans": self.trans.astype(np.float32)}, str(tmp), metadata={"netdiff": meta})
         os.replace(tmp, final)
 
     @classmethod
@@ -96,10 +99,9 @@ class LayoutChain:
         if not path.is_file():
             return None
         with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata()
-            width = int(meta["width"])
-            vocab = np.unpackbits(f.get_tensor("vocab"), axis=1)[:, :width].astype(bool)
-            return cls(vocab, meta["classes"].split("\n"), f.get_tensor("start"), f.get_tensor("trans"))
+            meta = json.loads(f.metadata()["netdiff"])
+            vocab = np.unpackbits(f.get_tensor("vocab"), axis=1)[:, :meta["width"]].astype(bool)
+            return cls(vocab, meta["classes"], f.get_tensor("start"), f.get_tensor("trans"))
 
 
 def _draw(weights: np.ndarray, u: float) -> int:

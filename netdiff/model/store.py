@@ -17,6 +17,7 @@ from typing import Any
 
 from netdiff.errors import NetdiffError
 from netdiff.model.config import ModelConfig
+from netdiff.model.layouts import LAYOUTS_FILE
 
 MODEL_JSON = "netdiff_model.json"
 LORA_JSON = "netdiff_lora.json"
@@ -78,6 +79,8 @@ def save_model(bundle: ModelBundle, out_dir) -> Path:
         replace_dir(staged, out / name)
     if bundle.layouts is not None:
         bundle.layouts.save(out)              # written whole before the JSON marks the folder complete
+    else:
+        (out / LAYOUTS_FILE).unlink(missing_ok=True)   # a masked model saved here before
     write_json_atomic(out / MODEL_JSON, {
         "format": "netdiff-model", "version": FORMAT_VERSION, "classes": list(bundle.classes),
         "space": bundle.config.image.space, "config": bundle.config.to_dict()})

@@ -63,18 +63,18 @@ def parse_args(input_args=None) -> FinetuneArgs:
 def resolve_config(base_model: str, config: str | None):
     """The config to fine-tune with: the named one, else the base's own (netdiff) or sd15-lora."""
     from netdiff.model.config import load_config
-    from netdiff.model.generate import _default
+    from netdiff.model.generate import model_config_for
     from netdiff.model.store import is_netdiff_model
 
     if config is not None:
         cfg = load_config(config)
         if is_netdiff_model(base_model):
             # The base fixes the image geometry; the file contributes LoRA, ControlNet, sampling.
-            base = _default(base_model, None)
+            base = model_config_for(base_model, None)
             base.lora, base.controlnet, base.sample = cfg.lora, cfg.controlnet, cfg.sample
             return base
         return cfg
-    return _default(base_model, None) if is_netdiff_model(base_model) else load_config("sd15-lora")
+    return model_config_for(base_model, None) if is_netdiff_model(base_model) else load_config("sd15-lora")
 
 
 def main(args: FinetuneArgs) -> T.TrainResult:

@@ -593,6 +593,13 @@ class FieldPriors:
 
     @classmethod
     def from_dict(cls, doc, where: str = "priors") -> "FieldPriors":
+        try:
+            return cls._checked(doc, where)
+        except (TypeError, AttributeError, KeyError) as e:     # a value of the wrong kind deep inside
+            raise NetdiffError(f"{where}: malformed priors file ({e.__class__.__name__}: {e})") from None
+
+    @classmethod
+    def _checked(cls, doc, where: str) -> "FieldPriors":
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise NetdiffError(f"{where}: not netdiff field priors (format {FORMAT!r} expected)")
         classes = doc.get("classes")
@@ -616,6 +623,8 @@ class FieldPriors:
             doc = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise NetdiffError(f"{path}: no such priors file") from None
+        except OSError as e:
+            raise NetdiffError(f"{path}: cannot read the priors file ({e.strerror or e})") from None
         except ValueError as e:
             raise NetdiffError(f"{path}: not a JSON priors file ({e})") from None
         return cls.from_dict(doc, str(path))

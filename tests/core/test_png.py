@@ -79,3 +79,21 @@ def test_out_of_palette_index_is_refused(tmp_path):
     with pytest.raises(ImageError, match="not one of the three palette colours"):
         read_png_bytes(f, 64, 4)
 
+
+
+def test_text_chunks_round_trip_and_give_img2pcap_the_class(tmp_path):
+    """generate writes the class into the PNG; img2pcap reads it when no sidecar names it, so
+    class priors apply to images in any folder."""
+    from netdiff.convert import img2pcap
+    from netdiff.image.codec import write_png
+    from netdiff.image.png import text_chunks
+
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    png = folder / "a.png"
+    write_png(png, np.zeros((4, 1088), np.int8), text={"netdiff:class": "dns", "netdiff:seed": "3"})
+    assert text_chunks(png.read_bytes()) == {"netdiff:class": "dns", "netdiff:seed": "3"}
+    assert text_chunks(b"not a png") == {}
+    doc = {"format": "netdiff-field-priors/1", "classes": {"web": {"packets": 0, "fields": {}}}}
+    res = img2pcap(png, tmp_path / "a.pcap", priors=doc)
+    assert "class 'dns' is not in the priors (classes: web); not applied" in res.notes
