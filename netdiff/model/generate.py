@@ -307,11 +307,19 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
         gens = [torch.Generator("cpu").manual_seed(sd) for sd in chunk]
         extra = {}
         if use_layouts:
-            # structure first: each image's row layouts from a stream of its own (seed + k, offset so
-            # it is independent of the pixel draws at seed + k and the hires pass at + 1_000_003)
-            lg = [torch.Generator("cpu").manual_seed(sd + 2_000_003) for sd in chunk]
-            extra["present"] = torch.from_numpy(
-                np.stack([bundle.layouts.sample(cls, first[0], g) for g in lg]))[:, None]
+            # structure first: each image's row layouts and flows from a stream of its own (seed + k,
+            # offset so it is independent of the pixel draws at seed + k and the hires pass at
+            # + 1_000_003)
+            from netdiff.model.layouts import tie_pairs
+
+            chain, present, ties = bundle.layouts, [], []
+            for sd in chunk:
+                g = torch.Generator("cpu").manual_seed(sd + 2_000_003)
+                ids = chain.sample_ids(cls, first[0], g)
+                present.append(chain.vocab[ids])
+                ties.append(tie_pairs(chain.sample_flows(cls, ids, g, layout), layout))
+            extra["present"] = torch.from_numpy(np.stack(present))[:, None]
+            extra["ties"] = ties
         res = pipe([prompt] * len(chunk), height=first[0], width=first[1], generators=gens,
                    num_inference_steps=steps, guidance_scale=cfg_scale, control=control_t,
                    controlnet_conditioning_scale=mcfg.controlnet.conditioning_scale, progress=progress, **extra)

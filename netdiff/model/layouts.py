@@ -9,7 +9,14 @@ docs/diffusion.md "Row layouts"). So masked models generate in two stages, struc
 1. a first-order Markov chain over row layouts per class, learned from the training images at
    train-base time (the vocabulary of distinct layouts, start and transition counts; no field
    value, no packet) draws each image's sequence of layouts;
-2. the masked model fills the values with those absent pixels revealed and the present ones
+2. flow links: real windows hold a few flows whose packets interleave (5.6 packets per flow in
+   32-packet windows of the shared captures); drawn bit by bit, every generated row had ports of
+   its own, so every packet was a flow of one. Per class and layout, the chain also counts how a
+   TCP/UDP row relates to the flows before it in its image: a new flow, or the r-th most recent
+   flow of the same transport (r <= ``MAX_LINK``), in the same or the reverse direction. Sampling
+   draws these links, and the masked sampler ties the port pixels of a flow's rows together
+   (swapped for the reverse direction), so the model still draws the ports, once per flow;
+3. the masked model fills the values with those absent pixels revealed and the present ones
    hidden (``netdiff.model.masked``; training hides pixels the same way for part of each batch).
 
 Saved as ``layouts.safetensors`` in the model folder.
@@ -24,6 +31,51 @@ import torch
 
 LAYOUTS_FILE = "layouts.safetensors"
 ABSENT = -1
+MAX_LINK = 8                      # flows further back than this count as a new flow
+PORTS = {"tcp": ("tcp_sprt", "tcp_dprt"), "udp": ("udp_sport", "udp_dport")}
+
+
+def port_columns(layout) -> dict[str, tuple[slice, slice]]:
+    """Transport -> (source port columns, destination port columns) in ``layout``'s image."""
+    return {t: (layout.fields[s], layout.fields[d]) for t, (s, d) in PORTS.items()
+            if s in layout.fields and d in layout.fields}
+
+
+def _transport(present_row: np.ndarray, ports: dict) -> str | None:
+    for t, (s, _) in ports.items():
+        if present_row[s].all():
+            return t
+    return None
+
+
+def _bits_value(bits: np.ndarray) -> int:
+    return int("".join("1" if b == 1 else "0" for b in bits), 2)
+
+
+def flow_links(image: np.ndarray, ports: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a training image: link (0 new flow, r: the r-th most recent flow of the same
+    transport; -1 no transport ports) and whether it runs in the reverse direction of that flow."""
+    link = np.full(image.shape[0], -1, dtype=np.int64)
+    rev = np.zeros(image.shape[0], dtype=bool)
+    recent: dict[str, list[tuple[tuple[int, int], int]]] = {t: [] for t in ports}   # (ports, first sport)
+    for i, row in enumerate(image):
+        t = _transport(row != ABSENT, ports)
+        if t is None:
+            continue
+        s, d = _bits_value(row[ports[t][0]]), _bits_value(row[ports[t][1]])
+        key = (min(s, d), max(s, d))
+        flows = recent[t]
+        found = next((k for k, (fk, _) in enumerate(flows) if fk == key), None)
+        if found is None or found >= MAX_LINK:
+            link[i] = 0
+            if found is not None:
+                flows.pop(found)
+            flows.insert(0, (key, s))
+        else:
+            link[i] = found + 1
+            rev[i] = s != flows[found][1]
+            flows.insert(0, flows.pop(found))
+    return link, rev
 
 
 class LayoutChain:
@@ -31,15 +83,25 @@ class LayoutChain:
     (K,) and ``trans`` (K, K) counts (add-one smoothing is not used: a layout never seen after
     another is never drawn after it)."""
 
-    def __init__(self, vocab: np.ndarray, classes: list[str], start: np.ndarray, trans: np.ndarray):
+    def __init__(self, vocab: np.ndarray, classes: list[str], start: np.ndarray, trans: np.ndarray,
+                 links: np.ndarray | None = None, layout_name: str = "netdiffusion"):
         self.vocab = np.asarray(vocab, dtype=bool)
         self.classes = list(classes)
         self.start = np.asarray(start, dtype=np.float64)       # (C, K)
         self.trans = np.asarray(trans, dtype=np.float64)       # (C, K, K)
+        # (C, K, MAX_LINK + 1, 2): counts of (link, reversed) per class and layout
+        self.links = (np.zeros(self.trans.shape[:2] + (MAX_LINK + 1, 2)) if links is None
+                      else np.asarray(links, dtype=np.float64))
+        self.layout_name = layout_name
 
     @classmethod
-    def fit(cls, images: list[np.ndarray], labels: list[str]) -> "LayoutChain":
-        """Images (H, W) int8 of the training set and their classes."""
+    def fit(cls, images: list[np.ndarray], labels: list[str], layout=None) -> "LayoutChain":
+        """Images (H, W) int8 of the training set and their classes (``layout``: the images'
+        bit layout, default netdiffusion; it says where the ports are)."""
+        from netdiff.bits.layout import named_layout
+
+        layout = layout or named_layout("netdiffusion", height=images[0].shape[0])
+        ports = port_columns(layout)
         classes = sorted(set(labels))
         keys: dict[bytes, int] = {}
         seqs = []
@@ -56,15 +118,22 @@ class LayoutChain:
         c_index = {c: i for i, c in enumerate(classes)}
         start = np.zeros((len(classes), len(keys)))
         trans = np.zeros((len(classes), len(keys), len(keys)))
-        for ids, lab in zip(seqs, labels):
+        links = np.zeros((len(classes), len(keys), MAX_LINK + 1, 2))
+        for im, ids, lab in zip(images, seqs, labels):
             c = c_index[lab]
             start[c, ids[0]] += 1
             np.add.at(trans[c], (ids[:-1], ids[1:]), 1)
-        return cls(vocab, classes, start, trans)
+            link, rev = flow_links(np.asarray(im), ports)
+            has = link >= 0
+            np.add.at(links[c], (np.asarray(ids)[has], link[has], rev[has].astype(np.intp)), 1)
+        return cls(vocab, classes, start, trans, links, layout.name)
 
     def sample(self, cls: str, rows: int, generator: torch.Generator) -> np.ndarray:
         """(rows, W) bool present-pixel map for one image of class ``cls``; randomness from the
         image's own generator (the same draws for the same seed)."""
+        return self.vocab[self.sample_ids(cls, rows, generator)]
+
+    def sample_ids(self, cls: str, rows: int, generator: torch.Generator) -> np.ndarray:
         if cls not in self.classes:
             raise KeyError(cls)
         c = self.classes.index(cls)
@@ -75,7 +144,32 @@ class LayoutChain:
             p = self.trans[c, ids[i - 1]]
             # a layout last seen at the end of an image: go on from the class's start distribution
             ids[i] = _draw(p if p.sum() > 0 else self.start[c], u[i])
-        return self.vocab[ids]
+        return ids
+
+    def sample_flows(self, cls: str, ids: np.ndarray, generator: torch.Generator, layout) -> list[list[tuple[int, bool]]]:
+        """Flows of one image whose row layouts are ``ids``: lists of (row, reversed) with two or
+        more rows (a flow of one needs no tie). Reversed is relative to the flow's first row."""
+        ports = port_columns(layout)
+        c = self.classes.index(cls)
+        u = torch.rand(len(ids), generator=generator, dtype=torch.float64).numpy()
+        recent: dict[str, list[int]] = {t: [] for t in ports}       # flow indices, most recent first
+        flows: list[list[tuple[int, bool]]] = []
+        for i, k in enumerate(ids):
+            t = _transport(self.vocab[k], ports)
+            if t is None:
+                continue
+            w = self.links[c, k].ravel()
+            pick = _draw(w, u[i]) if w.sum() > 0 else 0
+            r, rev = divmod(pick, 2)
+            # a link to a flow this image does not have (yet) starts a new one
+            if r == 0 or r > len(recent[t]):
+                flows.append([(i, False)])
+                recent[t].insert(0, len(flows) - 1)
+            else:
+                f = recent[t].pop(r - 1)
+                flows[f].append((i, bool(rev)))
+                recent[t].insert(0, f)
+        return [f for f in flows if len(f) > 1]
 
     def save(self, folder) -> None:
         from safetensors.numpy import save_file
@@ -86,9 +180,11 @@ class LayoutChain:
         tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
         # one metadata key: safetensors writes a metadata map in an order that varies between
         # processes, and a resumed training must write the same bytes as a straight one
-        meta = json.dumps({"classes": self.classes, "width": int(self.vocab.shape[1])}, sort_keys=True)
+        meta = json.dumps({"classes": self.classes, "width": int(self.vocab.shape[1]),
+                           "layout": self.layout_name}, sort_keys=True)
         save_file({"vocab": np.packbits(self.vocab, axis=1), "start": self.start.astype(np.float32),
-                   "trans": self.trans.astype(np.float32)}, str(tmp), metadata={"netdiff": meta})
+                   "trans": self.trans.astype(np.float32), "links": self.links.astype(np.float32)},
+                  str(tmp), metadata={"netdiff": meta})
         os.replace(tmp, final)
 
     @classmethod
@@ -101,9 +197,32 @@ class LayoutChain:
         with safe_open(str(path), framework="numpy") as f:
             meta = json.loads(f.metadata()["netdiff"])
             vocab = np.unpackbits(f.get_tensor("vocab"), axis=1)[:, :meta["width"]].astype(bool)
-            return cls(vocab, meta["classes"], f.get_tensor("start"), f.get_tensor("trans"))
+            links = f.get_tensor("links") if "links" in f.keys() else None     # saved before flow links
+            return cls(vocab, meta["classes"], f.get_tensor("start"), f.get_tensor("trans"),
+                       links, meta.get("layout", "netdiffusion"))
 
 
 def _draw(weights: np.ndarray, u: float) -> int:
     cdf = np.cumsum(weights)
     return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(weights) - 1))
+
+
+def tie_pairs(flows: list[list[tuple[int, bool]]], layout) -> tuple[np.ndarray, np.ndarray]:
+    """(canonical pixel, tied pixel) flat indices into an (H, layout.width) image: every port
+    pixel of a flow's later rows is tied to the same port pixel of its first row (source and
+    destination swapped for rows in the reverse direction)."""
+    ports = port_columns(layout)
+    w = layout.width
+    canon, member = [], []
+    for flow in flows:
+        r0 = flow[0][0]
+        for row, rev in flow[1:]:
+            for t, (s, d) in ports.items():
+                src = np.arange(s.start, s.stop)
+                dst = np.arange(d.start, d.stop)
+                a, b = (dst, src) if rev else (src, dst)
+                canon += [r0 * w + a, r0 * w + b]
+                member += [row * w + src, row * w + dst]
+    if not canon:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(canon).astype(np.int64), np.concatenate(member).astype(np.int64)

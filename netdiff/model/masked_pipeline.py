@@ -6,11 +6,40 @@ draw the hidden pixels from the guided logits and reveal a share of them.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from netdiff.model.build import extra_input_channels, with_positions
 from netdiff.model.generate import NetdiffPipeline, NetdiffPipelineOutput
 from netdiff.model.masked import one_hot_visible
+
+
+def tie_pixels(values: torch.Tensor, mask: torch.Tensor, ties: list, factor: int):
+    """Apply each image's ties on the folded map: a hidden canonical pixel takes the value of its
+    first revealed tied pixel, then every tied pixel shows its revealed canonical pixel."""
+    img = torch.nn.functional.pixel_shuffle(values, factor)
+    hid = torch.nn.functional.pixel_shuffle(mask.float(), factor) > 0.5
+    b = img.shape[0]
+    flat_v, flat_h = img.reshape(b, -1).clone(), hid.reshape(b, -1).clone()
+    for k, (canon, member) in enumerate(ties):
+        if len(canon) == 0:
+            continue
+        c, m = torch.from_numpy(canon), torch.from_numpy(member)
+        v, h = flat_v[k], flat_h[k]
+        # canonical pixels still hidden learn from the first of their tied pixels already drawn
+        sel = (h[c] & ~h[m]).numpy()
+        if sel.any():
+            cs, first = np.unique(canon[sel], return_index=True)
+            src = member[sel][first]
+            v[torch.from_numpy(cs)] = v[torch.from_numpy(src)]
+            h[torch.from_numpy(cs)] = False
+        known = ~h[c]
+        v[m[known]] = v[c[known]]
+        h[m[known]] = False
+    shape = img.shape
+    values = torch.nn.functional.pixel_unshuffle(flat_v.view(shape), factor)
+    mask = torch.nn.functional.pixel_unshuffle(flat_h.view(shape).float(), factor) > 0.5
+    return values, mask
 
 
 class NetdiffMaskedPipeline(NetdiffPipeline):
@@ -20,9 +49,12 @@ class NetdiffMaskedPipeline(NetdiffPipeline):
                  num_inference_steps: int = 12, guidance_scale: float = 1.0,
                  control: torch.Tensor | None = None, controlnet_conditioning_scale: float = 1.0,
                  init_latents: torch.Tensor | None = None, strength: float = 1.0,
-                 present: torch.Tensor | None = None, progress: bool = True) -> NetdiffPipelineOutput:
+                 present: torch.Tensor | None = None, ties: list | None = None,
+                 progress: bool = True) -> NetdiffPipelineOutput:
         """``present``: (B, 1, H, W) bool row layouts drawn beforehand (netdiff.model.layouts): absent
-        pixels start revealed, present ones hidden and never drawn absent."""
+        pixels start revealed, present ones hidden and never drawn absent. ``ties``: per image,
+        (canonical, tied) flat pixel indices (``layouts.tie_pairs``): a tied pixel always shows its
+        canonical pixel's value (the ports of one flow's packets)."""
         # 1. Check inputs. Raise error if not correct
         f = self.scale_factor
         if height % f or width % f:
@@ -102,6 +134,8 @@ class NetdiffMaskedPipeline(NetdiffPipeline):
             out = self.scheduler.step(logits, t, values, mask, generator=generators, present=present_f,
                                       hidden_total=hidden_total)
             values, mask = out.prev_sample, out.mask
+            if ties is not None:
+                values, mask = tie_pixels(values, mask, ties, f)
 
         # 7. Unfold to the image; every pixel is drawn, so the values are exact ternary
         samples = self.decode_latents(values).float()

@@ -118,3 +118,31 @@ def test_generated_rows_follow_their_drawn_layout(trained):
     assert all(r in vocab for r in rows)
     free = generate(trained, "web_tcp", 2, 0, None, steps=4, layouts=False, progress=False).bits
     assert not np.array_equal(free, bits)
+
+
+def _port_pairs(image) -> set:
+    from netdiff.bits.layout import NETDIFFUSION
+
+    s, d = NETDIFFUSION.fields["tcp_sprt"], NETDIFFUSION.fields["tcp_dprt"]
+    pairs = set()
+    for row in image:
+        if (row[s] != -1).all():
+            a, b = row[s].tobytes(), row[d].tobytes()
+            pairs.add(tuple(sorted((a, b))))
+    return pairs
+
+
+def test_flow_links_tie_the_ports_of_a_flows_packets(trained, img_dir):
+    """Every training web_tcp image is one flow (one port pair over 32 packets): generated images
+    keep their rows in few flows, where pixel-by-pixel ports gave nearly every row its own."""
+    from netdiff.model.generate import generate
+
+    real = _real(img_dir, "web_tcp")
+    assert all(len(_port_pairs(im)) == 1 for im in real)
+    from netdiff.bits.layout import NETDIFFUSION
+
+    tied = generate(trained, "web_tcp", 3, 0, None, steps=6, progress=False).bits
+    tcp_rows = [int((im[:, NETDIFFUSION.fields["tcp_sprt"]] != -1).all(1).sum()) for im in tied]
+    assert min(tcp_rows) >= 24, tcp_rows
+    n_tied = [len(_port_pairs(im)) for im in tied]
+    assert max(n_tied) <= 4, n_tied      # 16-bit ports drawn per row would give ~one pair per row
