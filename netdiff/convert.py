@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from netdiff import sidecar as sc
-from netdiff.bits.codec import SKIP_REASONS, Parsed, kept_bytes, encode, overlay, overlay_bytes
+from netdiff.bits.codec import SKIP_REASONS, Parsed, address_words, kept_bytes, encode, overlay, overlay_bytes
 from netdiff.bits.layout import Layout, NETDIFFUSION
 from netdiff.errors import CaptureError, ImageError, NetdiffError
 from netdiff.image.codec import pad_rows, read_png_bits, read_png_bytes, write_png
@@ -113,26 +113,13 @@ def flow_labels(batch: PacketBatch, p: Parsed) -> np.ndarray:
     l3, l4 = p.l3[ok], p.l4[ok]
     v4 = p.version[ok] == 4
 
-    def addr(off4: int, off6: int) -> tuple[np.ndarray, np.ndarray]:
-        at = np.where(v4, l3 + off4, l3 + off6)
-        width = np.where(v4, 4, 16)
-        j = np.arange(16)
-        b = g[rows[:, None], np.minimum(at[:, None] + j, g.shape[1] - 1)].astype(np.uint64)
-        b[j >= width[:, None]] = 0
-        hi = np.zeros(n, np.uint64)
-        lo = np.zeros(n, np.uint64)
-        for i in range(8):
-            hi = (hi << np.uint64(8)) | b[:, i]
-            lo = (lo << np.uint64(8)) | b[:, 8 + i]
-        return hi, lo
-
     def port(off: int) -> np.ndarray:
         has = np.isin(p.proto[ok], (6, 17))
         v = (g[rows, l4 + off].astype(np.uint64) << np.uint64(8)) | g[rows, l4 + off + 1]
         return np.where(has, v, np.uint64(0))
 
-    sh, sl = addr(12, 8)
-    dh, dl = addr(16, 24)
+    sh, sl = address_words(g, l3, v4, 12, 8)
+    dh, dl = address_words(g, l3, v4, 16, 24)
     sp, dp = port(0), port(2)
     a_first = (sh < dh) | ((sh == dh) & ((sl < dl) | ((sl == dl) & (sp <= dp))))
     key = np.stack([p.proto[ok].astype(np.uint64),

@@ -174,6 +174,7 @@ def masked_loss(unet, scheduler: MaskedBitScheduler, latents, encoder_hidden_sta
     inputs, mask = scheduler.add_noise(latents, t, gen)
     t = t.to(latents.device)
     model_in = with_positions(inputs.to(latents.dtype), position_channels, position_encoding)
+    # Copied from netdiff.model.training.diffusion_loss (the UNet call with ControlNet residuals)
     down_res = mid_res = None
     if controlnet is not None:
         down_res, mid_res = controlnet(model_in, t, encoder_hidden_states=encoder_hidden_states,

@@ -55,6 +55,8 @@ class NetdiffMaskedPipeline(NetdiffPipeline):
         pixels start revealed, present ones hidden and never drawn absent. ``ties``: per image,
         (canonical, tied) flat pixel indices (``layouts.tie_pairs``): a tied pixel always shows its
         canonical pixel's value (the ports of one flow's packets)."""
+        # Copied from netdiff.model.generate.NetdiffPipeline.__call__ (steps 1, 2 and 5: the same
+        # checks, prompts and control image; the sampling in between is the masked one)
         # 1. Check inputs. Raise error if not correct
         f = self.scale_factor
         if height % f or width % f:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from netdiff.bits.codec import address_words
 from netdiff.errors import NetdiffError
 from netdiff.rules import engine as E
 
@@ -192,20 +193,8 @@ def _view(h: dict, rules: dict) -> _View:
     rows = np.arange(n)
     v4 = version == 4
 
-    def addr(off4: int, off6: int) -> tuple[np.ndarray, np.ndarray]:
-        at = np.where(v4, l3 + off4, l3 + off6)
-        j = np.arange(16)
-        b = g[rows[:, None], np.minimum(at[:, None] + j, g.shape[1] - 1)].astype(np.uint64)
-        b[(j >= np.where(v4, 4, 16)[:, None])] = 0
-        hi = np.zeros(n, np.uint64)
-        lo = np.zeros(n, np.uint64)
-        for i in range(8):
-            hi = (hi << np.uint64(8)) | b[:, i]
-            lo = (lo << np.uint64(8)) | b[:, 8 + i]
-        return hi, lo
-
-    sh, sl = addr(12, 8)
-    dh, dl = addr(16, 24)
+    sh, sl = address_words(g, l3, v4, 12, 8)
+    dh, dl = address_words(g, l3, v4, 16, 24)
     ported = np.isin(proto, [pr.number for pr in rules.values() if pr.ports and pr.number])
     sp = np.where(ported, read_field(g, l4, 0, 16), 0)
     dp = np.where(ported, read_field(g, l4, 16, 16), 0)
