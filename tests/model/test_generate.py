@@ -109,3 +109,17 @@ def test_cli_threads_option(img_dir, tiny_model, tmp_path):
         assert r.exit_code == 2 and "--threads" in r.output
     finally:
         torch.set_num_threads(before)
+
+
+def test_cli_class_all_writes_every_known_class(tiny_model, tmp_path):
+    """--class all: one folder per class the model was trained on (what cpu-ten-class uses)."""
+    from netdiff.cli import cli
+
+    r = CliRunner().invoke(cli, ["generate", "--model", str(tiny_model), "--class", "all", "--count", "1",
+                                 "--steps", "2", "--output", str(tmp_path / "g"), "-q", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.parent.name for p in (tmp_path / "g").glob("*/*.png")) == ["dns_udp", "web_tcp"]
+    assert r.output.count("generate: 1 images of class") == 2
+    code = netdiff_main(["generate", "--model", str(tmp_path / "g"), "--class", "all", "--output",
+                         str(tmp_path / "h")])
+    assert code == 1
