@@ -194,6 +194,16 @@ class LayoutChain:
         path = Path(folder) / LAYOUTS_FILE
         if not path.is_file():
             return None
+        try:
+            return cls._read(path, safe_open)
+        except Exception as e:      # safetensors' own errors, a missing key, bad metadata
+            from netdiff.errors import NetdiffError
+
+            raise NetdiffError(f"{path}: damaged layout file ({str(e).splitlines()[0]}); "
+                               "train the model again") from None
+
+    @classmethod
+    def _read(cls, path: Path, safe_open) -> "LayoutChain":
         with safe_open(str(path), framework="numpy") as f:
             meta = json.loads(f.metadata()["netdiff"])
             vocab = np.unpackbits(f.get_tensor("vocab"), axis=1)[:, :meta["width"]].astype(bool)

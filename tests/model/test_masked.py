@@ -146,3 +146,12 @@ def test_flow_links_tie_the_ports_of_a_flows_packets(trained, img_dir):
     assert min(tcp_rows) >= 24, tcp_rows
     n_tied = [len(_port_pairs(im)) for im in tied]
     assert max(n_tied) <= 4, n_tied      # 16-bit ports drawn per row would give ~one pair per row
+
+
+def test_damaged_layout_file_is_a_one_line_error(tmp_path):
+    from netdiff.errors import NetdiffError
+    from netdiff.model.layouts import LAYOUTS_FILE, LayoutChain
+
+    (tmp_path / LAYOUTS_FILE).write_bytes(b"\x10\x00\x00\x00garbage")
+    with pytest.raises(NetdiffError, match="damaged layout file"):
+        LayoutChain.load(tmp_path)
