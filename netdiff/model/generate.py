@@ -78,13 +78,8 @@ class NetdiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         vae = self.autoencoder
         return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
 
-    @torch.no_grad()
-    def __call__(self, prompts: list[str], *, height: int, width: int, generators: list[torch.Generator],
-                 num_inference_steps: int = 20, guidance_scale: float = 7.0,
-                 control: torch.Tensor | None = None, controlnet_conditioning_scale: float = 1.0,
-                 init_latents: torch.Tensor | None = None, strength: float = 1.0,
-                 progress: bool = True) -> NetdiffPipelineOutput:
-        # 1. Check inputs. Raise error if not correct
+    def check_inputs(self, prompts, height: int, width: int, generators, control, strength: float) -> int:
+        """Raise on arguments that cannot make a sample; returns the latent scale factor."""
         f = self.scale_factor
         if height % f or width % f:
             raise ValueError(f"height {height} and width {width} must be multiples of {f}")
@@ -94,6 +89,25 @@ class NetdiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             raise ValueError("a control image needs a ControlNet")
         if not 0 < strength <= 1:
             raise ValueError(f"strength must be in (0, 1], not {strength}")
+        return f
+
+    def prepare_control(self, control: torch.Tensor, batch: int, height: int, width: int, do_cfg: bool):
+        """One control image per prompt (one given: repeated), twice over under guidance."""
+        control = control.to(self.unet.device, self.unet.dtype)
+        if control.shape[0] == 1:
+            control = control.expand(batch, -1, -1, -1)
+        if control.shape[-2:] != (height, width):
+            raise ValueError(f"control image is {tuple(control.shape[-2:])}, the sample {(height, width)}")
+        return torch.cat([control, control]) if do_cfg else control
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], *, height: int, width: int, generators: list[torch.Generator],
+                 num_inference_steps: int = 20, guidance_scale: float = 7.0,
+                 control: torch.Tensor | None = None, controlnet_conditioning_scale: float = 1.0,
+                 init_latents: torch.Tensor | None = None, strength: float = 1.0,
+                 progress: bool = True) -> NetdiffPipelineOutput:
+        # 1. Check inputs. Raise error if not correct
+        f = self.check_inputs(prompts, height, width, generators, control, strength)
         device, dtype = self.unet.device, self.unet.dtype
         batch = len(prompts)
         extra = extra_input_channels(self.unet)     # column-position channels (netdiff models)
@@ -126,13 +140,7 @@ class NetdiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
         # 5. Control image, one per prompt, duplicated for both halves of guidance
         if control is not None:
-            control = control.to(device, dtype)
-            if control.shape[0] == 1:
-                control = control.expand(batch, -1, -1, -1)
-            if control.shape[-2:] != (height, width):
-                raise ValueError(f"control image is {tuple(control.shape[-2:])}, the sample {(height, width)}")
-            if do_cfg:
-                control = torch.cat([control, control])
+            control = self.prepare_control(control, batch, height, width, do_cfg)
 
         # 6. Denoising loop
         for t in self.progress_bar(timesteps) if progress else timesteps:

@@ -55,18 +55,8 @@ class NetdiffMaskedPipeline(NetdiffPipeline):
         pixels start revealed, present ones hidden and never drawn absent. ``ties``: per image,
         (canonical, tied) flat pixel indices (``layouts.tie_pairs``): a tied pixel always shows its
         canonical pixel's value (the ports of one flow's packets)."""
-        # Copied from netdiff.model.generate.NetdiffPipeline.__call__ (steps 1, 2 and 5: the same
-        # checks, prompts and control image; the sampling in between is the masked one)
-        # 1. Check inputs. Raise error if not correct
-        f = self.scale_factor
-        if height % f or width % f:
-            raise ValueError(f"height {height} and width {width} must be multiples of {f}")
-        if len(generators) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(generators)} generators")
-        if control is not None and self.controlnet is None:
-            raise ValueError("a control image needs a ControlNet")
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], not {strength}")
+        # 1. Check inputs (the same as the Gaussian pipeline's)
+        f = self.check_inputs(prompts, height, width, generators, control, strength)
         device, dtype = self.unet.device, self.unet.dtype
         batch = len(prompts)
         extra = extra_input_channels(self.unet)
@@ -108,13 +98,7 @@ class NetdiffMaskedPipeline(NetdiffPipeline):
 
         # 5. Control image, one per prompt, duplicated for both halves of guidance
         if control is not None:
-            control = control.to(device, dtype)
-            if control.shape[0] == 1:
-                control = control.expand(batch, -1, -1, -1)
-            if control.shape[-2:] != (height, width):
-                raise ValueError(f"control image is {tuple(control.shape[-2:])}, the sample {(height, width)}")
-            if do_cfg:
-                control = torch.cat([control, control])
+            control = self.prepare_control(control, batch, height, width, do_cfg)
 
         # 6. Sampling loop: logits for every pixel, guided, then the scheduler draws and reveals
         for t in self.progress_bar(timesteps) if progress else timesteps:
