@@ -68,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", default=default_config, help=f"model config (default: {default_config})")
     p.add_argument("--steps", type=int, help="training steps (default: the config's)")
     p.add_argument("--count", type=int, default=12, help="generated images per class (default: 12)")
+    p.add_argument("--rows", type=int,
+                   help="packets per generated image, a multiple of the config's height (default: the "
+                        "config's height); flows can run across the windows of a taller image")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", help="comma-separated subset of the classes under --data")
     p.add_argument("--levels", default="in,unseen", help="comma-separated: in, unseen (default: both)")
@@ -321,17 +324,23 @@ def repair_all(gen_images: Path, out: Path, timing, seed: int, priors: Path | No
 # --- 3. sample spread ---------------------------------------------------------------------------
 
 def spreads(gen_images: Path, train_images: Path, classes: list[str], height: int, seed: int) -> dict:
-    """Per class: spread of generated images and of real training images (same height).
+    """Per class: spread of generated images and of real training images, both cut into windows
+    of the model's height (a taller generated image is several windows).
 
     Real images: the full windows only (a file's last, shorter image is padding below its last
     packet, which would count as differing bits); all of them when a class has fewer than two."""
     from netdiff.bits.layout import NETDIFFUSION
+    import numpy as np
+
     from netdiff.eval.spread import sample_spread
     from netdiff.image.codec import read_png_bits
 
     out = {}
     for cls in classes:
-        gen = [read_png_bits(p) for p in sorted((gen_images / cls).glob("*.png"))]
+        gen = []
+        for p in sorted((gen_images / cls).glob("*.png")):
+            bits = read_png_bits(p)
+            gen += np.split(bits, bits.shape[0] // height)
         real_all = [read_png_bits(p, width=NETDIFFUSION.width, height=height)
                     for p in sorted((train_images / cls).glob("*.png"))]
         full = [im for im in real_all if not (im == -1).all(axis=1).any()]
@@ -459,8 +468,8 @@ def markdown_level(level: str, res: dict) -> str:
     cols = [c for c in (GEN, PRIORS, FLOOR, MARGINAL, REAL, "generated / floor")
             if any(c in v for v in table["overall"].values())]
     lines = [f"### {LEVELS[level]} (`{level}`)", "",
-             f"config {res['model']['config']}, {res['model'].get('steps')} steps, {res['count']} images per "
-             f"class, seed {res['seed']}; test side {res['packets']['test']} packets, training side "
+             f"config {res['model']['config']}, {res['model'].get('steps')} steps, {res['count']} images of "
+             f"{res.get('rows', '?')} packets per class, seed {res['seed']}; test side {res['packets']['test']} packets, training side "
              f"{res['packets']['train']} packets", "",
              "| measure | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for m, row in table["overall"].items():
@@ -544,8 +553,9 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
     gen_images = work / "generated" / "images"
     shutil.rmtree(gen_images, ignore_errors=True)
     for cls in kept:
-        netdiff.generate(model, cls, args.count, args.seed, output=gen_images / cls, progress=False)
-    phases.done("generate", f"{args.count} x {len(kept)} classes")
+        netdiff.generate(model, cls, args.count, args.seed, output=gen_images / cls, progress=False,
+                         height=args.rows)
+    phases.done("generate", f"{args.count} x {len(kept)} classes, {args.rows or height} packets each")
 
     # 5. Repair into pcaps with the training side's timing (and class priors when asked).
     timing = TimingModel.load(images / TIMING_FILE)
@@ -577,7 +587,8 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
     spread = spreads(gen_images, images, kept, height, args.seed)
     phases.done("spread")
 
-    res = {"level": level, "seed": args.seed, "count": args.count, "classes": kept, "packets": packets,
+    res = {"level": level, "seed": args.seed, "count": args.count, "rows": args.rows or height,
+           "classes": kept, "packets": packets,
            "split": split, "model": {**trained, "config": args.config}, "repairs": repairs, "spread": spread,
            "reports": {n: str(work / "reports" / {GEN: "generated", PRIORS: "generated_priors", FLOOR: "floor"}[n]
                               / "report.json") for n in reports},
@@ -612,7 +623,8 @@ def main(argv=None) -> int:
     torch_threads(args.threads, quiet=not tty)
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"fidelity benchmark: {len(classes)} classes from {args.data}, config {args.config}, "
-          f"steps {args.steps or 'config default'}, {args.count} images per class, seed {args.seed}, "
+          f"steps {args.steps or 'config default'}, {args.count} images per class"
+          + (f" of {args.rows} packets" if args.rows else "") + f", seed {args.seed}, "
           f"{args.threads} thread(s)"
           + (f", first {args.max_packets_per_file} packets of every capture" if args.max_packets_per_file else ""),
           flush=True)

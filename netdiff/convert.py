@@ -10,7 +10,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from netdiff import sidecar as sc
-from netdiff.bits.codec import SKIP_REASONS, Parsed, address_words, kept_bytes, encode, overlay, overlay_bytes
+from netdiff.bits.codec import (SKIP_REASONS, Parsed, address_words, decapsulated_counts, kept_bytes, encode,
+                                overlay, overlay_bytes)
 from netdiff.bits.layout import Layout, NETDIFFUSION
 from netdiff.errors import CaptureError, ImageError, NetdiffError
 from netdiff.image.codec import pad_rows, read_png_bits, read_png_bytes, write_png
@@ -29,16 +30,18 @@ class ConvertSummary:
     packets_read: int = 0
     rows: int = 0
     skipped: Counter = field(default_factory=Counter)
+    decapsulated: Counter = field(default_factory=Counter)   # encapsulation -> packets unwrapped
     errors: list[str] = field(default_factory=list)     # one line per file that failed
     notes: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     gaps: dict = field(default_factory=dict)             # class -> [inter-arrival seconds arrays]
     priors: object = None                                # PriorsLearner fed with every image
+    classes: set = field(default_factory=set)            # classes that got at least one image
 
     def to_dict(self) -> dict:
         return {"files": self.files, "images": self.images, "packets_read": self.packets_read,
-                "rows": self.rows, "skipped": dict(self.skipped), "errors": self.errors,
-                "notes": self.notes}
+                "rows": self.rows, "skipped": dict(self.skipped),
+                "decapsulated": dict(self.decapsulated), "errors": self.errors, "notes": self.notes}
 
 
 def find_captures(inp: Path, cls: str | None = None) -> list[tuple[Path, str]]:
@@ -160,14 +163,34 @@ def pcap2img(inp, out_dir, *, layout: Layout = NETDIFFUSION, cls: str | None = N
             summary.errors.append(f"{path}: {e.strerror or e}")
         if progress:
             progress(str(path))
-    if summary.gaps:
-        # Inter-arrival times per class, for repairing generated images of this dataset.
-        from netdiff.repair import TimingModel
-        TimingModel.learn(summary.gaps).save(out_dir / TIMING_FILE)
+    _learn_timing(summary, out_dir)
     if summary.priors.packets:
         # Header field distributions per class (no address, no packet), for repair's --priors.
         summary.priors.result().save(out_dir / PRIORS_FILE)
     return summary
+
+
+def _learn_timing(summary: ConvertSummary, out_dir: Path) -> None:
+    """Inter-arrival times per class, for repairing generated images of this dataset. A class
+    whose images hold one packet each (or whose clock never moves forward) has none: its images
+    are still written, and the summary says img2pcap will stamp it with the default gaps."""
+    from netdiff.repair import TimingModel
+
+    learned: set = set()
+    if summary.gaps:
+        try:
+            model = TimingModel.learn(summary.gaps)
+        except NetdiffError:
+            model = None
+        if model is not None:
+            model.save(out_dir / TIMING_FILE)
+            learned = set(model.classes)
+    missing = sorted(summary.classes - learned)
+    if missing:
+        summary.notes.append(
+            f"no timing model learned for class {', '.join(missing)}: no inter-arrival times "
+            "(one packet per image, or timestamps that never increase); img2pcap stamps its "
+            "packets with the default gaps" + ("" if learned else f"; {TIMING_FILE} not written"))
 
 
 def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: str, per_image: int,
@@ -198,6 +221,7 @@ def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: s
         if summary.priors is not None:
             summary.priors.add(klass, rows.batch)
         made += 1
+        summary.classes.add(klass)
         summary.images += 1
         summary.rows += len(rows.batch)
         summary.outputs.append(str(png))
@@ -208,6 +232,7 @@ def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: s
         skipped_pending.extend(zip(batch.number[bad].tolist(), (SKIP_REASONS[c] for c in p.reason[bad])))
         for c in p.reason[bad]:
             summary.skipped[SKIP_REASONS[c]] += 1
+        summary.decapsulated += decapsulated_counts(p)
 
     if group in ("file", "window"):
         pending: list[_Rows] = []

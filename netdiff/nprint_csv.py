@@ -15,7 +15,7 @@ import numpy as np
 
 from collections import Counter
 
-from netdiff.bits.codec import SKIP_REASONS, Parsed, encode, skipped_counts
+from netdiff.bits.codec import SKIP_REASONS, Parsed, bit_lut, byte_reader, encode, gather_window, skipped_counts
 from netdiff.bits.layout import SECTION_ORDER, SECTIONS, Layout
 from netdiff.errors import NetdiffError
 from netdiff.io.pcap import CaptureReader, PacketBatch
@@ -25,14 +25,61 @@ INDEX_NAMES = {0: "src_ip", 1: "dst_ip", 2: "src_prt", 3: "dst_prt", 4: "flow", 
 
 _OCTET = [str(i) for i in range(256)]
 
+# nPrint's wireless sections (-r, -w), written before eth in this order. They exist only in the
+# CSV: images and the model never hold them, so they stay out of bits/layout.py's table.
+WIRELESS_SECTIONS: dict[str, tuple[tuple[str, int], ...]] = {
+    "radiotap": (("radiotap_reversion", 8), ("radiotap_pad0", 8), ("radiotap_len", 16),
+                 ("radiotap_present", 96), ("radiotap_mactimestamp", 64), ("radiotap_flags", 8),
+                 ("radiotap_rate", 8), ("radiotap_channel", 16), ("radiotap_channelflags", 16),
+                 ("radiotap_antennasignal", 8), ("radiotap_pad1", 8), ("radiotap_rxflags", 16),
+                 ("radiotap_pad2", 48), ("radiotap_timestamp", 96), ("radiotap_antennas", 32)),
+    "wlan": (("wlan_type", 8), ("wlan_flag", 8), ("wlan_duration", 16), ("wlan_rx_addr", 48)),
+}
+WIRELESS_BYTES = {sec: sum(w for _, w in f) // 8 for sec, f in WIRELESS_SECTIONS.items()}
+assert WIRELESS_BYTES == {"radiotap": 56, "wlan": 10}
+WLAN_NO_TRANSMITTER = (0xC4, 0xD4, 0xE4)   # CTS, ACK, CF-End carry no transmitter address
 
-def header_line(layout: Layout, index: int = 0, relative: bool = False, absolute: bool = False) -> bytes:
+
+def wireless_columns(wireless: tuple[str, ...]) -> list[str]:
+    return [f"{name}_{i}" for sec in WIRELESS_SECTIONS if sec in wireless
+            for name, width in WIRELESS_SECTIONS[sec] for i in range(width)]
+
+
+def header_line(layout: Layout, index: int = 0, relative: bool = False, absolute: bool = False,
+                wireless: tuple[str, ...] = ()) -> bytes:
     cols = [INDEX_NAMES[index]]
     if relative:
         cols.append("rts")
     if absolute:
         cols += ["tv_sec", "tv_usec"]
-    return (",".join(cols + layout.columns) + "\n").encode()
+    return (",".join(cols + wireless_columns(wireless) + layout.columns) + "\n").encode()
+
+
+def wlan_offset(batch: PacketBatch) -> np.ndarray:
+    """Where each packet's 802.11 header starts: after the radiotap header's own length."""
+    rows = np.arange(len(batch))
+    b = byte_reader(batch)
+    return b(rows, 2) | (b(rows, 3) << 8)
+
+
+def wireless_bits(batch: PacketBatch, p: Parsed, wireless: tuple[str, ...], fill: int = -1) -> np.ndarray:
+    """The -r/-w columns of the encoded rows: radiotap's first 56 bytes and the 802.11 header's
+    first 10 for radiotap packets (bytes beyond the capture are fill), all fill for the others."""
+    ok = np.flatnonzero(p.reason == 0)
+    sub = batch.take(ok)
+    radio = p.wireless[ok]
+    blocks = []
+    for sec in WIRELESS_SECTIONS:
+        if sec not in wireless:
+            continue
+        width = WIRELESS_BYTES[sec]
+        start = np.zeros(len(sub), dtype=np.int64) if sec == "radiotap" else wlan_offset(sub)
+        at = start[:, None] + np.arange(width)
+        rows = np.repeat(np.arange(len(sub)), width)
+        codes = byte_reader(sub)(rows, at.ravel()).reshape(len(sub), width).astype(np.uint16)
+        codes[~radio[:, None] | (at >= sub.caplen[:, None])] = 256
+        blocks.append(np.take(bit_lut(fill), codes).view(np.int8).reshape(len(sub), 8 * width))
+    return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(ok), 0), np.int8)
 
 
 def format_bits(bits: np.ndarray) -> list[bytes]:
@@ -102,8 +149,8 @@ def index_values(batch: PacketBatch, p: Parsed, index: int) -> list[str]:
     v4 = p.version[ok] == 4
 
     def addrs(src: bool) -> list[str]:
-        res = [""] * len(ok)
-        i4, i6 = np.flatnonzero(v4), np.flatnonzero(~v4)
+        res = ["NULL"] * len(ok)             # nPrint's text for a row with no IP (radiotap)
+        i4, i6 = np.flatnonzero(v4), np.flatnonzero(p.version[ok] == 6)
         for i, t in zip(i4, _ipv4_text(g, ok[i4], l3[i4] + (12 if src else 16))):
             res[i] = t
         if len(i6):
@@ -119,7 +166,7 @@ def index_values(batch: PacketBatch, p: Parsed, index: int) -> list[str]:
         # compatibility. ICMP has no ports.
         swapped = ((val & 0xFF) << 8) | (val >> 8)
         val = np.where(proto == 6, swapped, val)
-        return [str(v) if pr != 1 else "NULL" for v, pr in zip(val.tolist(), proto.tolist())]
+        return [str(v) if pr in (6, 17) else "NULL" for v, pr in zip(val.tolist(), proto.tolist())]
 
     if index == 0:
         return addrs(True)
@@ -136,8 +183,17 @@ def index_values(batch: PacketBatch, p: Parsed, index: int) -> list[str]:
                 zip(addrs(True), addrs(False), ports(True), ports(False), pr)]
     if index == 5:
         macs = g[ok][:, 6:12]
-        return [":".join(f"{x:02x}" for x in m) if e else "NULL"
-                for m, e in zip(macs.tolist(), p.eth[ok].tolist())]
+        out = [":".join(f"{x:02x}" for x in m) if e else "NULL"
+               for m, e in zip(macs.tolist(), p.eth[ok].tolist())]
+        radio = np.flatnonzero(p.wireless[ok])
+        if len(radio):
+            # 802.11 transmitter address (addr2, bytes 10-15 of the 802.11 header)
+            sub = batch.take(ok[radio])
+            at = wlan_offset(sub)[:, None] + np.array([0, *range(10, 16)])
+            b = byte_reader(sub)(np.repeat(np.arange(len(sub)), 7), at.ravel()).reshape(-1, 7)
+            for i, row in zip(radio.tolist(), b.tolist()):
+                out[i] = "None" if row[0] in WLAN_NO_TRANSMITTER else ":".join(f"{x:02x}" for x in row[1:])
+        return out
     raise NetdiffError(f"-O must be 0..5 (got {index})")
 
 
@@ -149,12 +205,13 @@ class RelativeClock:
         self.prev_usec = 0
 
     def __call__(self, sec: np.ndarray, usec: np.ndarray) -> np.ndarray:
+        if len(sec) == 0:                  # a chunk (or capture) that wrote no row
+            return np.zeros(0, dtype=np.int64)
         ps = np.concatenate([[self.prev_sec], sec[:-1]])
         pu = np.concatenate([[self.prev_usec], usec[:-1]])
         rts = (sec - ps) * 1_000_000 + usec - pu
         rts[ps == 0] = 0
-        if len(sec):
-            self.prev_sec, self.prev_usec = int(sec[-1]), int(usec[-1])
+        self.prev_sec, self.prev_usec = int(sec[-1]), int(usec[-1])
         return rts
 
 
@@ -252,19 +309,20 @@ def skipped_summary(counts) -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-__all__ = ["header_line", "format_bits", "format_rows", "index_values", "RelativeClock", "read_csv",
+__all__ = ["WIRELESS_SECTIONS", "wireless_columns", "wireless_bits", "header_line", "format_bits", "format_rows", "index_values", "RelativeClock", "read_csv",
            "layout_from_columns", "NprintTable", "SKIP_REASONS", "skipped_summary", "pcap_to_csv"]
 
 
 def pcap_to_csv(path, out, layout: Layout, index: int = 0, relative: bool = False,
                 absolute: bool = False, count: int = 0, fill: int = -1,
-                fragments: str = "nprint") -> dict:
+                fragments: str = "nprint", wireless: tuple[str, ...] = ()) -> dict:
     """nPrint's pcap -> CSV. ``count`` limits packets *read* (parsed or not), like nPrint's -c.
-    ``out`` is a path (written atomically) or a binary stream. Returns a summary dict."""
+    ``wireless``: nPrint's -r/-w sections ("radiotap", "wlan"). ``out`` is a path (written
+    atomically) or a binary stream. Returns a summary dict."""
     reader = CaptureReader(path)
     clock = RelativeClock()
     skipped: Counter = Counter()
-    rows = read = 0
+    rows = read = radio_rows = 0
     own = not hasattr(out, "write")
     if own:
         out = Path(out)
@@ -274,13 +332,16 @@ def pcap_to_csv(path, out, layout: Layout, index: int = 0, relative: bool = Fals
     else:
         stream = out
     try:
-        stream.write(header_line(layout, index, relative, absolute))
+        stream.write(header_line(layout, index, relative, absolute, wireless))
         for batch in reader:
             if count and read + len(batch) > count:
                 batch = batch.take(np.arange(count - read))
             read += len(batch)
-            bits, p = encode(batch, layout, fill=fill, fragments=fragments, vlan=False)
+            bits, p = encode(batch, layout, fill=fill, fragments=fragments, vlan=False, links="nprint")
+            if wireless:
+                bits = np.concatenate([wireless_bits(batch, p, wireless, fill), bits], axis=1)
             skipped += skipped_counts(p)
+            radio_rows += int(p.wireless.sum())
             ok = p.reason == 0
             prefixes = [index_values(batch, p, index)]
             sec = batch.ts_sec[ok]
@@ -303,4 +364,4 @@ def pcap_to_csv(path, out, layout: Layout, index: int = 0, relative: bool = Fals
             tmp.unlink(missing_ok=True)
         raise
     return {"packets_read": read, "rows": rows, "skipped": dict(skipped),
-            "stopped": reader.info.stopped}
+            "stopped": reader.info.stopped, "radiotap_rows": radio_rows}

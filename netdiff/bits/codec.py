@@ -19,6 +19,8 @@ import numpy as np
 from netdiff.bits.layout import SECTION_BYTES, Layout
 from netdiff.io import pcap as P
 
+MAX_ENCAP_BYTES = 512      # IP headers further into the frame than this are left out
+
 # Why a packet gets no row (index = code); 0 means it was encoded.
 SKIP_REASONS = (
     "",
@@ -33,9 +35,22 @@ SKIP_REASONS = (
     "IPv6 extension header before the transport header",
     "IPv6 payload is not TCP, UDP or ICMP",
     "802.1Q/QinQ-tagged frame (nPrint reads no VLAN tags)",
+    # where the IP header was looked for under other headers and not found
+    "truncated link-layer header (radiotap/PPI length below 8)",
+    "802.11 management or control frame",
+    "802.11 data frame without payload (null function)",
+    "802.11 frame encrypted (protected bit set)",
+    "802.11 data not LLC/SNAP-encapsulated",
+    "PPP control protocol or non-IP PPP payload",
+    "Frame Relay frame not carrying IP",
+    "MPLS payload is not IP",
+    "PPI header for a link type netdiff does not read",
+    f"IP header more than {MAX_ENCAP_BYTES} bytes into the frame",
+    "unknown link type, no plausible IP header where nPrint looks",
 )
 (OK, R_EMPTY, R_NONIP, R_VERSION, R_TRUNC_IP, R_IHL, R_FRAG, R_PROTO4, R_ICMP6, R_EXT6,
- R_PROTO6, R_VLAN) = range(len(SKIP_REASONS))
+ R_PROTO6, R_VLAN, R_TRUNC_LINK, R_WLAN_MGMT, R_WLAN_NODATA, R_WLAN_PROT, R_WLAN_SNAP, R_PPP, R_FR,
+ R_MPLS, R_PPI, R_DEEP, R_UNKNOWN_LINK) = range(len(SKIP_REASONS))
 IPV6_EXTENSIONS = (0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254)
 VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
 TRANSPORT_PROTOS = {6: "tcp", 17: "udp", 1: "icmp"}
@@ -75,6 +90,9 @@ class Parsed:
     l4_hlen: np.ndarray     # transport header bytes declared (doff * 4, 8, 8)
     payload_len: np.ndarray # payload bytes by the IP lengths (>= 0)
     window: np.ndarray = field(repr=False, default=None)   # gathered bytes (N, W)
+    eth_at: np.ndarray = field(repr=False, default=None)   # offset of the Ethernet header (-1: none)
+    wireless: np.ndarray = field(repr=False, default=None) # radiotap rows nPrint writes without IP
+    encap: np.ndarray = field(repr=False, default=None)    # ENCAPSULATIONS bits passed to reach l3
 
 
 def _be16(g: np.ndarray, rows: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -99,74 +117,371 @@ def gather_window(batch: P.PacketBatch, width: int) -> np.ndarray:
     return g
 
 
+# --- where the IP header is: link layers, encapsulations and tunnels -----------------------------
+#
+# A small state machine run over whole batches: every packet has a "kind" (what the bytes at its
+# current offset are) and each step moves all packets of one kind at once. Protocol knowledge is
+# the tables below; the handlers only read the fields the tables point at.
+
+# States. END: an IP header at ``off``; FAIL: none found (``why`` says why).
+(K_END, K_FAIL, K_ETH, K_SLL, K_SLL2, K_CHDLC, K_ETYPE, K_IP, K_NULL, K_PPP, K_PPP_SERIAL, K_FR,
+ K_WLAN, K_RADIOTAP, K_PPI, K_MPLS, K_GRE, K_VXLAN, K_GUESS) = range(19)
+
+# Link type -> (state, offset of the first header).
+LINK_START = {
+    P.LINKTYPE_ETHERNET: (K_ETH, 0), P.LINKTYPE_LINUX_SLL: (K_SLL, 0), P.LINKTYPE_LINUX_SLL2: (K_SLL2, 0),
+    **{lt: (K_IP, 0) for lt in (*P.LINKTYPE_RAW_ALIASES, P.LINKTYPE_IPV4, P.LINKTYPE_IPV6)},
+    P.LINKTYPE_NULL: (K_NULL, 0), P.LINKTYPE_LOOP: (K_NULL, 0), P.LINKTYPE_SLIP: (K_IP, 16),
+    P.LINKTYPE_PPP: (K_PPP_SERIAL, 0), P.LINKTYPE_PPP_HDLC: (K_PPP_SERIAL, 0),
+    P.LINKTYPE_C_HDLC: (K_CHDLC, 0), P.LINKTYPE_FRELAY: (K_FR, 0), P.LINKTYPE_IEEE802_11: (K_WLAN, 0),
+    P.LINKTYPE_RADIOTAP: (K_RADIOTAP, 0), P.LINKTYPE_PPI: (K_PPI, 0),
+}
+# Headers that end in an ethertype: state -> (ethertype offset, header length).
+ETHERTYPE_HEADERS = {K_ETH: (12, 14), K_SLL: (14, 16), K_SLL2: (0, 20), K_CHDLC: (2, 4)}
+ETHERTYPE_IP = (0x0800, 0x86DD)
+ETHERTYPE_NEXT = {0x8847: K_MPLS, 0x8848: K_MPLS, 0x6558: K_ETH, 0x880B: K_PPP}
+ETHERTYPE_PPPOE_SESSION = 0x8864          # 6-byte PPPoE header, then a PPP protocol field
+PPP_IP = (0x0021, 0x0057)
+CISCO_HDLC_ADDRESSES = (0x0F, 0x8F)       # found on "PPP" serial links too
+FR_NLPID_IP = (0xCC, 0x8E)
+FR_NLPID_SNAP = 0x80
+BSD_AF_INET = (2, 10, 24, 28, 30)         # AF_INET, AF_INET6 of Linux, BSDs, macOS
+PPI_DLT_NEXT = {105: K_WLAN, 1: K_ETH, 127: K_RADIOTAP}
+VXLAN_PORTS = (4789, 8472)                # IANA, and Linux's historical default
+IP_IN_IP = {4: 4, 41: 6}                  # IPv4 protocol -> inner IP version
+IPPROTO_GRE = 47
+MAX_STEPS = 24
+
+# What a packet went through on the way to its IP header (bit i = ENCAPSULATIONS[i]).
+ENCAPSULATIONS = ("802.1Q/QinQ", "MPLS", "PPPoE", "PPP", "Cisco HDLC", "Frame Relay", "802.11 LLC/SNAP",
+                  "radiotap", "PPI", "GRE", "VXLAN", "IP in IP", "SLIP")
+(E_VLAN, E_MPLS, E_PPPOE, E_PPP, E_CHDLC, E_FR, E_WLAN, E_RADIOTAP, E_PPI, E_GRE, E_VXLAN, E_IPIP,
+ E_SLIP) = (1 << i for i in range(len(ENCAPSULATIONS)))
+
+
+@dataclass
+class Located:
+    """Per packet: IP header offset, Ethernet header offset (-1: none), skip reason (0 = found),
+    whether it is a radiotap row nPrint writes without IP, and the encapsulations passed."""
+
+    l3: np.ndarray
+    eth_at: np.ndarray
+    reason: np.ndarray
+    wireless: np.ndarray
+    encap: np.ndarray
+
+
+def byte_reader(batch: P.PacketBatch):
+    """``read(rows, at)``: byte ``at`` of each packet in ``rows`` as int64, 0 beyond its captured
+    length (so a truncated header reads as zeros, never as the next packet's bytes)."""
+    data, base, cap = batch.data, batch.offset, batch.caplen
+    last = len(data) - 1
+
+    def read(rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+        at = np.broadcast_to(np.asarray(at, dtype=np.int64), rows.shape)
+        inside = (at >= 0) & (at < cap[rows])
+        if last < 0:
+            return np.zeros(len(rows), dtype=np.int64)
+        idx = np.minimum(base[rows] + np.where(inside, at, 0), last)
+        return np.where(inside, data[idx], 0).astype(np.int64)
+
+    return read
+
+
+def locate_ip(batch: P.PacketBatch, links: str = "netdiff", vlan: bool = True) -> Located:
+    """Find each packet's IP header.
+
+    ``links="netdiff"`` goes through every link layer, encapsulation and tunnel in the tables
+    above (a tunnel's inner IP packet is the one encoded; when the inner one cannot be found the
+    outer one is); link types it does not know are read as nPrint reads them, with a sanity check
+    of the IP lengths. ``links="nprint"`` finds the IP header exactly where nPrint 1.2.1 does."""
+    if links == "nprint":
+        return _locate_nprint(batch, vlan)
+    if links != "netdiff":
+        raise ValueError(f"links must be 'netdiff' or 'nprint', not {links!r}")
+    n = len(batch)
+    rows = np.arange(n)
+    b = byte_reader(batch)
+
+    def be16(r, at):
+        return (b(r, at) << 8) | b(r, at + 1)
+
+    lt = batch.linktype
+    kind = np.full(n, K_GUESS, dtype=np.int8)
+    off = np.zeros(n, dtype=np.int64)
+    for t in np.unique(lt).tolist():
+        if t in LINK_START:
+            kind[lt == t], off[lt == t] = LINK_START[t]
+    et = np.zeros(n, dtype=np.int64)             # the ethertype a K_ETYPE packet dispatches on
+    why = np.zeros(n, dtype=np.int8)
+    encap = np.where(lt == P.LINKTYPE_SLIP, E_SLIP, 0).astype(np.int32)
+    guessed = kind == K_GUESS
+    found = np.full(n, -1, dtype=np.int64)       # innermost IP header found so far (tunnels)
+    found_encap = np.zeros(n, dtype=np.int32)
+
+    def fail(r, code):
+        kind[r] = K_FAIL
+        why[r] = code
+
+    def go(r, k, at, bit=0):
+        kind[r] = k
+        off[r] = at
+        if bit:
+            encap[r] |= bit
+
+    def on_header(k, r):                          # Ethernet, SLL, SLL2, Cisco HDLC
+        at, hlen = ETHERTYPE_HEADERS[k]
+        et[r] = be16(r, off[r] + at)
+        go(r, K_ETYPE, off[r] + hlen, E_CHDLC if k == K_CHDLC else 0)
+
+    def on_ethertype(r):
+        e = et[r]
+        ip = np.isin(e, ETHERTYPE_IP)
+        go(r[ip], K_IP, off[r[ip]])
+        tag = np.isin(e, VLAN_TPIDS)
+        if tag.any():
+            t = r[tag]
+            if vlan:
+                et[t] = be16(t, off[t] + 2)
+                go(t, K_ETYPE, off[t] + 4, E_VLAN)
+            else:
+                fail(t, R_VLAN)
+        pppoe = e == ETHERTYPE_PPPOE_SESSION
+        go(r[pppoe], K_PPP, off[r[pppoe]] + 6, E_PPPOE)
+        done = ip | tag | pppoe
+        for value, k in ETHERTYPE_NEXT.items():
+            m = (e == value) & ~done
+            go(r[m], k, off[r[m]])
+            done |= m
+        fail(r[~done], R_NONIP)
+
+    def on_ppp(r, serial=False):
+        if serial:
+            hdlc = np.isin(b(r, off[r]), CISCO_HDLC_ADDRESSES)
+            go(r[hdlc], K_CHDLC, off[r[hdlc]])
+            r = r[~hdlc]
+        o = off[r] + 2 * ((b(r, off[r]) == 0xFF) & (b(r, off[r] + 1) == 0x03))
+        first = b(r, o)
+        short = (first & 1) == 1                  # protocol field compressed to one byte
+        proto = np.where(short, first, (first << 8) | b(r, o + 1))
+        ip = np.isin(proto, PPP_IP)
+        go(r[ip], K_IP, (o + np.where(short, 1, 2))[ip], E_PPP)
+        fail(r[~ip], R_PPP)
+
+    def on_fr(r):
+        o = off[r]
+        nlpid = b(r, o + 3)
+        ctrl = b(r, o + 2) == 0x03
+        ip = ctrl & np.isin(nlpid, FR_NLPID_IP)
+        go(r[ip], K_IP, o[ip] + 4, E_FR)
+        # SNAP: NLPID 0x80 (or a 0x00 pad first), OUI, then an ethertype
+        pad = ctrl & (nlpid == 0) & (b(r, o + 4) == FR_NLPID_SNAP)
+        snap = (ctrl & (nlpid == FR_NLPID_SNAP)) | pad
+        s = o + pad
+        et[r[snap]] = be16(r[snap], s[snap] + 7)
+        go(r[snap], K_ETYPE, s[snap] + 9, E_FR)
+        fail(r[~(ip | snap)], R_FR)
+
+    def on_wlan(r):
+        o = off[r]
+        fc0, fc1 = b(r, o), b(r, o + 1)
+        ftype, sub = (fc0 >> 2) & 3, fc0 >> 4
+        qos = (sub & 8) > 0
+        hlen = 24 + 6 * ((fc1 & 3) == 3) + 2 * qos + 4 * (qos & ((fc1 & 0x80) > 0))
+        h = o + hlen
+        snap = (b(r, h) == 0xAA) & (b(r, h + 1) == 0xAA) & (b(r, h + 2) == 0x03)
+        is_data = ftype == 2
+        fail(r[~is_data], R_WLAN_MGMT)
+        nodata = is_data & ((sub & 4) > 0)
+        fail(r[nodata], R_WLAN_NODATA)
+        prot = is_data & ~nodata & ((fc1 & 0x40) > 0)
+        fail(r[prot], R_WLAN_PROT)
+        rest = is_data & ~nodata & ~prot
+        fail(r[rest & ~snap], R_WLAN_SNAP)
+        ok = rest & snap
+        et[r[ok]] = be16(r[ok], h[ok] + 6)
+        go(r[ok], K_ETYPE, h[ok] + 8, E_WLAN)
+
+    def on_le_header(r, k):                       # radiotap, PPI: little-endian length at +2
+        o = off[r]
+        hlen = b(r, o + 2) | (b(r, o + 3) << 8)
+        short = hlen < 8
+        fail(r[short], R_TRUNC_LINK)
+        r, o, hlen = r[~short], o[~short], hlen[~short]
+        if k == K_RADIOTAP:
+            go(r, K_WLAN, o + hlen, E_RADIOTAP)
+            return
+        dlt = b(r, o + 4) | (b(r, o + 5) << 8) | (b(r, o + 6) << 16) | (b(r, o + 7) << 24)
+        known = np.zeros(len(r), dtype=bool)
+        for value, nxt in PPI_DLT_NEXT.items():
+            m = dlt == value
+            go(r[m], nxt, o[m] + hlen[m], E_PPI)
+            known |= m
+        fail(r[~known], R_PPI)
+
+    def on_mpls(r):
+        o = off[r].copy()
+        active = np.ones(len(r), dtype=bool)
+        for _ in range(8):                        # label stack, up to the bottom-of-stack bit
+            bos = (b(r, o + 2) & 1) == 1
+            o = o + 4 * active
+            active &= ~bos
+            if not active.any():
+                break
+        ip = ~active & np.isin(b(r, o) >> 4, (4, 6))
+        go(r[ip], K_IP, o[ip], E_MPLS)
+        fail(r[~ip], R_MPLS)
+
+    def on_gre(r):
+        o = off[r]
+        b0, b1 = b(r, o), b(r, o + 1)
+        ver = b1 & 7
+        ptype = be16(r, o + 2)
+        v0 = (ver == 0) & ((b0 & 0x40) == 0)      # no source routing
+        hlen = 4 + 4 * (((b0 & 0x80) > 0).astype(np.int64) + ((b0 & 0x20) > 0) + ((b0 & 0x10) > 0))
+        et[r[v0]] = ptype[v0]
+        go(r[v0], K_ETYPE, o[v0] + hlen[v0], E_GRE)
+        pptp = (ver == 1) & (ptype == 0x880B)     # enhanced GRE (PPTP) carries PPP
+        plen = 8 + 4 * (((b0 & 0x10) > 0).astype(np.int64) + ((b1 & 0x80) > 0))
+        go(r[pptp], K_PPP, o[pptp] + plen[pptp], E_GRE)
+        fail(r[~(v0 | pptp)], R_NONIP)
+
+    def on_vxlan(r):
+        ok = (b(r, off[r]) & 0x08) > 0
+        go(r[ok], K_ETH, off[r[ok]] + 8, E_VXLAN)
+        fail(r[~ok], R_NONIP)
+
+    def on_null(r):
+        o = off[r]
+        b0, b1, b2, b3 = (b(r, o + i) for i in range(4))
+        le = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
+        be = (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
+        fam = np.where((lt[r] == P.LINKTYPE_NULL) & (le < 256), le, be)
+        ip = np.isin(fam, BSD_AF_INET)
+        go(r[ip], K_IP, o[ip] + 4)
+        fail(r[~ip], R_NONIP)
+
+    def on_guess(r):                              # nPrint's reading of any other link type
+        e = be16(r, off[r] + 12)
+        eth = np.isin(e, ETHERTYPE_IP)
+        go(r[eth], K_IP, off[r[eth]] + 14)
+        go(r[~eth], K_IP, off[r[~eth]])
+
+    def on_ip(r):
+        o = off[r]
+        first = b(r, o)
+        ver = first >> 4
+        bad = ~np.isin(ver, (4, 6))
+        if guessed[r].any():
+            # A link type netdiff does not know: accept only a header whose lengths fit the frame.
+            wire = batch.wirelen[r] - o
+            tl4 = be16(r, o + 2)
+            ok4 = (ver == 4) & ((first & 15) >= 5) & (tl4 >= (first & 15) * 4) & (tl4 <= wire)
+            ok6 = (ver == 6) & (be16(r, o + 4) + 40 <= wire)
+            bad |= guessed[r] & ~(ok4 | ok6)
+        fail(r[bad & ~guessed[r]], R_VERSION)
+        fail(r[bad & guessed[r]], R_UNKNOWN_LINK)
+        r, o, ver, first = r[~bad], o[~bad], ver[~bad], first[~bad]
+        found[r] = o
+        found_encap[r] = encap[r]
+        hlen = np.where(ver == 4, (first & 15) * 4, 40)
+        proto = np.where(ver == 4, b(r, o + 9), b(r, o + 6))
+        later = (ver == 4) & ((be16(r, o + 6) & 0x3FFF) > 0)     # a fragment: no inner header
+        proto = np.where(later, -1, proto)
+        inner = o + hlen
+        gre = proto == IPPROTO_GRE
+        go(r[gre], K_GRE, inner[gre])
+        ipip = np.zeros(len(r), dtype=bool)
+        for pr, v in IP_IN_IP.items():
+            m = (proto == pr) & ((b(r, inner) >> 4) == v)
+            go(r[m], K_IP, inner[m], E_IPIP)
+            ipip |= m
+        vx = (proto == 17) & np.isin(be16(r, inner + 2), VXLAN_PORTS)
+        go(r[vx], K_VXLAN, inner[vx] + 8, E_VXLAN)
+        kind[r[~(gre | ipip | vx)]] = K_END
+
+    handlers = {K_ETYPE: on_ethertype, K_IP: on_ip, K_PPP: on_ppp, K_FR: on_fr, K_WLAN: on_wlan,
+                K_MPLS: on_mpls, K_GRE: on_gre, K_VXLAN: on_vxlan, K_NULL: on_null, K_GUESS: on_guess,
+                K_PPP_SERIAL: lambda r: on_ppp(r, serial=True),
+                K_RADIOTAP: lambda r: on_le_header(r, K_RADIOTAP), K_PPI: lambda r: on_le_header(r, K_PPI),
+                **{k: (lambda r, k=k: on_header(k, r)) for k in ETHERTYPE_HEADERS}}
+    for _ in range(MAX_STEPS):
+        active = kind > K_FAIL
+        if not active.any():
+            break
+        for k in np.unique(kind[active]).tolist():
+            handlers[k](rows[kind == k])
+            if (off > MAX_ENCAP_BYTES).any():
+                deep = rows[(off > MAX_ENCAP_BYTES) & (kind > K_FAIL)]
+                fail(deep, R_DEEP)
+    fail(rows[kind > K_FAIL], R_DEEP)             # still unwrapping after MAX_STEPS headers
+    ok = found >= 0
+    reason = np.where(ok, 0, np.where(why > 0, why, R_NONIP)).astype(np.int8)
+    eth_at = np.where(ok & (lt == P.LINKTYPE_ETHERNET), 0, -1)
+    eth_at = np.where(ok & guessed & (found == 14), 0, eth_at)
+    return Located(np.where(ok, found, 0), eth_at, reason, np.zeros(n, dtype=bool),
+                   np.where(ok, found_encap, 0))
+
+
+def _locate_nprint(batch: P.PacketBatch, vlan: bool) -> Located:
+    """nPrint 1.2.1: radiotap captures give one row per packet with no IP; Linux SLL loses its 16
+    bytes; then, whatever the link type, the frame is Ethernet when bytes 12-13 say IPv4/IPv6,
+    else the IP header is at its first byte."""
+    n = len(batch)
+    rows = np.arange(n)
+    b = byte_reader(batch)
+    lt = batch.linktype
+    wireless = lt == P.LINKTYPE_RADIOTAP
+    base = np.where(lt == P.LINKTYPE_LINUX_SLL, 16, 0).astype(np.int64)
+    et = (b(rows, base + 12) << 8) | b(rows, base + 13)
+    eth = np.isin(et, ETHERTYPE_IP) & ~wireless
+    l3 = np.where(eth, base + 14, base)
+    reason = np.zeros(n, dtype=np.int8)
+    # nPrint reads the frame's first byte as an IP version; name the usual cause when it is not.
+    not_ip = ~eth & ~wireless & ~np.isin(b(rows, l3) >> 4, (4, 6))
+    framed = np.isin(lt, (P.LINKTYPE_ETHERNET, P.LINKTYPE_LINUX_SLL))
+    reason[not_ip & framed] = R_NONIP
+    reason[not_ip & framed & np.isin(et, VLAN_TPIDS) & (lt == P.LINKTYPE_ETHERNET)] = R_VLAN
+    return Located(l3, np.where(eth, base, -1), reason, wireless, np.zeros(n, dtype=np.int32))
+
+
 def parse(batch: P.PacketBatch, payload_bytes: int = 0, fragments: str = "skip",
-          vlan: bool = True) -> Parsed:
+          vlan: bool = True, links: str = "netdiff") -> Parsed:
     """Find every packet's IP and transport headers.
 
+    ``links``: "netdiff" finds IP under every link layer, encapsulation and tunnel netdiff knows
+    (``locate_ip``); "nprint" finds it where nPrint 1.2.1 does (``netdiff nprint``).
     ``fragments``: "skip" later fragments, or "nprint" to read them as nPrint does (their first
     payload bytes taken as a transport header). ``vlan=False`` gives tagged frames no row, as
     nPrint (which reads no 802.1Q tags) does."""
     n = len(batch)
-    width = 26 + 60 + 60 + payload_bytes
-    g = gather_window(batch, width)
     rows = np.arange(n)
     cap = batch.caplen
-    reason = np.zeros(n, dtype=np.int8)
-    l3 = np.zeros(n, dtype=np.int64)
-    eth = np.zeros(n, dtype=bool)
-    is_ip = np.zeros(n, dtype=bool)
-    lt = batch.linktype
-
-    m = lt == P.LINKTYPE_ETHERNET
-    if m.any():
-        r = rows[m]
-        et = _be16(g, r, np.full(len(r), 12))
-        off = np.full(len(r), 14, dtype=np.int64)
-        vlan_tagged = np.isin(et, VLAN_TPIDS)
-        for _ in range(3 if vlan else 0):   # 802.1Q / QinQ tags
-            tagged = np.isin(et, VLAN_TPIDS)
-            if not tagged.any():
-                break
-            et = np.where(tagged, _be16(g, r, off + 2), et)
-            off = off + 4 * tagged
-        l3[r] = off
-        is_ip[r] = np.isin(et, (0x0800, 0x86DD)) & (cap[r] >= off)
-        eth[r] = is_ip[r]
-        if not vlan:
-            reason[r[vlan_tagged]] = R_VLAN
-            is_ip[r[vlan_tagged]] = True   # keeps the reason above
-    m = np.isin(lt, (*P.LINKTYPE_RAW_ALIASES, P.LINKTYPE_IPV4, P.LINKTYPE_IPV6))
-    is_ip[m] = True
-    for lts, hdr, at in (((P.LINKTYPE_LINUX_SLL,), 16, 14), ((P.LINKTYPE_LINUX_SLL2,), 20, 0)):
-        m = np.isin(lt, lts)
-        if m.any():
-            r = rows[m]
-            l3[r] = hdr
-            is_ip[r] = np.isin(_be16(g, r, np.full(len(r), at)), (0x0800, 0x86DD))
-    m = np.isin(lt, (P.LINKTYPE_NULL, P.LINKTYPE_LOOP))
-    if m.any():
-        r = rows[m]
-        l3[r] = 4
-        le = g[r, 0].astype(np.int64) | (g[r, 1].astype(np.int64) << 8) | \
-            (g[r, 2].astype(np.int64) << 16) | (g[r, 3].astype(np.int64) << 24)
-        be = (g[r, 0].astype(np.int64) << 24) | (g[r, 1].astype(np.int64) << 16) | \
-            (g[r, 2].astype(np.int64) << 8) | g[r, 3]
-        fam = np.where((lt[r] == P.LINKTYPE_NULL) & (le < 256), le, be)
-        is_ip[r] = np.isin(fam, (2, 10, 24, 28, 30))
-
-    reason[~is_ip & (reason == 0)] = R_NONIP
+    loc = locate_ip(batch, links, vlan)
+    l3, reason, wireless = loc.l3, loc.reason.copy(), loc.wireless
+    nprint = links == "nprint"
+    reason[(reason == 0) & (l3 > MAX_ENCAP_BYTES)] = R_DEEP
     reason[cap == 0] = R_EMPTY
+    # The window reaches the deepest IP header of the batch plus two full headers and payload.
+    reach = l3[(reason == 0) & (l3 < cap)]
+    width = max(26, int(reach.max()) if len(reach) else 0) + 60 + 60 + payload_bytes
+    g = gather_window(batch, width)
     l3c = np.minimum(l3, width - 61)
     first = g[rows, l3c]
     version = (first >> 4).astype(np.int64)
-    reason[(reason == 0) & (cap <= l3)] = R_TRUNC_IP
-    reason[(reason == 0) & ~np.isin(version, (4, 6))] = R_VERSION
+    reason[(reason == 0) & (cap <= l3) & ~wireless] = R_TRUNC_IP
+    reason[(reason == 0) & ~np.isin(version, (4, 6)) & ~wireless] = R_VERSION
 
-    v4 = (reason == 0) & (version == 4)
-    v6 = (reason == 0) & (version == 6)
+    v4 = (reason == 0) & (version == 4) & ~wireless
+    v6 = (reason == 0) & (version == 6) & ~wireless
     ip_hlen = np.where(v4, (first & 15).astype(np.int64) * 4, np.where(v6, 40, 0))
-    reason[v4 & (ip_hlen < 20)] = R_IHL
-    reason[(reason == 0) & (cap < l3 + np.maximum(ip_hlen, 20))] = R_TRUNC_IP
+    if nprint:
+        # nPrint takes IHL as it is and reads past the captured bytes; netdiff writes a row as
+        # soon as the protocol field was captured, with every byte beyond the capture as fill.
+        reason[(reason == 0) & (v4 | v6) & (cap <= l3 + np.where(v4, 9, 6))] = R_TRUNC_IP
+    else:
+        reason[v4 & (ip_hlen < 20)] = R_IHL
+        reason[(reason == 0) & (cap < l3 + np.maximum(ip_hlen, 20)) & ~wireless] = R_TRUNC_IP
     v4 &= reason == 0
     v6 &= reason == 0
 
@@ -197,14 +512,16 @@ def parse(batch: P.PacketBatch, payload_bytes: int = 0, fragments: str = "skip",
     # A TCP header cut by the capture reads as the bytes that are there (zero beyond).
     l4_hlen[(proto == 17) | (proto == 1)] = 8
     payload_len = np.where(ok, np.maximum(ip_total - ip_hlen - l4_hlen, 0), 0)
-    return Parsed(reason, eth & ok, l3, version, np.where(ok, ip_hlen, 0), proto, l4, l4_hlen,
-                  payload_len, g)
+    return Parsed(reason, (loc.eth_at >= 0) & ok, l3, version, np.where(ok, ip_hlen, 0), proto, l4,
+                  l4_hlen, payload_len, g, np.where(ok, loc.eth_at, -1), wireless & ok,
+                  np.where(ok, loc.encap, 0))
 
 
 def _section_bytes(p: Parsed, cap: np.ndarray, sec: str, payload_bytes: int):
     """(start offset, valid byte count, budget) of one section for every packet."""
     if sec == "eth":
-        return np.zeros_like(p.l3), np.where(p.eth, 14, 0), 14
+        start = np.zeros_like(p.l3) if p.eth_at is None else np.maximum(p.eth_at, 0)
+        return start, np.where(p.eth, 14, 0), 14
     if sec == "ipv4":
         return p.l3, np.where(p.version == 4, p.ip_hlen, 0), 60
     if sec == "ipv6":
@@ -270,11 +587,12 @@ def byte_codes(batch: P.PacketBatch, p: Parsed, layout: Layout) -> np.ndarray:
 
 
 def encode(batch: P.PacketBatch, layout: Layout, fill: int = -1, fragments: str = "skip",
-           vlan: bool = True, parsed: Parsed | None = None) -> tuple[np.ndarray, Parsed]:
+           vlan: bool = True, parsed: Parsed | None = None,
+           links: str = "netdiff") -> tuple[np.ndarray, Parsed]:
     """The int8 bit matrix (one row per encodable packet, ``layout.width`` columns) and the parse.
 
-    Rows are the packets with ``parsed.reason == 0``, in order."""
-    p = parsed if parsed is not None else parse(batch, layout.payload_bytes, fragments, vlan)
+    Rows are the packets with ``parsed.reason == 0``, in order. ``links``: see ``parse``."""
+    p = parsed if parsed is not None else parse(batch, layout.payload_bytes, fragments, vlan, links)
     codes = byte_codes(batch, p, layout)
     lut = bit_lut(fill)
     kb = kept_bytes(layout)
@@ -287,6 +605,13 @@ def encode(batch: P.PacketBatch, layout: Layout, fill: int = -1, fragments: str 
 def skipped_counts(p: Parsed) -> Counter:
     codes, counts = np.unique(p.reason[p.reason > 0], return_counts=True)
     return Counter({SKIP_REASONS[c]: int(k) for c, k in zip(codes, counts)})
+
+
+def decapsulated_counts(p: Parsed) -> Counter:
+    """Encodable packets per encapsulation netdiff went through to reach their IP header."""
+    enc = p.encap[p.reason == 0] if p.encap is not None else np.zeros(0, np.int32)
+    return Counter({name: int(((enc >> i) & 1).sum()) for i, name in enumerate(ENCAPSULATIONS)
+                    if ((enc >> i) & 1).any()})
 
 
 # --- decoding -----------------------------------------------------------------------------------

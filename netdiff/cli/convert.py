@@ -23,6 +23,8 @@ def _echo_json(obj) -> None:
 @click.option("-P", "pcap_file", type=click.Path(dir_okay=False), help="pcap/pcapng infile")
 @click.option("-N", "nprint_file", type=click.Path(dir_okay=False), help="nPrint CSV infile (-> pcap, needs -W)")
 @click.option("-W", "write_file", type=click.Path(dir_okay=False), help="output file, else stdout")
+@click.option("-r", "radiotap", is_flag=True, help="include radiotap headers (radiotap captures)")
+@click.option("-w", "wlan", is_flag=True, help="include 802.11 headers (radiotap captures)")
 @click.option("-e", "eth", is_flag=True, help="include ethernet headers")
 @click.option("-4", "ipv4", is_flag=True, help="include ipv4 headers")
 @click.option("-6", "ipv6", is_flag=True, help="include ipv6 headers")
@@ -41,14 +43,16 @@ def _echo_json(obj) -> None:
 @click.option("-x", "regex", hidden=True)
 @click.option("-I", "ip_file", hidden=True)
 @click.option("-C", "csv_file", hidden=True)
-def nprint_cmd(pcap_file, nprint_file, write_file, eth, ipv4, ipv6, tcp, udp, icmp, payload, count,
+def nprint_cmd(pcap_file, nprint_file, write_file, radiotap, wlan, eth, ipv4, ipv6, tcp, udp, icmp, payload, count,
                relative, absolute, fill, index, device, bpf_filter, regex, ip_file, csv_file):
     """Run with the nPrint tool's own flags, e.g.
 
       netdiff nprint -P in.pcap -4 -6 -t -u -i -p 0 -c 1024 -R -A -W out.csv
 
-    Output is byte-identical to nPrint 1.2.1 for IPv4/IPv6 + TCP/UDP/ICMP captures. Reverse
-    mode: netdiff nprint -N in.csv -W out.pcap (timestamps kept; payload not in the CSV is zero).
+    Output is byte-identical to nPrint 1.2.1 on every link type (radiotap captures give a row
+    per packet, -r/-w hold their headers); where nPrint reads past a packet's captured bytes or
+    overflows a timestamp netdiff differs on purpose (docs/nprint.md). Reverse mode:
+    netdiff nprint -N in.csv -W out.pcap (timestamps kept; payload not in the CSV is zero).
     """
     from netdiff.bits.layout import Layout
     from netdiff.nprint_csv import pcap_to_csv, skipped_summary
@@ -68,13 +72,16 @@ def nprint_cmd(pcap_file, nprint_file, write_file, eth, ipv4, ipv6, tcp, udp, ic
         return
     sections = tuple(s for s, on in (("eth", eth), ("ipv4", ipv4), ("ipv6", ipv6), ("tcp", tcp),
                                      ("udp", udp), ("icmp", icmp)) if on)
-    if not sections and not payload:
-        raise NetdiffError("choose at least one of -e -4 -6 -t -u -i or -p N")
+    wireless = tuple(s for s, on in (("radiotap", radiotap), ("wlan", wlan)) if on)
+    if not sections and not payload and not wireless:
+        raise NetdiffError("choose at least one of -r -w -e -4 -6 -t -u -i or -p N")
     layout = Layout(sections=sections, payload_bytes=payload, name="nprint")
     out = write_file if write_file else sys.stdout.buffer
     res = pcap_to_csv(pcap_file, out, layout, index=index, relative=relative, absolute=absolute,
-                      count=count, fill=fill)
+                      count=count, fill=fill, wireless=wireless)
     msg = f"{res['rows']} rows from {res['packets_read']} packets"
+    if res["radiotap_rows"]:
+        msg += f" ({res['radiotap_rows']} radiotap rows: no IP, as nPrint writes them)"
     if res["skipped"]:
         msg += f"; no row for {skipped_summary(res['skipped'])}"
     if res["stopped"]:
@@ -122,6 +129,9 @@ def pcap2img_cmd(inp, out_dir, cls, layout_name, payload_bytes, height, group, w
     else:
         click.echo(f"{s.images} images ({layout.width}x{layout.height}) from {s.files} captures: "
                    f"{s.rows} packets of {s.packets_read} read, in {dt:.2f} s -> {out_dir}")
+        if s.decapsulated:
+            parts = ", ".join(f"{name} {n}" for name, n in s.decapsulated.most_common())
+            click.echo(f"  IP found under other headers: {parts}")
         for reason, n in s.skipped.most_common():
             click.echo(f"  no row for {n} packets: {reason}")
         for note in s.notes:

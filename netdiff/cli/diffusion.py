@@ -160,7 +160,10 @@ def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, qui
 @click.option("--free-layout", is_flag=True,
               help="Masked models: let the model draw row layouts pixel by pixel instead of from the class's "
                    "layout chain first (for comparison).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Windows (images of the model's height) per batch.")
+@click.option("--height", type=click.IntRange(min=1),
+              help="Packets per image, a multiple of the model's (default: the model's). Masked models "
+                   "draw row layouts and flows over the whole height, so flows can outlast one window.")
 @click.option("--hires", is_flag=True, help="Second pass at the config's hires size (NetDiffusion's hires fix).")
 @click.option("--config", help="Config for a Stable Diffusion base (e.g. sd15-lora).")
 @click.option("--device", help="cuda, cuda:1, cpu, ... (default: a GPU when present).")
@@ -169,7 +172,7 @@ def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, qui
               help="Leave images already in OUTPUT alone (go on with an interrupted run).")
 @_threads_option
 def generate_cmd(model, lora, lora_scale, controlnet, control, cls, count, seed, output, pcap, steps, cfg,
-                 scheduler, temperature, unmask_order, free_layout, batch_size, hires, config, device, quiet, skip_existing,
+                 scheduler, temperature, unmask_order, free_layout, batch_size, height, hires, config, device, quiet, skip_existing,
                  threads):
     """Generate COUNT images of class CLASS as palette PNGs in OUTPUT (same seed, same bytes)."""
     from netdiff.model.config import load_config
@@ -199,7 +202,7 @@ def generate_cmd(model, lora, lora_scale, controlnet, control, cls, count, seed,
                           batch_size=batch_size, hires=hires, pcap=pcap, device=device,
                           config=load_config(config) if config else None, progress=not quiet and rank == 0,
                           shard=(rank, world), skip_existing=skip_existing, temperature=temperature,
-                          unmask_order=unmask_order, layouts=not free_layout)
+                          unmask_order=unmask_order, layouts=not free_layout, height=height)
         extra = f" and {len(result.pcaps)} pcaps" if result.pcaps else ""
         who = f" (process {rank + 1} of {world})" if world > 1 else ""
         done = f"; {len(range(rank, count, world)) - len(result.images)} were there already" if skip_existing else ""

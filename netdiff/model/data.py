@@ -7,6 +7,7 @@ columns must match the layout exactly (a bit column is never cropped or resized 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from netdiff.image.codec import read_rgb, rgb_to_bits_exact
 from netdiff.model.config import CAPTION_TEMPLATE, ImageConfig
 
 FILL = -1   # value of an absent bit; padding rows are all fill, like pcap2img's
+_WINDOW_NAME = re.compile(r"(.+)_(\d{4,})")   # pcap2img's <capture stem>_<window number>
 
 
 def caption_for(cls: str) -> str:
@@ -101,6 +103,24 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def stream_keys(self) -> list[int]:
+        """One key per example; consecutive examples with the same key are consecutive windows of
+        one capture: the windows of one PNG, and PNGs that pcap2img cut from one capture
+        (``<stem>_0000.png``, ``<stem>_0001.png``, ... in one folder, numbers without a gap)."""
+        keys, prev, key = [], None, -1
+        for ex in self.examples:
+            path = Path(ex.source)
+            m = _WINDOW_NAME.fullmatch(path.stem)
+            this = (path.parent, m.group(1), int(m.group(2))) if m else (path.parent, path.stem, None)
+            same_png = prev is not None and prev[0] == path
+            next_png = (prev is not None and m is not None and prev[1][2] is not None
+                        and prev[1][:2] == this[:2] and this[2] == prev[1][2] + 1)
+            if not (same_png or next_png):
+                key += 1
+            keys.append(key)
+            prev = (path, this)
+        return keys
 
     def captions(self) -> list[str]:
         return [caption_for(c) for c in self.classes]

@@ -236,14 +236,18 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
              scheduler: str | None = None, batch_size: int | None = None, hires: bool = False,
              pcap: bool = False, device=None, config=None, progress: bool = True,
              shard: tuple[int, int] = (0, 1), skip_existing: bool = False, temperature: float | None = None,
-             unmask_order: str | None = None, layouts: bool = True) -> GenerateResult:
+             unmask_order: str | None = None, layouts: bool = True, height: int | None = None) -> GenerateResult:
     """``count`` images of class ``cls``: PNGs (and pcaps through the repair path) in ``output``.
 
     ``shard=(rank, world)`` makes image k this process's when k % world == rank (one process per
     GPU under ``accelerate launch``); ``skip_existing`` leaves images already in ``output`` alone
     (an interrupted run goes on). Image k depends only on seed + k, so neither changes a byte.
     ``layouts``: masked models first draw each image's row layouts from the class's layout chain
-    (netdiff.model.layouts); False lets the model draw layouts pixel by pixel (for comparison)."""
+    (netdiff.model.layouts); False lets the model draw layouts pixel by pixel (for comparison).
+    ``height``: packets per image, a multiple of the model's window (its config height). A taller
+    image is sampled as consecutive windows in one batch; with row layouts, its layouts and flows
+    are drawn over the whole height and a flow's ports are tied across windows, so flows run as
+    long as in the training captures."""
     from netdiff.bits.layout import named_layout
     from netdiff.model.controls import load_control
 
@@ -291,6 +295,12 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
                                f"size {first}; set sample.hires_height / hires_width")
     else:
         first = final = (im.height, im.width)
+    rows = height or final[0]
+    if rows < 1 or rows % final[0]:
+        raise NetdiffError(f"--height {rows}: must be a multiple of the model's {final[0]} packets per window")
+    windows = rows // final[0]
+    if windows > 1 and hires:
+        raise NetdiffError("--height and --hires do not go together (--hires has its own size)")
     if final[1] != layout.width:
         raise NetdiffError(f"samples would be {final[1]} columns wide; the {layout.name} layout has "
                            f"{layout.width}")
@@ -298,37 +308,44 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
     # 3. Control image (the same for every image of the run)
     control_t = None
     if control is not None:
+        if windows > 1:
+            raise NetdiffError("--height with a ControlNet is not supported: the control image is one window")
         ctrl = load_control(control, control_kind, layout, final[0])
         control_t = torch.from_numpy(ctrl)[None, None]
         if hires and first != final:
             raise NetdiffError("--hires with a ControlNet is not supported: the ControlNet was trained "
                                "at one size")
 
-    # 4. Sample in batches, one generator per image; each batch is written as soon as it is made
+    # 4. Sample in batches of whole images, one generator per window (window 0 of image k: seed + k);
+    #    each batch is written as soon as it is made
     use_layouts = (layouts and mcfg.image.space == "masked" and control_t is None
                    and bundle.layouts is not None and cls in bundle.layouts.classes)
     out_bits = []
     prompt = caption_for(cls)
     result = GenerateResult(bits=np.zeros((0, 0, 0), dtype=np.int8), seeds=seeds, device=str(pipe.unet.device))
-    for lo in range(0, len(seeds), batch_size):
-        chunk = seeds[lo: lo + batch_size]
-        gens = [torch.Generator("cpu").manual_seed(sd) for sd in chunk]
+    per_batch = max(1, batch_size // windows)
+    for lo in range(0, len(seeds), per_batch):
+        chunk = seeds[lo: lo + per_batch]
+        gens = [torch.Generator("cpu").manual_seed(window_seed(sd, j)) for sd in chunk for j in range(windows)]
         extra = {}
         if use_layouts:
             # structure first: each image's row layouts and flows from a stream of its own (seed + k,
             # offset so it is independent of the pixel draws at seed + k and the hires pass at
-            # + 1_000_003)
+            # + 1_000_003), over the image's whole height
             from netdiff.model.layouts import tie_pairs
 
-            chain, present, ties = bundle.layouts, [], []
-            for sd in chunk:
+            chain, present, canon, member = bundle.layouts, [], [], []
+            for b, sd in enumerate(chunk):
                 g = torch.Generator("cpu").manual_seed(sd + 2_000_003)
-                ids = chain.sample_ids(cls, first[0], g)
-                present.append(chain.vocab[ids])
-                ties.append(tie_pairs(chain.sample_flows(cls, ids, g, layout), layout))
-            extra["present"] = torch.from_numpy(np.stack(present))[:, None]
-            extra["ties"] = ties
-        res = pipe([prompt] * len(chunk), height=first[0], width=first[1], generators=gens,
+                ids = chain.sample_ids(cls, windows * first[0], g)
+                present.append(chain.vocab[ids].reshape(windows, first[0], -1))
+                c, m = tie_pairs(chain.sample_flows(cls, ids, g, layout), layout)
+                offset = b * windows * first[0] * layout.width     # image b's first pixel in the batch
+                canon.append(c + offset)
+                member.append(m + offset)
+            extra["present"] = torch.from_numpy(np.concatenate(present))[:, None]
+            extra["ties"] = (np.concatenate(canon), np.concatenate(member))
+        res = pipe([prompt] * len(gens), height=first[0], width=first[1], generators=gens,
                    num_inference_steps=steps, guidance_scale=cfg_scale, control=control_t,
                    controlnet_conditioning_scale=mcfg.controlnet.conditioning_scale, progress=progress, **extra)
         bits = res.bits
@@ -341,6 +358,7 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
             bits = pipe([prompt] * len(chunk), height=final[0], width=final[1], generators=gens,
                         num_inference_steps=steps, guidance_scale=cfg_scale, init_latents=init,
                         strength=s.hires_strength, progress=progress).bits
+        bits = bits.reshape(len(chunk), rows, bits.shape[-1])     # windows back into images
         out_bits.append(bits)
         if output is not None:
             _write(result, bits, chunk, output, cls, pcap, {
@@ -348,6 +366,15 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
                 "netdiff:steps": str(steps), "netdiff:cfg": str(cfg_scale)})
     result.bits = np.concatenate(out_bits)
     return result
+
+
+def window_seed(seed: int, window: int) -> int:
+    """Seed of window ``window`` of the image made with ``seed``: window 0 is the image's own
+    seed (an image of one window is what it always was), the others are hashed from both, so
+    they do not fall on the seed of another image of the run."""
+    if window == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, window]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def _png_path(output, cls: str, seed: int) -> Path:

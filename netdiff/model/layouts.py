@@ -9,13 +9,16 @@ docs/diffusion.md "Row layouts"). So masked models generate in two stages, struc
 1. a first-order Markov chain over row layouts per class, learned from the training images at
    train-base time (the vocabulary of distinct layouts, start and transition counts; no field
    value, no packet) draws each image's sequence of layouts;
-2. flow links: real windows hold a few flows whose packets interleave (5.6 packets per flow in
-   32-packet windows of the shared captures); drawn bit by bit, every generated row had ports of
-   its own, so every packet was a flow of one. Per class and layout, the chain also counts how a
-   TCP/UDP row relates to the flows before it in its image: a new flow, or the r-th most recent
-   flow of the same transport (r <= ``MAX_LINK``), in the same or the reverse direction. Sampling
-   draws these links, and the masked sampler ties the port pixels of a flow's rows together
-   (swapped for the reverse direction), so the model still draws the ports, once per flow;
+2. flow links: real captures hold a few flows whose packets interleave; drawn bit by bit, every
+   generated row had ports of its own, so every packet was a flow of one. Per class and layout,
+   the chain also counts how a TCP/UDP row relates to the flows before it: a new flow, or the
+   r-th most recent flow of the same transport (r <= ``MAX_LINK``), in the same or the reverse
+   direction. Counted over each capture's consecutive windows as one sequence (``streams``), a
+   flow that goes on past a window's edge is not counted as new again, so the rate of new flows
+   is the capture's, not the window's, and a generated image taller than the training windows
+   (``generate --height``) holds flows as long as the capture's. Sampling draws these links, and
+   the masked sampler ties the port pixels of a flow's rows together (swapped for the reverse
+   direction), so the model still draws the ports, once per flow;
 3. the masked model fills the values with those absent pixels revealed and the present ones
    hidden (``netdiff.model.masked``; training hides pixels the same way for part of each batch).
 
@@ -95,9 +98,12 @@ class LayoutChain:
         self.layout_name = layout_name
 
     @classmethod
-    def fit(cls, images: list[np.ndarray], labels: list[str], layout=None) -> "LayoutChain":
+    def fit(cls, images: list[np.ndarray], labels: list[str], layout=None,
+            streams: list | None = None) -> "LayoutChain":
         """Images (H, W) int8 of the training set and their classes (``layout``: the images'
-        bit layout, default netdiffusion; it says where the ports are)."""
+        bit layout, default netdiffusion; it says where the ports are). ``streams``: one key per
+        image; consecutive images with the same key are consecutive windows of one capture, and
+        row transitions and flow links run on across their edges (default: every image alone)."""
         from netdiff.bits.layout import named_layout
 
         layout = layout or named_layout("netdiffusion", height=images[0].shape[0])
@@ -119,13 +125,23 @@ class LayoutChain:
         start = np.zeros((len(classes), len(keys)))
         trans = np.zeros((len(classes), len(keys), len(keys)))
         links = np.zeros((len(classes), len(keys), MAX_LINK + 1, 2))
-        for im, ids, lab in zip(images, seqs, labels):
-            c = c_index[lab]
-            start[c, ids[0]] += 1
+        keys_of = list(range(len(images))) if streams is None else list(streams)
+        if len(keys_of) != len(images):
+            raise ValueError(f"{len(keys_of)} stream keys for {len(images)} images")
+        lo = 0
+        for hi in range(1, len(images) + 1):
+            if hi < len(images) and keys_of[hi] == keys_of[lo] and labels[hi] == labels[lo]:
+                continue
+            # images lo..hi-1: one capture's consecutive windows
+            c = c_index[labels[lo]]
+            for ids in seqs[lo:hi]:
+                start[c, ids[0]] += 1      # every window start: a generated image may begin anywhere
+            ids = np.concatenate([np.asarray(x, dtype=np.intp) for x in seqs[lo:hi]])
             np.add.at(trans[c], (ids[:-1], ids[1:]), 1)
-            link, rev = flow_links(np.asarray(im), ports)
+            link, rev = flow_links(np.concatenate([np.asarray(im) for im in images[lo:hi]]), ports)
             has = link >= 0
-            np.add.at(links[c], (np.asarray(ids)[has], link[has], rev[has].astype(np.intp)), 1)
+            np.add.at(links[c], (ids[has], link[has], rev[has].astype(np.intp)), 1)
+            lo = hi
         return cls(vocab, classes, start, trans, links, layout.name)
 
     def sample(self, cls: str, rows: int, generator: torch.Generator) -> np.ndarray:

@@ -14,31 +14,32 @@ from netdiff.model.generate import NetdiffPipeline, NetdiffPipelineOutput
 from netdiff.model.masked import one_hot_visible
 
 
-def tie_pixels(values: torch.Tensor, mask: torch.Tensor, ties: list, factor: int):
-    """Apply each image's ties on the folded map: a hidden canonical pixel takes the value of its
-    first revealed tied pixel, then every tied pixel shows its revealed canonical pixel."""
+def tie_pixels(values: torch.Tensor, mask: torch.Tensor, ties: tuple, factor: int):
+    """Apply the batch's ties on the folded map: a hidden canonical pixel takes the value of its
+    first revealed tied pixel, then every tied pixel shows its revealed canonical pixel. ``ties``
+    index the batch's images stacked on rows, so a tie may join two images of the batch (the
+    windows of one taller image)."""
+    canon, member = ties
+    if len(canon) == 0:
+        return values, mask
     img = torch.nn.functional.pixel_shuffle(values, factor)
     hid = torch.nn.functional.pixel_shuffle(mask.float(), factor) > 0.5
-    b = img.shape[0]
-    flat_v, flat_h = img.reshape(b, -1).clone(), hid.reshape(b, -1).clone()
-    for k, (canon, member) in enumerate(ties):
-        if len(canon) == 0:
-            continue
-        c, m = torch.from_numpy(canon), torch.from_numpy(member)
-        v, h = flat_v[k], flat_h[k]
-        # canonical pixels still hidden learn from the first of their tied pixels already drawn
-        sel = (h[c] & ~h[m]).numpy()
-        if sel.any():
-            cs, first = np.unique(canon[sel], return_index=True)
-            src = member[sel][first]
-            v[torch.from_numpy(cs)] = v[torch.from_numpy(src)]
-            h[torch.from_numpy(cs)] = False
-        known = ~h[c]
-        v[m[known]] = v[c[known]]
-        h[m[known]] = False
+    v, h = img.reshape(-1).clone(), hid.reshape(-1).clone()
+    c, m = torch.from_numpy(canon).to(v.device), torch.from_numpy(member).to(v.device)
+    # canonical pixels still hidden learn from the first of their tied pixels already drawn
+    sel = (h[c] & ~h[m]).cpu().numpy()
+    if sel.any():
+        cs, first = np.unique(canon[sel], return_index=True)
+        src = torch.from_numpy(member[sel][first]).to(v.device)
+        cs = torch.from_numpy(cs).to(v.device)
+        v[cs] = v[src]
+        h[cs] = False
+    known = ~h[c]
+    v[m[known]] = v[c[known]]
+    h[m[known]] = False
     shape = img.shape
-    values = torch.nn.functional.pixel_unshuffle(flat_v.view(shape), factor)
-    mask = torch.nn.functional.pixel_unshuffle(flat_h.view(shape).float(), factor) > 0.5
+    values = torch.nn.functional.pixel_unshuffle(v.view(shape), factor)
+    mask = torch.nn.functional.pixel_unshuffle(h.view(shape).float(), factor) > 0.5
     return values, mask
 
 
@@ -52,9 +53,10 @@ class NetdiffMaskedPipeline(NetdiffPipeline):
                  present: torch.Tensor | None = None, ties: list | None = None,
                  progress: bool = True) -> NetdiffPipelineOutput:
         """``present``: (B, 1, H, W) bool row layouts drawn beforehand (netdiff.model.layouts): absent
-        pixels start revealed, present ones hidden and never drawn absent. ``ties``: per image,
-        (canonical, tied) flat pixel indices (``layouts.tie_pairs``): a tied pixel always shows its
-        canonical pixel's value (the ports of one flow's packets)."""
+        pixels start revealed, present ones hidden and never drawn absent. ``ties``: (canonical,
+        tied) flat pixel indices into the batch's images stacked on rows (``layouts.tie_pairs``,
+        offset by each image's first row): a tied pixel always shows its canonical pixel's value
+        (the ports of one flow's packets, across the windows of a taller image too)."""
         # 1. Check inputs (the same as the Gaussian pipeline's)
         f = self.check_inputs(prompts, height, width, generators, control, strength)
         device, dtype = self.unet.device, self.unet.dtype

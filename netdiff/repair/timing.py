@@ -4,6 +4,12 @@ The model keeps, per class, quantiles of log10(gap in seconds) (zero gaps counte
 captures often hold packets with the same timestamp). Sampling is inverse-CDF with linear
 interpolation between quantiles: cheap, deterministic with a seed, and the file is a small JSON
 that travels with the dataset or model.
+
+Besides the 101 even quantiles, the model keeps the ones at 1/n and 1 - 1/n (n gaps): with even
+quantiles only, the last one-percent interval stretched from the 99th percentile to the largest
+gap, so one stray timestamp in a training capture (a gap of 10^8 s in the shared voip and
+video_streaming captures) gave one generated gap in a hundred anywhere up to years. The outer
+intervals now carry the weight the extreme gaps have in the data, 1/n each.
 """
 from __future__ import annotations
 
@@ -17,12 +23,14 @@ from netdiff.errors import NetdiffError
 
 N_QUANTILES = 101
 MIN_GAP = 1e-9
-FORMAT = "netdiff-timing/1"
+FORMAT = "netdiff-timing/2"
+READS = ("netdiff-timing/1", FORMAT)      # /1: the even quantiles only, no "p"
 
 
 class TimingModel:
     def __init__(self, classes: dict[str, dict] | None = None):
-        # class -> {"q": [N_QUANTILES log10 values], "p_zero": float, "count": int}
+        # class -> {"q": [log10 quantiles], "p": [their probabilities, 0..1; absent: N_QUANTILES
+        # even ones], "p_zero": float, "count": int}
         self.classes: dict[str, dict] = classes or {}
 
     # --- learning -------------------------------------------------------------------------------
@@ -37,9 +45,10 @@ class TimingModel:
             if len(gaps) == 0:
                 continue
             pos = gaps[gaps > 0]
-            q = (np.quantile(np.log10(np.maximum(pos, MIN_GAP)), np.linspace(0, 1, N_QUANTILES))
-                 if len(pos) else np.full(N_QUANTILES, -6.0))
+            p = quantile_levels(len(pos))
+            q = (np.quantile(np.log10(np.maximum(pos, MIN_GAP)), p) if len(pos) else np.full(len(p), -6.0))
             model.classes[str(klass)] = {"q": [round(float(x), 6) for x in q],
+                                         "p": [round(float(x), 9) for x in p],
                                          "p_zero": float(1 - len(pos) / len(gaps)),
                                          "count": int(len(gaps))}
         if not model.classes:
@@ -87,10 +96,12 @@ class TimingModel:
             raise NetdiffError(f"{path}: no such timing model") from None
         except ValueError as e:
             raise NetdiffError(f"{path}: not a JSON timing model ({e})") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        if not isinstance(doc, dict) or doc.get("format") not in READS:
             raise NetdiffError(f"{path}: not a netdiff timing model (format {FORMAT!r} expected)")
         for k, c in doc.get("classes", {}).items():
-            if len(c.get("q", [])) != N_QUANTILES or not 0 <= c.get("p_zero", -1) <= 1:
+            q, p = c.get("q", []), c.get("p", np.linspace(0, 1, N_QUANTILES))
+            if (not isinstance(q, list) or len(q) != len(p) or len(q) < 2 or not 0 <= c.get("p_zero", -1) <= 1
+                    or p[0] != 0 or p[-1] != 1 or np.any(np.diff(p) <= 0)):
                 raise NetdiffError(f"{path}: class {k!r} is malformed")
         return cls(doc["classes"])
 
@@ -104,11 +115,8 @@ class TimingModel:
         else:
             c = self._pooled()
         q = np.asarray(c["q"], dtype=np.float64)
-        u = rng.random(n) * (N_QUANTILES - 1)
-        lo = np.floor(u).astype(np.int64)
-        hi = np.minimum(lo + 1, N_QUANTILES - 1)
-        logs = q[lo] + (u - lo) * (q[hi] - q[lo])
-        out = 10.0 ** logs
+        p = np.asarray(c.get("p", np.linspace(0, 1, len(q))), dtype=np.float64)
+        out = 10.0 ** np.interp(rng.random(n), p, q)
         out[rng.random(n) < c["p_zero"]] = 0.0
         return out
 
@@ -116,10 +124,20 @@ class TimingModel:
         if not self.classes:
             return DEFAULT_CLASS
         w = np.array([c["count"] for c in self.classes.values()], dtype=np.float64)
-        qs = np.array([c["q"] for c in self.classes.values()])
+        even = np.linspace(0, 1, N_QUANTILES)
+        qs = np.array([np.interp(even, c.get("p", even), c["q"]) for c in self.classes.values()])
         pz = np.array([c["p_zero"] for c in self.classes.values()])
         # Mixture approximated by weighted quantile averaging: adequate for stamping.
         return {"q": list((w[:, None] * qs).sum(0) / w.sum()), "p_zero": float((w * pz).sum() / w.sum())}
+
+
+def quantile_levels(n: int) -> np.ndarray:
+    """Probabilities the quantiles of ``n`` gaps are kept at: 101 even ones, and 1/n, 1 - 1/n
+    when those fall between them."""
+    even = np.linspace(0, 1, N_QUANTILES)
+    if n < 3:
+        return even
+    return np.unique(np.concatenate([even, [1 / n, 1 - 1 / n]]))
 
 
 # Used when no model is given: log-uniform between 10 us and 100 ms (a neutral, documented

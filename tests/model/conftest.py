@@ -62,6 +62,12 @@ def write_dataset(root: Path, per_class: int = 4, rows: int = ROWS, seed: int = 
 
 
 @pytest.fixture(scope="session")
+def make_tcp_flow():
+    """``tcp_flow`` for test modules (a plain import of conftest may find another folder's)."""
+    return tcp_flow
+
+
+@pytest.fixture(scope="session")
 def img_dir(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("imgs"))
 

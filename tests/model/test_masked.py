@@ -155,3 +155,62 @@ def test_damaged_layout_file_is_a_one_line_error(tmp_path):
     (tmp_path / LAYOUTS_FILE).write_bytes(b"\x10\x00\x00\x00garbage")
     with pytest.raises(NetdiffError, match="damaged layout file"):
         LayoutChain.load(tmp_path)
+
+
+def test_taller_images_keep_a_flow_across_their_windows(trained):
+    """Each web_tcp training image is one flow; a 64-packet image is two windows of the model, and
+    the flow links are drawn over both, so the second window goes on with the first's ports
+    instead of drawing new ones."""
+    from netdiff.bits.layout import NETDIFFUSION
+    from netdiff.model.generate import generate
+
+    tall = generate(trained, "web_tcp", 2, 0, None, steps=6, height=64, progress=False).bits
+    assert tall.shape == (2, 64, NETDIFFUSION.width)
+    for im in tall:
+        top, bottom = _port_pairs(im[:32]), _port_pairs(im[32:])
+        assert top & bottom, (top, bottom)
+        assert len(_port_pairs(im)) <= 4
+    # one window: the same bytes as without --height; same seed, same bytes
+    assert np.array_equal(generate(trained, "web_tcp", 1, 0, None, steps=4, height=32, progress=False).bits,
+                          generate(trained, "web_tcp", 1, 0, None, steps=4, progress=False).bits)
+    again = generate(trained, "web_tcp", 2, 0, None, steps=6, height=64, batch_size=2, progress=False).bits
+    assert np.array_equal(tall, again)
+
+
+def test_height_must_be_whole_windows(trained):
+    from netdiff.errors import NetdiffError
+    from netdiff.model.generate import generate
+
+    with pytest.raises(NetdiffError, match="multiple of the model's 32"):
+        generate(trained, "web_tcp", 1, 0, None, steps=2, height=48, progress=False)
+
+
+def test_layout_chain_counts_flows_over_a_captures_windows(tmp_path, make_tcp_flow):
+    """One 64-packet flow cut by pcap2img into two windows (cap_0000.png, cap_0001.png) is one
+    stream: the flow is new once, not once per window; a gap in the numbering starts a new stream."""
+    import json
+    import random
+
+    from netdiff.bits.codec import encode
+    from netdiff.bits.layout import NETDIFFUSION
+    from netdiff.image.codec import write_png
+    from netdiff.io.pcap import PacketBatch
+    from netdiff.model.config import load_config
+    from netdiff.model.data import ImageDataset
+    from netdiff.model.layouts import LayoutChain
+
+    bits, _ = encode(PacketBatch.from_packets(make_tcp_flow(random.Random(1), 64)), NETDIFFUSION)
+    for k, name in ((0, "cap_0000"), (1, "cap_0001"), (0, "cap_0003")):
+        write_png(tmp_path / "web" / f"{name}.png", bits[32 * k: 32 * k + 32])
+        (tmp_path / "web" / f"{name}.json").write_text(json.dumps({"class": "web"}))
+    ds = ImageDataset(tmp_path, load_config("tiny").image)
+    keys = ds.stream_keys()
+    assert keys[0] == keys[1] != keys[2]
+    images, labels = [e.bits for e in ds.examples], [e.cls for e in ds.examples]
+    joined = LayoutChain.fit(images[:2], labels[:2], streams=keys[:2])
+    alone = LayoutChain.fit(images[:2], labels[:2])
+    new = lambda chain: int(chain.links[0, :, 0].sum())          # noqa: E731
+    assert (new(joined), new(alone)) == (1, 2)
+    assert joined.links.sum() == alone.links.sum() == 64
+    # transitions run across the edge too: 63 between 64 rows, against 2 x 31
+    assert (joined.trans.sum(), alone.trans.sum()) == (63, 62)

@@ -72,6 +72,24 @@ def test_timing_learn_save_load_sample(tmp_path):
     assert (m2.gaps(10, "a", seed=3) == m2.gaps(10, "a", seed=3)).all()
 
 
+def test_one_stray_gap_is_drawn_as_rarely_as_it_occurs(tmp_path):
+    """999 gaps near 1 ms and one of 10^8 s (a packet with a wrong clock): the 10^8 s gap is one
+    in a thousand, so are drawn gaps above a second, not one in a hundred as when the last
+    percentile interval ran up to it."""
+    rng = np.random.default_rng(0)
+    m = TimingModel.learn({"voip": [np.r_[rng.lognormal(np.log(1e-3), 0.3, 999), 1e8]]})
+    m.save(tmp_path / "t.json")
+    s = TimingModel.load(tmp_path / "t.json").gaps(200_000, "voip", seed=2)
+    assert (s > 1.0).mean() < 0.002
+    assert np.median(s) == pytest.approx(1e-3, rel=0.1)
+    # a model written before the extra quantiles (format /1: 101 even ones, no "p") still reads
+    old = {"format": "netdiff-timing/1", "classes": {"x": {"q": list(np.linspace(-3, -1, 101)),
+                                                             "p_zero": 0.0, "count": 5}}}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    g = TimingModel.load(tmp_path / "old.json").gaps(50_000, "x", seed=0)
+    assert np.median(np.log10(g)) == pytest.approx(-2, abs=0.02)
+
+
 def test_timing_from_sidecars(tmp_path):
     paths = []
     for i, step in enumerate((0.01, 0.02)):
