@@ -8,7 +8,7 @@ images carry the layout their sidecar names, or the one their width implies.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,10 @@ class TrafficSet:
     files: list[str]            # group index -> source file
     pcap_paths: list[str]
     flow: np.ndarray | None = None   # (N,) int bidirectional flow id (see flows.flow_ids)
+    # pcaps: packets whose IP header sat under other headers, per encapsulation, and packets left
+    # out, per reason (netdiff.bits.codec's counts, summed over the files)
+    decapsulated: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.bits)
@@ -114,7 +118,9 @@ def _bar(items, progress: bool, desc: str):
 
 
 def _load_pcaps(root: Path, paths: list[Path], progress: bool) -> TrafficSet:
-    from netdiff.bits.codec import encode
+    from collections import Counter
+
+    from netdiff.bits.codec import decapsulated_counts, encode, skipped_counts
     from netdiff.io.pcap import read_capture
 
     layout = NPRINT
@@ -122,9 +128,12 @@ def _load_pcaps(root: Path, paths: list[Path], progress: bool) -> TrafficSet:
     cls_index = {c: i for i, c in enumerate(classes)}
     bits, label, group, image, ts = [], [], [], [], []
     next_image = 0
+    decap, skipped = Counter(), Counter()
     for g, p in enumerate(_bar(paths, progress, f"reading {root.name}")):
         batch, _ = read_capture(p)
         m, parsed = encode(batch, layout)
+        decap += decapsulated_counts(parsed)
+        skipped += skipped_counts(parsed)
         ok = parsed.reason == 0
         n = len(m)
         bits.append(m)
@@ -137,7 +146,8 @@ def _load_pcaps(root: Path, paths: list[Path], progress: bool) -> TrafficSet:
         ts.append(batch.ts_sec[ok].astype(np.float64) + batch.ts_nsec[ok] * 1e-9)
     return TrafficSet(str(root), "pcap", layout, _cat(bits, (0, layout.width), np.int8),
                       _cat(label), classes, _cat(group), _cat(image), _cat(ts, dtype=np.float64),
-                      [str(p) for p in paths], [str(p) for p in paths])
+                      [str(p) for p in paths], [str(p) for p in paths],
+                      decapsulated=dict(decap), skipped=dict(skipped))
 
 
 def _cat(parts, shape=(0,), dtype=np.int64):

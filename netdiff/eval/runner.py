@@ -250,7 +250,8 @@ def evaluate(real, synthetic, out, training=None, seed: int = 0, *, figures: boo
         "version": REPORT_VERSION,
         "seed": seed,
         "inputs": {name: None if t is None else {"path": t.path, "kind": t.kind, "packets": len(t),
-                                                  "classes": t.class_counts()}
+                                                  "classes": t.class_counts(),
+                                                  "decapsulated": t.decapsulated, "left_out": t.skipped}
                    for name, t in (("real", real_ts), ("synthetic", synth_ts), ("training", train_ts))},
         "layout": {"name": layout.name, "columns": layout.width},
         "classes": classes,

@@ -238,3 +238,19 @@ def test_every_corpus_capture_through_the_cli(files, cli, tmp_path):
 
 
 
+
+
+def test_evaluate_inputs_count_what_was_unwrapped_and_left_out(files, tmp_path):
+    """evaluate reads captures the way pcap2img does, and its report's inputs say so."""
+    from netdiff.eval.load import load_dir
+
+    for cls, names in (("wifi", ("radiotap",)), ("tunnel", ("gre", "vxlan"))):
+        (tmp_path / cls).mkdir()
+        for n in names:
+            shutil.copy(files[n], tmp_path / cls / f"{n}.pcap")
+    ts = load_dir(tmp_path)
+    assert len(ts) == 3 * len(INNER)
+    assert ts.decapsulated == {"802.11 LLC/SNAP": len(INNER), "radiotap": len(INNER),
+                               "GRE": len(INNER), "VXLAN": len(INNER)}
+    assert ts.skipped == {"802.11 management or control frame": 1,          # the beacon
+                          "802.11 frame encrypted (protected bit set)": 1}
