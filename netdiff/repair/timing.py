@@ -98,10 +98,18 @@ class TimingModel:
             raise NetdiffError(f"{path}: not a JSON timing model ({e})") from None
         if not isinstance(doc, dict) or doc.get("format") not in READS:
             raise NetdiffError(f"{path}: not a netdiff timing model (format {FORMAT!r} expected)")
-        for k, c in doc.get("classes", {}).items():
-            q, p = c.get("q", []), c.get("p", np.linspace(0, 1, N_QUANTILES))
-            if (not isinstance(q, list) or len(q) != len(p) or len(q) < 2 or not 0 <= c.get("p_zero", -1) <= 1
-                    or p[0] != 0 or p[-1] != 1 or np.any(np.diff(p) <= 0)):
+        classes = doc.get("classes", {})
+        if not isinstance(classes, dict):
+            raise NetdiffError(f"{path}: 'classes' is not a mapping")
+        for k, c in classes.items():
+            try:
+                q = np.asarray(c["q"], dtype=np.float64)
+                p = np.asarray(c.get("p", np.linspace(0, 1, N_QUANTILES)), dtype=np.float64)
+                ok = (q.ndim == p.ndim == 1 and len(q) == len(p) >= 2 and np.isfinite(q).all()
+                      and 0 <= float(c["p_zero"]) <= 1 and p[0] == 0 and p[-1] == 1 and (np.diff(p) > 0).all())
+            except (TypeError, ValueError, KeyError, AttributeError):
+                ok = False
+            if not ok:
                 raise NetdiffError(f"{path}: class {k!r} is malformed")
         return cls(doc["classes"])
 

@@ -113,6 +113,11 @@ def test_timing_bad_files(tmp_path):
         TimingModel.learn_from_sidecars([tmp_path / "x.json"])
     with pytest.raises(NetdiffError, match="no such"):
         TimingModel.load(tmp_path / "missing.json")
+    for bad in ({"q": [1, 2, 3], "p": [0, 0.7, 0.5], "p_zero": 0}, {"q": "abc", "p_zero": 0},
+                {"q": [1, 2], "p": [0, "x"], "p_zero": 0}, {"q": [1, 2], "p": [0, 1]}, [1, 2]):
+        (tmp_path / "b.json").write_text(json.dumps({"format": "netdiff-timing/2", "classes": {"x": bad}}))
+        with pytest.raises(NetdiffError, match="malformed"):
+            TimingModel.load(tmp_path / "b.json")
 
 
 # --- addresses -------------------------------------------------------------------------------------
