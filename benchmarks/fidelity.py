@@ -283,6 +283,7 @@ def train_or_reuse(images: Path, model: Path, train_dir: Path, args, tty: bool) 
         if saved.get("config") != args.config or (args.steps is not None and saved.get("steps") != args.steps):
             raise SystemExit(f"--skip-train: the model in {model} is config {saved.get('config')!r}, "
                              f"{saved.get('steps')} steps; run without --skip-train")
+        refit_layouts(images, model)
         return {**saved, "reused": True}
     # Never resume into an old model folder: a finished one would be trained further.
     shutil.rmtree(model, ignore_errors=True)
@@ -292,6 +293,20 @@ def train_or_reuse(images: Path, model: Path, train_dir: Path, args, tty: bool) 
                  seconds=round(result.seconds, 1), device=result.device)
     (model / TRAIN_STAMP).write_text(json.dumps(stamp, indent=1))
     return {**stamp, "reused": False}
+
+
+def refit_layouts(images: Path, model: Path) -> None:
+    """The structure stage (row layouts and flow links) is counted from the training images, not
+    trained: a reused network gets it refitted with the current code, in seconds."""
+    from netdiff.model.config import ModelConfig
+    from netdiff.model.data import ImageDataset
+    from netdiff.model.layouts import LAYOUTS_FILE, LayoutChain
+
+    if not (model / LAYOUTS_FILE).is_file():
+        return          # a Gaussian model has no structure stage
+    doc = json.loads((model / "netdiff_model.json").read_text())
+    cfg = ModelConfig.from_dict(doc["config"], source=str(model))
+    LayoutChain.fit_dataset(ImageDataset(images, cfg.image)).save(model)
 
 
 def priors_file(images: Path) -> Path | None:

@@ -10,8 +10,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from netdiff import sidecar as sc
-from netdiff.bits.codec import (SKIP_REASONS, Parsed, address_words, decapsulated_counts, kept_bytes, encode,
-                                overlay, overlay_bytes)
+from netdiff.bits.codec import (SKIP_REASONS, Parsed, decapsulated_counts, kept_bytes, encode,
+                                flow_keys, overlay, overlay_bytes)
 from netdiff.bits.layout import Layout, NETDIFFUSION
 from netdiff.errors import CaptureError, ImageError, NetdiffError
 from netdiff.image.codec import pad_rows, read_png_bits, read_png_bytes, write_png
@@ -35,6 +35,7 @@ class ConvertSummary:
     notes: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     gaps: dict = field(default_factory=dict)             # class -> [inter-arrival seconds arrays]
+    gap_kinds: dict = field(default_factory=dict)        # class -> [their kinds, timing.gap_kinds]
     priors: object = None                                # PriorsLearner fed with every image
     classes: set = field(default_factory=set)            # classes that got at least one image
 
@@ -76,19 +77,21 @@ class _Rows:
     batch: PacketBatch
     residual: np.ndarray
     l3: np.ndarray
+    flow: np.ndarray        # flow key of every packet (codec.flow_keys): for the timing model
 
     @staticmethod
     def concat(parts: list["_Rows"]) -> "_Rows":
         if len(parts) == 1:
             return parts[0]
         return _Rows(np.concatenate([p.bits for p in parts]), PacketBatch.concat([p.batch for p in parts]),
-                     np.concatenate([p.residual for p in parts]), np.concatenate([p.l3 for p in parts]))
+                     np.concatenate([p.residual for p in parts]), np.concatenate([p.l3 for p in parts]),
+                     np.concatenate([p.flow for p in parts]))
 
     def split(self, n: int) -> tuple["_Rows", "_Rows"]:
         cut = int(self.batch.caplen[:n].sum())
         idx_a, idx_b = np.arange(n), np.arange(n, len(self.batch))
-        return (_Rows(self.bits[:n], self.batch.take(idx_a), self.residual[:cut], self.l3[:n]),
-                _Rows(self.bits[n:], self.batch.take(idx_b), self.residual[cut:], self.l3[n:]))
+        return (_Rows(self.bits[:n], self.batch.take(idx_a), self.residual[:cut], self.l3[:n], self.flow[:n]),
+                _Rows(self.bits[n:], self.batch.take(idx_b), self.residual[cut:], self.l3[n:], self.flow[n:]))
 
     def take(self, idx: np.ndarray) -> "_Rows":
         starts = np.zeros(len(self.batch), dtype=np.int64)
@@ -97,39 +100,19 @@ class _Rows:
         cap = self.batch.caplen[idx]
         k = np.arange(int(cap.sum()), dtype=np.int64)
         src = np.repeat(starts[idx] - np.concatenate([[0], np.cumsum(cap)[:-1]]), cap) + k
-        return _Rows(self.bits[idx], self.batch.take(idx), self.residual[src], self.l3[idx])
+        return _Rows(self.bits[idx], self.batch.take(idx), self.residual[src], self.l3[idx], self.flow[idx])
 
 
 def _encode_chunk(batch: PacketBatch, layout: Layout, keep_payload: bool) -> tuple[_Rows, Parsed]:
     bits, p = encode(batch, layout)
     ok = np.flatnonzero(p.reason == 0)
     res = sc.residual_bytes(batch, p, layout, keep_payload)
-    return _Rows(bits, batch.take(ok), res, p.l3[ok]), p
+    return _Rows(bits, batch.take(ok), res, p.l3[ok], flow_keys(p)[ok]), p
 
 
 def flow_labels(batch: PacketBatch, p: Parsed) -> np.ndarray:
     """Bidirectional 5-tuple label (0..F-1, in order of first packet) of every encodable packet."""
-    ok = np.flatnonzero(p.reason == 0)
-    g = p.window[ok]
-    n = len(ok)
-    rows = np.arange(n)
-    l3, l4 = p.l3[ok], p.l4[ok]
-    v4 = p.version[ok] == 4
-
-    def port(off: int) -> np.ndarray:
-        has = np.isin(p.proto[ok], (6, 17))
-        v = (g[rows, l4 + off].astype(np.uint64) << np.uint64(8)) | g[rows, l4 + off + 1]
-        return np.where(has, v, np.uint64(0))
-
-    sh, sl = address_words(g, l3, v4, 12, 8)
-    dh, dl = address_words(g, l3, v4, 16, 24)
-    sp, dp = port(0), port(2)
-    a_first = (sh < dh) | ((sh == dh) & ((sl < dl) | ((sl == dl) & (sp <= dp))))
-    key = np.stack([p.proto[ok].astype(np.uint64),
-                    np.where(a_first, sh, dh), np.where(a_first, sl, dl), np.where(a_first, sp, dp),
-                    np.where(a_first, dh, sh), np.where(a_first, dl, sl), np.where(a_first, dp, sp)],
-                   axis=1)
-    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(flow_keys(p)[p.reason == 0], return_index=True, return_inverse=True)
     order = np.argsort(np.argsort(first))   # relabel flows by first appearance
     return order[inverse.reshape(-1)]
 
@@ -179,7 +162,7 @@ def _learn_timing(summary: ConvertSummary, out_dir: Path) -> None:
     learned: set = set()
     if summary.gaps:
         try:
-            model = TimingModel.learn(summary.gaps)
+            model = TimingModel.learn(summary.gaps, summary.gap_kinds)
         except NetdiffError:
             model = None
         if model is not None:
@@ -196,12 +179,15 @@ def _learn_timing(summary: ConvertSummary, out_dir: Path) -> None:
 def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: str, per_image: int,
                  keep_payload: bool, max_images: int | None, min_packets: int,
                  summary: ConvertSummary) -> None:
+    from netdiff.repair.timing import gap_kinds
+
     reader = CaptureReader(path)
     source = {"path": str(path), "name": path.name, "sha256": _sha256(path),
               "format": reader.info.format}
     dest = out_dir / klass
     made = 0
     skipped_pending: list[tuple[int, str]] = []
+    flows_seen: set = set()          # windows follow each other: a flow goes on across their edges
 
     def emit(rows: _Rows, tag: str, k: int, extra: dict) -> bool:
         nonlocal made, skipped_pending
@@ -218,6 +204,8 @@ def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: s
         if len(rows.batch) > 1:
             t = rows.batch.ts_sec * 1_000_000_000 + rows.batch.ts_nsec
             summary.gaps.setdefault(klass, []).append(np.diff(t) / 1e9)
+            summary.gap_kinds.setdefault(klass, []).append(
+                gap_kinds(rows.flow, flows_seen))
         if summary.priors is not None:
             summary.priors.add(klass, rows.batch)
         made += 1

@@ -728,3 +728,39 @@ def address_words(g: np.ndarray, l3: np.ndarray, v4: np.ndarray, off4: int, off6
         hi = (hi << np.uint64(8)) | b[:, i]
         lo = (lo << np.uint64(8)) | b[:, 8 + i]
     return hi, lo
+
+
+_FLOW_MIX = np.random.default_rng(0x666C6F77).integers(1, 2 ** 63, size=7, dtype=np.uint64) | np.uint64(1)
+
+
+def flow_keys(p: Parsed) -> np.ndarray:
+    """(N,) int64 key of every parsed packet's bidirectional flow: a hash of the protocol and the
+    unordered pair of (address, port) endpoints (ports of TCP/UDP only), the same in every batch
+    (windows of one capture can be followed across). A packet that was not parsed
+    (reason != 0) gets -1."""
+    n = len(p.reason)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    g = p.window
+    ok = p.reason == 0
+    v4 = p.version == 4
+    l3 = np.where(ok, p.l3, 0)
+    sh, sl = address_words(g, l3, v4, 12, 8)
+    dh, dl = address_words(g, l3, v4, 16, 24)
+    rows = np.arange(n)
+    ported = ok & np.isin(p.proto, (6, 17))
+    at = np.minimum(np.where(ported, p.l4, 0), g.shape[1] - 4)
+    sp = np.where(ported, _be16(g, rows, at), 0).astype(np.uint64)
+    dp = np.where(ported, _be16(g, rows, at + 2), 0).astype(np.uint64)
+    less = (sh < dh) | ((sh == dh) & ((sl < dl) | ((sl == dl) & (sp <= dp))))
+    cols = [p.proto.astype(np.uint64),
+            np.where(less, sh, dh), np.where(less, sl, dl), np.where(less, sp, dp),
+            np.where(less, dh, sh), np.where(less, dl, sl), np.where(less, dp, sp)]
+    with np.errstate(over="ignore"):
+        h = np.zeros(n, dtype=np.uint64)
+        for c, m in zip(cols, _FLOW_MIX):
+            h = (h ^ c) * m
+            h ^= h >> np.uint64(29)
+    key = (h >> np.uint64(1)).astype(np.int64)        # non-negative
+    key[~ok] = -1
+    return key

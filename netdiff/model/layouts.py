@@ -34,7 +34,7 @@ import torch
 
 LAYOUTS_FILE = "layouts.safetensors"
 ABSENT = -1
-MAX_LINK = 8                      # flows further back than this count as a new flow
+MAX_LINK = 32                     # flows further back than this count as a new flow
 PORTS = {"tcp": ("tcp_sprt", "tcp_dprt"), "udp": ("udp_sport", "udp_dport")}
 
 
@@ -143,6 +143,15 @@ class LayoutChain:
             np.add.at(links[c], (ids[has], link[has], rev[has].astype(np.intp)), 1)
             lo = hi
         return cls(vocab, classes, start, trans, links, layout.name)
+
+    @classmethod
+    def fit_dataset(cls, dataset) -> "LayoutChain":
+        """Fit on an ``ImageDataset`` (netdiff.model.data): its windows, classes and streams."""
+        from netdiff.bits.layout import named_layout
+
+        return cls.fit([e.bits for e in dataset.examples], [e.cls for e in dataset.examples],
+                       named_layout(dataset.image.layout, height=dataset.image.height),
+                       streams=dataset.stream_keys())
 
     def sample(self, cls: str, rows: int, generator: torch.Generator) -> np.ndarray:
         """(rows, W) bool present-pixel map for one image of class ``cls``; randomness from the

@@ -165,11 +165,7 @@ def main(args: TrainBaseArgs) -> T.TrainResult:
             from netdiff.model.layouts import LayoutChain
 
             # the structure stage of sampling: which rows are which stacks, per class
-            from netdiff.bits.layout import named_layout
-
-            layouts = LayoutChain.fit([e.bits for e in dataset.examples], [e.cls for e in dataset.examples],
-                                      named_layout(cfg.image.layout, height=cfg.image.height),
-                                      streams=dataset.stream_keys())
+            layouts = LayoutChain.fit_dataset(dataset)
         bundle = ModelBundle(unet=accelerator.unwrap_model(unet).eval(),
                              text_encoder=accelerator.unwrap_model(text_encoder).eval(),
                              tokenizer=tokenizer, autoencoder=autoencoder, scheduler=noise_scheduler,

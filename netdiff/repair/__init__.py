@@ -24,7 +24,7 @@ from netdiff.io.pcap import PacketBatch
 from netdiff.repair.addresses import AddressPool
 from netdiff.repair.priors import FieldPriors
 from netdiff.repair.quantize import quantize
-from netdiff.repair.timing import TimingModel, timestamps
+from netdiff.repair.timing import TimingModel, gap_kinds, timestamps
 
 __all__ = ["quantize", "repair", "RepairResult", "TimingModel", "FieldPriors", "FIELD_GROUPS",
            "check_rows"]
@@ -128,9 +128,10 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     bodies.icmp_rest(r, rules)
     body, body_len = bodies.bodies(r, rules, layout.payload_bytes)
 
-    # 4. Time: gaps from the learnt model, in image row order.
+    # 4. Time: gaps from the learnt model, in image row order, each drawn for what its packet does
+    # in the traced flows (opens one, follows its own, goes back to another).
     model = timing if timing is not None else TimingModel()
-    ts_sec, ts_nsec = timestamps(model.gaps(n - 1, klass, seed), START_NS)
+    ts_sec, ts_nsec = timestamps(model.gaps(n - 1, klass, seed, kinds=gap_kinds(t["flow"])), START_NS)
 
     # 5. Bytes, lengths, checksums.
     batch, _ = rows.build(r, rules, ts_sec, ts_nsec, body, body_len, trace.macs(r))

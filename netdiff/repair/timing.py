@@ -10,6 +10,15 @@ quantiles only, the last one-percent interval stretched from the 99th percentile
 gap, so one stray timestamp in a training capture (a gap of 10^8 s in the shared voip and
 video_streaming captures) gave one generated gap in a hundred anywhere up to years. The outer
 intervals now carry the weight the extreme gaps have in the data, 1/n each.
+
+Gaps depend on what the packet after them does (format netdiff-timing/3). In the shared captures
+the long idle gaps come before a packet that opens a new flow (ssh: median gap 0.3 ms before a
+packet of the flow just seen, 8 hours before a new connection; messaging: 33 ms against a
+minute or more), so gaps drawn from one pool gave a 128-packet ssh flow a duration of days. Per class
+the model also keeps quantiles per *kind* of packet (``KINDS``: it opens a new flow, it follows a
+packet of its own flow, or it goes back to another flow already seen), learnt from the captures'
+5-tuples at ``pcap2img``; repair passes the kinds of its rows, from the flows it traced. A kind
+seen fewer than ``MIN_KIND`` times uses the class's pooled quantiles.
 """
 from __future__ import annotations
 
@@ -23,34 +32,48 @@ from netdiff.errors import NetdiffError
 
 N_QUANTILES = 101
 MIN_GAP = 1e-9
-FORMAT = "netdiff-timing/2"
-READS = ("netdiff-timing/1", FORMAT)      # /1: the even quantiles only, no "p"
+FORMAT = "netdiff-timing/3"
+READS = ("netdiff-timing/1", "netdiff-timing/2", FORMAT)   # /1: even quantiles only; /2: no kinds
+KINDS = ("new", "same", "other")    # the packet after a gap: opens a flow, follows its own, switches back
+MIN_KIND = 8
 
 
 class TimingModel:
     def __init__(self, classes: dict[str, dict] | None = None):
         # class -> {"q": [log10 quantiles], "p": [their probabilities, 0..1; absent: N_QUANTILES
-        # even ones], "p_zero": float, "count": int}
+        # even ones], "p_zero": float, "count": int, "kinds": {kind: the same without "kinds"}}
         self.classes: dict[str, dict] = classes or {}
 
     # --- learning -------------------------------------------------------------------------------
     @classmethod
-    def learn(cls, gaps_by_class: dict[str, list[np.ndarray]]) -> "TimingModel":
-        """``{class: [inter-arrival seconds of capture 1, of capture 2, ...]}`` -> model."""
+    def learn(cls, gaps_by_class: dict[str, list[np.ndarray]],
+              kinds_by_class: dict[str, list[np.ndarray]] | None = None) -> "TimingModel":
+        """``{class: [inter-arrival seconds of capture 1, of capture 2, ...]}`` -> model.
+        ``kinds_by_class``: the same shape, each gap's kind (an index into ``KINDS``, -1 unknown:
+        ``gap_kinds``)."""
         model = cls()
         for klass, arrays in gaps_by_class.items():
             gaps = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) \
                 if arrays else np.zeros(0)
-            gaps = gaps[np.isfinite(gaps) & (gaps >= 0)]
-            if len(gaps) == 0:
+            kinds = None
+            if kinds_by_class is not None and klass in kinds_by_class:
+                kinds = np.concatenate([np.asarray(k, dtype=np.int64).ravel() for k in kinds_by_class[klass]]) \
+                    if arrays else np.zeros(0, dtype=np.int64)
+                if len(kinds) != len(gaps):
+                    raise ValueError(f"class {klass}: {len(kinds)} gap kinds for {len(gaps)} gaps")
+            ok = np.isfinite(gaps) & (gaps >= 0)
+            if not ok.any():
                 continue
-            pos = gaps[gaps > 0]
-            p = quantile_levels(len(pos))
-            q = (np.quantile(np.log10(np.maximum(pos, MIN_GAP)), p) if len(pos) else np.full(len(p), -6.0))
-            model.classes[str(klass)] = {"q": [round(float(x), 6) for x in q],
-                                         "p": [round(float(x), 9) for x in p],
-                                         "p_zero": float(1 - len(pos) / len(gaps)),
-                                         "count": int(len(gaps))}
+            entry = _quantiles(gaps[ok])
+            if kinds is not None:
+                by_kind = {}
+                for i, name in enumerate(KINDS):
+                    mine = ok & (kinds == i)
+                    if mine.sum() >= MIN_KIND:
+                        by_kind[name] = _quantiles(gaps[mine])
+                if by_kind:
+                    entry["kinds"] = by_kind
+            model.classes[str(klass)] = entry
         if not model.classes:
             raise NetdiffError("timing model: no inter-arrival times to learn from")
         return model
@@ -102,30 +125,42 @@ class TimingModel:
         if not isinstance(classes, dict):
             raise NetdiffError(f"{path}: 'classes' is not a mapping")
         for k, c in classes.items():
-            try:
-                q = np.asarray(c["q"], dtype=np.float64)
-                p = np.asarray(c.get("p", np.linspace(0, 1, N_QUANTILES)), dtype=np.float64)
-                ok = (q.ndim == p.ndim == 1 and len(q) == len(p) >= 2 and np.isfinite(q).all()
-                      and 0 <= float(c["p_zero"]) <= 1 and p[0] == 0 and p[-1] == 1 and (np.diff(p) > 0).all())
-            except (TypeError, ValueError, KeyError, AttributeError):
-                ok = False
-            if not ok:
+            kinds = c.get("kinds", {}) if isinstance(c, dict) else None
+            if not isinstance(kinds, dict) or set(kinds) - set(KINDS) \
+                    or not all(_well_formed(e) for e in [c, *kinds.values()]):
                 raise NetdiffError(f"{path}: class {k!r} is malformed")
         return cls(doc["classes"])
 
     # --- sampling -------------------------------------------------------------------------------
-    def gaps(self, n: int, klass: str | None = None, seed: int = 0) -> np.ndarray:
+    def gaps(self, n: int, klass: str | None = None, seed: int = 0,
+             kinds: np.ndarray | None = None) -> np.ndarray:
         """``n`` inter-arrival times (seconds) for a class; the pooled model for an unknown or
-        missing class."""
+        missing class. ``kinds``: (n,) the kind of the packet after each gap (``gap_kinds``;
+        -1 or a kind the class has no quantiles for: the class's own)."""
         rng = np.random.default_rng(seed)
         if klass is not None and klass in self.classes:
             c = self.classes[klass]
         else:
             c = self._pooled()
-        q = np.asarray(c["q"], dtype=np.float64)
-        p = np.asarray(c.get("p", np.linspace(0, 1, len(q))), dtype=np.float64)
-        out = 10.0 ** np.interp(rng.random(n), p, q)
-        out[rng.random(n) < c["p_zero"]] = 0.0
+        u, z = rng.random(n), rng.random(n)
+        tables = [c]                              # 0: the class's own; 1 + i: KINDS[i]'s
+        which = np.zeros(n, dtype=np.int64)
+        if kinds is not None:
+            kinds = np.asarray(kinds, dtype=np.int64)
+            if kinds.shape != (n,):
+                raise ValueError(f"{kinds.shape} gap kinds for {n} gaps")
+            own = c.get("kinds", {})
+            tables += [own.get(name, c) for name in KINDS]
+            which = np.where((kinds >= 0) & (kinds < len(KINDS)), kinds + 1, 0)
+        out = np.empty(n)
+        zero = np.zeros(n, dtype=bool)
+        for i in np.unique(which):
+            m = which == i
+            q = np.asarray(tables[i]["q"], dtype=np.float64)
+            p = np.asarray(tables[i].get("p", np.linspace(0, 1, len(q))), dtype=np.float64)
+            out[m] = 10.0 ** np.interp(u[m], p, q)
+            zero[m] = z[m] < tables[i]["p_zero"]
+        out[zero] = 0.0
         return out
 
     def _pooled(self) -> dict:
@@ -137,6 +172,43 @@ class TimingModel:
         pz = np.array([c["p_zero"] for c in self.classes.values()])
         # Mixture approximated by weighted quantile averaging: adequate for stamping.
         return {"q": list((w[:, None] * qs).sum(0) / w.sum()), "p_zero": float((w * pz).sum() / w.sum())}
+
+
+def _quantiles(gaps: np.ndarray) -> dict:
+    pos = gaps[gaps > 0]
+    p = quantile_levels(len(pos))
+    q = (np.quantile(np.log10(np.maximum(pos, MIN_GAP)), p) if len(pos) else np.full(len(p), -6.0))
+    return {"q": [round(float(x), 6) for x in q], "p": [round(float(x), 9) for x in p],
+            "p_zero": float(1 - len(pos) / len(gaps)), "count": int(len(gaps))}
+
+
+def _well_formed(c) -> bool:
+    try:
+        q = np.asarray(c["q"], dtype=np.float64)
+        p = np.asarray(c.get("p", np.linspace(0, 1, N_QUANTILES)), dtype=np.float64)
+        return bool(q.ndim == p.ndim == 1 and len(q) == len(p) >= 2 and np.isfinite(q).all()
+                    and 0 <= float(c["p_zero"]) <= 1 and p[0] == 0 and p[-1] == 1 and (np.diff(p) > 0).all())
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return False
+
+
+def gap_kinds(flows: np.ndarray, seen: set | None = None) -> np.ndarray:
+    """(len(flows) - 1,) the kind (index into ``KINDS``) of each gap between consecutive packets
+    whose flow keys are ``flows``: the packet after it opens a flow, follows a packet of its own
+    flow, or goes back to a flow seen before. ``seen``: flows already seen (earlier windows of the
+    same capture; updated in place). A key of -1 (a packet not parsed) gives -1."""
+    f = np.asarray(flows, dtype=np.int64).ravel()
+    if len(f) == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys, first = np.unique(f, return_index=True)
+    if seen:        # per window, its own keys are looked up: no cost that grows with the capture
+        first = first[~np.fromiter((k in seen for k in keys.tolist()), dtype=bool, count=len(keys))]
+    opens = np.zeros(len(f), dtype=bool)
+    opens[first] = True
+    if seen is not None:
+        seen.update(keys[keys >= 0].tolist())
+    after = f[1:]
+    return np.where(after < 0, -1, np.where(opens[1:], 0, np.where(after == f[:-1], 1, 2))).astype(np.int64)
 
 
 def quantile_levels(n: int) -> np.ndarray:

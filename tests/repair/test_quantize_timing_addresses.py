@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from netdiff.bits.layout import NETDIFFUSION as L
+from netdiff.bits.layout import NETDIFFUSION as L, named_layout
 from netdiff.errors import ImageError, NetdiffError
 from netdiff.image.codec import bits_to_rgb
 from netdiff.repair import TimingModel, quantize, repair
+from netdiff.repair.timing import gap_kinds
 from netdiff.repair.addresses import AddressPool, parse_pool
 from netdiff.repair.perturb import random_bits
 
@@ -90,6 +91,93 @@ def test_one_stray_gap_is_drawn_as_rarely_as_it_occurs(tmp_path):
     assert np.median(np.log10(g)) == pytest.approx(-2, abs=0.02)
 
 
+def test_gap_kinds_follow_the_flows():
+    """Each gap is named for the packet after it: it opens a flow, follows its own flow's packet,
+    or goes back to a flow seen before; a packet that was not parsed (-1) is unknown."""
+    assert gap_kinds([5, 5, 7, 5, 9, -1, 9]).tolist() == [1, 0, 2, 0, -1, 2]
+    seen = {7}                                  # an earlier window of the same capture had flow 7
+    assert gap_kinds([5, 7, 7], seen).tolist() == [2, 1]
+    assert seen == {5, 7}
+    assert gap_kinds([3]).tolist() == [] and gap_kinds([]).tolist() == []
+
+
+def test_gaps_are_drawn_for_what_their_packet_does(tmp_path):
+    """Idle gaps come before new flows (in the shared captures hours before an ssh connection,
+    sub-millisecond inside one): a model learnt with kinds draws each from its own kind, and a
+    model file without kinds (format /2) draws as before."""
+    rng = np.random.default_rng(0)
+    new = rng.lognormal(np.log(100.0), 0.2, 50)
+    same = rng.lognormal(np.log(1e-3), 0.2, 950)
+    kinds = np.r_[np.zeros(50, dtype=np.int64), np.ones(950, dtype=np.int64)]
+    m = TimingModel.learn({"ssh": [np.r_[new, same]]}, {"ssh": [kinds]})
+    m.save(tmp_path / "t.json")
+    m2 = TimingModel.load(tmp_path / "t.json")
+    assert set(m2.classes["ssh"]["kinds"]) == {"new", "same"}        # "other" never seen
+    k = np.r_[np.zeros(2000, dtype=np.int64), np.ones(2000, dtype=np.int64), np.full(2000, 2), np.full(2000, -1)]
+    g = m2.gaps(len(k), "ssh", seed=4, kinds=k)
+    assert np.median(g[k == 0]) == pytest.approx(100.0, rel=0.1)
+    assert np.median(g[k == 1]) == pytest.approx(1e-3, rel=0.1)
+    assert (g[k == 1] < 0.01).all()
+    # a kind without its own quantiles, and an unknown one, draw from the whole class: 5% idle
+    for kk in (2, -1):
+        assert (g[k == kk] > 1).mean() == pytest.approx(0.05, abs=0.02)
+    plain = m2.gaps(3000, "ssh", seed=4)
+    assert (plain > 1).mean() == pytest.approx(0.05, abs=0.015)
+    with pytest.raises(ValueError, match="gap kinds"):
+        m2.gaps(3, "ssh", kinds=[0, 1])
+    # format /2 (no kinds) reads, and kinds given to it change nothing
+    doc = json.loads((tmp_path / "t.json").read_text())
+    del doc["classes"]["ssh"]["kinds"]
+    doc["format"] = "netdiff-timing/2"
+    (tmp_path / "v2.json").write_text(json.dumps(doc))
+    v2 = TimingModel.load(tmp_path / "v2.json")
+    assert (v2.gaps(100, "ssh", seed=1) == v2.gaps(100, "ssh", seed=1, kinds=np.zeros(100, dtype=int))).all()
+
+
+def test_pcap2img_learns_kinds_and_repair_stamps_flows_with_them(tmp_path):
+    """End to end: a capture of short UDP exchanges 100 s apart. pcap2img learns the gap before a
+    new flow apart from the gaps inside one, and a repaired image keeps each flow's packets close
+    together with the idle time between flows."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    import netdiff
+    from netdiff.io.pcap import read_capture
+
+    pkts, t = [], 1_700_000_000.0
+    for f in range(12):
+        t += 100.0
+        for i in range(6):
+            a, b = ("10.0.0.1", "10.0.0.2") if i % 2 == 0 else ("10.0.0.2", "10.0.0.1")
+            sp, dp = (40000 + f, 53) if i % 2 == 0 else (53, 40000 + f)
+            p = Ether() / IP(src=a, dst=b) / UDP(sport=sp, dport=dp) / (b"q" * 12)
+            p.time = t
+            pkts.append(p)
+            t += 0.001
+    (tmp_path / "cap" / "dns").mkdir(parents=True)
+    wrpcap(str(tmp_path / "cap" / "dns" / "x.pcap"), pkts)
+    netdiff.pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=72))
+    doc = json.loads((tmp_path / "img" / "timing.json").read_text())
+    assert doc["format"] == "netdiff-timing/3"
+    kinds = doc["classes"]["dns"]["kinds"]
+    assert kinds["new"]["count"] == 11 and kinds["same"]["count"] == 60
+    png = next((tmp_path / "img" / "dns").glob("*.png"))
+    bare = tmp_path / "bare.png"
+    bare.write_bytes(png.read_bytes())                       # no sidecar: repaired, not restored
+    timing = TimingModel.load(tmp_path / "img" / "timing.json")
+    netdiff.img2pcap(bare, tmp_path / "out.pcap", timing=timing)
+    batch, _ = read_capture(tmp_path / "out.pcap")
+    ts = batch.ts_sec + batch.ts_nsec / 1e9
+    gaps = np.diff(ts)
+    big = gaps > 10
+    assert big.sum() == 11 and (gaps[~big] < 0.01).all()
+    # every long gap comes just before a packet whose ports were not seen before
+    from netdiff.bits.codec import flow_keys, parse
+    new_flow = gap_kinds(flow_keys(parse(batch))) == 0
+    assert (big == new_flow).all()
+
+
 def test_timing_from_sidecars(tmp_path):
     paths = []
     for i, step in enumerate((0.01, 0.02)):
@@ -113,9 +201,12 @@ def test_timing_bad_files(tmp_path):
         TimingModel.learn_from_sidecars([tmp_path / "x.json"])
     with pytest.raises(NetdiffError, match="no such"):
         TimingModel.load(tmp_path / "missing.json")
+    good = {"q": [1, 2], "p": [0, 1], "p_zero": 0}
     for bad in ({"q": [1, 2, 3], "p": [0, 0.7, 0.5], "p_zero": 0}, {"q": "abc", "p_zero": 0},
-                {"q": [1, 2], "p": [0, "x"], "p_zero": 0}, {"q": [1, 2], "p": [0, 1]}, [1, 2]):
-        (tmp_path / "b.json").write_text(json.dumps({"format": "netdiff-timing/2", "classes": {"x": bad}}))
+                {"q": [1, 2], "p": [0, "x"], "p_zero": 0}, {"q": [1, 2], "p": [0, 1]}, [1, 2],
+                {**good, "kinds": {"bogus": good}}, {**good, "kinds": {"new": {"q": [1], "p_zero": 0}}},
+                {**good, "kinds": [good]}):
+        (tmp_path / "b.json").write_text(json.dumps({"format": "netdiff-timing/3", "classes": {"x": bad}}))
         with pytest.raises(NetdiffError, match="malformed"):
             TimingModel.load(tmp_path / "b.json")
 
