@@ -122,7 +122,7 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     r.tcp_opt, tcp_opt_changed = E.walk_options(rules["tcp"].options, r.tcp_opt, r.tcp_optlen, flags)
     r.ip_opt, ip_opt_changed = E.walk_options(rules["ipv4"].options, r.ip_opt, r.ip_optlen, flags)
     if cp is not None:          # option layouts and values the class never shows
-        opt_changed = cp.options(r, t["flow"], t["direction"])
+        opt_changed = cp.options(r, t["flow"], t["direction"], service=t["server_port"])
         tcp_opt_changed = tcp_opt_changed | opt_changed.get("tcp", False)
         ip_opt_changed = ip_opt_changed | opt_changed.get("ipv4", False)
     bodies.icmp_rest(r, rules)

@@ -37,6 +37,7 @@ from netdiff.rules import engine as E
 
 FORMAT = "netdiff-field-priors/1"
 TOP_K = 16                  # values listed per distribution
+MAX_SERVICES = 64           # service conditions kept per statistic and class
 MIN_COUNT = 5               # ... each seen in at least this many packets
 MIN_FLOWS = 2               # ... of at least this many flows
 THRESHOLD = 0.01            # plausible: p >= min(THRESHOLD, 1 / field's value count)
@@ -57,7 +58,8 @@ class Stat:
     protocol: str           # rule file ("" for stack statistics)
     kind: str               # value, port, id, payload, flags, options, option_value, stack
     field: str | None = None
-    by: str | None = None   # None, "direction" or a field of the same protocol
+    by: tuple | None = None     # learnt apart per: "direction", "service" (the flow's server
+                                # port) or a field of the same protocol; several = nested
     per: str = "packet"     # packet, direction, flow, endpoint
     bits: int = 16
     weight: str = "packets"     # probabilities over packets or over flows
@@ -84,25 +86,21 @@ def stats(rules: dict) -> list[Stat]:
             elif kind == "id":
                 out.append(Stat(f"{name}.{fr.name}", name, "id", fr.name, None, "endpoint", fr.bits))
             elif kind == "value":
-                out.append(Stat(f"{name}.{fr.name}", name, "value", fr.name, fr.prior.get("by"),
+                out.append(Stat(f"{name}.{fr.name}", name, "value", fr.name, _by(pr, fr.prior.get("by")),
                                 fr.prior.get("per", "packet"), fr.bits))
             else:
                 raise NetdiffError(f"{pr.path}: field {fr.name}: unknown prior kind {kind!r} "
                                    "(value, port, id)")
-            by = fr.prior.get("by")
-            if by not in (None, "direction") and by not in {f.name for f in pr.fields}:
-                raise NetdiffError(f"{pr.path}: field {fr.name}: prior by {by!r} is neither "
-                                   "'direction' nor a field of the protocol")
         pp = pr.prior
         if "payload" in pp:
-            out.append(Stat(f"{name}.payload", name, "payload", None, pp["payload"].get("by"),
+            out.append(Stat(f"{name}.payload", name, "payload", None, _by(pr, pp["payload"].get("by")),
                             "packet", 16))
         if "flags" in pp:
             out.append(Stat(f"{name}.flags", name, "flags", None, None, "packet",
                             len(pp["flags"]["fields"])))
         if "options" in pp and pr.options is not None:
             spec = pp["options"]
-            out.append(Stat(f"{name}.options", name, "options", None, spec.get("by"),
+            out.append(Stat(f"{name}.options", name, "options", None, _by(pr, spec.get("by")),
                             spec.get("per", "direction"), 0))
             if spec.get("values"):
                 out += [Stat(f"{name}.options.{k.name}", name, "option_value", k.name, None,
@@ -111,6 +109,19 @@ def stats(rules: dict) -> list[Stat]:
     out += [Stat("stack.l3", "", "stack", "3", None, "flow", 8, "flows"),
             Stat("stack.l4", "", "stack", "4", None, "packet", 8)]
     return out
+
+
+def _by(pr, by) -> tuple | None:
+    """A rule file's ``by:`` (one name or a list, outermost first) as a tuple, checked."""
+    if by is None:
+        return None
+    names = (by,) if isinstance(by, str) else tuple(by) if isinstance(by, list) else None
+    fields = {f.name for f in pr.fields}
+    if not names or not all(isinstance(b, str) and (b in ("direction", "service") or b in fields)
+                            for b in names):
+        raise NetdiffError(f"{pr.path}: prior by {by!r}: each must be 'direction', 'service' or a "
+                           "field of the protocol")
+    return names
 
 
 def _layer_protocols(rules: dict, layer: int) -> dict[int, str]:
@@ -124,8 +135,25 @@ def _layer_protocols(rules: dict, layer: int) -> dict[int, str]:
     return out
 
 
-def _cond_key(by: str | None, v) -> str:
-    return "*" if by is None else f"{by}={int(v)}"
+def _cond_key(by: tuple | None, v) -> str:
+    """"*", or "direction=0", "direction=1|service=443" ... for the values ``v`` of ``by``."""
+    return "*" if not by else "|".join(f"{b}={int(x)}" for b, x in zip(by, v))
+
+
+def _combos(comps: list, mask: np.ndarray):
+    """(values, rows) for every distinct combination of the condition arrays ``comps`` among
+    the rows of ``mask`` (one ((), rows) without conditions)."""
+    idx = np.flatnonzero(mask)
+    if not comps:
+        yield (), idx
+        return
+    sub = np.stack([np.asarray(c)[idx] for c in comps], axis=1)
+    uniq, inv = np.unique(sub, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    order = np.argsort(inv, kind="stable")
+    bounds = np.searchsorted(inv[order], np.arange(len(uniq) + 1))
+    for j, combo in enumerate(uniq.tolist()):
+        yield tuple(combo), idx[order[bounds[j]:bounds[j + 1]]]
 
 
 # --- reading packets ----------------------------------------------------------------------------
@@ -403,14 +431,17 @@ class PriorsLearner:
         return self.acc.setdefault(klass, {}).setdefault((stat, cond), _Acc())
 
     def _add(self, klass, st: Stat, mask, cond, values, fh) -> None:
+        """``cond``: the arrays of ``st.by`` (None: none). Learnt for every prefix of them, so
+        repair can fall back to a coarser condition (direction alone) when the finer one
+        (direction and service) was too rare to learn."""
         if not mask.any():
             return
-        if cond is None:
+        if not cond:
             self._a(klass, st.name, "*").add(fh[mask], values[mask])
             return
-        for c in np.unique(cond[mask]):
-            m = mask & (cond == c)
-            self._a(klass, st.name, _cond_key(st.by, c)).add(fh[m], values[m])
+        for depth in range(1, len(cond) + 1):
+            for combo, rows in _combos(cond[:depth], mask):
+                self._a(klass, st.name, _cond_key(st.by, combo)).add(fh[rows], values[rows])
 
     def add(self, klass: str, batch) -> None:
         """Learn from one batch of a class's packets (an image's worth)."""
@@ -454,11 +485,9 @@ class PriorsLearner:
                 continue
             base = base_of[st.protocol]
             cond = None
-            if st.by == "direction":
-                cond = v.direction
-            elif st.by is not None:
-                fb = pr.field(st.by)
-                cond = read_field(v.g, base, fb.offset, fb.bits)
+            if st.by:
+                cond = [v.direction if b == "direction" else v.server_port if b == "service"
+                        else read_field(v.g, base, pr.field(b).offset, pr.field(b).bits) for b in st.by]
             if st.kind == "value":
                 fr = pr.field(st.field)
                 self._add(klass, st, mask, cond, read_field(v.g, base, fr.offset, fr.bits), fh)
@@ -543,6 +572,13 @@ class PriorsLearner:
                                   names if st.kind == "options" else None)
                 if d is not None:
                     fields.setdefault(stat, {})[cond] = d
+            for conds in fields.values():
+                # per service only what says something, and for the busiest services: a
+                # peer-to-peer class has a "service" per peer
+                svc = [k for k in conds if "service=" in k]
+                listed = sorted((k for k in svc if conds[k]["values"]), key=lambda k: (-conds[k]["n"], k))
+                for k in set(svc) - set(listed[:MAX_SERVICES]):
+                    del conds[k]
             ids = self.ids.get(klass)
             if ids and sum(ids.values()):
                 tot = sum(ids.values())
@@ -878,20 +914,19 @@ class ClassPriors:
                 client_f[dup] = np.clip(v, lo, hi)
         return server_f, client_f
 
-    def payload(self, r, direction: np.ndarray, room: np.ndarray) -> None:
-        """Payload lengths the class never shows: drawn per packet (within the MTU)."""
+    def payload(self, r, direction: np.ndarray, room: np.ndarray, service: np.ndarray | None = None) -> None:
+        """Payload lengths the class never shows: drawn per packet (within the MTU).
+        ``service``: each row's server port (conditions that name "service")."""
         for st in self.stats:
             if st.kind != "payload":
                 continue
             mask = self._mask(r, st.protocol)
-            cond = self._cond(r, st, direction)
-            for c in np.unique(cond[mask]):
-                d = self.dist(st.name, _cond_key(st.by, c))
+            for combo, rows in _combos(self._cond(r, st, direction, service), mask):
+                d = self._dist_for(st, combo)
                 if d is None:
                     continue
-                rows = np.flatnonzero(mask & (cond == c))
                 cur = r.payload_len
-                new, changed = _replace(cur, rows, d.plausible(cur[rows]), np.arange(len(cur)),
+                new, changed = _replace(cur, rows, self._plausible(st, combo, cur[rows]), np.arange(len(cur)),
                                         lambda k: d.sample(self.rng, k))
                 r.payload_len = np.clip(new, 0, np.maximum(room, 0))
                 self.changed[st.name] += len(changed)
@@ -971,12 +1006,44 @@ class ClassPriors:
                 r.f[col] = np.where(mask & ~gate, 0, r.f[col])
                 r.f[col] = np.where(gate, np.clip(r.f[col], 1, np.maximum(r.payload_len, 1)), r.f[col])
 
-    def _cond(self, r, st: Stat, direction: np.ndarray) -> np.ndarray:
-        if st.by is None:
-            return np.zeros(len(r), dtype=np.int64)
-        if st.by == "direction":
-            return direction
-        return r.f[self.rules[st.protocol].column(st.by)]
+    def _cond(self, r, st: Stat, direction: np.ndarray, service: np.ndarray | None = None) -> list:
+        """The arrays of ``st.by`` over the rows (no service known: -1, never learnt)."""
+        out = []
+        for b in st.by or ():
+            if b == "direction":
+                out.append(direction)
+            elif b == "service":
+                out.append(np.full(len(r), -1, dtype=np.int64) if service is None else service)
+            else:
+                out.append(r.f[self.rules[st.protocol].column(b)])
+        return out
+
+    def _plausible(self, st: Stat, combo: tuple, values: np.ndarray) -> np.ndarray:
+        """Judged at the finest level learnt for the row (``_dist_for``): a TTL the class's DNS
+        server never sends is replaced even if its NTP server sends it. Where that level has
+        unlisted mass (values seen in too few packets or flows to be listed), a value the next
+        coarser level shows may be one of them, and is kept."""
+        keys = [_cond_key(st.by, combo[:k]) for k in range(len(combo), 0, -1)] if combo else ["*"]
+        dists = [d for d in (self.dist(st.name, k) for k in keys) if d is not None]
+        if not dists:
+            return np.ones(len(values), dtype=bool)
+        ok = dists[0].plausible(values)
+        for finer, coarser in zip(dists, dists[1:]):
+            if finer.other <= 0:
+                break
+            ok |= coarser.plausible(values)
+        return ok
+
+    def _dist_for(self, st: Stat, combo: tuple) -> "Dist | None":
+        """The finest learnt distribution for these condition values: all of them, else the
+        longest prefix learnt (a service too rare for its own: its direction's)."""
+        if not combo:
+            return self.dist(st.name)
+        for depth in range(len(combo), 0, -1):
+            d = self.dist(st.name, _cond_key(st.by, combo[:depth]))
+            if d is not None:
+                return d
+        return None
 
     def _group(self, st: Stat, n, flow, direction, host) -> np.ndarray:
         if st.per == "direction":
@@ -987,8 +1054,10 @@ class ClassPriors:
             return host * 2 + direction
         return np.arange(n)
 
-    def values(self, r, flow: np.ndarray, direction: np.ndarray, host: np.ndarray) -> None:
-        """Every plain field prior (TTL, hop limit, TOS/traffic class, DF, window...)."""
+    def values(self, r, flow: np.ndarray, direction: np.ndarray, host: np.ndarray,
+               service: np.ndarray | None = None) -> None:
+        """Every plain field prior (TTL, hop limit, TOS/traffic class, DF, window...).
+        ``service``: each row's server port (conditions that name "service")."""
         n = len(r)
         for st in self.stats:
             if st.kind != "value":
@@ -999,20 +1068,18 @@ class ClassPriors:
             mask = self._mask(r, st.protocol)
             if not mask.any() or col not in r.f:
                 continue
-            cond = self._cond(r, st, direction)
             group = self._group(st, n, flow, direction, host)
-            for c in np.unique(cond[mask]):
-                d = self.dist(st.name, _cond_key(st.by, c))
+            for combo, rows in _combos(self._cond(r, st, direction, service), mask):
+                d = self._dist_for(st, combo)
                 if d is None:
                     continue
-                rows = np.flatnonzero(mask & (cond == c))
                 cur = r.f[col]
 
                 def draw(k, d=d, fr=fr):
                     v = d.sample(self.rng, k)
                     return v if v is None or fr.range is None else np.clip(v, *fr.range)
 
-                new, changed = _replace(cur, rows, d.plausible(cur[rows]), group, draw, d.prob)
+                new, changed = _replace(cur, rows, self._plausible(st, combo, cur[rows]), group, draw, d.prob)
                 r.f[col] = new
                 self.changed[st.name] += len(changed)
 
@@ -1040,7 +1107,8 @@ class ClassPriors:
 
     # --- option areas (repair, after the option walk) --------------------------------------------
 
-    def options(self, r, flow: np.ndarray, direction: np.ndarray) -> dict[str, np.ndarray]:
+    def options(self, r, flow: np.ndarray, direction: np.ndarray,
+                service: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Option layouts the class never shows become one it shows (the direction's own, else
         a draw) where it fits the MTU; option values (MSS, window scale) likewise. Returns the
         rows changed per protocol."""
@@ -1068,7 +1136,7 @@ class ClassPriors:
             fits = np.minimum(optlen + mtu - ip_hl - l4_hl - r.payload_len, g.max_bytes)
             kinds, _ = option_kinds(vals, optlen, g)
             lay = layout_keys(kinds)            # compared as keys; strings only for the class's
-            cond = self._cond(r, st, direction)
+            cond = self._cond(r, st, direction, service)
             group = self._group(st, n, flow, direction, np.zeros(n, dtype=np.int64))
             known = {k.kind: k for k in g.kinds}
 
@@ -1085,15 +1153,14 @@ class ClassPriors:
 
             target = lay.copy()
             names: dict[int, str] = {}
-            for c in np.unique(cond[mask]):
-                d = self.dist(st.name, _cond_key(st.by, c))
+            for combo, rows in _combos(cond, mask):
+                d = self._dist_for(st, combo)
                 if d is None or not d.values:
                     continue
                 keys = np.array([_layout_key(v) for v in d.values], dtype=np.uint64)
                 names.update(zip(keys.tolist(), d.values))
                 by_key = dict(zip(keys.tolist(), d.p))
                 good = keys[d.p >= d.floor]
-                rows = np.flatnonzero(mask & (cond == c))
 
                 def draw(k, d=d, keys=keys):
                     v = d.sample(self.rng, k, allow=lambda vs: [size(x) <= g.max_bytes for x in vs])

@@ -12,13 +12,14 @@ video_streaming captures) gave one generated gap in a hundred anywhere up to yea
 intervals now carry the weight the extreme gaps have in the data, 1/n each.
 
 Gaps depend on what the packet after them does (format netdiff-timing/3). In the shared captures
-the long idle gaps come before a packet that opens a new flow (ssh: median gap 0.3 ms before a
-packet of the flow just seen, 8 hours before a new connection; messaging: 33 ms against a
-minute or more), so gaps drawn from one pool gave a 128-packet ssh flow a duration of days. Per class
-the model also keeps quantiles per *kind* of packet (``KINDS``: it opens a new flow, it follows a
-packet of its own flow, or it goes back to another flow already seen), learnt from the captures'
-5-tuples at ``pcap2img``; repair passes the kinds of its rows, from the flows it traced. A kind
-seen fewer than ``MIN_KIND`` times uses the class's pooled quantiles.
+the long idle gaps come where every flow has ended and a new one opens (ssh: median gap 0.3 ms
+inside a connection, hours before the next; messaging: 9 ms before a new flow while others go
+on, 15 minutes when all have ended), so gaps drawn from one pool gave a 128-packet ssh flow a
+duration of days, and gaps drawn per "new flow" only still stretched messaging flows across
+idle periods that real ones never span. Per class the model also keeps quantiles per *kind* of
+packet (``KINDS``, ``gap_kinds``), learnt from the captures' 5-tuples at ``pcap2img``; repair
+passes the kinds of its rows, from the flows it traced. A kind seen fewer than ``MIN_KIND``
+times uses the class's pooled quantiles (a break: the new-flow ones, when learnt).
 """
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ N_QUANTILES = 101
 MIN_GAP = 1e-9
 FORMAT = "netdiff-timing/3"
 READS = ("netdiff-timing/1", "netdiff-timing/2", FORMAT)   # /1: even quantiles only; /2: no kinds
-KINDS = ("new", "same", "other")    # the packet after a gap: opens a flow, follows its own, switches back
+# The packet after a gap: opens a flow while an earlier one goes on, follows its own flow's last
+# packet, goes back to another flow, or opens a flow after every earlier one has ended.
+KINDS = ("new", "same", "other", "break")
+FALLBACK = {"break": "new"}         # a file learnt before "break" existed: the new-flow gaps
 MIN_KIND = 8
 
 
@@ -150,7 +154,7 @@ class TimingModel:
             if kinds.shape != (n,):
                 raise ValueError(f"{kinds.shape} gap kinds for {n} gaps")
             own = c.get("kinds", {})
-            tables += [own.get(name, c) for name in KINDS]
+            tables += [own.get(name, own.get(FALLBACK.get(name, ""), c)) for name in KINDS]
             which = np.where((kinds >= 0) & (kinds < len(KINDS)), kinds + 1, 0)
         out = np.empty(n)
         zero = np.zeros(n, dtype=bool)
@@ -194,13 +198,21 @@ def _well_formed(c) -> bool:
 
 def gap_kinds(flows: np.ndarray, seen: set | None = None) -> np.ndarray:
     """(len(flows) - 1,) the kind (index into ``KINDS``) of each gap between consecutive packets
-    whose flow keys are ``flows``: the packet after it opens a flow, follows a packet of its own
-    flow, or goes back to a flow seen before. ``seen``: flows already seen (earlier windows of the
-    same capture; updated in place). A key of -1 (a packet not parsed) gives -1."""
+    whose flow keys are ``flows``: the packet after it opens a flow while a flow that appeared
+    before it goes on afterwards ("new"), follows a packet of its own flow ("same"), goes back to
+    a flow seen before ("other"), or opens a flow after the last packet of every earlier one
+    ("break": in the shared messaging captures the median gap is 24 ms before "new" and 19
+    minutes before "break"). ``seen``: flows already seen (earlier windows of the same capture;
+    updated in place); whether a flow goes on is judged within ``flows``, as repair judges an
+    image. A key of -1 (a packet not parsed) gives -1."""
     f = np.asarray(flows, dtype=np.int64).ravel()
     if len(f) == 0:
         return np.zeros(0, dtype=np.int64)
-    keys, first = np.unique(f, return_index=True)
+    keys, first, inv = np.unique(f, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    last = np.zeros(len(keys), dtype=np.int64)
+    np.maximum.at(last, inv, np.arange(len(f)))
+    reach = np.maximum.accumulate(np.where(f < 0, -1, last[inv]))   # latest packet of the flows so far
     if seen:        # per window, its own keys are looked up: no cost that grows with the capture
         first = first[~np.fromiter((k in seen for k in keys.tolist()), dtype=bool, count=len(keys))]
     opens = np.zeros(len(f), dtype=bool)
@@ -208,7 +220,10 @@ def gap_kinds(flows: np.ndarray, seen: set | None = None) -> np.ndarray:
     if seen is not None:
         seen.update(keys[keys >= 0].tolist())
     after = f[1:]
-    return np.where(after < 0, -1, np.where(opens[1:], 0, np.where(after == f[:-1], 1, 2))).astype(np.int64)
+    i = np.arange(1, len(f))
+    opened = np.where(reach[:-1] < i, 3, 0)
+    return np.where(after < 0, -1, np.where(opens[1:], opened,
+                                            np.where(after == f[:-1], 1, 2))).astype(np.int64)
 
 
 def quantile_levels(n: int) -> np.ndarray:
@@ -217,7 +232,9 @@ def quantile_levels(n: int) -> np.ndarray:
     even = np.linspace(0, 1, N_QUANTILES)
     if n < 3:
         return even
-    return np.unique(np.concatenate([even, [1 / n, 1 - 1 / n]]))
+    # rounded as saved: 1/20 and the even 0.05 differ in the last bit, and two levels that the
+    # file rounds to one value would make it unreadable
+    return np.unique(np.round(np.concatenate([even, [1 / n, 1 - 1 / n]]), 9))
 
 
 # Used when no model is given: log-uniform between 10 us and 100 ms (a neutral, documented

@@ -213,7 +213,7 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     f["udp_dport"] = np.where(udp, dport, f["udp_dport"])
     fd = flow * 2 + direction                       # (flow, direction) group
     if priors is not None:
-        priors.payload(r, direction, mtu - ip_hl - l4_hl)
+        priors.payload(r, direction, mtu - ip_hl - l4_hl, service=server_port)
 
     # 3. TCP control flags: handshake first, FIN last per direction, RST last in the flow.
     if tcp.any():
@@ -249,7 +249,7 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     host = host.reshape(-1)
     nh = int(host.max()) + 1 if n else 0
     if priors is not None:      # per-direction and per-host fields the class never shows
-        priors.values(r, flow, direction, host)
+        priors.values(r, flow, direction, host, service=server_port)
     base = f["ipv4_id"][group_first(host, nh)][host]
     f["ipv4_id"] = (base + group_excl_cumsum(host, np.ones(n, dtype=np.int64))) & 0xFFFF
     if priors is not None:
@@ -257,6 +257,7 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     report["hosts"] = nh
     report["direction"] = direction
     report["flow"] = flow
+    report["server_port"] = server_port
     return report
 
 

@@ -101,7 +101,7 @@ def test_priors_hold_no_address_and_no_packet(sample_priors, sample_captures):
     def walk(x, key=""):
         if isinstance(x, dict):
             for k, v in x.items():
-                assert re.fullmatch(r"[a-z0-9_.=*-]+", k), k
+                assert re.fullmatch(r"[a-z0-9_.=*|-]+", k), k
                 walk(v, k)
         elif isinstance(x, list):
             assert len(x) <= max(PR.TOP_K, len(PR.LEVELS)), key
@@ -239,7 +239,7 @@ def test_rules_declare_what_is_learnt(sample_priors, tmp_path, monkeypatch):
     for p in E.rules_dir().glob("*.yaml"):
         shutil.copy(p, tmp_path / p.name)
     text = (tmp_path / "ipv4.yaml").read_text()
-    text = text.replace(", prior: {by: direction, per: endpoint}}", "}")
+    text = text.replace(", prior: {by: [direction, service], per: endpoint}}", "}")
     (tmp_path / "ipv4.yaml").write_text(text)
     monkeypatch.setenv(E.RULES_ENV, str(tmp_path))
     assert "ipv4.ttl" not in {s.name for s in PR.stats(E.load_rules())}
@@ -314,10 +314,78 @@ def test_real_dns_and_ssh(real_priors, tmp_path):
         assert {p["proto"] for p in pk} == {6} and {p["ver"] for p in pk} == {4}
         assert all(22 in (p["sport"], p["dport"]) for p in pk)
         assert not any(p["flags"] & (ECE | URG) for p in pk)
-        for syn in (0, 1):
-            w = np.array([p["win"] for p in pk if (p["flags"] >> 1) & 1 == syn])
-            if len(w):
-                assert cp.dist("tcp.wsize", f"syn={syn}").plausible(w).all()
         for p in pk:
             d = 0 if p["dport"] == 22 else 1
-            assert p["ttl"] in real_priors.classes["ssh"]["fields"]["ipv4.ttl"][f"direction={d}"]["values"]
+            syn = (p["flags"] >> 1) & 1
+            # plausible at some level of the window's conditions (syn, direction, service)
+            levels = [f"syn={syn}", f"syn={syn}|direction={d}", f"syn={syn}|direction={d}|service=22"]
+            assert any(cp.dist("tcp.wsize", k) is not None and cp.dist("tcp.wsize", k).plausible(
+                np.array([p["win"]])).all() for k in levels), p
+            ttls = real_priors.classes["ssh"]["fields"]["ipv4.ttl"]
+            assert any(p["ttl"] in ttls.get(k, {}).get("values", [])
+                       for k in (f"direction={d}", f"direction={d}|service=22")), p
+
+
+def _learn_from(tmp_path, cls: str, pkts) -> object:
+    """pcap2img of one capture of ``pkts`` (scapy packets, 10 ms apart) as class ``cls``;
+    returns the image folder (field_priors.json inside)."""
+    from scapy.utils import wrpcap
+
+    for k, p in enumerate(pkts):
+        p.time = 1_700_000_000.0 + 0.01 * k
+    (tmp_path / "cap" / cls).mkdir(parents=True)
+    wrpcap(str(tmp_path / "cap" / cls / "x.pcap"), pkts)
+    pcap2img(tmp_path / "cap", tmp_path / "img", layout=L)
+    return tmp_path / "img"
+
+
+def test_ttl_follows_the_service_of_its_flow(tmp_path):
+    """Priors learnt per direction *and service*: in a class whose DNS server answers with TTL 64
+    and whose NTP server with TTL 128, a generated image whose TTLs the class never shows gets
+    TTL 64 on the port-53 answers and 128 on the port-123 ones (per direction only, both
+    servers drew from {64, 128} alike), and the clients' 60 both ways."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from repair_helpers import fields_of, image_bits
+
+    pkts = []
+    for i in range(24):
+        port, server, ttl = (53, "10.9.9.1", 64) if i % 2 == 0 else (123, "10.9.9.2", 128)
+        client = f"10.0.0.{1 + i}"
+        for j in range(4):
+            if j % 2 == 0:
+                pkts.append(Ether() / IP(src=client, dst=server, ttl=60) / UDP(sport=40000 + i, dport=port) / (b"q" * 20))
+            else:
+                pkts.append(Ether() / IP(src=server, dst=client, ttl=ttl) / UDP(sport=port, dport=40000 + i) / (b"a" * 40))
+    pri = FieldPriors.load(_learn_from(tmp_path, "svc", pkts) / PRIORS_FILE)
+    ttl_keys = pri.classes["svc"]["fields"]["ipv4.ttl"]
+    assert ttl_keys["direction=1|service=53"]["values"] == [64]
+    assert ttl_keys["direction=1|service=123"]["values"] == [128]
+    assert sorted(ttl_keys["direction=1"]["values"]) == [64, 128]
+
+    bits = image_bits(tmp_path / "cap" / "svc" / "x.pcap", L, rows=64)
+    bits[:64, L.fields["ipv4_ttl"]] = 0                   # a TTL the class never shows
+    res = repair(bits, L, seed=3, priors=pri, klass="svc")
+    _, v = fields_of(res.batch, L)
+    sport, dport, ttl = v["udp_sport"], v["udp_dport"], v["ipv4_ttl"]
+    assert set(ttl[sport == 53]) == {64} and set(ttl[sport == 123]) == {128}
+    assert set(ttl[(dport == 53) | (dport == 123)]) == {60}
+
+
+def test_service_conditions_are_kept_for_the_busiest_services_only(tmp_path):
+    """A peer-to-peer class has a "service" per peer: the file keeps the 64 busiest per
+    statistic (and none that lists no value), so it stays small."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    pkts = [Ether() / IP(src=f"10.0.{s}.{f + 1}", dst=f"10.1.{s}.1", ttl=64) / UDP(sport=40000 + f, dport=20000 + s)
+            / (b"x" * 10)
+            for s in range(80) for f in range(2)
+            for _ in range(3 + (s < 10))]          # the first ten services are the busiest
+    doc = json.loads((_learn_from(tmp_path, "p2p", pkts) / PRIORS_FILE).read_text())
+    ttl = doc["classes"]["p2p"]["fields"]["ipv4.ttl"]
+    services = {int(k.split("service=")[1]) for k in ttl if "service=" in k}
+    assert len(services) == PR.MAX_SERVICES
+    assert set(range(20000, 20010)) <= services
+    assert all(ttl[k]["values"] for k in ttl)

@@ -91,10 +91,21 @@ def test_one_stray_gap_is_drawn_as_rarely_as_it_occurs(tmp_path):
     assert np.median(np.log10(g)) == pytest.approx(-2, abs=0.02)
 
 
+def test_gap_counts_whose_extreme_levels_are_even_ones_save_and_load(tmp_path):
+    """20, 25, 50 or 100 gaps: 1/n is one of the even levels up to the last bit; the file must
+    still read (it did not: two levels rounded to one)."""
+    for n in (20, 25, 50, 100, 7, 3):
+        m = TimingModel.learn({"x": [np.linspace(0.001, 1, n)]})
+        m.save(tmp_path / "t.json")
+        assert TimingModel.load(tmp_path / "t.json").classes == m.classes
+
+
 def test_gap_kinds_follow_the_flows():
-    """Each gap is named for the packet after it: it opens a flow, follows its own flow's packet,
-    or goes back to a flow seen before; a packet that was not parsed (-1) is unknown."""
-    assert gap_kinds([5, 5, 7, 5, 9, -1, 9]).tolist() == [1, 0, 2, 0, -1, 2]
+    """Each gap is named for the packet after it: it opens a flow while an earlier one goes on
+    (0), follows its own flow's packet (1), goes back to a flow seen before (2), or opens a flow
+    after every earlier one has ended (3); a packet that was not parsed (-1) is unknown."""
+    assert gap_kinds([5, 5, 7, 5, 9, -1, 9]).tolist() == [1, 0, 2, 3, -1, 2]
+    assert gap_kinds([1, 1, 2, 2, 3, 3]).tolist() == [1, 3, 1, 3, 1]
     seen = {7}                                  # an earlier window of the same capture had flow 7
     assert gap_kinds([5, 7, 7], seen).tolist() == [2, 1]
     assert seen == {5, 7}
@@ -121,6 +132,8 @@ def test_gaps_are_drawn_for_what_their_packet_does(tmp_path):
     # a kind without its own quantiles, and an unknown one, draw from the whole class: 5% idle
     for kk in (2, -1):
         assert (g[k == kk] > 1).mean() == pytest.approx(0.05, abs=0.02)
+    # "break" learnt by no file before it existed: drawn from the new-flow gaps
+    assert np.median(m2.gaps(2000, "ssh", seed=5, kinds=np.full(2000, 3))) == pytest.approx(100.0, rel=0.1)
     plain = m2.gaps(3000, "ssh", seed=4)
     assert (plain > 1).mean() == pytest.approx(0.05, abs=0.015)
     with pytest.raises(ValueError, match="gap kinds"):
@@ -161,7 +174,7 @@ def test_pcap2img_learns_kinds_and_repair_stamps_flows_with_them(tmp_path):
     doc = json.loads((tmp_path / "img" / "timing.json").read_text())
     assert doc["format"] == "netdiff-timing/3"
     kinds = doc["classes"]["dns"]["kinds"]
-    assert kinds["new"]["count"] == 11 and kinds["same"]["count"] == 60
+    assert kinds["break"]["count"] == 11 and kinds["same"]["count"] == 60 and "new" not in kinds
     png = next((tmp_path / "img" / "dns").glob("*.png"))
     bare = tmp_path / "bare.png"
     bare.write_bytes(png.read_bytes())                       # no sidecar: repaired, not restored
@@ -174,7 +187,7 @@ def test_pcap2img_learns_kinds_and_repair_stamps_flows_with_them(tmp_path):
     assert big.sum() == 11 and (gaps[~big] < 0.01).all()
     # every long gap comes just before a packet whose ports were not seen before
     from netdiff.bits.codec import flow_keys, parse
-    new_flow = gap_kinds(flow_keys(parse(batch))) == 0
+    new_flow = gap_kinds(flow_keys(parse(batch))) == 3
     assert (big == new_flow).all()
 
 
