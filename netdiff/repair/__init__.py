@@ -129,7 +129,8 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     body, body_len = bodies.bodies(r, rules, layout.payload_bytes)
 
     # 4. Time: gaps from the learnt model, in image row order, each drawn for what its packet does
-    # in the traced flows (opens one, follows its own, goes back to another).
+    # in the traced flows (timing.KINDS: opens one, follows its own, goes back to another, opens
+    # one after every earlier flow has ended).
     model = timing if timing is not None else TimingModel()
     ts_sec, ts_nsec = timestamps(model.gaps(n - 1, klass, seed, kinds=gap_kinds(t["flow"])), START_NS)
 
