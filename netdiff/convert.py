@@ -11,7 +11,7 @@ import numpy as np
 
 from netdiff import sidecar as sc
 from netdiff.bits.codec import (SKIP_REASONS, Parsed, decapsulated_counts, kept_bytes, encode,
-                                flow_keys, overlay, overlay_bytes)
+                                flow_keys, flow_sides, overlay, overlay_bytes)
 from netdiff.bits.layout import Layout, NETDIFFUSION
 from netdiff.errors import CaptureError, ImageError, NetdiffError
 from netdiff.image.codec import pad_rows, read_png_bits, read_png_bytes, write_png
@@ -78,6 +78,7 @@ class _Rows:
     residual: np.ndarray
     l3: np.ndarray
     flow: np.ndarray        # flow key of every packet (codec.flow_keys): for the timing model
+    side: np.ndarray        # and which way it runs in that flow (codec.flow_sides)
 
     @staticmethod
     def concat(parts: list["_Rows"]) -> "_Rows":
@@ -85,13 +86,15 @@ class _Rows:
             return parts[0]
         return _Rows(np.concatenate([p.bits for p in parts]), PacketBatch.concat([p.batch for p in parts]),
                      np.concatenate([p.residual for p in parts]), np.concatenate([p.l3 for p in parts]),
-                     np.concatenate([p.flow for p in parts]))
+                     np.concatenate([p.flow for p in parts]), np.concatenate([p.side for p in parts]))
 
     def split(self, n: int) -> tuple["_Rows", "_Rows"]:
         cut = int(self.batch.caplen[:n].sum())
         idx_a, idx_b = np.arange(n), np.arange(n, len(self.batch))
-        return (_Rows(self.bits[:n], self.batch.take(idx_a), self.residual[:cut], self.l3[:n], self.flow[:n]),
-                _Rows(self.bits[n:], self.batch.take(idx_b), self.residual[cut:], self.l3[n:], self.flow[n:]))
+        return (_Rows(self.bits[:n], self.batch.take(idx_a), self.residual[:cut], self.l3[:n], self.flow[:n],
+                      self.side[:n]),
+                _Rows(self.bits[n:], self.batch.take(idx_b), self.residual[cut:], self.l3[n:], self.flow[n:],
+                      self.side[n:]))
 
     def take(self, idx: np.ndarray) -> "_Rows":
         starts = np.zeros(len(self.batch), dtype=np.int64)
@@ -100,14 +103,16 @@ class _Rows:
         cap = self.batch.caplen[idx]
         k = np.arange(int(cap.sum()), dtype=np.int64)
         src = np.repeat(starts[idx] - np.concatenate([[0], np.cumsum(cap)[:-1]]), cap) + k
-        return _Rows(self.bits[idx], self.batch.take(idx), self.residual[src], self.l3[idx], self.flow[idx])
+        return _Rows(self.bits[idx], self.batch.take(idx), self.residual[src], self.l3[idx], self.flow[idx],
+                     self.side[idx])
 
 
 def _encode_chunk(batch: PacketBatch, layout: Layout, keep_payload: bool) -> tuple[_Rows, Parsed]:
     bits, p = encode(batch, layout)
     ok = np.flatnonzero(p.reason == 0)
     res = sc.residual_bytes(batch, p, layout, keep_payload)
-    return _Rows(bits, batch.take(ok), res, p.l3[ok], flow_keys(p)[ok]), p
+    key, side = flow_sides(p)
+    return _Rows(bits, batch.take(ok), res, p.l3[ok], key[ok], side[ok]), p
 
 
 def flow_labels(batch: PacketBatch, p: Parsed) -> np.ndarray:
@@ -205,7 +210,7 @@ def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: s
             t = rows.batch.ts_sec * 1_000_000_000 + rows.batch.ts_nsec
             summary.gaps.setdefault(klass, []).append(np.diff(t) / 1e9)
             summary.gap_kinds.setdefault(klass, []).append(
-                gap_kinds(rows.flow, flows_seen))
+                gap_kinds(rows.flow, flows_seen, sides=rows.side))
         if summary.priors is not None:
             summary.priors.add(klass, rows.batch)
         made += 1

@@ -738,9 +738,15 @@ def flow_keys(p: Parsed) -> np.ndarray:
     unordered pair of (address, port) endpoints (ports of TCP/UDP only), the same in every batch
     (windows of one capture can be followed across). A packet that was not parsed
     (reason != 0) gets -1."""
+    return flow_sides(p)[0]
+
+
+def flow_sides(p: Parsed) -> tuple[np.ndarray, np.ndarray]:
+    """``flow_keys`` and (N,) bool: the packet runs from the higher (address, port) endpoint of
+    its flow to the lower one (the same for every packet of one direction)."""
     n = len(p.reason)
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
     g = p.window
     ok = p.reason == 0
     v4 = p.version == 4
@@ -763,4 +769,4 @@ def flow_keys(p: Parsed) -> np.ndarray:
             h ^= h >> np.uint64(29)
     key = (h >> np.uint64(1)).astype(np.int64)        # non-negative
     key[~ok] = -1
-    return key
+    return key, ~less

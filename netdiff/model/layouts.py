@@ -34,7 +34,9 @@ import torch
 
 LAYOUTS_FILE = "layouts.safetensors"
 ABSENT = -1
-MAX_LINK = 32                     # flows further back than this count as a new flow
+MAX_LINK = 128                    # flows further back than this count as a new flow
+SHRINK = 2.0                      # pseudo-rows: a layout's flow habits shrink towards its class's
+FIT_ROUNDS = 200                  # MM iterations of the choice model (converged well before)
 PORTS = {"tcp": ("tcp_sprt", "tcp_dprt"), "udp": ("udp_sport", "udp_dport")}
 
 
@@ -58,27 +60,53 @@ def _bits_value(bits: np.ndarray) -> int:
 def flow_links(image: np.ndarray, ports: dict) -> tuple[np.ndarray, np.ndarray]:
     """Per row of a training image: link (0 new flow, r: the r-th most recent flow of the same
     transport; -1 no transport ports) and whether it runs in the reverse direction of that flow."""
+    link, rev, _, _ = flow_events(image, ports)
+    return link, rev
+
+
+SIZE_EDGES = np.array([2, 3, 4, 8])     # a flow's packets so far: 1, 2, 3, 4-7, 8 or more
+N_STATES = 2 * (len(SIZE_EDGES) + 1)    # x whether its last packet ran against its first
+
+
+def flow_state(packets: int, last_reversed: bool) -> int:
+    """What a flow looks like to the next packet: how many packets it has, which way its last went."""
+    return 2 * int(np.searchsorted(SIZE_EDGES, packets, side="right")) + int(last_reversed)
+
+
+def flow_events(image: np.ndarray, ports: dict):
+    """``flow_links`` plus, per row, the states (``flow_state``) of the flows it could have gone
+    on with, most recent first (at most ``MAX_LINK``; empty for a row without ports), and the
+    state of the one it did go on with (-1 for a new flow)."""
     link = np.full(image.shape[0], -1, dtype=np.int64)
     rev = np.zeros(image.shape[0], dtype=bool)
-    recent: dict[str, list[tuple[tuple[int, int], int]]] = {t: [] for t in ports}   # (ports, first sport)
+    states: list[np.ndarray] = []
+    chosen = np.full(image.shape[0], -1, dtype=np.int64)
+    # per transport, most recent first: [port key, first sport, packets, last reversed]
+    recent: dict[str, list[list]] = {t: [] for t in ports}
     for i, row in enumerate(image):
         t = _transport(row != ABSENT, ports)
         if t is None:
+            states.append(np.zeros(0, dtype=np.int64))
             continue
         s, d = _bits_value(row[ports[t][0]]), _bits_value(row[ports[t][1]])
         key = (min(s, d), max(s, d))
         flows = recent[t]
-        found = next((k for k, (fk, _) in enumerate(flows) if fk == key), None)
+        states.append(np.array([flow_state(f[2], f[3]) for f in flows[:MAX_LINK]], dtype=np.int64))
+        found = next((k for k, f in enumerate(flows) if f[0] == key), None)
         if found is None or found >= MAX_LINK:
             link[i] = 0
             if found is not None:
                 flows.pop(found)
-            flows.insert(0, (key, s))
+            flows.insert(0, [key, s, 1, False])
         else:
+            f = flows.pop(found)
             link[i] = found + 1
-            rev[i] = s != flows[found][1]
-            flows.insert(0, flows.pop(found))
-    return link, rev
+            rev[i] = s != f[1]
+            chosen[i] = flow_state(f[2], f[3])
+            f[2] += 1
+            f[3] = bool(rev[i])
+            flows.insert(0, f)
+    return link, rev, states, chosen
 
 
 class LayoutChain:
@@ -87,7 +115,8 @@ class LayoutChain:
     another is never drawn after it)."""
 
     def __init__(self, vocab: np.ndarray, classes: list[str], start: np.ndarray, trans: np.ndarray,
-                 links: np.ndarray | None = None, layout_name: str = "netdiffusion"):
+                 links: np.ndarray | None = None, layout_name: str = "netdiffusion",
+                 weights: np.ndarray | None = None, flips: np.ndarray | None = None):
         self.vocab = np.asarray(vocab, dtype=bool)
         self.classes = list(classes)
         self.start = np.asarray(start, dtype=np.float64)       # (C, K)
@@ -96,6 +125,14 @@ class LayoutChain:
         self.links = (np.zeros(self.trans.shape[:2] + (MAX_LINK + 1, 2)) if links is None
                       else np.asarray(links, dtype=np.float64))
         self.layout_name = layout_name
+        # flows by state (files saved before them draw links from ``links`` alone). weights
+        # (C, K, MAX_LINK + 1, N_STATES): a choice model's weight for going on with the r-th most
+        # recent flow in each state, against 1 for a new flow ([..., 0, 0]); a row picks among the
+        # flows it has in proportion. flips (C, K, N_STATES, 2): counts of keeping / turning the
+        # direction of the flow's last packet
+        # float32 as saved, so that a loaded chain draws what the fitted one did
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float32).astype(np.float64)
+        self.flips = None if flips is None else np.asarray(flips, dtype=np.float64)
 
     @classmethod
     def fit(cls, images: list[np.ndarray], labels: list[str], layout=None,
@@ -125,6 +162,8 @@ class LayoutChain:
         start = np.zeros((len(classes), len(keys)))
         trans = np.zeros((len(classes), len(keys), len(keys)))
         links = np.zeros((len(classes), len(keys), MAX_LINK + 1, 2))
+        flips = np.zeros((len(classes), len(keys), N_STATES, 2))
+        choices: list[list] = [[] for _ in classes]     # per class: (layout, options, chosen) rows
         keys_of = list(range(len(images))) if streams is None else list(streams)
         if len(keys_of) != len(images):
             raise ValueError(f"{len(keys_of)} stream keys for {len(images)} images")
@@ -138,11 +177,13 @@ class LayoutChain:
                 start[c, ids[0]] += 1      # every window start: a generated image may begin anywhere
             ids = np.concatenate([np.asarray(x, dtype=np.intp) for x in seqs[lo:hi]])
             np.add.at(trans[c], (ids[:-1], ids[1:]), 1)
-            link, rev = flow_links(np.concatenate([np.asarray(im) for im in images[lo:hi]]), ports)
+            link, rev, states, chosen = flow_events(np.concatenate([np.asarray(im) for im in images[lo:hi]]), ports)
             has = link >= 0
             np.add.at(links[c], (ids[has], link[has], rev[has].astype(np.intp)), 1)
+            choices[c].append(_choices(ids, link, rev, states, chosen, flips[c]))
             lo = hi
-        return cls(vocab, classes, start, trans, links, layout.name)
+        weights = np.stack([fit_choices(*_join(rows), len(keys)) for rows in choices])
+        return cls(vocab, classes, start, trans, links, layout.name, weights, flips)
 
     @classmethod
     def fit_dataset(cls, dataset) -> "LayoutChain":
@@ -173,7 +214,41 @@ class LayoutChain:
 
     def sample_flows(self, cls: str, ids: np.ndarray, generator: torch.Generator, layout) -> list[list[tuple[int, bool]]]:
         """Flows of one image whose row layouts are ``ids``: lists of (row, reversed) with two or
-        more rows (a flow of one needs no tie). Reversed is relative to the flow's first row."""
+        more rows (a flow of one needs no tie). Reversed is relative to the flow's first row.
+
+        Each row weighs a new flow against every recent flow by the choice weights its layout
+        learnt for a flow of that recency and state (packets so far, direction of the last): a
+        DNS query is answered once, a Modbus poll goes on for the whole image."""
+        if self.weights is None:
+            return self._sample_links(cls, ids, generator, layout)
+        ports = port_columns(layout)
+        c = self.classes.index(cls)
+        weight, flip = self.weights[c], self.flips[c] + 1e-9     # a state never seen: either way
+        u = torch.rand((len(ids), 2), generator=generator, dtype=torch.float64).numpy()
+        recent: dict[str, list[list]] = {t: [] for t in ports}   # [flow index, packets, last reversed]
+        flows: list[list[tuple[int, bool]]] = []
+        for i, k in enumerate(ids):
+            t = _transport(self.vocab[k], ports)
+            if t is None:
+                continue
+            cand = recent[t][:weight.shape[1] - 1]     # the file's own reach
+            st = np.array([flow_state(f[1], f[2]) for f in cand], dtype=np.intp)
+            w = np.concatenate([[weight[k, 0, 0]], weight[k, np.arange(1, len(cand) + 1), st]])
+            pick = _draw(w, u[i, 0]) if w.sum() > 0 else 0
+            if pick == 0:
+                flows.append([(i, False)])
+                recent[t].insert(0, [len(flows) - 1, 1, False])
+                continue
+            f = recent[t].pop(pick - 1)
+            rev = bool(f[2] ^ _draw(flip[k, st[pick - 1]], u[i, 1]))
+            flows[f[0]].append((i, rev))
+            f[1] += 1
+            f[2] = rev
+            recent[t].insert(0, f)
+        return [f for f in flows if len(f) > 1]
+
+    def _sample_links(self, cls: str, ids: np.ndarray, generator: torch.Generator, layout) -> list[list[tuple[int, bool]]]:
+        """``sample_flows`` for files saved before flow states: links by layout alone."""
         ports = port_columns(layout)
         c = self.classes.index(cls)
         u = torch.rand(len(ids), generator=generator, dtype=torch.float64).numpy()
@@ -207,9 +282,11 @@ class LayoutChain:
         # processes, and a resumed training must write the same bytes as a straight one
         meta = json.dumps({"classes": self.classes, "width": int(self.vocab.shape[1]),
                            "layout": self.layout_name}, sort_keys=True)
-        save_file({"vocab": np.packbits(self.vocab, axis=1), "start": self.start.astype(np.float32),
-                   "trans": self.trans.astype(np.float32), "links": self.links.astype(np.float32)},
-                  str(tmp), metadata={"netdiff": meta})
+        tensors = {"vocab": np.packbits(self.vocab, axis=1), "start": self.start.astype(np.float32),
+                   "trans": self.trans.astype(np.float32), "links": self.links.astype(np.float32)}
+        if self.weights is not None:
+            tensors.update(weights=self.weights.astype(np.float32), flips=self.flips.astype(np.float32))
+        save_file(tensors, str(tmp), metadata={"netdiff": meta})
         os.replace(tmp, final)
 
     @classmethod
@@ -232,9 +309,71 @@ class LayoutChain:
         with safe_open(str(path), framework="numpy") as f:
             meta = json.loads(f.metadata()["netdiff"])
             vocab = np.unpackbits(f.get_tensor("vocab"), axis=1)[:, :meta["width"]].astype(bool)
-            links = f.get_tensor("links") if "links" in f.keys() else None     # saved before flow links
+            names = set(f.keys())
+            links = f.get_tensor("links") if "links" in names else None     # saved before flow links
+            states = ([f.get_tensor(n) for n in ("weights", "flips")]
+                      if {"weights", "flips"} <= names else [None] * 2)     # saved before flow states
             return cls(vocab, meta["classes"], f.get_tensor("start"), f.get_tensor("trans"),
-                       links, meta.get("layout", "netdiffusion"))
+                       links, meta.get("layout", "netdiffusion"), *states)
+
+
+def _choices(ids, link, rev, states, chosen, flips) -> tuple:
+    """One capture's rows as choices: (layout, option codes (rows, MAX_LINK + 1; -1 none), index
+    of the option taken); adds their directions to the class's ``flips``. Option 0 is a new flow,
+    option r the r-th most recent flow, coded r * N_STATES + its state."""
+    rows = np.flatnonzero(link >= 0)
+    opts = np.full((len(rows), MAX_LINK + 1), -1, dtype=np.int64)
+    opts[:, 0] = 0
+    for j, i in enumerate(rows):
+        st = states[i]
+        opts[j, 1: len(st) + 1] = np.arange(1, len(st) + 1) * N_STATES + st
+        if link[i] > 0:
+            flips[ids[i], chosen[i], int(rev[i] != bool(chosen[i] % 2))] += 1
+    return ids[rows], opts, link[rows]
+
+
+def _join(parts: list[tuple]) -> tuple:
+    if not parts:
+        return np.zeros(0, dtype=np.intp), np.zeros((0, MAX_LINK + 1), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return tuple(np.concatenate(x) for x in zip(*parts))
+
+
+def fit_choices(layouts: np.ndarray, options: np.ndarray, taken: np.ndarray, n_layouts: int) -> np.ndarray:
+    """(n_layouts, MAX_LINK + 1, N_STATES) Luce choice weights for one class: each row chose one of
+    its options (``_choices``) with probability proportional to the option's weight; a new flow
+    weighs 1. Fitted by Hunter's MM iterations (Ann. Statist. 32, 2004) at three levels, each
+    with ``SHRINK`` pseudo-rows of the level above: a flow's state at any recency, then recency
+    and state over all of the class's rows, then per layout (an option a level never had keeps
+    the weight of the level above)."""
+    n_opt = (MAX_LINK + 1) * N_STATES
+    rows = np.arange(len(taken))
+    # a flow's state alone: option 1 + state, new flow 0
+    by_state = np.where(options > 0, 1 + options % N_STATES, options)
+    w_state = _mm(by_state, by_state[rows, taken], np.ones(1 + N_STATES))
+    prior = np.concatenate([[1.0], np.zeros(N_STATES - 1), np.tile(w_state[1:], MAX_LINK)])
+    won = options[rows, taken]
+    pooled = _mm(options, won, prior)
+    out = np.empty((n_layouts, n_opt))
+    for k in range(n_layouts):
+        mask = layouts == k
+        out[k] = _mm(options[mask], won[mask], pooled) if mask.any() else pooled
+    return out.reshape(n_layouts, MAX_LINK + 1, N_STATES)
+
+
+def _mm(options: np.ndarray, won: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Choice weights of options coded 0..len(prior)-1 (-1: no option), option 0 fixed at 1."""
+    wins = np.bincount(won, minlength=len(prior)).astype(np.float64)
+    valid = options >= 0
+    flat = options[valid]
+    w = prior.copy()
+    for _ in range(FIT_ROUNDS):
+        total = np.where(valid, w[np.maximum(options, 0)], 0.0).sum(1)
+        seen = np.bincount(flat, weights=np.broadcast_to(1 / total[:, None], options.shape)[valid],
+                           minlength=len(prior))
+        w = (wins + SHRINK * prior) / (seen + SHRINK)
+        if w[0] > 0:
+            w = w / w[0]
+    return w
 
 
 def _draw(weights: np.ndarray, u: float) -> int:

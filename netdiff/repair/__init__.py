@@ -130,9 +130,9 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
 
     # 4. Time: gaps from the learnt model, in image row order, each drawn for what its packet does
     # in the traced flows (timing.KINDS: opens one, follows its own, goes back to another, opens
-    # one after every earlier flow has ended).
+    # one after every earlier flow has ended; the middle two also by whether it answers).
     model = timing if timing is not None else TimingModel()
-    ts_sec, ts_nsec = timestamps(model.gaps(n - 1, klass, seed, kinds=gap_kinds(t["flow"])), START_NS)
+    ts_sec, ts_nsec = timestamps(model.gaps(n - 1, klass, seed, kinds=gap_kinds(t["flow"], sides=t["direction"])), START_NS)
 
     # 5. Bytes, lengths, checksums.
     batch, _ = rows.build(r, rules, ts_sec, ts_nsec, body, body_len, trace.macs(r))

@@ -11,12 +11,12 @@ gap, so one stray timestamp in a training capture (a gap of 10^8 s in the shared
 video_streaming captures) gave one generated gap in a hundred anywhere up to years. The outer
 intervals now carry the weight the extreme gaps have in the data, 1/n each.
 
-Gaps depend on what the packet after them does (format netdiff-timing/3). In the shared captures
-the long idle gaps come where every flow has ended and a new one opens (ssh: median gap 0.3 ms
-inside a connection, hours before the next; messaging: 9 ms before a new flow while others go
-on, 15 minutes when all have ended), so gaps drawn from one pool gave a 128-packet ssh flow a
-duration of days, and gaps drawn per "new flow" only still stretched messaging flows across
-idle periods that real ones never span. Per class the model also keeps quantiles per *kind* of
+Gaps depend on what the packet after them does (format netdiff-timing/3; /4 tells answers
+apart). In the shared captures the long idle gaps come where every flow has ended and a new one
+opens (ssh: median gap 0.3 ms inside a connection, hours before the next; messaging: 9 ms
+before a new flow while others go on, 15 minutes when all have ended), so gaps drawn from one
+pool gave a 128-packet ssh flow a duration of days, and gaps drawn per "new flow" only still
+stretched messaging flows across idle periods that real ones never span. Per class the model also keeps quantiles per *kind* of
 packet (``KINDS``, ``gap_kinds``), learnt from the captures' 5-tuples at ``pcap2img``; repair
 passes the kinds of its rows, from the flows it traced. A kind seen fewer than ``MIN_KIND``
 times uses the class's pooled quantiles (a break: the new-flow ones, when learnt).
@@ -33,12 +33,17 @@ from netdiff.errors import NetdiffError
 
 N_QUANTILES = 101
 MIN_GAP = 1e-9
-FORMAT = "netdiff-timing/3"
-READS = ("netdiff-timing/1", "netdiff-timing/2", FORMAT)   # /1: even quantiles only; /2: no kinds
+FORMAT = "netdiff-timing/4"
+# /1: even quantiles only; /2: no kinds; /3: no turned kinds
+READS = ("netdiff-timing/1", "netdiff-timing/2", "netdiff-timing/3", FORMAT)
 # The packet after a gap: opens a flow while an earlier one goes on, follows its own flow's last
-# packet, goes back to another flow, or opens a flow after every earlier one has ended.
-KINDS = ("new", "same", "other", "break")
-FALLBACK = {"break": "new"}         # a file learnt before "break" existed: the new-flow gaps
+# packet, goes back to another flow, or opens a flow after every earlier one has ended; "same" and
+# "other" when it runs the way its flow's last packet ran, "same_turn" and "other_turn" when it
+# runs against it (an answer: in the shared captures a DNS answer follows its query by a median
+# 33 ms, a repeated query by 2 s; VoIP packets in one direction 0.5 ms apart, turns 30 ms).
+KINDS = ("new", "same", "other", "break", "same_turn", "other_turn")
+# a file learnt before a kind existed draws its gaps from the kind it was counted in then
+FALLBACK = {"break": "new", "same_turn": "same", "other_turn": "other"}
 MIN_KIND = 8
 
 
@@ -196,7 +201,7 @@ def _well_formed(c) -> bool:
         return False
 
 
-def gap_kinds(flows: np.ndarray, seen: set | None = None) -> np.ndarray:
+def gap_kinds(flows: np.ndarray, seen: set | None = None, sides: np.ndarray | None = None) -> np.ndarray:
     """(len(flows) - 1,) the kind (index into ``KINDS``) of each gap between consecutive packets
     whose flow keys are ``flows``: the packet after it opens a flow while a flow that appeared
     before it goes on afterwards ("new"), follows a packet of its own flow ("same"), goes back to
@@ -204,7 +209,10 @@ def gap_kinds(flows: np.ndarray, seen: set | None = None) -> np.ndarray:
     ("break": in the shared messaging captures the median gap is 24 ms before "new" and 19
     minutes before "break"). ``seen``: flows already seen (earlier windows of the same capture;
     updated in place); whether a flow goes on is judged within ``flows``, as repair judges an
-    image. A key of -1 (a packet not parsed) gives -1."""
+    image. A key of -1 (a packet not parsed) gives -1. ``sides``: which way each packet runs in
+    its flow (any two values, the same for one direction of a flow): "same" and "other" become
+    "same_turn" and "other_turn" where the packet runs against its flow's previous packet in
+    ``flows`` (a flow's first packet in ``flows`` is not judged)."""
     f = np.asarray(flows, dtype=np.int64).ravel()
     if len(f) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -222,8 +230,19 @@ def gap_kinds(flows: np.ndarray, seen: set | None = None) -> np.ndarray:
     after = f[1:]
     i = np.arange(1, len(f))
     opened = np.where(reach[:-1] < i, 3, 0)
-    return np.where(after < 0, -1, np.where(opens[1:], opened,
-                                            np.where(after == f[:-1], 1, 2))).astype(np.int64)
+    kinds = np.where(after < 0, -1, np.where(opens[1:], opened,
+                                             np.where(after == f[:-1], 1, 2))).astype(np.int64)
+    if sides is None:
+        return kinds
+    side = np.asarray(sides).ravel()
+    if len(side) != len(f):
+        raise ValueError(f"{len(side)} sides for {len(f)} packets")
+    order = np.lexsort((np.arange(len(f)), f))       # by flow, then in order
+    prev = np.full(len(f), -1, dtype=np.int64)
+    same = f[order][1:] == f[order][:-1]
+    prev[order[1:][same]] = order[:-1][same]
+    turned = (prev[1:] >= 0) & (side[1:] != side[np.maximum(prev[1:], 0)])
+    return np.where(turned & (kinds == 1), 4, np.where(turned & (kinds == 2), 5, kinds))
 
 
 def quantile_levels(n: int) -> np.ndarray:

@@ -7,7 +7,7 @@ from netdiff.bits.layout import NETDIFFUSION as L, named_layout
 from netdiff.errors import ImageError, NetdiffError
 from netdiff.image.codec import bits_to_rgb
 from netdiff.repair import TimingModel, quantize, repair
-from netdiff.repair.timing import gap_kinds
+from netdiff.repair.timing import KINDS, gap_kinds
 from netdiff.repair.addresses import AddressPool, parse_pool
 from netdiff.repair.perturb import random_bits
 
@@ -147,6 +147,36 @@ def test_gaps_are_drawn_for_what_their_packet_does(tmp_path):
     assert (v2.gaps(100, "ssh", seed=1) == v2.gaps(100, "ssh", seed=1, kinds=np.zeros(100, dtype=int))).all()
 
 
+def test_gap_kinds_tell_answers_from_more_of_the_same():
+    """Flows a and b: a's second packet answers its first, its third goes on the same way."""
+    flows = [1, 1, 1, 2, 1, 2]
+    sides = [0, 1, 1, 0, 0, 0]
+    names = [KINDS[k] for k in gap_kinds(flows, sides=sides)]
+    assert names == ["same_turn", "same", "new", "other_turn", "other"]
+    assert [KINDS[k] for k in gap_kinds(flows)] == ["same", "same", "new", "other", "other"]
+    # a flow's first packet in the window is not judged against an earlier window
+    seen: set = set()
+    gap_kinds([7, 7], seen, sides=[0, 1])
+    assert [KINDS[k] for k in gap_kinds([7, 8, 7], seen, sides=[0, 0, 1])] == ["new", "other_turn"]
+    with pytest.raises(ValueError, match="sides"):
+        gap_kinds([1, 1], sides=[0])
+
+
+def test_a_file_from_before_turned_kinds_draws_them_from_the_old_kinds(tmp_path):
+    """A netdiff-timing/3 file has "same" and "other" for every packet of those kinds: answers
+    are drawn from them, as before."""
+    gaps = np.concatenate([np.full(50, 0.001), np.full(50, 5.0)])
+    kinds = np.array([1] * 50 + [2] * 50)
+    model = TimingModel.learn({"c": [gaps]}, {"c": [kinds]})
+    model.save(tmp_path / "t.json")
+    doc = json.loads((tmp_path / "t.json").read_text())
+    doc["format"] = "netdiff-timing/3"
+    (tmp_path / "v3.json").write_text(json.dumps(doc))
+    v3 = TimingModel.load(tmp_path / "v3.json")
+    assert np.allclose(v3.gaps(20, "c", seed=0, kinds=np.full(20, KINDS.index("same_turn"))), 0.001)
+    assert np.allclose(v3.gaps(20, "c", seed=0, kinds=np.full(20, KINDS.index("other_turn"))), 5.0)
+
+
 def test_pcap2img_learns_kinds_and_repair_stamps_flows_with_them(tmp_path):
     """End to end: a capture of short UDP exchanges 100 s apart. pcap2img learns the gap before a
     new flow apart from the gaps inside one, and a repaired image keeps each flow's packets close
@@ -172,9 +202,11 @@ def test_pcap2img_learns_kinds_and_repair_stamps_flows_with_them(tmp_path):
     wrpcap(str(tmp_path / "cap" / "dns" / "x.pcap"), pkts)
     netdiff.pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=72))
     doc = json.loads((tmp_path / "img" / "timing.json").read_text())
-    assert doc["format"] == "netdiff-timing/3"
+    assert doc["format"] == "netdiff-timing/4"
     kinds = doc["classes"]["dns"]["kinds"]
-    assert kinds["break"]["count"] == 11 and kinds["same"]["count"] == 60 and "new" not in kinds
+    # every packet inside an exchange answers the one before it
+    assert kinds["break"]["count"] == 11 and kinds["same_turn"]["count"] == 60
+    assert "new" not in kinds and "same" not in kinds
     png = next((tmp_path / "img" / "dns").glob("*.png"))
     bare = tmp_path / "bare.png"
     bare.write_bytes(png.read_bytes())                       # no sidecar: repaired, not restored

@@ -1,0 +1,99 @@
+"""Flow links drawn by the state of each recent flow (netdiff.model.layouts): a flow that has had
+its answer is not answered again, and files saved before flow states still sample as they did."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import torch
+
+from netdiff.bits.codec import encode
+from netdiff.bits.layout import NETDIFFUSION
+from netdiff.io.pcap import PacketBatch
+from netdiff.model.layouts import LayoutChain, flow_events, flow_state, port_columns
+
+
+def _exchanges(rng: random.Random, n: int) -> list[bytes]:
+    """UDP query / answer pairs, two outstanding at a time: Q1 Q2 A1 A2 Q3 Q4 A3 A4 ..."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    out = []
+    for _ in range(n // 4):
+        ports = [rng.randrange(1024, 65535) for _ in range(2)]
+        for p in ports:
+            out.append(bytes(Ether() / IP(src="10.0.0.3", dst="10.0.0.53") / UDP(sport=p, dport=53) / b"q"))
+        for p in ports:
+            out.append(bytes(Ether() / IP(src="10.0.0.53", dst="10.0.0.3") / UDP(sport=53, dport=p) / b"a"))
+    return out
+
+
+def _images(count: int = 6, rows: int = 32) -> list[np.ndarray]:
+    rng = random.Random(3)
+    return [encode(PacketBatch.from_packets(_exchanges(rng, rows)), NETDIFFUSION)[0] for _ in range(count)]
+
+
+def _flow_sizes(chain: LayoutChain, seeds: range, rows: int = 64) -> Counter:
+    sizes: Counter = Counter()
+    for s in seeds:
+        g = torch.Generator().manual_seed(s)
+        ids = chain.sample_ids("dns", rows, g)
+        flows = chain.sample_flows("dns", ids, g, NETDIFFUSION)
+        sizes.update(len(f) for f in flows)
+        sizes[1] += rows - sum(len(f) for f in flows)       # rows in no flow of two or more
+    return sizes
+
+
+def test_flow_events_see_each_flows_state():
+    link, rev, states, chosen = flow_events(_images(1)[0], port_columns(NETDIFFUSION))
+    assert link[:8].tolist() == [0, 0, 2, 2, 0, 0, 2, 2]
+    assert rev[:8].tolist() == [False, False, True, True, False, False, True, True]
+    # the first answer goes on with a one-packet flow whose last packet was the query
+    assert chosen[2] == flow_state(1, False)
+    # the fifth row (a new query) could have gone on with two answered flows
+    assert states[4].tolist() == [flow_state(2, True)] * 2
+
+
+def test_answered_flows_are_not_answered_again():
+    """Links drawn by recency alone give flows of one, three, four packets; by state, nearly every
+    flow is a query and its answer, as in the training images."""
+    chain = LayoutChain.fit(_images(), ["dns"] * 6)
+    by_state = _flow_sizes(chain, range(8))
+    by_link = _flow_sizes(LayoutChain(chain.vocab, chain.classes, chain.start, chain.trans, chain.links),
+                          range(8))
+    pairs = lambda c: c[2] * 2 / sum(k * v for k, v in c.items())     # noqa: E731  rows in 2-packet flows
+    assert pairs(by_state) >= 0.9, by_state
+    assert pairs(by_link) < 0.7, by_link
+
+
+def test_flow_states_survive_save_and_load(tmp_path):
+    chain = LayoutChain.fit(_images(), ["dns"] * 6)
+    chain.save(tmp_path)
+    again = LayoutChain.load(tmp_path)
+    for name in ("weights", "flips"):
+        assert np.array_equal(getattr(chain, name), getattr(again, name))
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    ids = chain.sample_ids("dns", 64, g1)
+    assert np.array_equal(ids, again.sample_ids("dns", 64, g2))
+    assert chain.sample_flows("dns", ids, g1, NETDIFFUSION) == again.sample_flows("dns", ids, g2, NETDIFFUSION)
+
+
+def test_a_file_saved_before_flow_states_draws_links_as_before(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    chain = LayoutChain.fit(_images(), ["dns"] * 6)
+    chain.save(tmp_path)
+    path = tmp_path / "layouts.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+    old = {k: v for k, v in load_file(str(path)).items() if k not in ("weights", "flips")}
+    save_file(old, str(path), metadata=meta)
+    loaded = LayoutChain.load(tmp_path)
+    assert loaded.weights is None
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    ids = loaded.sample_ids("dns", 64, g1)
+    chain.sample_ids("dns", 64, g2)
+    assert loaded.sample_flows("dns", ids, g1, NETDIFFUSION) == chain._sample_links("dns", ids, g2, NETDIFFUSION)
