@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Callable
 
 from netdiff.errors import NetdiffError
+from netdiff.io.atomic import atomic_write_text
 
 MANIFEST = "manifest.json"
 
@@ -154,9 +155,7 @@ class Runner:
             raise NetdiffError(f"{self.manifest_path}: damaged manifest (delete it to start over)") from None
 
     def _save_manifest(self, m: dict) -> None:
-        tmp = self.manifest_path.with_name(f".{MANIFEST}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(m, indent=1))
-        os.replace(tmp, self.manifest_path)
+        atomic_write_text(self.manifest_path, json.dumps(m, indent=1))
 
     def _log(self, msg: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"

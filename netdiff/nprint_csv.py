@@ -7,7 +7,7 @@ timestamps) is formatted in Python.
 from __future__ import annotations
 
 import gzip
-import os
+from contextlib import nullcontext
 from pathlib import Path
 from dataclasses import dataclass
 
@@ -18,6 +18,7 @@ from collections import Counter
 from netdiff.bits.codec import SKIP_REASONS, Parsed, bit_lut, byte_reader, encode, gather_window, skipped_counts
 from netdiff.bits.layout import SECTION_ORDER, SECTIONS, Layout
 from netdiff.errors import NetdiffError
+from netdiff.io.atomic import atomic_open
 from netdiff.io.pcap import CaptureReader, PacketBatch
 
 # nPrint's -O index column names.
@@ -327,11 +328,7 @@ def pcap_to_csv(path, out, layout: Layout, index: int = 0, relative: bool = Fals
     if own:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        stream = open(tmp, "wb")
-    else:
-        stream = out
-    try:
+    with atomic_open(out) if own else nullcontext(out) as stream:
         stream.write(header_line(layout, index, relative, absolute, wireless))
         for batch in reader:
             if count and read + len(batch) > count:
@@ -355,13 +352,5 @@ def pcap_to_csv(path, out, layout: Layout, index: int = 0, relative: bool = Fals
             rows += len(bits)
             if count and read >= count:
                 break
-        if own:
-            stream.close()
-            os.replace(tmp, out)
-    except BaseException:
-        if own:
-            stream.close()
-            tmp.unlink(missing_ok=True)
-        raise
     return {"packets_read": read, "rows": rows, "skipped": dict(skipped),
             "stopped": reader.info.stopped, "radiotap_rows": radio_rows}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import zlib
 from pathlib import Path
 
@@ -26,9 +25,10 @@ try:    # residuals: 8x faster to inflate and 10x faster to compress than zlib, 
 except ImportError:         # pragma: no cover - a dependency; zlib is the fallback
     zstandard = None
 
-from netdiff.bits.codec import Parsed, _section_bytes, kept_bytes
+from netdiff.bits.codec import Parsed, kept_bytes, section_span
 from netdiff.bits.layout import SECTION_BYTES, Layout
 from netdiff.errors import ImageError
+from netdiff.io.atomic import atomic_write_bytes
 from netdiff.io.pcap import PacketBatch
 
 SIDECAR_VERSION = 1
@@ -76,7 +76,7 @@ def residual_bytes(batch: PacketBatch, p: Parsed, layout: Layout, keep_payload: 
         sec, j = bmap[col]
         by_sec.setdefault(sec, []).append(j)
     for sec, js in by_sec.items():
-        start, nvalid, _ = _section_bytes(p, batch.caplen, sec, layout.payload_bytes)
+        start, nvalid, _ = section_span(p, batch.caplen, sec, layout.payload_bytes)
         start, nvalid = start[ok], nvalid[ok]
         j = np.asarray(js)
         pos = start[:, None] + j
@@ -136,15 +136,7 @@ def build(*, layout: Layout, cls: str, source: dict, group: dict, batch: PacketB
 
 
 def write(path: Path, doc: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(orjson.dumps(doc) if orjson else json.dumps(doc, separators=(",", ":")).encode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, orjson.dumps(doc) if orjson else json.dumps(doc, separators=(",", ":")).encode())
 
 
 def read(path: Path) -> dict:

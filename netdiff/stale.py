@@ -1,7 +1,8 @@
-"""Leftovers of a killed writer: every atomic write in netdiff goes through a temporary named
-``.<name>.tmp<pid>`` (or ``.<name>.partial<pid>`` for folders) that is renamed into place, so a
-process killed mid-write leaves one behind. Resuming work clears those whose writer is gone and
-leaves alone those of live processes (other shards of the same run)."""
+"""Leftovers of a killed writer: every atomic write in netdiff goes through ``netdiff.io.atomic``,
+whose temporary ``.<name>.tmp<pid>`` (``.<stem>.tmp<pid><suffix>``; ``.<name>.partial<pid>`` for
+folders) is renamed into place, so a process killed mid-write leaves one behind. Resuming work
+clears those whose writer is gone and leaves alone those of live processes (other shards of the
+same run)."""
 from __future__ import annotations
 
 import os

@@ -517,7 +517,7 @@ def parse(batch: P.PacketBatch, payload_bytes: int = 0, fragments: str = "skip",
                   np.where(ok, loc.encap, 0))
 
 
-def _section_bytes(p: Parsed, cap: np.ndarray, sec: str, payload_bytes: int):
+def section_span(p: Parsed, cap: np.ndarray, sec: str, payload_bytes: int):
     """(start offset, valid byte count, budget) of one section for every packet."""
     if sec == "eth":
         start = np.zeros_like(p.l3) if p.eth_at is None else np.maximum(p.eth_at, 0)
@@ -576,7 +576,7 @@ def byte_codes(batch: P.PacketBatch, p: Parsed, layout: Layout) -> np.ndarray:
     for sec, budget in budgets:
         if budget == 0:
             continue
-        start, nvalid, _ = _section_bytes(p, batch.caplen, sec, layout.payload_bytes)
+        start, nvalid, _ = section_span(p, batch.caplen, sec, layout.payload_bytes)
         start, nvalid = start[ok], nvalid[ok]
         block = codes[:, c0:c0 + budget]
         _rows_at(g, start, budget, block)

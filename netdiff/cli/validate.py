@@ -42,10 +42,10 @@ def validate_cmd(ctx, pcaps, as_json, replay, app_layers, out_dir):
     """Validate PCAPS three ways: (a) tshark with IP/TCP/UDP/ICMP checksum validation
     (malformed packets, bad checksums, expert errors); (b) tcpreplay into a private veth pair;
     (c) netdiff's protocol rules (protocol_rules/*.yaml). Exit status 1 when any packet fails."""
-    import os
     from pathlib import Path
 
     from netdiff.errors import NetdiffError
+    from netdiff.io.atomic import atomic_write_text
     from netdiff.validate import validate_pcaps
 
     files = []
@@ -57,9 +57,7 @@ def validate_cmd(ctx, pcaps, as_json, replay, app_layers, out_dir):
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".report.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, out / "report.json")
+        atomic_write_text(out / "report.json", json.dumps(result, indent=1))
     if as_json:
         click.echo(json.dumps(result, indent=1))
     else:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import numpy as np
 from netdiff.eval.fields import decode_fields
 from netdiff.eval.flows import inter_arrival_times
 from netdiff.image.codec import PALETTE
+from netdiff.io.atomic import atomic_path, atomic_write_bytes
 
 FIGURES = {
     "images": "images.png",
@@ -39,32 +39,19 @@ def _clean(obj):
     return obj
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, report: dict) -> None:
-    _atomic_write(Path(path), (json.dumps(_clean(report), indent=2, sort_keys=False) + "\n").encode())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(_clean(report), indent=2, sort_keys=False) + "\n").encode())
 
 
 def _savefig(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
     try:
         fig.tight_layout()      # one layout pass; bbox_inches="tight" would draw twice
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_path(path, keep_suffix=True) as tmp:   # matplotlib picks the format by suffix
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
 
@@ -386,4 +373,4 @@ def write_report(out: Path, report: dict, extras: dict, figures: bool = True) ->
     out.mkdir(parents=True, exist_ok=True)
     report["figures"] = make_figures(out, extras) if figures else []
     write_json(out / "report.json", report)
-    _atomic_write(out / "report.md", markdown(report).encode())
+    atomic_write_bytes(out / "report.md", markdown(report).encode())

@@ -7,7 +7,6 @@ pixel, rows unfiltered: see ``netdiff.image.png``) are decoded without Pillow.
 """
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from netdiff.errors import ImageError
 from netdiff.image.png import decode_palette2_packed, encode_palette2, unpack2
+from netdiff.io.atomic import atomic_write_bytes
 
 PALETTE = np.array([[0, 0, 255], [0, 255, 0], [255, 0, 0]], dtype=np.uint8)  # index = value + 1
 VALUE_OF_INDEX = np.array([-1, 0, 1], dtype=np.int8)
@@ -42,14 +42,7 @@ def write_png(path, bits: np.ndarray, text: dict[str, str] | None = None) -> Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = encode_palette2((bits.astype(np.int16) + 1).astype(np.uint8), PALETTE, text)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def read_rgb(path) -> np.ndarray:

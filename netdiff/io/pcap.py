@@ -7,16 +7,16 @@ the capture's size.
 """
 from __future__ import annotations
 
-import os
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from netdiff.errors import CaptureError
+from netdiff.io.atomic import atomic_write_bytes
 
 # Link types (https://www.tcpdump.org/linktypes.html).
 LINKTYPE_NULL = 0
@@ -372,24 +372,12 @@ def read_capture(path) -> tuple[PacketBatch, CaptureInfo]:
 
 # --- writing ------------------------------------------------------------------------------------
 
-def _atomic_open(path: Path) -> tuple[BinaryIO, Path]:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    return open(tmp, "wb"), tmp
-
-
 def write_pcap(path, batch: PacketBatch, nanosecond: bool = True, snaplen: int = MAX_CAPLEN) -> None:
     """Write packets atomically: pcap when they share one link type, pcapng otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    f, tmp = _atomic_open(path)
-    try:
-        with f:
-            f.write(encode_pcap(batch, nanosecond, snaplen) if len(np.unique(batch.linktype)) <= 1
-                    else encode_pcapng(batch))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, encode_pcap(batch, nanosecond, snaplen) if len(np.unique(batch.linktype)) <= 1
+                       else encode_pcapng(batch))
 
 
 def encode_pcap(batch: PacketBatch, nanosecond: bool = True, snaplen: int = MAX_CAPLEN) -> bytes:

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from netdiff.io.atomic import atomic_path
+
 LAYOUTS_FILE = "layouts.safetensors"
 ABSENT = -1
 MAX_LINK = 128                    # flows further back than this count as a new flow
@@ -274,10 +276,6 @@ class LayoutChain:
     def save(self, folder) -> None:
         from safetensors.numpy import save_file
 
-        import os
-
-        final = Path(folder) / LAYOUTS_FILE
-        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
         # one metadata key: safetensors writes a metadata map in an order that varies between
         # processes, and a resumed training must write the same bytes as a straight one
         meta = json.dumps({"classes": self.classes, "width": int(self.vocab.shape[1]),
@@ -286,8 +284,8 @@ class LayoutChain:
                    "trans": self.trans.astype(np.float32), "links": self.links.astype(np.float32)}
         if self.weights is not None:
             tensors.update(weights=self.weights.astype(np.float32), flips=self.flips.astype(np.float32))
-        save_file(tensors, str(tmp), metadata={"netdiff": meta})
-        os.replace(tmp, final)
+        with atomic_path(Path(folder) / LAYOUTS_FILE) as tmp:
+            save_file(tensors, str(tmp), metadata={"netdiff": meta})
 
     @classmethod
     def load(cls, folder) -> "LayoutChain | None":

@@ -9,13 +9,12 @@ e.g. a local SD 1.5) or a hub id the user names loads too; its VAE then maps RGB
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from netdiff.errors import NetdiffError
+from netdiff.io.atomic import atomic_write_text, replace_dir, stage_dir
 from netdiff.model.config import ModelConfig
 from netdiff.model.layouts import LAYOUTS_FILE
 
@@ -40,28 +39,8 @@ class ModelBundle:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def replace_dir(staged: Path, final: Path) -> None:
-    """Move a fully written folder into place (the old one, if any, goes only after that)."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old{os.getpid()}")
-        os.replace(final, old)
-    os.replace(staged, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def stage_dir(out_dir: Path, name: str) -> Path:
-    staged = Path(out_dir) / f".{name}.partial{os.getpid()}"
-    shutil.rmtree(staged, ignore_errors=True)
-    staged.mkdir(parents=True)
-    return staged
+    """The model folders' JSON files: sorted keys and a final newline, so they diff cleanly."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def save_model(bundle: ModelBundle, out_dir) -> Path:

@@ -102,14 +102,8 @@ def main(args: TrainBaseArgs) -> T.TrainResult:
     unet, text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(
         unet, text_encoder, optimizer, loader, lr_scheduler)
     modules = {"unet": unet} | ({"text_encoder": text_encoder} if tc.train_text_encoder else {})
-    step, losses, epoch, skip = 0, [], 0, 0
     ckpt_root = output / "checkpoints"
-    if args.resume:
-        ckpt = T.find_checkpoint(ckpt_root, args.resume)
-        if ckpt is not None:
-            state = T.load_checkpoint(ckpt, {k: accelerator.unwrap_model(m) for k, m in modules.items()},
-                                      optimizer, lr_scheduler)
-            step, losses, epoch, skip = state["step"], state["losses"], state["epoch"], state["batch_in_epoch"]
+    step, losses, epoch, skip = T.resume_from(ckpt_root, args.resume, modules, accelerator, optimizer, lr_scheduler)
     resumed_from = step
 
     # 6. Training loop

@@ -95,9 +95,10 @@ def conditioning_channels_for(factor: int) -> tuple[int, ...]:
 def main(args: ControlNetArgs) -> T.TrainResult:
     from diffusers import ControlNetModel
 
+    from netdiff.io.atomic import stage_dir
     from netdiff.model.build import extra_input_channels
     from netdiff.model.data import ImageDataset
-    from netdiff.model.store import CONTROLNET_JSON, load_model, stage_dir, write_json_atomic
+    from netdiff.model.store import CONTROLNET_JSON, load_model, write_json_atomic
     from netdiff.model.tokenizer import tokenize
     from netdiff.model.train_lora import resolve_config
 
@@ -143,25 +144,22 @@ def main(args: ControlNetArgs) -> T.TrainResult:
     lr_scheduler = T.lr_scheduler_for("constant", optimizer, 0, cc.steps)
     loader, sampler = T.make_loader(dataset, cc.batch_size, tc.seed, collate_fn=T.stack_batch)
     controlnet, optimizer, loader, lr_scheduler = accelerator.prepare(controlnet, optimizer, loader, lr_scheduler)
-    step, losses, epoch, skip = 0, [], 0, 0
+    modules = {"controlnet": controlnet}
     ckpt_root = output / "checkpoints"
-    if args.resume:
-        ckpt = T.find_checkpoint(ckpt_root, args.resume)
-        if ckpt is not None:
-            state = T.load_checkpoint(ckpt, {"controlnet": accelerator.unwrap_model(controlnet)},
-                                      optimizer, lr_scheduler)
-            step, losses, epoch, skip = state["step"], state["losses"], state["epoch"], state["batch_in_epoch"]
+    step, losses, epoch, skip = T.resume_from(ckpt_root, args.resume, modules, accelerator, optimizer, lr_scheduler)
     resumed_from = step
 
     # 5. Training loop
     bar = T.progress_bar(cc.steps, step, not (args.progress and accelerator.is_local_main_process),
                          "train-controlnet")
+    # Copied from netdiff.model.train_base.main with tc.steps->cc.steps
     while step < cc.steps:
         sampler.epoch = epoch
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for i, batch in enumerate(batches, start=skip):
-            with accelerator.accumulate(controlnet):
+            with accelerator.accumulate(*modules.values()):
                 gen = T.step_generator(tc.seed, epoch * 1_000_000 + i, accelerator.process_index)
+                # End copy
                 latents = T.encode_latents(autoencoder, batch["pixels"].to(device), gen).to(weight_dtype)
                 ids = tokenize(tokenizer, T.drop_captions(batch["caption"], tc.caption_dropout, gen)).to(device)
                 with accelerator.autocast():
@@ -171,6 +169,7 @@ def main(args: ControlNetArgs) -> T.TrainResult:
                                             control=batch["control"].to(device, weight_dtype),
                                             position_channels=extra,
                                             position_encoding=base.config.unet.position_encoding)
+                # Copied from netdiff.model.train_base.main with tc.steps->cc.steps
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, tc.max_grad_norm)
@@ -186,9 +185,9 @@ def main(args: ControlNetArgs) -> T.TrainResult:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if accelerator.is_main_process and tc.checkpoint_every and step % tc.checkpoint_every == 0 \
                     and step < cc.steps:
-                T.save_checkpoint(ckpt_root, step, (epoch, i + 1),
-                                  {"controlnet": accelerator.unwrap_model(controlnet)}, optimizer,
-                                  lr_scheduler, losses, tc.checkpoints_kept)
+                T.save_checkpoint(ckpt_root, step, (epoch, i + 1), {k: accelerator.unwrap_model(m)
+                                  for k, m in modules.items()}, optimizer, lr_scheduler, losses,
+                                  tc.checkpoints_kept)
             if step >= cc.steps:
                 break
         else:
@@ -196,6 +195,7 @@ def main(args: ControlNetArgs) -> T.TrainResult:
             continue
         break
     bar.close()
+    # End copy
 
     # 6. Save the ControlNet (safetensors) and what generate needs to know about it
     accelerator.wait_for_everyone()

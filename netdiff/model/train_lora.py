@@ -86,10 +86,11 @@ def main(args: FinetuneArgs) -> T.TrainResult:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
+    from netdiff.io.atomic import stage_dir
     from netdiff.model.build import extra_input_channels
     from netdiff.model.data import ImageDataset
     from netdiff.model.generate import NetdiffPipeline
-    from netdiff.model.store import LORA_JSON, load_model, stage_dir, write_json_atomic
+    from netdiff.model.store import LORA_JSON, load_model, write_json_atomic
     from netdiff.model.tokenizer import tokenize
 
     # 1. Config (command-line values override the file) and the accelerator
@@ -146,25 +147,21 @@ def main(args: FinetuneArgs) -> T.TrainResult:
     unet, text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(
         unet, text_encoder, optimizer, loader, lr_scheduler)
     modules = {"unet": unet} | ({"text_encoder": text_encoder} if lc.train_text_encoder else {})
-    step, losses, epoch, skip = 0, [], 0, 0
     ckpt_root = output / "checkpoints"
-    if args.resume:
-        ckpt = T.find_checkpoint(ckpt_root, args.resume)
-        if ckpt is not None:
-            state = T.load_checkpoint(ckpt, {k: accelerator.unwrap_model(m) for k, m in modules.items()},
-                                      optimizer, lr_scheduler)
-            step, losses, epoch, skip = state["step"], state["losses"], state["epoch"], state["batch_in_epoch"]
+    step, losses, epoch, skip = T.resume_from(ckpt_root, args.resume, modules, accelerator, optimizer, lr_scheduler)
     resumed_from = step
 
     # 6. Training loop
     unet.train()
     bar = T.progress_bar(lc.steps, step, not (args.progress and accelerator.is_local_main_process), "finetune")
+    # Copied from netdiff.model.train_base.main with tc.steps->lc.steps
     while step < lc.steps:
         sampler.epoch = epoch
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for i, batch in enumerate(batches, start=skip):
             with accelerator.accumulate(*modules.values()):
                 gen = T.step_generator(tc.seed, epoch * 1_000_000 + i, accelerator.process_index)
+                # End copy
                 # Images to latents (exact for ternary, the base's VAE otherwise)
                 latents = T.encode_latents(autoencoder, batch["pixels"].to(device), gen).to(weight_dtype)
                 ids = tokenize(tokenizer, T.drop_captions(batch["caption"], tc.caption_dropout, gen)).to(device)
@@ -173,6 +170,7 @@ def main(args: FinetuneArgs) -> T.TrainResult:
                     loss = T.diffusion_loss(unet, noise_scheduler, latents, hidden, gen,
                                             position_channels=extra,
                                             position_encoding=base.config.unet.position_encoding)
+                # Copied from netdiff.model.train_base.main with tc.steps->lc.steps
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, tc.max_grad_norm)
@@ -198,6 +196,7 @@ def main(args: FinetuneArgs) -> T.TrainResult:
             continue
         break
     bar.close()
+    # End copy
 
     # 7. Save the adapters in diffusers' LoRA format, plus what generate needs to know
     accelerator.wait_for_everyone()

@@ -1,6 +1,11 @@
 """Pieces the three training scripts share: accelerator, data order, the diffusion loss,
 checkpoints that resume exactly, the loss curve.
 
+The training loop itself stays in each script so that a script reads top to bottom, as
+diffusers' examples do. train_lora and train_controlnet mark the parts of it they share with
+train_base with ``# Copied from netdiff.model.train_base.main`` ... ``# End copy``, and
+tests/test_structure.py fails when a copy drifts from its source.
+
 Checkpoints hold the trainable weights in safetensors, the optimizer state as a tensor-only
 ``torch.save`` file read back with ``weights_only=True``, and the step counters and losses as
 JSON, so resuming never unpickles arbitrary objects. All randomness of training step ``k``
@@ -11,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -23,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from netdiff.errors import NetdiffError
+from netdiff.io.atomic import atomic_path, replace_dir, stage_dir
 from netdiff.stale import remove_stale
 
 
@@ -160,18 +165,14 @@ def save_checkpoint(ckpt_root: Path, step: int, epoch_step: tuple[int, int], mod
     from safetensors.torch import save_file
 
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step-{step:07d}"
-    staged = ckpt_root / f".step-{step:07d}.partial{os.getpid()}"
-    shutil.rmtree(staged, ignore_errors=True)
-    staged.mkdir()
+    staged = stage_dir(ckpt_root, f"step-{step:07d}")
     save_file(trainable_state(modules), staged / "trainable.safetensors")
     torch.save(optimizer.state_dict(), staged / "optimizer.pt")
     (staged / "state.json").write_text(json.dumps({
         "step": step, "epoch": epoch_step[0], "batch_in_epoch": epoch_step[1],
         "lr_scheduler": lr_scheduler.state_dict(), "losses": losses}))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staged, final)
+    final = ckpt_root / f"step-{step:07d}"
+    replace_dir(staged, final)
     for old in sorted(ckpt_root.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -210,6 +211,20 @@ def load_checkpoint(path: Path, modules: dict, optimizer, lr_scheduler) -> dict:
     return state
 
 
+def resume_from(ckpt_root: Path, resume: str | None, modules: dict, accelerator, optimizer,
+                lr_scheduler) -> tuple[int, list[float], int, int]:
+    """(step, losses, epoch, batch in epoch) to start the loop at: those of the checkpoint
+    ``resume`` names ("latest" or a folder; its weights and optimizer state are loaded into the
+    prepared ``modules``, ``optimizer`` and ``lr_scheduler``), or a fresh start."""
+    if resume:
+        ckpt = find_checkpoint(ckpt_root, resume)
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, {k: accelerator.unwrap_model(m) for k, m in modules.items()},
+                                    optimizer, lr_scheduler)
+            return state["step"], state["losses"], state["epoch"], state["batch_in_epoch"]
+    return 0, [], 0, 0
+
+
 # --- reporting -----------------------------------------------------------------------------------
 
 def plot_losses(losses: list[float], path: Path, title: str) -> None:
@@ -232,10 +247,9 @@ def plot_losses(losses: list[float], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
+    with atomic_path(path, keep_suffix=True) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_log(output: Path, losses: list[float], extra: dict) -> None:

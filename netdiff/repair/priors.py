@@ -24,7 +24,6 @@ per group from the class's plausible values, deterministic with the seed.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 
 from netdiff.bits.codec import address_words
 from netdiff.errors import NetdiffError
+from netdiff.io.atomic import atomic_write_text
 from netdiff.rules import engine as E
 
 FORMAT = "netdiff-field-priors/1"
@@ -607,14 +607,7 @@ class FieldPriors:
                 "levels": [round(float(x), 4) for x in self.levels], "classes": self.classes}
 
     def save(self, path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
 
     @classmethod
     def from_dict(cls, doc, where: str = "priors") -> "FieldPriors":

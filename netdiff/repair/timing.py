@@ -24,12 +24,12 @@ times uses the class's pooled quantiles (a break: the new-flow ones, when learnt
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from netdiff.errors import NetdiffError
+from netdiff.io.atomic import atomic_write_text
 
 N_QUANTILES = 101
 MIN_GAP = 1e-9
@@ -111,14 +111,7 @@ class TimingModel:
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps({"format": FORMAT, "classes": self.classes}, indent=1))
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps({"format": FORMAT, "classes": self.classes}, indent=1))
 
     @classmethod
     def load(cls, path) -> "TimingModel":

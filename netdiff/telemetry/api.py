@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from netdiff.errors import NetdiffError
+from netdiff.io.atomic import atomic_write_text
 from netdiff.telemetry import modelio
 from netdiff.telemetry.data import ColumnRoles, TelemetryData, load, to_frame, write_frame
 from netdiff.telemetry.settings import output_sequence_column, synthetic_roles
@@ -67,8 +67,5 @@ def evaluate(real_path, synthetic_path, roles: ColumnRoles, out_dir, seed: int =
         from netdiff.telemetry.plots import write_plots
 
         report["plots"] = write_plots(real, synth, report, out_dir, seed=seed)
-    path = out_dir / "metrics.json"
-    tmp = path.with_name(f".metrics.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(report, indent=2))
     return report

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from netdiff.errors import NetdiffError
+from netdiff.io.atomic import atomic_path
 
 SOURCE_COLUMN = "source_file"  # sequence key of zip sources: the member path
 
@@ -424,13 +425,8 @@ def write_frame(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """CSV or Parquet (by suffix), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix.lower() in (".parquet", ".pq"):
             df.to_parquet(tmp, index=False)
         else:
             df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from netdiff.errors import NetdiffError
+from netdiff.io.atomic import atomic_path, atomic_write_text
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -31,16 +31,6 @@ def model_class(kind: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save(directory, kind: str, tensors: dict, meta: dict) -> Path:
     """Write weights (a flat name -> tensor dict) and metadata; each file atomically."""
     from safetensors.torch import save_file
@@ -48,9 +38,10 @@ def save(directory, kind: str, tensors: dict, meta: dict) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(directory / WEIGHTS, lambda p: save_file(tensors, str(p)))
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
     doc = {"format": FORMAT_VERSION, "kind": kind, **meta}
-    _atomic_write(directory / CONFIG, lambda p: p.write_text(json.dumps(doc, indent=2, default=_json_default)))
+    atomic_write_text(directory / CONFIG, json.dumps(doc, indent=2, default=_json_default))
     return directory
 
 

@@ -1,11 +1,11 @@
 """Figures of real vs synthetic telemetry: example series, autocorrelation, distributions."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from netdiff.io.atomic import atomic_path
 from netdiff.telemetry.data import TelemetryData
 
 
@@ -19,13 +19,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:    # matplotlib picks the format by suffix
         fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_plots(real: TelemetryData, synth: TelemetryData, report: dict, out_dir, examples: int = 4,
