@@ -321,7 +321,7 @@ def repair_all(gen_images: Path, out: Path, timing, seed: int, priors: Path | No
     """Every generated PNG -> pcap under out/<class>/; images repair refuses are counted, not fatal."""
     import netdiff
     from netdiff.errors import NetdiffError
-    from netdiff.repair import FieldPriors
+    from netdiff.packet_repair import FieldPriors
 
     shutil.rmtree(out, ignore_errors=True)
     # loaded once, not re-read for every image
@@ -526,7 +526,7 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
     from netdiff.bits.layout import named_layout
     from netdiff.convert import TIMING_FILE
     from netdiff.model.config import load_config
-    from netdiff.repair import TimingModel
+    from netdiff.packet_repair import TimingModel
 
     work = args.work / level
     phases = Phases(level)

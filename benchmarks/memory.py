@@ -23,7 +23,7 @@ sys.path.insert(0, {repo!r})
 from netdiff.bits.codec import encode
 from netdiff.bits.layout import NETDIFFUSION, Layout
 from netdiff.io.pcap import CaptureReader
-from netdiff.nprint_csv import pcap_to_csv
+from netdiff.nprint_csv.writer import pcap_to_csv
 path, mode = sys.argv[1], sys.argv[2]
 t = time.perf_counter()
 if mode == "matrix":
@@ -44,7 +44,7 @@ def make_capture(path: Path, packets: int) -> None:
         bs = [read_capture(f)[0] for f in sorted(shared.glob("*/*.pcap"))]
         one = PacketBatch.concat([b.take(np.flatnonzero(b.linktype == 1)) for b in bs])
     else:
-        from netdiff.samples import write_samples
+        from netdiff.sample_captures import write_samples
         one = PacketBatch.concat([read_capture(f)[0] for f in write_samples(path.parent / "s", scale=8)])
     body = encode_pcap(one)
     head, records = body[:24], body[24:]

@@ -1,16 +1,25 @@
-"""netdiff: synthetic network traffic, from pcap to nPrint to image and back.
+r"""netdiff: synthetic network traffic, from pcap to nPrint to image and back.
 
 The Python API mirrors the CLI, one function per command; importing the package is cheap
-(torch, diffusers and scikit-learn load only when a function that needs them is called)::
+(torch, diffusers and scikit-learn load only when a function that needs them is called). The
+README's example, which runs as it stands in an empty folder::
 
     import netdiff
-    netdiff.samples("captures/")                               # netdiff samples
+    from pathlib import Path
+
+    netdiff.samples("captures/", seed=0)                 # seeded TCP, DNS and ICMP captures per class
     netdiff.pcap2img("captures/", "images/", layout=netdiff.named_layout("netdiffusion", height=32))
-    netdiff.train_base("images/", "model/", config="tiny", steps=200)
-    netdiff.generate("model/", "web_tcp", count=4, seed=0, output="gen/web_tcp")
-    netdiff.img2pcap("gen/web_tcp/web_tcp_000000.png", "gen.pcap")
-    netdiff.validate(["gen.pcap"])["ok"]
-    netdiff.evaluate("captures/", "synthetic_pcaps/", "report/")
+    netdiff.train_base("images/", "model/", config="tiny", steps=10)     # a smoke run; hundreds for use
+    for c in ("web_tcp", "dns_udp", "icmp_echo"):
+        netdiff.generate("model/", c, count=2, seed=0, steps=4, output=f"gen/{c}")
+        netdiff.img2pcap(f"gen/{c}/{c}_000000.png", f"gen_pcaps/{c}/{c}_000000.pcap")
+    assert netdiff.validate(["gen_pcaps/web_tcp/web_tcp_000000.pcap"], replay=False)["ok"]
+    report = netdiff.evaluate("captures/", "gen_pcaps/", "report/")     # report/report.json, report.md
+    batch, info = netdiff.read_capture("captures/web_tcp/web_tcp_0.pcap")
+    bits, parsed = netdiff.encode(batch, netdiff.named_layout("nprint"))   # int8 1/0/-1, nPrint's columns
+    Path("convert.yaml").write_text("stages:\n  - {name: images, run: 'pcap2img captures {output}', "
+                                    "inputs: [captures], output: images}\n")
+    netdiff.run_pipeline("convert.yaml")       # resumable stages (netdiff batch) -> out/convert/images
 """
 from __future__ import annotations
 
@@ -25,15 +34,15 @@ _API = {
     "Layout": ("netdiff.bits.layout", "Layout"),
     "named_layout": ("netdiff.bits.layout", "named_layout"),
     "encode": ("netdiff.bits.codec", "encode"),
-    "nprint": ("netdiff.nprint_csv", "pcap_to_csv"),             # netdiff nprint -P ... -W ...
-    "nprint_reverse": ("netdiff.nprint_reverse", "csv_to_pcap"),  # netdiff nprint -N ... -W ...
+    "nprint": ("netdiff.nprint_csv.writer", "pcap_to_csv"),         # netdiff nprint -P ... -W ...
+    "nprint_reverse": ("netdiff.nprint_csv.reader", "csv_to_pcap"),  # netdiff nprint -N ... -W ...
     "pcap2img": ("netdiff.convert", "pcap2img"),
     "img2pcap": ("netdiff.convert", "img2pcap"),
-    "samples": ("netdiff.samples", "write_samples"),
-    "quantize": ("netdiff.repair", "quantize"),
-    "repair": ("netdiff.repair", "repair"),
-    "TimingModel": ("netdiff.repair", "TimingModel"),
-    "validate": ("netdiff.validate", "validate_pcaps"),
+    "samples": ("netdiff.sample_captures", "write_samples"),
+    "quantize": ("netdiff.packet_repair", "quantize"),
+    "repair": ("netdiff.packet_repair", "repair"),
+    "TimingModel": ("netdiff.packet_repair", "TimingModel"),
+    "validate": ("netdiff.validity", "validate_pcaps"),
     "evaluate": ("netdiff.eval", "evaluate"),
     "generate": ("netdiff.model.generate", "generate"),
     "run_pipeline": ("netdiff.batch", "run_pipeline"),

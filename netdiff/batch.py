@@ -2,18 +2,26 @@
 
 A pipeline is a list of stages, each one netdiff command with its outputs named. A stage writes
 into ``<output>.partial`` and the folder is renamed into place only when the command succeeded,
-so an output that exists is complete. ``<out>/manifest.json`` records for each finished stage
-the command and a hash of its inputs and outputs; a stage whose record matches what is on disk
-is skipped. Killed at any moment (kill -9) and run again, a pipeline redoes only the stage that
-was interrupted: nothing is lost, duplicated or half-written. A stage that declares ``resume``
-(extra arguments with which its command continues in the folder it had begun: ``--resume
-latest`` for training, ``--skip-existing`` for generation) keeps that folder when the same
-command on the same inputs is run again, so an interrupted day of training or generation goes
-on from its last checkpoint or image instead of starting over.
+so an output that exists is complete. What a stage prints, and the log, name its output by the
+path it has once the stage is done, never by the ``.partial`` folder that is gone by then.
+``<out>/manifest.json`` records for each finished stage the command and a hash of its inputs and
+outputs; a stage whose record matches what is on disk is skipped. Killed at any moment (kill -9)
+and run again, a pipeline redoes only the stage that was interrupted: nothing is lost,
+duplicated or half-written. A stage that declares ``resume`` (extra arguments with which its
+command continues in the folder it had begun: ``--resume latest`` for training,
+``--skip-existing`` for generation) keeps that folder when the same command on the same inputs
+is run again, so an interrupted day of training or generation goes on from its last checkpoint
+or image instead of starting over.
 
 ``launcher: accelerate`` runs a stage's command under ``accelerate launch`` (every GPU of the
 machine by default; ``launch_args`` adds launcher options such as ``--num_processes 4``):
 training stages spread their batches, generation stages split their images over the processes.
+
+Every other stage goes to the command runner the engine is given: a callable that takes a
+command's arguments (``["pcap2img", "captures", "images"]``) and returns its exit status. The
+``netdiff batch`` command passes its own dispatcher, so stages run in its process; the default,
+``run_in_subprocess``, runs each stage as ``python -m netdiff`` in a child process, so that this
+library never imports its command-line interface.
 
 Pipeline YAML::
 
@@ -35,6 +43,7 @@ Pipeline YAML::
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shlex
@@ -42,6 +51,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -50,6 +60,9 @@ from netdiff.errors import NetdiffError
 from netdiff.io.atomic import atomic_write_text
 
 MANIFEST = "manifest.json"
+
+# A command's arguments (without "netdiff") -> its exit status.
+CommandRunner = Callable[[list[str]], int]
 
 
 @dataclass
@@ -136,11 +149,96 @@ def tree_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+class FinalPaths(io.TextIOBase):
+    """A text stream that passes whole lines on to ``target`` with every ``.partial`` path of
+    ``renames`` replaced by the path it is renamed to; stage output goes through it, so the
+    lines a user reads after the stage name folders that exist."""
+
+    def __init__(self, target, renames: dict[str, str]):
+        self.target = target
+        # longest first: an absolute path holds its relative spelling as its end
+        self.renames = sorted(renames.items(), key=lambda kv: -len(kv[0]))
+        self.pending = ""
+
+    def _fix(self, text: str) -> str:
+        for old, new in self.renames:
+            text = text.replace(old, new)
+        return text
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        head, sep, self.pending = (self.pending + text).rpartition("\n")
+        if sep:       # a path is only rewritten whole, so only complete lines go on
+            self.target.write(self._fix(head + sep))
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def close_line(self) -> None:
+        """Pass on a last line that never got its newline."""
+        if self.pending:
+            self.target.write(self._fix(self.pending))
+            self.pending = ""
+        self.target.flush()
+
+    def isatty(self) -> bool:       # commands decide on colours and progress bars as before
+        return self.target.isatty()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def buffer(self):
+        """Binary output (``netdiff nprint`` without -W: the CSV) goes straight on."""
+        self.close_line()
+        return self.target.buffer
+
+    @property
+    def encoding(self):
+        return getattr(self.target, "encoding", "utf-8")
+
+    @property
+    def errors(self):
+        return getattr(self.target, "errors", "strict")
+
+
+def _die_with_parent() -> None:
+    """Linux: the child is killed with the pipeline process, so a pipeline killed with kill -9
+    leaves no stage writing on into a ``.partial`` folder that the next run starts over."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)        # 1: PR_SET_PDEATHSIG
+
+
+def run_relayed(cmd: list[str]) -> int:
+    """Run ``cmd`` with its stdout relayed line by line through ``sys.stdout`` (stderr, where
+    progress bars go, stays the terminal); the same ``netdiff`` package is imported in it."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True, errors="replace",
+                          preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        return proc.wait()
+
+
+def run_in_subprocess(args: list[str]) -> int:
+    """The default command runner: ``python -m netdiff ARGS`` in a child process."""
+    return run_relayed([sys.executable, "-m", "netdiff", *args])
+
+
 class Runner:
-    def __init__(self, pipe: Pipeline, echo: Callable[[str], None] = print, force: bool = False):
+    def __init__(self, pipe: Pipeline, echo: Callable[[str], None] = print, force: bool = False,
+                 command: CommandRunner | None = None):
         self.pipe = pipe
         self.echo = echo
         self.force = force
+        self.command = command if command is not None else run_in_subprocess
         self.out = pipe.out
         self.manifest_path = self.out / MANIFEST
         self.log_path = self.out / "batch.log"
@@ -222,12 +320,16 @@ class Runner:
         running[stage.name] = attempt
         self._save_manifest(manifest)
         work_cmd = self._format(stage.run, output=str(partial) if partial else "")
-        args = shlex.split(work_cmd) + (stage.resume if resume else [])
+        extra = stage.resume if resume else []
+        args = shlex.split(work_cmd) + extra
         launch = (shlex.join(["accelerate", "launch", *stage.launch_args]) + " -m "
                   if stage.launcher == "accelerate" else "")
-        self._log(f"[{stage.name}] {'resuming: ' if resume else ''}{launch}netdiff {shlex.join(args)}")
+        # the command as the manifest records it: with the output folder the stage leaves behind
+        self._log(f"[{stage.name}] {'resuming: ' if resume else ''}{launch}netdiff "
+                  f"{shlex.join(shlex.split(command) + extra)}")
         t0 = time.perf_counter()
-        code = self._execute(stage, args)
+        renames = {str(partial): str(final), str(partial.resolve()): str(final.resolve())} if final else {}
+        code = self._execute(stage, args, renames)
         if code != 0:
             if partial is not None and not stage.resume:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -246,17 +348,21 @@ class Runner:
         self._save_manifest(manifest)
         self._log(f"[{stage.name}] done in {time.perf_counter() - t0:.1f} s")
 
-    def _execute(self, stage: Stage, args: list[str]) -> int:
-        if stage.launcher == "accelerate":
-            # the launcher of this interpreter's environment, whether or not its bin/ is on PATH
-            cmd = [sys.executable, "-m", "accelerate.commands.launch", *stage.launch_args,
-                   "-m", "netdiff.cli", *args]
-            return subprocess.run(cmd).returncode
-        from netdiff.cli import main
-
-        return main(args)
+    def _execute(self, stage: Stage, args: list[str], renames: dict[str, str]) -> int:
+        stream = FinalPaths(sys.stdout, renames)
+        try:
+            with redirect_stdout(stream):
+                if stage.launcher == "accelerate":
+                    # the launcher of this interpreter's environment, whether or not its bin/ is on PATH
+                    return run_relayed([sys.executable, "-m", "accelerate.commands.launch",
+                                        *stage.launch_args, "-m", "netdiff.cli", *args])
+                return self.command(args)
+        finally:
+            stream.close_line()
 
 
 def run_pipeline(path, out: str | None = None, overrides: dict | None = None, force: bool = False,
-                 echo: Callable[[str], None] = print) -> dict:
-    return Runner(Pipeline.load(path, out, overrides), echo=echo, force=force).run()
+                 echo: Callable[[str], None] = print, command: CommandRunner | None = None) -> dict:
+    """Run a pipeline YAML (``netdiff batch``); ``command`` runs each stage's netdiff command
+    (default: ``run_in_subprocess``, one child process per stage)."""
+    return Runner(Pipeline.load(path, out, overrides), echo=echo, force=force, command=command).run()

@@ -138,7 +138,7 @@ def pcap2img(inp, out_dir, *, layout: Layout = NETDIFFUSION, cls: str | None = N
         per_image = window
     out_dir = Path(out_dir)
     summary = ConvertSummary()
-    from netdiff.repair.priors import PriorsLearner
+    from netdiff.packet_repair.priors import PriorsLearner
     summary.priors = PriorsLearner()
     for path, klass in find_captures(Path(inp), cls):
         try:
@@ -162,7 +162,7 @@ def _learn_timing(summary: ConvertSummary, out_dir: Path) -> None:
     """Inter-arrival times per class, for repairing generated images of this dataset. A class
     whose images hold one packet each (or whose clock never moves forward) has none: its images
     are still written, and the summary says img2pcap will stamp it with the default gaps."""
-    from netdiff.repair import TimingModel
+    from netdiff.packet_repair import TimingModel
 
     learned: set = set()
     if summary.gaps:
@@ -184,7 +184,7 @@ def _learn_timing(summary: ConvertSummary, out_dir: Path) -> None:
 def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: str, per_image: int,
                  keep_payload: bool, max_images: int | None, min_packets: int,
                  summary: ConvertSummary) -> None:
-    from netdiff.repair.timing import gap_kinds
+    from netdiff.packet_repair.timing import gap_kinds
 
     reader = CaptureReader(path)
     source = {"path": str(path), "name": path.name, "sha256": _sha256(path),
@@ -312,7 +312,7 @@ def img2pcap(png, out, *, strict: bool = False, seed: int = 0, address_pool: str
         if sc.is_converted_capture(doc):
             return _exact(png, out, doc)
     if priors is not None and not hasattr(priors, "for_class"):
-        from netdiff.repair.priors import FieldPriors
+        from netdiff.packet_repair.priors import FieldPriors
         priors = FieldPriors.coerce(priors)
     return _repaired(png, out, strict=strict, seed=seed, address_pool=address_pool, timing=timing,
                      layout=layout, doc=sc.read(side) if side.exists() else None, priors=priors)
@@ -374,9 +374,8 @@ def layout_for_width(width: int, height: int) -> Layout:
 
 def _repaired(png: Path, out: Path, *, strict, seed, address_pool, timing, layout, doc,
               priors=None) -> ImageResult:
-    # the module, not ``netdiff.repair`` the API function of the same name
     from netdiff.image.codec import read_rgb
-    from netdiff.repair import quantize, repair
+    from netdiff.packet_repair import quantize, repair
 
     if layout is None and doc and "layout" in doc:
         layout = Layout.from_dict(doc["layout"])
@@ -404,7 +403,7 @@ def img2pcap_many(inp, out, **kw) -> Iterator[ImageResult | str]:
     """img2pcap over a PNG or a directory (mirrored under ``out``); yields results or error lines."""
     inp, out = Path(inp), Path(out)
     if kw.get("priors") is not None:        # read the file once, not once per image
-        from netdiff.repair.priors import FieldPriors
+        from netdiff.packet_repair.priors import FieldPriors
         kw["priors"] = FieldPriors.coerce(kw["priors"])
     images = find_images(inp)
     single = inp.is_file()

@@ -10,7 +10,8 @@ import numpy as np
 from netdiff import sidecar as sc
 from netdiff.convert import img2pcap_many, pcap2img
 from netdiff.io.pcap import read_capture
-from netdiff.samples import write_samples
+from netdiff.sample_captures import write_samples
+from netdiff.validity import validate_pcaps
 
 
 def compare_rebuilt(images_dir: Path, rebuilt_dir: Path) -> dict:
@@ -50,15 +51,10 @@ def run_demo(out: Path, seed: int = 0, echo: Callable[[str], None] = print) -> d
          f"{cmp['packets_differing']} differ (bytes or timestamps)")
     summary = {"ok": ok, "images": s.images, "packets": s.rows, **cmp, "errors": errors + s.errors,
                "seconds": round(time.perf_counter() - t0, 2), "rebuilt": str(rebuilt)}
-    try:
-        from netdiff.validate import validate_pcaps
-    except ImportError:
-        validate_pcaps = None
-    if validate_pcaps is not None:
-        report = validate_pcaps(sorted(rebuilt.rglob("*.pcap")), replay=False)
-        summary["validation"] = {"ok": bool(report.get("ok"))}
-        summary["ok"] = summary["ok"] and bool(report.get("ok"))
-        echo(f"validate: {'all packets valid' if report.get('ok') else 'FAILURES'}")
+    report = validate_pcaps(sorted(rebuilt.rglob("*.pcap")), replay=False)
+    summary["validation"] = {"ok": bool(report.get("ok"))}
+    summary["ok"] = summary["ok"] and bool(report.get("ok"))
+    echo(f"validate: {'all packets valid' if report.get('ok') else 'FAILURES'}")
     echo(f"demo {'OK' if summary['ok'] else 'FAILED'} in {summary['seconds']} s; "
          f"rebuilt pcaps are in {rebuilt}")
     return summary

@@ -46,6 +46,16 @@ def test_wheel_carries_rules_and_configs(wheel):
         assert f"netdiff/configs/{f.parent.name}/{f.name}" in names
 
 
+def test_wheel_carries_every_module(wheel):
+    """Package discovery finds every subpackage (nprint_csv/, packet_repair/, ...)."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    package = ROOT / "netdiff"
+    modules = [f for f in sorted(package.rglob("*.py")) if "__pycache__" not in f.parts]
+    assert Path(package / "nprint_csv" / "reader.py") in modules
+    missing = [str(f.relative_to(ROOT)) for f in modules if f.relative_to(ROOT).as_posix() not in names]
+    assert not missing
+
+
 def test_installed_copy_finds_them(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -1,3 +1,5 @@
+"""python -m netdiff.cli: the netdiff command."""
 from netdiff.cli import run
 
-run()
+if __name__ == "__main__":     # importing the module (pkgutil.walk_packages, docs tools) runs nothing
+    run()

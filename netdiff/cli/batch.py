@@ -47,6 +47,7 @@ def batch_cmd(pipeline, out_dir, sets, force):
     Killed at any moment (even kill -9) and run again, it finishes with nothing lost,
     duplicated or half-written. Progress goes to the terminal and to OUT/batch.log."""
     from netdiff.batch import Pipeline, Runner
+    from netdiff.cli import main
 
     overrides = {}
     for s in sets:
@@ -55,5 +56,6 @@ def batch_cmd(pipeline, out_dir, sets, force):
         k, v = s.split("=", 1)
         overrides[k] = v
     pipe = Pipeline.load(pipeline, out_dir, overrides)
-    Runner(pipe, echo=click.echo, force=force).run()
+    # stages run in this process, through the same dispatcher as a command typed at the prompt
+    Runner(pipe, echo=click.echo, force=force, command=main).run()
     _summary(pipe.out, click.echo)

@@ -55,7 +55,7 @@ def nprint_cmd(pcap_file, nprint_file, write_file, radiotap, wlan, eth, ipv4, ip
     netdiff nprint -N in.csv -W out.pcap (timestamps kept; payload not in the CSV is zero).
     """
     from netdiff.bits.layout import Layout
-    from netdiff.nprint_csv import pcap_to_csv, skipped_summary
+    from netdiff.nprint_csv.writer import pcap_to_csv, skipped_summary
 
     for flag, val in (("-d (live capture)", device), ("-f (BPF filter)", bpf_filter),
                       ("-x (regex)", regex), ("-I (IP file)", ip_file), ("-C (hex CSV input)", csv_file)):
@@ -66,7 +66,7 @@ def nprint_cmd(pcap_file, nprint_file, write_file, radiotap, wlan, eth, ipv4, ip
     if nprint_file:
         if not write_file:
             raise NetdiffError("-N (nPrint CSV -> pcap) needs -W for the output pcap")
-        from netdiff.nprint_reverse import csv_to_pcap
+        from netdiff.nprint_csv.reader import csv_to_pcap
         n = csv_to_pcap(nprint_file, write_file)
         click.echo(f"wrote {n} packets to {write_file}", err=True)
         return
@@ -165,11 +165,11 @@ def img2pcap_cmd(inp, out, strict, seed, address_pool, timing, priors, as_json):
 
     timing_model = None
     if timing:
-        from netdiff.repair import TimingModel
+        from netdiff.packet_repair import TimingModel
         timing_model = TimingModel.load(timing)
     field_priors = None
     if priors:
-        from netdiff.repair.priors import FieldPriors
+        from netdiff.packet_repair.priors import FieldPriors
         field_priors = FieldPriors.load(priors)
     modes: Counter = Counter()
     packets = 0
@@ -205,7 +205,7 @@ def img2pcap_cmd(inp, out, strict, seed, address_pool, timing, priors, as_json):
               help="multiply the number of flows")
 def samples_cmd(out_dir, seed, scale):
     """TCP (handshake, data, teardown), DNS over UDP and ICMP echo captures under OUT_DIR/<class>/."""
-    from netdiff.samples import write_samples
+    from netdiff.sample_captures import write_samples
 
     paths = write_samples(out_dir, seed=seed, scale=scale)
     click.echo(f"wrote {len(paths)} captures under {out_dir}")

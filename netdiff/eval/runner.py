@@ -8,7 +8,7 @@ Steps (each timed in ``report["timing_s"]``):
    and of the calibration sets (A vs B, sampler vs B);
 5. utility: classifiers trained on A (TRTR), on synthetic (TSTR), on the sampler, tested on B;
 6. memorisation audit against the training set (``training``, or A when none is given);
-7. compliance of synthetic pcaps (``netdiff.validate``), then report.json, report.md, figures.
+7. compliance of synthetic pcaps (``netdiff.validity``), then report.json, report.md, figures.
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def _memo_keys(audit: dict) -> tuple[dict, dict]:
 
 
 def _validate(paths: list[str], **kwargs) -> dict:
-    from netdiff.validate import validate_pcaps
+    from netdiff.validity import validate_pcaps
 
     try:
         result = validate_pcaps(paths, **kwargs)
@@ -166,18 +166,11 @@ def _compliance(synth: TrafficSet, real: TrafficSet) -> dict:
     """`netdiff validate` on the synthetic pcaps, and (without replay) on the real ones: real
     captures often fail checksum checks too (checksum offload), which is the floor to read the
     synthetic numbers against."""
-    try:
-        import netdiff.validate  # noqa: F401
-    except ImportError:
-        return {"skipped": "netdiff.validate not available"}
     if not synth.pcap_paths:
         return {"skipped": "the synthetic set holds images, not pcaps (convert them with img2pcap)"}
     out = _validate(synth.pcap_paths)
     if real.pcap_paths:
-        try:
-            floor = _validate(real.pcap_paths, replay=False)
-        except TypeError:      # a validate without the replay switch
-            floor = _validate(real.pcap_paths)
+        floor = _validate(real.pcap_paths, replay=False)
         out["real"] = {k: floor.get(k) for k in ("ok", "total", "error") if k in floor}
     return out
 

@@ -45,7 +45,7 @@ class FieldRule:
     compute: str | None = None
     check: bool = True
     per: str | None = None
-    prior: dict | None = field(default=None, compare=False)   # class-learnt (repair/priors.py)
+    prior: dict | None = field(default=None, compare=False)   # class-learnt (packet_repair/priors.py)
 
     def legal(self, v: np.ndarray) -> np.ndarray:
         ok = np.ones(len(v), dtype=bool)
@@ -191,7 +191,7 @@ def _parse(path: Path) -> ProtocolRules:
 
 
 def _prior_entry(path, v) -> dict | None:
-    """A ``prior:`` entry: ``true`` or a mapping (kind, by, per, ...); see repair/priors.py."""
+    """A ``prior:`` entry: ``true`` or a mapping (kind, by, per, ...); see packet_repair/priors.py."""
     if v is None or v is False:
         return None
     if v is True:

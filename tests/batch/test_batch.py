@@ -2,18 +2,20 @@
 moment then run again gives the same outputs as one run straight through."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 import yaml
 
-from netdiff.batch import run_pipeline, tree_hash
+from netdiff.batch import FinalPaths, run_pipeline, tree_hash
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,6 +90,63 @@ def test_bad_pipeline_files(tmp_path, cli):
     assert code == 1 and "no such pipeline file" in err
 
 
+def test_stage_messages_name_final_paths(tmp_path, cli):
+    """What stages print and the log name the folders as they are once the stage is done."""
+    p = write_pipeline(tmp_path, STAGES[:2])
+    code, out, err = cli("batch", p)
+    assert code == 0, err
+    final = tmp_path / "out"
+    assert f"wrote 6 captures under {final / 'captures'}\n" in out
+    assert f"-> {final / 'images'}\n" in out
+    assert f"[images] netdiff pcap2img {final / 'captures'} {final / 'images'} --height 64" in out
+    assert ".partial" not in out + err + (final / "batch.log").read_text()
+
+
+def test_the_command_runner_is_the_callers(tmp_path):
+    seen = []
+
+    def runner(args):
+        seen.append(args)
+        Path(args[1]).mkdir(parents=True)
+        print("made", args[1], end="")          # a last line without its newline is passed on too
+        return 0
+
+    p = write_pipeline(tmp_path, [{"name": "s", "run": "samples {output}", "output": "captures"}])
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        run_pipeline(p, echo=lambda s: None, command=runner)
+    assert seen == [["samples", str(tmp_path / "out" / "captures.partial")]]
+    assert printed.getvalue() == f"made {tmp_path / 'out' / 'captures'}"
+    assert (tmp_path / "out" / "captures").is_dir()
+
+
+def test_final_paths_rewrites_whole_lines_only():
+    target = io.StringIO()
+    s = FinalPaths(target, {"/o/x.partial": "/o/x", "o/x.partial": "o/x"})
+    s.write("to /o/x.par")
+    assert target.getvalue() == ""              # half a path is held back, not half rewritten
+    s.write("tial/r.json\nand o/x.partial\n")
+    s.write("tail o/x.partial")
+    s.close_line()
+    assert target.getvalue() == "to /o/x/r.json\nand o/x\ntail o/x"
+
+
+def test_the_engine_never_imports_the_cli(tmp_path):
+    """The library runs stages in child processes by default; netdiff batch passes its own."""
+    p = write_pipeline(tmp_path, STAGES[:1])
+    code = ("import sys\n"
+            "import netdiff.batch\n"
+            "cli = lambda: sorted(m for m in sys.modules if m.split('.')[:2] == ['netdiff', 'cli'])\n"
+            "assert not cli(), cli()\n"
+            f"netdiff.batch.run_pipeline({str(p)!r}, echo=lambda s: None)\n"
+            "assert not cli(), cli()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 6 captures under" in proc.stdout
+    assert list((tmp_path / "out" / "captures").rglob("*.pcap"))
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     d = tmp_path_factory.mktemp("straight")
@@ -141,10 +200,27 @@ def demo_overrides():
 
 
 @pytest.fixture(scope="module")
-def demo_straight(tmp_path_factory):
+def demo_run(tmp_path_factory):
+    """The demo pipeline through the Python API: (out folder, echoed lines, what stages printed)."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    run_pipeline(REPO / "pipelines" / "demo.yaml", out=str(out), overrides=demo_overrides(), echo=lambda s: None)
-    return out
+    logs, printed = [], io.StringIO()
+    with redirect_stdout(printed):
+        run_pipeline(REPO / "pipelines" / "demo.yaml", out=str(out), overrides=demo_overrides(), echo=logs.append)
+    return out, logs, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_straight(demo_run):
+    return demo_run[0]
+
+
+def test_demo_names_its_report_where_it_is(demo_run):
+    """The evaluate stage writes into evaluation.partial; its last line names evaluation/."""
+    out, logs, printed = demo_run
+    report = out / "evaluation" / "report.json"
+    assert f"report: {report} and {report.with_suffix('.md')}" in printed
+    assert report.is_file()
+    assert ".partial" not in printed + "\n".join(logs) + (out / "batch.log").read_text()
 
 
 def test_demo_pipeline_end_to_end(demo_straight):

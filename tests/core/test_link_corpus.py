@@ -18,7 +18,7 @@ from scapy.packet import Raw
 from netdiff.bits.codec import R_VERSION, decapsulated_counts, encode, locate_ip, parse, skipped_counts
 from netdiff.bits.layout import NPRINT, Layout
 from netdiff.io.pcap import PacketBatch, read_capture
-from netdiff.nprint_csv import RelativeClock, pcap_to_csv
+from netdiff.nprint_csv.writer import RelativeClock, pcap_to_csv
 
 from linkcorpus import INNER, corpus, write_corpus
 

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from netdiff.bits.layout import Layout
-from netdiff.nprint_csv import pcap_to_csv
+from netdiff.nprint_csv.writer import pcap_to_csv
 
 
 def test_every_shared_capture_matches_nprint(shared_data, shared_pcaps):

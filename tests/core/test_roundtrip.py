@@ -127,5 +127,6 @@ def test_cli_pcap2img_img2pcap(sample_captures, tmp_path, cli):
     assert code == 0, err
     assert "images (1088x256)" in out
     code, out, err = cli("img2pcap", tmp_path / "img", tmp_path / "pcap")
-    assert code == 0, err and "exact" in out
+    assert code == 0, err
+    assert "exact" in out
     assert compare_rebuilt(tmp_path / "img", tmp_path / "pcap")["packets_differing"] == 0

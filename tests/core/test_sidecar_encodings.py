@@ -11,7 +11,7 @@ import pytest
 
 from netdiff.convert import img2pcap, pcap2img
 from netdiff.errors import ImageError
-from netdiff.samples import write_samples
+from netdiff.sample_captures import write_samples
 
 
 @pytest.fixture(scope="module")

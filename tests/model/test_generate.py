@@ -11,6 +11,7 @@ from netdiff.cli import main as netdiff_main
 from netdiff.errors import NetdiffError
 from netdiff.image.codec import read_png_bits
 from netdiff.model.generate import generate
+from netdiff.validity import validate_pcaps
 
 FAST = dict(steps=3, progress=False)
 
@@ -49,16 +50,11 @@ def test_unknown_class_and_bad_arguments_are_one_line_errors(tiny_model, tmp_pat
         generate(tmp_path / "nothing", "dns_udp", 1, 0, None, **FAST)
 
 
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed (Debian package tshark)")
 def test_generate_pcap_passes_validate(tiny_model, tmp_path):
-    convert = pytest.importorskip("netdiff.convert", reason="netdiff.convert (img2pcap) not available yet")
-    if not hasattr(convert, "img2pcap"):
-        pytest.skip("netdiff.convert.img2pcap not available yet")
-    validate = pytest.importorskip("netdiff.validate", reason="netdiff.validate not available yet")
-    if shutil.which("tshark") is None:
-        pytest.skip("tshark is not installed")
     out = generate(tiny_model, "web_tcp", 2, 11, tmp_path, pcap=True, **FAST)
     assert len(out.pcaps) == 2 and all(p.stat().st_size > 24 for p in out.pcaps)
-    report = validate.validate_pcaps(out.pcaps, replay=False)
+    report = validate_pcaps(out.pcaps, replay=False)
     assert report["total"]["packets"] > 0
     assert report["ok"], report["files"]
 

@@ -12,9 +12,9 @@ import pytest
 from netdiff.bits.layout import NETDIFFUSION as L
 from netdiff.image.codec import bits_to_rgb
 from netdiff.io.pcap import PacketBatch, write_pcap
-from netdiff.repair import quantize, repair
-from netdiff.repair.perturb import blur_resize, flip_pixels, jpeg, random_bits
-from netdiff.validate import check_batch, tshark_check
+from netdiff.packet_repair import quantize, repair
+from netdiff.packet_repair.perturb import blur_resize, flip_pixels, jpeg, random_bits
+from netdiff.validity import check_batch, tshark_check
 from repair_helpers import image_bits
 
 KINDS = ("real", "flip5", "flip30", "blur_resize", "random")
@@ -36,37 +36,62 @@ def _kind(bits, kind, seed):
     return random_bits(L, seed)
 
 
-def _all_valid(images, tmp_path, name):
-    batches = []
-    for i, bits in enumerate(images):
-        res = repair(bits, L, seed=i)
+def _repaired(images) -> list:
+    return [repair(bits, L, seed=i) for i, bits in enumerate(images)]
+
+
+def _pass_the_rules(results) -> None:
+    for res in results:
         fails, checked = check_batch(res.batch)
         assert checked.all() and not fails, {k: int(v.sum()) for k, v in fails.items()}
         assert res.report["unreadable_packets"] == 0
         assert res.batch.caplen.max() <= 14 + 1500          # fits the Ethernet MTU (replayable)
-        batches.append(res.batch)
-    path = tmp_path / f"{name}.pcap"
+
+
+def _pass_tshark(results, path) -> None:
+    batches = [res.batch for res in results]
     write_pcap(path, PacketBatch.concat(batches))
-    if shutil.which("tshark") is None:
-        pytest.skip("tshark is not installed (Debian package tshark); rule checks passed")
     t = tshark_check(str(path))
     assert t["packets"] == sum(len(b) for b in batches)
     assert (t["malformed"], t["checksum_errors"], t["expert_errors"]) == (0, 0, 0), t
-    return batches
 
 
-def test_sample_images_all_kinds(sample_images, tmp_path):
-    images = [_kind(b, k, s) for s, (b, k) in enumerate(
-        (b, k) for b in sample_images.values() for k in KINDS)]
-    _all_valid(images, tmp_path, "samples")
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None,
+                                  reason="tshark is not installed (Debian package tshark)")
 
 
-def test_shared_images_all_kinds(shared_data, tmp_path):
+# repaired once, judged by the rule checks and, where it is installed, by tshark
+@pytest.fixture(scope="module")
+def sample_repaired(sample_images):
+    return _repaired([_kind(b, k, s) for s, (b, k) in enumerate(
+        (b, k) for b in sample_images.values() for k in KINDS)])
+
+
+@pytest.fixture(scope="module")
+def shared_repaired(shared_data):
     images = []
     for s, rel in enumerate(SHARED_PICK):
         bits = image_bits(shared_data / "pcaps" / rel)
         images += [_kind(bits, k, s) for k in KINDS if k != "random"]
-    _all_valid(images, tmp_path, "shared")
+    return _repaired(images)
+
+
+def test_sample_images_all_kinds_pass_the_rules(sample_repaired):
+    _pass_the_rules(sample_repaired)
+
+
+@needs_tshark
+def test_sample_images_all_kinds_pass_tshark(sample_repaired, tmp_path):
+    _pass_tshark(sample_repaired, tmp_path / "samples.pcap")
+
+
+def test_shared_images_all_kinds_pass_the_rules(shared_repaired):
+    _pass_the_rules(shared_repaired)
+
+
+@needs_tshark
+def test_shared_images_all_kinds_pass_tshark(shared_repaired, tmp_path):
+    _pass_tshark(shared_repaired, tmp_path / "shared.pcap")
 
 
 def test_kept_share_reflects_noise(sample_images):

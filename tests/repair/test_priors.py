@@ -1,4 +1,4 @@
-"""Class priors (repair/priors.py): field distributions learnt at pcap2img time and used by
+"""Class priors (packet_repair/priors.py): field distributions learnt at pcap2img time and used by
 repair to replace legal values a class never shows. Learnt from netdiff's own samples and,
 where present, from the shared real captures; the repaired packets stay valid."""
 from __future__ import annotations
@@ -17,11 +17,11 @@ from netdiff.convert import PRIORS_FILE, img2pcap, pcap2img
 from netdiff.errors import NetdiffError
 from netdiff.image.codec import write_png
 from netdiff.io.pcap import read_capture, write_pcap
-from netdiff.repair import FieldPriors, repair
-from netdiff.repair import priors as PR
-from netdiff.repair.perturb import random_bits
+from netdiff.packet_repair import FieldPriors, repair
+from netdiff.packet_repair import priors as PR
+from netdiff.packet_repair.perturb import random_bits
 from netdiff.rules import engine as E
-from netdiff.validate import check_batch, validate_pcaps
+from netdiff.validity import check_batch, validate_pcaps
 
 L = named_layout("netdiffusion", height=256)
 ECE, CWR, URG = 64, 128, 32
@@ -61,7 +61,7 @@ def _valid(batch, tmp_path, name="out"):
         return
     path = tmp_path / f"{name}.pcap"
     write_pcap(path, batch)
-    res = validate_pcaps([path], replay=False)         # netdiff.validate, replay disabled
+    res = validate_pcaps([path], replay=False)         # netdiff.validity, replay disabled
     assert res["ok"], res
 
 

@@ -6,10 +6,10 @@ import pytest
 from netdiff.bits.layout import NETDIFFUSION as L, named_layout
 from netdiff.errors import ImageError, NetdiffError
 from netdiff.image.codec import bits_to_rgb
-from netdiff.repair import TimingModel, quantize, repair
-from netdiff.repair.timing import KINDS, gap_kinds
-from netdiff.repair.addresses import AddressPool, parse_pool
-from netdiff.repair.perturb import random_bits
+from netdiff.packet_repair import TimingModel, quantize, repair
+from netdiff.packet_repair.timing import KINDS, gap_kinds
+from netdiff.packet_repair.addresses import AddressPool, parse_pool
+from netdiff.packet_repair.perturb import random_bits
 
 
 # --- quantisation --------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ import pytest
 
 from netdiff.bits.layout import NETDIFFUSION as L
 from netdiff.errors import NetdiffError
-from netdiff.repair import repair
+from netdiff.packet_repair import repair
 from netdiff.rules import engine as E
 from netdiff.rules.fields import to_bits
-from netdiff.validate import check_batch
+from netdiff.validity import check_batch
 
 from repair_helpers import fields_of
 

@@ -3,8 +3,8 @@ import pytest
 
 from netdiff.bits.layout import NETDIFFUSION as L
 from netdiff.errors import NetdiffError
-from netdiff.repair import check_rows, repair
-from netdiff.repair.perturb import flip_pixels
+from netdiff.packet_repair import check_rows, repair
+from netdiff.packet_repair.perturb import flip_pixels
 from repair_helpers import fields_of
 
 

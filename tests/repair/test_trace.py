@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from netdiff.bits.layout import NETDIFFUSION as L
-from netdiff.repair import TimingModel, repair
-from netdiff.repair.perturb import flip_pixels, random_bits
+from netdiff.packet_repair import TimingModel, repair
+from netdiff.packet_repair.perturb import flip_pixels, random_bits
 
 
 def _packets(batch):

@@ -10,12 +10,13 @@ import pytest
 
 from netdiff.bits.layout import NETDIFFUSION as L
 from netdiff.io.pcap import PacketBatch, read_capture, write_pcap
-from netdiff.repair import repair
-from netdiff.repair.perturb import random_bits
-from netdiff.validate import check_batch, replay_unavailable, tshark_check, validate_pcaps
+from netdiff.packet_repair import repair
+from netdiff.packet_repair.perturb import random_bits
+from netdiff.validity import check_batch, replay_unavailable, tshark_check, validate_pcaps
 
-pytestmark = pytest.mark.skipif(shutil.which("tshark") is None,
-                                reason="tshark is not installed (Debian package tshark)")
+# only the tests that run tshark; the others (replay, unreadable input, the fixture) need none
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None,
+                                  reason="tshark is not installed (Debian package tshark)")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,7 @@ def _corrupt(src, dst, offset_in_packet, packet=0, value=None):
                                 batch.ts_nsec, batch.linktype, batch.number))
 
 
+@needs_tshark
 def test_repaired_capture_passes_everything(good_pcap, cli):
     code, out, err = cli("validate", good_pcap)
     assert code == 0, out + err
@@ -49,6 +51,7 @@ def test_repaired_capture_passes_everything(good_pcap, cli):
         assert f["replay"].startswith("skipped: ")
 
 
+@needs_tshark
 def test_broken_checksum_fails_all_checks(good_pcap, tmp_path, cli):
     bad = tmp_path / "bad.pcap"
     _corrupt(good_pcap, bad, 14 + 10)          # IPv4 header checksum byte of packet 0
@@ -64,6 +67,7 @@ def test_broken_checksum_fails_all_checks(good_pcap, tmp_path, cli):
     assert not result["ok"]
 
 
+@needs_tshark
 def test_malformed_packet_is_reported(good_pcap, tmp_path):
     batch, _ = read_capture(good_pcap)
     # cut one TCP packet inside its header: tshark calls it malformed, the rules flag the length
@@ -82,6 +86,7 @@ def test_malformed_packet_is_reported(good_pcap, tmp_path):
     assert not result["ok"]
 
 
+@needs_tshark
 def test_rule_checks_agree_with_tshark_on_real_captures(shared_pcaps):
     """netdiff's checksum rules find exactly the packets tshark calls bad."""
     picked = [p for p in shared_pcaps if p.name in ("dnscap_dns.pcap", "rtp.pcap", "quic-28.pcap",
@@ -108,7 +113,7 @@ def test_replay_in_namespace_for_real(good_pcap):
 
     before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links_before = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    from netdiff.validate import replay
+    from netdiff.validity import replay
 
     rep = replay(str(good_pcap), 300)
     assert rep["sent"] == 300 and rep["failed"] == 0
@@ -118,6 +123,7 @@ def test_replay_in_namespace_for_real(good_pcap):
         links_before.count("nd")
 
 
+@needs_tshark
 def test_multiple_files_human_summary(good_pcap, shared_pcaps, cli):
     dns = next(p for p in shared_pcaps if p.name == "dnscap_dns.pcap")
     code, out, _ = cli("validate", "--no-replay", good_pcap, dns)
@@ -128,6 +134,13 @@ def test_multiple_files_human_summary(good_pcap, shared_pcaps, cli):
     assert lines[-2].startswith("total: 2 files")
 
 
+def test_without_tshark_validate_is_one_line_error(good_pcap, tmp_path, monkeypatch, cli):
+    monkeypatch.setenv("PATH", str(tmp_path))          # a PATH on which no tshark is found
+    code, out, err = cli("validate", "--no-replay", good_pcap)
+    assert code == 1 and err.count("\n") == 1
+    assert "tshark not found" in err and "apt-get install tshark" in err
+
+
 def test_unreadable_file_is_one_line_error(tmp_path, cli):
     p = tmp_path / "x.pcap"
     p.write_bytes(b"nope")
@@ -135,6 +148,7 @@ def test_unreadable_file_is_one_line_error(tmp_path, cli):
     assert code == 1 and err.count("\n") == 1 and "not a pcap" in err
 
 
+@needs_tshark
 def test_application_layers_are_judged_only_when_asked(tmp_path, cli):
     """Two zero bytes to DNS's port: fine for IP/UDP, malformed for the DNS dissector."""
     from scapy.layers.inet import IP, UDP

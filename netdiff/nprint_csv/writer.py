@@ -1,4 +1,4 @@
-"""nPrint's CSV format: writing it byte-identically to the nPrint tool, and reading it back.
+"""pcap -> nPrint CSV, byte-identical to the nPrint tool (``netdiff nprint -P ... -W ...``).
 
 Formatting is vectorised: every value becomes a fixed 3-byte cell ("-1,", "0,", "1,"), the
 unused byte is dropped with one boolean mask, and only the short per-row prefix (index and
@@ -6,17 +6,14 @@ timestamps) is formatted in Python.
 """
 from __future__ import annotations
 
-import gzip
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
-from dataclasses import dataclass
 
 import numpy as np
 
-from collections import Counter
-
-from netdiff.bits.codec import SKIP_REASONS, Parsed, bit_lut, byte_reader, encode, gather_window, skipped_counts
-from netdiff.bits.layout import SECTION_ORDER, SECTIONS, Layout
+from netdiff.bits.codec import SKIP_REASONS, Parsed, bit_lut, byte_reader, encode, skipped_counts
+from netdiff.bits.layout import Layout
 from netdiff.errors import NetdiffError
 from netdiff.io.atomic import atomic_open
 from netdiff.io.pcap import CaptureReader, PacketBatch
@@ -224,94 +221,12 @@ def format_rows(bits: np.ndarray, prefixes: list[list[str]]) -> bytes:
     return b"".join(x for pair in zip(pre, body) for x in pair)
 
 
-# --- reading back -------------------------------------------------------------------------------
-
-@dataclass
-class NprintTable:
-    layout: Layout
-    index_name: str
-    index: list[str]
-    rts: np.ndarray | None
-    tv_sec: np.ndarray | None
-    tv_usec: np.ndarray | None
-    bits: np.ndarray
-
-
-def layout_from_columns(columns: list[str], path: str = "") -> Layout:
-    """Recognise which sections (and payload size) a header row holds."""
-    present = []
-    payload = 0
-    pos = 0
-    for sec in SECTION_ORDER:
-        if sec == "payload":
-            rest = columns[pos:]
-            payload = len(rest) // 8
-            if rest != [f"payload_bit_{i}" for i in range(len(rest))] or len(rest) % 8:
-                raise NetdiffError(f"{path}: unexpected columns after the headers: {rest[:3]}...")
-            break
-        names = [f"{f}_{i}" for f, w in SECTIONS[sec] for i in range(w)]
-        if columns[pos:pos + len(names)] == names:
-            present.append(sec)
-            pos += len(names)
-    layout = Layout(sections=tuple(present), payload_bytes=payload, name="nprint-csv")
-    if layout.width != len(columns):
-        raise NetdiffError(f"{path}: the header is not an nPrint header (unknown columns)")
-    return layout
-
-
-def read_csv(path) -> NprintTable:
-    path = str(path)
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise NetdiffError(f"{path}: cannot read ({e})") from None
-    if not raw.strip():
-        raise NetdiffError(f"{path}: empty file, not an nPrint CSV")
-    head, _, body = raw.partition(b"\n")
-    cols = head.decode("ascii", "replace").strip().split(",")
-    n_meta = 1 + sum(c in ("rts", "tv_sec", "tv_usec") for c in cols[1:4])
-    meta_names = cols[:n_meta]
-    layout = layout_from_columns(cols[n_meta:], path)
-    lines = [ln for ln in body.split(b"\n") if ln.strip()]
-    if not lines:
-        return NprintTable(layout, meta_names[0], [], None, None, None,
-                           np.zeros((0, layout.width), np.int8))
-    meta = []
-    bits = np.empty((len(lines), layout.width), dtype=np.int8)
-    for i, ln in enumerate(lines):
-        parts = ln.split(b",", n_meta)
-        if len(parts) <= n_meta:
-            raise NetdiffError(f"{path}: line {i + 2} has too few columns")
-        meta.append(parts[:n_meta])
-        try:
-            row = np.array(parts[n_meta].split(b","), dtype=np.int8)
-        except ValueError:
-            raise NetdiffError(f"{path}: line {i + 2} holds a value that is not -1, 0 or 1") from None
-        if row.shape[0] != layout.width:
-            raise NetdiffError(f"{path}: line {i + 2} has {row.shape[0]} bit columns, "
-                               f"expected {layout.width}")
-        bits[i] = row
-    if not np.isin(bits, (-1, 0, 1)).all():
-        raise NetdiffError(f"{path}: values other than -1, 0, 1 in the bit columns")
-
-    def col(name):
-        if name not in meta_names:
-            return None
-        k = meta_names.index(name)
-        return np.array([int(m[k]) for m in meta], dtype=np.int64)
-
-    return NprintTable(layout, meta_names[0], [m[0].decode() for m in meta], col("rts"),
-                       col("tv_sec"), col("tv_usec"), bits)
-
-
 def skipped_summary(counts) -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-__all__ = ["WIRELESS_SECTIONS", "wireless_columns", "wireless_bits", "header_line", "format_bits", "format_rows", "index_values", "RelativeClock", "read_csv",
-           "layout_from_columns", "NprintTable", "SKIP_REASONS", "skipped_summary", "pcap_to_csv"]
+__all__ = ["WIRELESS_SECTIONS", "wireless_columns", "wireless_bits", "header_line", "format_bits",
+           "format_rows", "index_values", "RelativeClock", "SKIP_REASONS", "skipped_summary", "pcap_to_csv"]
 
 
 def pcap_to_csv(path, out, layout: Layout, index: int = 0, relative: bool = False,

@@ -5,7 +5,7 @@
                     priors=FieldPriors.load("field_priors.json"), klass="dns")
     write_pcap(path, result.batch)
 
-Steps: quantise pixels (quantize.py); decide each row's stack and move its fields to legal
+Steps: quantise pixels (pixels.py); decide each row's stack and move its fields to legal
 values (rows.py, rules from protocol_rules/); group rows into flows and make the trace
 consistent (trace.py); with class priors (priors.py), legal values the class never shows are
 replaced by ones it shows; addresses (addresses.py), timestamps (timing.py), bodies (bodies.py);
@@ -21,10 +21,10 @@ import numpy as np
 from netdiff.bits.layout import Layout
 from netdiff.errors import NetdiffError
 from netdiff.io.pcap import PacketBatch
-from netdiff.repair.addresses import AddressPool
-from netdiff.repair.priors import FieldPriors
-from netdiff.repair.quantize import quantize
-from netdiff.repair.timing import TimingModel, gap_kinds, timestamps
+from netdiff.packet_repair.addresses import AddressPool
+from netdiff.packet_repair.pixels import quantize
+from netdiff.packet_repair.priors import FieldPriors
+from netdiff.packet_repair.timing import TimingModel, gap_kinds, timestamps
 
 __all__ = ["quantize", "repair", "RepairResult", "TimingModel", "FieldPriors", "FIELD_GROUPS",
            "check_rows"]
@@ -67,7 +67,7 @@ def _check_bits(bits: np.ndarray, layout: Layout) -> np.ndarray:
 
 def check_rows(bits: np.ndarray, layout: Layout) -> dict[str, tuple[int, int]]:
     """Row-level rule violations of a bit matrix: {problem: (rows, first image row)}."""
-    from netdiff.repair.rows import read_rows
+    from netdiff.packet_repair.rows import read_rows
     from netdiff.rules.engine import load_rules
 
     r = read_rows(_check_bits(bits, layout), layout, load_rules())
@@ -87,7 +87,7 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     values of class ``klass`` that the class never shows are replaced by ones it shows.
     """
     from netdiff.bits.codec import encode
-    from netdiff.repair import bodies, rows, trace
+    from netdiff.packet_repair import bodies, rows, trace
     from netdiff.rules import engine as E
 
     # 1. Check the input and decide what every row is.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdiff.repair.rows import Rows
+from netdiff.packet_repair.rows import Rows
 from netdiff.rules import checksum as C
 from netdiff.rules import engine as E
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdiff.repair.addresses import AddressPool, mac_for, usable_many
-from netdiff.repair.rows import Rows
+from netdiff.packet_repair.addresses import AddressPool, mac_for, usable_many
+from netdiff.packet_repair.rows import Rows
 from netdiff.rules import engine as E
 
 MERGE_BITS = 3              # a lone port pair joins a flow whose pair differs in <= 3 bits
