@@ -7,6 +7,8 @@ returned with the reason they were left out.
 
 Decoding is the inverse for one row: a byte is "covered" by the matrix when none of its 8 bits
 is fill; covered bytes are written over a base packet at the offsets the row's own IHL/doff give.
+Repair serialises through the same path: ``pack_fields`` turns field values into section bytes
+by the field table, ``overlay_bytes`` places them.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from netdiff.bits.layout import SECTION_BYTES, Layout
+from netdiff.bits.layout import FIELD_AT, SECTION_BYTES, SECTIONS, Layout
 from netdiff.io import pcap as P
 
 MAX_ENCAP_BYTES = 512      # IP headers further into the frame than this are left out
@@ -54,6 +56,9 @@ SKIP_REASONS = (
 IPV6_EXTENSIONS = (0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254)
 VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
 TRANSPORT_PROTOS = {6: "tcp", 17: "udp", 1: "icmp"}
+HEADER_WORD = 4            # IHL and TCP data offset count 32-bit words
+# overlay_bytes reads the IP version and IPv4's IHL from one byte, whichever IP section holds it.
+assert FIELD_AT["ipv4_ver"][1] // 8 == FIELD_AT["ipv6_ver"][1] // 8 == FIELD_AT["ipv4_hl"][1] // 8
 
 _FILL_CODE = 256
 
@@ -614,6 +619,80 @@ def decapsulated_counts(p: Parsed) -> Counter:
                     if ((enc >> i) & 1).any()})
 
 
+# --- field values <-> section bytes -------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _word_parts(section: str) -> tuple:
+    """Per field of a section: (name, first bit, width, parts). A part (word, right shift, mask,
+    left shift) moves the field's bits that fall in one 64-bit word of the section into place;
+    fields wider than 64 bits have none (they are given as bytes)."""
+    out = []
+    for name, width in SECTIONS[section]:
+        start = FIELD_AT[name][1]
+        end = start + width
+        parts = []
+        if width <= 64:
+            for w in range(start // 64, (end - 1) // 64 + 1):
+                lo, hi = max(start, 64 * w), min(end, 64 * (w + 1))
+                parts.append((w, np.uint64(end - hi), np.uint64((1 << (hi - lo)) - 1),
+                              np.uint64(64 * (w + 1) - hi)))
+        out.append((name, start, width, tuple(parts)))
+    return tuple(out)
+
+
+def pack_fields(section: str, values: dict, n: int) -> np.ndarray:
+    """(n, SECTION_BYTES[section]) uint8: a section's wire bytes with every given field at the
+    bit offset and width the field table (``layout.SECTIONS``) gives; fields not given are zero.
+
+    ``values``: field name -> integers (one per row, or one for all) for fields up to 64 bits,
+    or (n, width / 8) uint8 rows for byte-aligned fields (addresses, options, MACs). Values are
+    cut to their field's width, so no field spills into its neighbour."""
+    nbytes = SECTION_BYTES[section]
+    # Fields are OR-ed into 64-bit words (a handful of array operations per field, whatever
+    # its alignment), which are then read as big-endian bytes.
+    words = np.zeros((-(-nbytes // 8), n), dtype=np.uint64)
+    byte_rows = []
+    for name, start, width, parts in _word_parts(section):
+        v = values.get(name)
+        if v is None:
+            continue
+        v = np.asarray(v)
+        if v.ndim == 2:
+            if start % 8 or v.shape[1] * 8 != width:
+                raise ValueError(f"{name}: bytes given for a field of {width} bits at bit {start}")
+            byte_rows.append((start // 8, v))
+            continue
+        if not parts:
+            raise ValueError(f"{name} is {width} bits wide: give its bytes")
+        v = v.astype(np.uint64)
+        for w, right, mask, left in parts:
+            words[w] |= ((v >> right) & mask) << left
+    out = np.ascontiguousarray(words.T, dtype=">u8").view(np.uint8)[:, :nbytes]
+    for b0, v in byte_rows:
+        out[:, b0:b0 + v.shape[1]] = v
+    return out
+
+
+def put_field(block: np.ndarray, name: str, values) -> None:
+    """Write one field (up to 63 bits) into rows of its section's bytes in place, leaving the
+    bits of its neighbours as they are (a checksum written after the rest of the header)."""
+    start, width = FIELD_AT[name][1:]
+    v = np.asarray(values, dtype=np.int64) & ((1 << width) - 1)
+    end = start + width
+    for b in range(start // 8, (end - 1) // 8 + 1):
+        lo, hi = max(start, 8 * b), min(end, 8 * b + 8)
+        mine = ((1 << (hi - lo)) - 1) << (8 * b + 8 - hi)
+        block[:, b] = (block[:, b] & (0xFF ^ mine)) | (((v >> (end - hi)) << (8 * b + 8 - hi)) & mine)
+
+
+def _in_byte(byte: np.ndarray, name: str) -> np.ndarray:
+    """A field that lies within one byte, out of that byte's values."""
+    start, width = FIELD_AT[name][1:]
+    if start // 8 != (start + width - 1) // 8:
+        raise ValueError(f"{name} spans more than one byte")
+    return (byte >> (8 - start % 8 - width)) & ((1 << width) - 1)
+
+
 # --- decoding -----------------------------------------------------------------------------------
 
 def full_bits(bits: np.ndarray, layout: Layout, fill: int = -1) -> np.ndarray:
@@ -670,9 +749,11 @@ def _byte_blocks(layout: Layout) -> tuple[dict, list]:
 
 
 def overlay_bytes(base: P.PacketBatch, vals: np.ndarray, covered: np.ndarray, layout: Layout,
-                  l3: np.ndarray) -> P.PacketBatch:
+                  l3: np.ndarray, section_rows: dict | None = None) -> P.PacketBatch:
     """``overlay`` from the image's byte values and covered mask (``bits_to_bytes`` of its
-    columns; the layout's dropped fields must be whole bytes)."""
+    columns; the layout's dropped fields must be whole bytes). ``section_rows``: section -> the
+    only rows that cover it, when the caller knows (repair's one IP and one transport section
+    per row); other sections are looked for in every row."""
     n = len(base)
     if kept_bytes(layout) is None:
         raise ValueError("overlay_bytes needs a layout whose dropped fields are whole bytes")
@@ -689,25 +770,32 @@ def overlay_bytes(base: P.PacketBatch, vals: np.ndarray, covered: np.ndarray, la
                 out = np.where(covered[:, c], vals[:, c], out)
         return out
 
-    # Where each section starts in each packet, from the rows' own IHL / doff.
-    first = header_byte(("ipv4", "ipv6"), 0, l3)
-    ver = first >> 4
-    l4 = l3 + np.where(ver == 4, (first & 15) * 4, 40)
-    proto = np.where(ver == 4, header_byte(("ipv4",), 9, l3 + 9), header_byte(("ipv6",), 6, l3 + 6))
-    doff = (header_byte(("tcp",), 12, l4 + 12) >> 4) * 4
+    def field_of(secs: tuple[str, ...], name: str, at: np.ndarray) -> np.ndarray:
+        """A one-byte field of the header that starts at ``at`` (the byte the field table says)."""
+        j = FIELD_AT[name][1] // 8
+        return _in_byte(header_byte(secs, j, at + j), name)
+
+    # Where each section starts in each packet, from the rows' own version, IHL and doff. The
+    # version is read once from the first byte of either IP section (IPv4's IHL shares it).
+    j = FIELD_AT["ipv4_ver"][1] // 8
+    first = header_byte(("ipv4", "ipv6"), j, l3 + j)
+    ver = _in_byte(first, "ipv4_ver")
+    l4 = l3 + np.where(ver == 4, _in_byte(first, "ipv4_hl") * HEADER_WORD, SECTION_BYTES["ipv6"])
+    proto = np.where(ver == 4, field_of(("ipv4",), "ipv4_proto", l3), field_of(("ipv6",), "ipv6_nh", l3))
+    doff = field_of(("tcp",), "tcp_doff", l4) * HEADER_WORD
+    # UDP and ICMP headers are their whole (fixed) sections.
     starts = {"eth": np.zeros(n, dtype=np.int64), "ipv4": l3, "ipv6": l3, "tcp": l4, "udp": l4,
-              "icmp": l4, "payload": l4 + np.where(proto == 6, doff, 8)}
+              "icmp": l4, "payload": l4 + np.where(proto == 6, doff, SECTION_BYTES["udp"])}
     # Per section, its block of columns at the rows' own offsets; a block no row covers (UDP in
     # a TCP capture) costs one test.
-    dest = base.offset[:, None]
-    room = base.caplen[:, None]
     for sec, i0, i1, offs in blocks:
-        cov = covered[:, i0:i1]
+        rows = slice(None) if section_rows is None else section_rows.get(sec, slice(None))
+        cov = covered[rows, i0:i1]
         if not cov.any():
             continue
-        at = starts[sec][:, None] + offs
-        keep = cov & (at < room)
-        data[(at + dest)[keep]] = vals[:, i0:i1][keep]
+        at = starts[sec][rows, None] + offs
+        keep = cov & (at < base.caplen[rows, None])
+        data[(at + base.offset[rows, None])[keep]] = vals[rows, i0:i1][keep]
     return P.PacketBatch(data, base.offset, base.caplen, base.wirelen, base.ts_sec, base.ts_nsec,
                          base.linktype, base.number)
 

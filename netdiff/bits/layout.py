@@ -62,6 +62,12 @@ def field_table(sections: tuple[str, ...], payload_bytes: int = 0) -> list[tuple
     return out
 
 
+# Field name -> (section, first bit within the section, width): where every header field sits on
+# the wire, for code that writes or reads fields in packet bytes rather than in image columns.
+FIELD_AT: dict[str, tuple[str, int, int]] = {
+    name: (sec, start, width) for sec, name, start, width in field_table(tuple(SECTIONS))}
+
+
 @dataclass(frozen=True)
 class Layout:
     """Which nPrint columns an array (or image) holds.

@@ -135,7 +135,7 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     ts_sec, ts_nsec = timestamps(model.gaps(n - 1, klass, seed, kinds=gap_kinds(t["flow"], sides=t["direction"])), START_NS)
 
     # 5. Bytes, lengths, checksums.
-    batch, _ = rows.build(r, rules, ts_sec, ts_nsec, body, body_len, trace.macs(r))
+    batch = rows.build(r, rules, ts_sec, ts_nsec, body, body_len, trace.macs(r))
 
     # 6. Report: what changed, and how much of the generated content survived per field group.
     out_bits, parsed = encode(batch, layout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from netdiff.bits.codec import pack_fields, put_field
 from netdiff.packet_repair.rows import Rows
 from netdiff.rules import checksum as C
 from netdiff.rules import engine as E
@@ -65,24 +66,24 @@ def bodies(r: Rows, rules: dict, payload_bytes: int) -> tuple[np.ndarray, np.nda
         if len(od):
             length[od] = ORIGINAL_DATAGRAM
             body[od] = 0
-            body[od, :ORIGINAL_DATAGRAM] = _quoted(r, od)
+            body[od, :ORIGINAL_DATAGRAM] = _quoted(r, rules, od)
     return body, length
 
 
-def _quoted(r: Rows, rows: np.ndarray) -> np.ndarray:
+def _quoted(r: Rows, rules: dict, rows: np.ndarray) -> np.ndarray:
     """The datagram an ICMP error quotes: the client's UDP probe to the error's sender."""
     k = len(rows)
-    q = np.zeros((k, ORIGINAL_DATAGRAM), dtype=np.uint8)
-    q[:, 0] = 0x45
-    q[:, 3] = ORIGINAL_DATAGRAM
-    q[:, 8] = 64
-    q[:, 9] = 17
-    q[:, 12:16] = r.dst[rows, :4]          # the original sender is the error's destination
-    q[:, 16:20] = r.src[rows, :4]
-    ck = C.checksum(C.region_sum(q, np.zeros(k, np.int64), np.full(k, 20)))
-    q[:, 10], q[:, 11] = ck >> 8, ck & 0xFF
-    sport = 49152 + (rows % 16384)
-    q[:, 20], q[:, 21] = sport >> 8, sport & 0xFF
-    q[:, 22], q[:, 23] = 33434 >> 8, 33434 & 0xFF
-    q[:, 25] = 8
-    return q
+    ip, udp = rules["ipv4"], rules["udp"]
+    ip_hl = ip.header["fixed_bytes"]
+    header = pack_fields("ipv4", {
+        "ipv4_ver": ip.field("ver").values[0], "ipv4_hl": ip_hl // ip.header["length_unit"],
+        "ipv4_tl": ORIGINAL_DATAGRAM, "ipv4_ttl": 64, "ipv4_proto": udp.number,
+        "ipv4_src": r.dst[rows, :4],          # the original sender is the error's destination
+        "ipv4_dst": r.src[rows, :4]}, k)[:, :ip_hl]
+    zero = np.zeros(k, np.int64)
+    # The IPv4 rule has no pseudo-header: no addresses or protocol to pass.
+    put_field(header, "ipv4_cksum", C.rule_checksum(ip.checksum, header, np.full(k, ip_hl), zero, zero,
+                                                    None, None, None))
+    probe = pack_fields("udp", {"udp_sport": 49152 + (rows % 16384), "udp_dport": 33434,
+                                "udp_len": udp.header["fixed_bytes"]}, k)      # an empty probe
+    return np.concatenate([header, probe], axis=1)

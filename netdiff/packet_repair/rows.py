@@ -5,15 +5,18 @@
    nothing filled are image padding.
 2. Move every field to its nearest legal value with the rules engine (values, ranges, flag
    combinations, ICMP type/code pairs), take option lengths from the filled structure.
-3. ``build`` (after trace repair) writes the bytes, lengths and every checksum at once.
+3. ``build`` (after trace repair) serialises them: field values packed by the field table of
+   bits/layout.py, lengths, then checksums, placed by the same code as the exact path.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
-from netdiff.bits.layout import Layout
+from netdiff.bits.codec import overlay_bytes, pack_fields, put_field
+from netdiff.bits.layout import FIELD_AT, SECTION_BYTES, Layout
 from netdiff.io import pcap as P
 from netdiff.rules import checksum as C
 from netdiff.rules import engine as E
@@ -23,7 +26,8 @@ from netdiff.rules import fields as F
 STACKS = (("ipv4", "tcp"), ("ipv4", "udp"), ("ipv4", "icmp"), ("ipv6", "tcp"), ("ipv6", "udp"))
 PACKET_SHARE = 0.5      # a row is a packet when its stack's sections are at least this filled
 MIN_PACKET_SHARE = 0.2  # ... or, in an image with no such row, nearly as filled as its best row
-ETH = 14
+# Rows attribute prefix of the option areas (``ip_opt``, ``tcp_optlen``) per section.
+OPTION_ATTR = {"ipv4": "ip", "tcp": "tcp"}
 
 
 @dataclass
@@ -190,7 +194,7 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
 
     # Option areas: length from the filled structure; content walked after trace repair (the
     # legal kinds depend on flags the trace decides).
-    for proto, attr in (("ipv4", "ip"), ("tcp", "tcp")):
+    for proto, attr in OPTION_ATTR.items():
         pr = rules[proto]
         sl = fields.get(pr.column(pr.header["options_field"]))
         if sl is None:
@@ -209,9 +213,8 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
         setattr(r, attr + "_optlen", optlen)
 
     # Payload length from the generated IP length (the model's length field), bounded by the MTU.
-    l4_hl = np.where(r.proto == 6, 20 + r.tcp_optlen, 8)
-    ip_hl = np.where(v6, 40, 20 + r.ip_optlen)
-    gen_len = np.where(v6, r.f.get("ipv6_len:gen", r.f["ipv6_len"]) + 40,
+    ip_hl, l4_hl = header_lengths(r, rules)
+    gen_len = np.where(v6, r.f.get("ipv6_len:gen", r.f["ipv6_len"]) + rules["ipv6"].header["fixed_bytes"],
                        r.f.get("ipv4_tl:gen", r.f["ipv4_tl"]))
     mtu = rules["ipv4"].header.get("max_total_length", 1500)
     payload = np.clip(gen_len - ip_hl - l4_hl, 0, mtu - ip_hl - l4_hl)
@@ -238,120 +241,123 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
 
 
 # --- building packets ---------------------------------------------------------------------------
+#
+# One generic pass, as scapy's post_build: every section's field values (the rows' own, or what a
+# protocol file's ``compute`` asks for) packed by the field table (bits/codec.py pack_fields),
+# lengths first, checksums last, then placed by the exact path's overlay (overlay_bytes). Adding
+# a header field or a computed length is a change to layout.py and a protocol file, not here.
 
-def _put(mat, rows, col, value, nbytes):
-    v = np.asarray(value, dtype=np.int64)
-    for k in range(nbytes):
-        mat[rows, col + k] = (v >> (8 * (nbytes - 1 - k))) & 0xFF
+def header_lengths(r: Rows, rules: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(IP header bytes, transport header bytes) of every row: its protocols' fixed bytes plus
+    their options (IHL and doff follow from these)."""
+    out = []
+    for layer, masks in ((3, {"ipv4": ~r.v6, "ipv6": r.v6}), (4, None)):
+        hl = np.zeros(len(r), dtype=np.int64)
+        for pr in rules.values():
+            if pr.layer != layer:
+                continue
+            m = masks[pr.section] if masks else r.proto == pr.number
+            hl = np.where(m, pr.header["fixed_bytes"], hl)
+            if "options_field" in pr.header:
+                hl = np.where(m, hl + getattr(r, OPTION_ATTR[pr.section] + "_optlen"), hl)
+        out.append(hl)
+    return out[0], out[1]
+
+
+@lru_cache(maxsize=16)
+def frame_layout(body_bytes: int) -> Layout:
+    """The sections of a built frame in wire order; the body is its payload section."""
+    return Layout(sections=("eth", "ipv4", "ipv6", "tcp", "udp", "icmp"), payload_bytes=body_bytes,
+                  name="frame")
+
+
+def section_values(r: Rows, pr, rows: np.ndarray, hdr: np.ndarray, layer_len: np.ndarray) -> dict:
+    """Field name -> values of one protocol's header for ``rows``: lengths, next protocol,
+    addresses and options as the protocol file's ``compute`` names them, every other field the
+    row's repaired value; checksums stay zero (computed last)."""
+    out = {}
+    for fr in pr.fields:
+        col = pr.column(fr.name)
+        how = fr.compute
+        if how == "header_length":
+            out[col] = hdr // pr.header["length_unit"]
+        elif how in ("total_length", "datagram_length"):
+            out[col] = layer_len
+        elif how == "payload_length":
+            out[col] = layer_len - hdr
+        elif how == "next_protocol":
+            out[col] = r.proto[rows]
+        elif how == "address":          # fields src / dst: the rows' src / dst bytes
+            out[col] = getattr(r, fr.name)[rows, :fr.bits // 8]
+        elif how == "options":
+            out[col] = getattr(r, OPTION_ATTR[pr.section] + "_opt")[rows]
+        elif how != "checksum" and col in r.f:
+            out[col] = r.f[col][rows]
+    return out
 
 
 def build(r: Rows, rules: dict, ts_sec, ts_nsec, body: np.ndarray, body_len: np.ndarray,
-          macs: tuple[np.ndarray, np.ndarray]) -> tuple[P.PacketBatch, np.ndarray]:
-    """Ethernet frames of every row with lengths and checksums computed; returns the batch and
-    the (n, width) header matrix (for tests and reports).
+          macs: tuple[np.ndarray, np.ndarray]) -> P.PacketBatch:
+    """Ethernet frames of every row with lengths and checksums computed.
 
     ``body`` (n, B) holds the bytes after the transport header that are not zero (payload bits,
     ICMP bodies); ``body_len`` is each row's total payload length."""
     n = len(r)
-    v6 = r.v6
-    ip_hl = np.where(v6, 40, 20 + r.ip_optlen)
-    l4_hl = np.where(r.proto == 6, 20 + r.tcp_optlen, 8)
-    ip_total = ip_hl + l4_hl + body_len
-    bw = body.shape[1]
-    width = ETH + 60 + 60 + bw
-    width += width % 2
-    M = np.zeros((n, width), dtype=np.uint8)
-    rows = np.arange(n)
-    f = r.f
-    # Ethernet
-    M[:, 0:6] = macs[1]
-    M[:, 6:12] = macs[0]
-    _put(M, rows, 12, np.where(v6, 0x86DD, 0x0800), 2)
-    # IPv4
-    a = rows[~v6]
-    if len(a):
-        M[a, ETH] = 0x40 | (ip_hl[a] // 4)
-        _put(M, a, ETH + 1, f["ipv4_tos"][a], 1)
-        _put(M, a, ETH + 2, ip_total[a], 2)
-        _put(M, a, ETH + 4, f["ipv4_id"][a], 2)
-        _put(M, a, ETH + 6, (f["ipv4_dfbit"][a] << 14), 2)
-        _put(M, a, ETH + 8, f["ipv4_ttl"][a], 1)
-        _put(M, a, ETH + 9, r.proto[a], 1)
-        M[a, ETH + 12:ETH + 16] = r.src[a, :4]
-        M[a, ETH + 16:ETH + 20] = r.dst[a, :4]
-        M[a, ETH + 20:ETH + 60] = r.ip_opt[a]
-        ck = C.checksum(C.region_sum(M[a], np.full(len(a), ETH), ip_hl[a]))
-        _put(M, a, ETH + 10, ck, 2)
-    # IPv6
-    s6 = rows[v6]
-    if len(s6):
-        word = (6 << 28) | (f["ipv6_tc"][s6] << 20) | f["ipv6_fl"][s6]
-        _put(M, s6, ETH, word, 4)
-        _put(M, s6, ETH + 4, ip_total[s6] - 40, 2)
-        _put(M, s6, ETH + 6, r.proto[s6], 1)
-        _put(M, s6, ETH + 7, f["ipv6_hl"][s6], 1)
-        M[s6, ETH + 8:ETH + 24] = r.src[s6]
-        M[s6, ETH + 24:ETH + 40] = r.dst[s6]
-    # Transport headers at ETH + ip_hl; built in their own block, then placed.
-    T = np.zeros((n, 60 + bw), dtype=np.uint8)
-    t = rows[r.proto == 6]
-    if len(t):
-        _put(T, t, 0, f["tcp_sprt"][t], 2)
-        _put(T, t, 2, f["tcp_dprt"][t], 2)
-        _put(T, t, 4, f["tcp_seq"][t], 4)
-        _put(T, t, 8, f["tcp_ackn"][t], 4)
-        flags = (f["tcp_cwr"][t] << 7) | (f["tcp_ece"][t] << 6) | (f["tcp_urg"][t] << 5) | \
-            (f["tcp_ackf"][t] << 4) | (f["tcp_psh"][t] << 3) | (f["tcp_rst"][t] << 2) | \
-            (f["tcp_syn"][t] << 1) | f["tcp_fin"][t]
-        _put(T, t, 12, ((l4_hl[t] // 4) << 12) | flags, 2)
-        _put(T, t, 14, f["tcp_wsize"][t], 2)
-        _put(T, t, 18, f["tcp_urp"][t], 2)
-        T[t, 20:60] = r.tcp_opt[t]
-    u = rows[r.proto == 17]
-    if len(u):
-        _put(T, u, 0, f["udp_sport"][u], 2)
-        _put(T, u, 2, f["udp_dport"][u], 2)
-        _put(T, u, 4, 8 + body_len[u], 2)
-    i = rows[r.proto == 1]
-    if len(i):
-        _put(T, i, 0, f["icmp_type"][i], 1)
-        _put(T, i, 1, f["icmp_code"][i], 1)
-        _put(T, i, 4, f["icmp_roh"][i], 4)
-    # Body right after each transport header.
-    if bw:
-        j = np.arange(bw)
-        T[rows[:, None], l4_hl[:, None] + j[None, :]] = np.where(j[None, :] < body_len[:, None], body, 0)
-    tw = T.shape[1]
-    M[rows[:, None], ETH + ip_hl[:, None] + np.arange(tw)[None, :]] = T
-    # Transport checksums: TCP/UDP over pseudo-header + segment, ICMP over the message.
-    l4_off = ETH + ip_hl
-    seg = l4_hl + body_len
-    total = C.region_sum(M, l4_off, seg)
-    src = np.where(v6[:, None], r.src, np.pad(r.src[:, :4], ((0, 0), (0, 12))))
-    dst = np.where(v6[:, None], r.dst, np.pad(r.dst[:, :4], ((0, 0), (0, 12))))
-    pseudo = C.pseudo_header_sum(src, dst, r.proto, seg)
-    total = np.where(r.proto == 1, total, total + pseudo)
-    ck = C.checksum(total)
-    for proto, at in ((6, 16), (17, 6), (1, 2)):
-        m = r.proto == proto
-        if not m.any():
+    by_section = {pr.section: pr for pr in rules.values()}
+    # Lengths first, from the inside out: transport header + body, IP header + that, the frame.
+    ip_hl, l4_hl = header_lengths(r, rules)
+    l4_len = l4_hl + body_len
+    ip_len = ip_hl + l4_len
+    eth_bytes = SECTION_BYTES["eth"]
+    frame_len = eth_bytes + ip_len
+
+    # section -> (its rows, its packed bytes, its header length in those rows)
+    every = slice(None)
+    blocks = {"eth": (every, pack_fields("eth", {
+        "eth_dhost": macs[1], "eth_shost": macs[0],
+        "eth_ethertype": np.where(r.v6, by_section["ipv6"].bind["ethertype"],
+                                  by_section["ipv4"].bind["ethertype"])}, n), np.full(n, eth_bytes))}
+    sections = {"ipv4": (~r.v6, ip_hl, ip_len), "ipv6": (r.v6, ip_hl, ip_len),
+                **{sec: (r.proto == pr.number, l4_hl, l4_len)
+                   for sec, pr in by_section.items() if pr.layer == 4}}
+    for sec, (m, hl, layer_len) in sections.items():
+        rows = np.flatnonzero(m)
+        if len(rows):
+            values = section_values(r, by_section[sec], rows, hl[rows], layer_len[rows])
+            blocks[sec] = (rows, pack_fields(sec, values, len(rows)), hl[rows])
+
+    # Checksums last, each over what its rule says it covers (the IP header; the transport
+    # header, its body and the IP pseudo-header).
+    # Pseudo-headers sum the IP layer's addresses; an IPv4 one is the first bytes of the 16.
+    ip_address = r.v6[:, None] | (np.arange(r.src.shape[1]) < FIELD_AT["ipv4_src"][2] // 8)
+    src, dst = np.where(ip_address, r.src, 0), np.where(ip_address, r.dst, 0)
+    body_sum = C.region_sum(body, np.zeros(n, np.int64), body_len) if body.shape[1] else np.zeros(n, np.int64)
+    for sec, (rows, block, h) in blocks.items():
+        pr = by_section.get(sec)
+        if pr is None or not pr.checksum:
             continue
-        v = ck[m]
-        zb = rules[{6: "tcp", 17: "udp", 1: "icmp"}[proto]].checksum.get("zero_becomes")
-        if zb is not None:
-            v = np.where(v == 0, int(zb), v)
-        _put(M, rows[m], l4_off[m] + at, v, 2)
-    # Flatten: each frame is its header bytes then zeros up to its length.
-    frame_len = ETH + ip_total
+        value = C.rule_checksum(pr.checksum, block, h, body_sum[rows], body_len[rows], src[rows],
+                                dst[rows], r.proto[rows])
+        put_field(block, pr.column(pr.checksum["field"]), value)
+
+    # Placed as the exact path places an image's bytes over a capture (here over blank frames):
+    # each header lands where the version, IHL and doff just written say it starts.
+    layout = frame_layout(body.shape[1])
+    vals = np.zeros((n, layout.full_width // 8), dtype=np.uint8)
+    covered = np.zeros(vals.shape, dtype=bool)
+    blocks["payload"] = (every, body, body_len)
+    for sec, (rows, block, length) in blocks.items():
+        if sec not in layout.section_offsets:
+            continue
+        c0 = layout.section_offsets[sec][0] // 8
+        k = block.shape[1]
+        vals[rows, c0:c0 + k] = block
+        covered[rows, c0:c0 + k] = np.arange(k)[None, :] < length[:, None]
     offset = np.zeros(n, dtype=np.int64)
     if n:
         offset[1:] = np.cumsum(frame_len)[:-1]
-    data = np.zeros(int(frame_len.sum()), dtype=np.uint8)
-    col = np.arange(width)
-    inside = col[None, :] < frame_len[:, None]
-    data[(offset[:, None] + col[None, :])[inside]] = M[inside]
-    batch = P.PacketBatch(data, offset, frame_len.astype(np.int64), frame_len.astype(np.int64),
-                          np.asarray(ts_sec, np.int64), np.asarray(ts_nsec, np.int64),
-                          np.full(n, P.LINKTYPE_ETHERNET, dtype=np.int32),
-                          np.arange(n, dtype=np.int64))
-    return batch, M
+    blank = P.PacketBatch(np.zeros(int(frame_len.sum()), dtype=np.uint8), offset, frame_len,
+                          frame_len, np.asarray(ts_sec, np.int64), np.asarray(ts_nsec, np.int64),
+                          np.full(n, P.LINKTYPE_ETHERNET, dtype=np.int32), np.arange(n, dtype=np.int64))
+    return overlay_bytes(blank, vals, covered, layout, np.full(n, eth_bytes, dtype=np.int64),
+                         {sec: rows for sec, (rows, _, _) in blocks.items()})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from netdiff.packet_repair.addresses import AddressPool, mac_for, usable_many
-from netdiff.packet_repair.rows import Rows
+from netdiff.packet_repair.rows import Rows, header_lengths
 from netdiff.rules import engine as E
 
 MERGE_BITS = 3              # a lone port pair joins a flow whose pair differs in <= 3 bits
@@ -170,8 +170,7 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     r.ip_optlen = np.where(v6, 0, r.ip_optlen)
     r.v6 = v6
     # A row that became IPv6 has a longer IP header: keep the packet within the MTU.
-    ip_hl = np.where(v6, 40, 20 + r.ip_optlen)
-    l4_hl = np.where(tcp, 20 + r.tcp_optlen, 8)
+    ip_hl, l4_hl = header_lengths(r, rules)
     mtu = np.where(v6, rules["ipv6"].header.get("max_total_length", 1500),
                    rules["ipv4"].header.get("max_total_length", 1500))
     r.payload_len = np.clip(r.payload_len, 0, mtu - ip_hl - l4_hl)

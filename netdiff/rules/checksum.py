@@ -78,3 +78,27 @@ def checksum(total: np.ndarray) -> np.ndarray:
 def verify(total_including_field: np.ndarray) -> np.ndarray:
     """True where a region summed with its stored checksum folds to 0xFFFF (RFC 1071 4.1)."""
     return fold(total_including_field) == 0xFFFF
+
+
+def rule_checksum(rule: dict, header: np.ndarray, header_len: np.ndarray, body_sum: np.ndarray,
+                  body_len: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                  proto: np.ndarray) -> np.ndarray:
+    """The value a protocol file's ``checksum`` rule puts in its field, for rows of one header.
+
+    ``header``: (N, L) header bytes with the checksum field zero, ``header_len`` long;
+    ``body_sum``/``body_len``: word sum (``region_sum``) and length of the bytes after it;
+    ``src``/``dst`` (N, 4 or 16) and ``proto``: the IP layer's, for a pseudo-header.
+    ``covers: segment`` adds the body (headers are 4-byte aligned, so the two sums join as one),
+    ``pseudo_header: true`` the pseudo-header over the segment, ``zero_becomes`` replaces a
+    computed 0 (UDP's 0xFFFF: 0 means "no checksum")."""
+    total = region_sum(header, np.zeros(len(header), np.int64), header_len)
+    length = np.asarray(header_len, np.int64)
+    if rule.get("covers", "header") == "segment":
+        total = total + body_sum
+        length = length + body_len
+    if rule.get("pseudo_header"):
+        total = total + pseudo_header_sum(src, dst, proto, length)
+    value = checksum(total)
+    if rule.get("zero_becomes") is not None:
+        value = np.where(value == 0, int(rule["zero_becomes"]), value)
+    return value
