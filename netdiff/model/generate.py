@@ -334,12 +334,13 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
             # + 1_000_003), over the image's whole height
             from netdiff.model.layouts import tie_pairs
 
-            chain, present, canon, member = bundle.layouts, [], [], []
+            chain, present, canon, member, chunk_flows = bundle.layouts, [], [], [], []
             for b, sd in enumerate(chunk):
                 g = torch.Generator("cpu").manual_seed(sd + 2_000_003)
                 ids = chain.sample_ids(cls, windows * first[0], g)
                 present.append(chain.vocab[ids].reshape(windows, first[0], -1))
-                c, m = tie_pairs(chain.sample_flows(cls, ids, g, layout), layout)
+                chunk_flows.append(chain.sample_flows(cls, ids, g, layout))
+                c, m = tie_pairs(chunk_flows[-1], layout)
                 offset = b * windows * first[0] * layout.width     # image b's first pixel in the batch
                 canon.append(c + offset)
                 member.append(m + offset)
@@ -359,6 +360,12 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
                         num_inference_steps=steps, guidance_scale=cfg_scale, init_latents=init,
                         strength=s.hires_strength, progress=progress).bits
         bits = bits.reshape(len(chunk), rows, bits.shape[-1])     # windows back into images
+        if use_layouts and not hires:       # hires redraws the image at another size, untied
+            from netdiff.model.layouts import separate_flows
+
+            bits = np.array(bits)
+            for im, fl in zip(bits, chunk_flows):
+                separate_flows(im, fl, layout)
         out_bits.append(bits)
         if output is not None:
             _write(result, bits, chunk, output, cls, pcap, {

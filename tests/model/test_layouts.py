@@ -97,3 +97,30 @@ def test_a_file_saved_before_flow_states_draws_links_as_before(tmp_path):
     ids = loaded.sample_ids("dns", 64, g1)
     chain.sample_ids("dns", 64, g2)
     assert loaded.sample_flows("dns", ids, g1, NETDIFFUSION) == chain._sample_links("dns", ids, g2, NETDIFFUSION)
+
+
+def test_distinct_flows_keep_distinct_ports():
+    """Two flows the chain drew apart, whose ports the sampler drew equal, are moved apart on
+    the higher port in every row (swapped in the reversed ones); a flow that is already unique
+    keeps its bits."""
+    image = _images(1)[0].copy()
+    ports = port_columns(NETDIFFUSION)["udp"]
+
+    def pair(row):
+        from netdiff.model.layouts import _bits_value
+        return _bits_value(image[row, ports[0]]), _bits_value(image[row, ports[1]])
+
+    # rows 0/2 and 1/3 are two exchanges: give the second the first's ports
+    image[1] = image[0]
+    image[3] = image[2]
+    flows = [[(4 * k + j, False), (4 * k + j + 2, True)] for k in range(8) for j in (0, 1)]
+    before = image.copy()
+    from netdiff.model.layouts import separate_flows
+    moved = separate_flows(image, flows, NETDIFFUSION)
+    assert moved == 1
+    (s0, d0), (s1, d1) = pair(0), pair(1)
+    assert {s0, d0} != {s1, d1}
+    assert (s1, d1) == pair(3)[::-1]          # the answer follows its query's new port
+    assert np.array_equal(image[0], before[0]) and np.array_equal(image[2], before[2])
+    # run again: nothing left to move
+    assert separate_flows(image, flows, NETDIFFUSION) == 0
