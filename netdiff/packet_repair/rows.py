@@ -72,18 +72,22 @@ def section_shares(bits: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     return out
 
 
-def decide_stacks(bits: np.ndarray, layout: Layout, stack_prior: np.ndarray | None = None):
+def decide_stacks(bits: np.ndarray, layout: Layout, stack_prior: np.ndarray | None = None,
+                  rules: dict | None = None):
     """(is_packet, stack index into STACKS, shares, contradiction mask) for every row.
 
     ``stack_prior`` (per STACKS entry, from class priors: -inf for a stack the class never
     shows, else a small bonus that breaks near-ties towards the class's usual stack) is added to
-    the scores of rows that are packets; whether a row is a packet is decided without it."""
+    the scores of rows that are packets; whether a row is a packet is decided without it.
+    With ``rules``, a stack whose transport file does not bind it to its IP version is no
+    candidate."""
     shares = section_shares(bits, layout)
     n = len(bits)
     scores = np.full((n, len(STACKS)), -np.inf)
     filled = np.zeros((n, len(STACKS)))
     for k, (l3, l4) in enumerate(STACKS):
-        if shares[l3] is None or shares[l4] is None:
+        if shares[l3] is None or shares[l4] is None or \
+                (rules is not None and E.bound_number(rules, l3, l4) is None):
             continue
         s = np.zeros(n)
         for sec, sh in shares.items():
@@ -123,7 +127,7 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
               stack_prior: np.ndarray | None = None) -> Rows:
     """Decide stacks and move every row's fields to their nearest legal values
     (``stack_prior``: see ``decide_stacks``)."""
-    is_packet, best, _, contradiction, partial = decide_stacks(bits, layout, stack_prior)
+    is_packet, best, _, contradiction, partial = decide_stacks(bits, layout, stack_prior, rules)
     idx = np.flatnonzero(is_packet)
     b = bits[idx]
     stack = best[idx]
@@ -139,8 +143,8 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
     # Generic fields: nearest legal value, or the generated value where every value is legal.
     packed = np.packbits(b == 1, axis=1)
     fields = layout.fields
-    for proto, mask in (("ipv4", ~v6), ("ipv6", v6), ("tcp", r.proto == 6), ("udp", r.proto == 17),
-                        ("icmp", r.proto == 1)):
+    l4_masks = [(name, r.proto == rules[name].number) for name in ("tcp", "udp", "icmp")]
+    for proto, mask in (("ipv4", ~v6), ("ipv6", v6), *l4_masks):
         pr = rules[proto]
         for fr in pr.fields:
             col = pr.column(fr.name)
@@ -174,7 +178,7 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
     if all(x is not None for x in fb):
         flag_bits = np.concatenate(fb, axis=1)
         snapped = E.snap_flags(tcp, flag_bits)
-        r.problems["tcp flags not a legal combination"] = (r.proto == 6) & \
+        r.problems["tcp flags not a legal combination"] = (r.proto == tcp.number) & \
             np.any(snapped != (flag_bits == 1), axis=1)
         for j, nm in enumerate(names):
             r.f[tcp.column(nm)] = snapped[:, j].astype(np.int64)
@@ -184,7 +188,7 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
     tb, cb = _bits(b, layout, "icmp_type"), _bits(b, layout, "icmp_code")
     if tb is not None and cb is not None:
         t, c = E.snap_icmp(icmp, np.concatenate([tb, cb], axis=1))
-        r.problems["icmp type/code not a legal pair"] = (r.proto == 1) & \
+        r.problems["icmp type/code not a legal pair"] = (r.proto == icmp.number) & \
             ((t != r.f["icmp_type:gen"]) | (c != r.f["icmp_code:gen"]))
         r.f["icmp_type"], r.f["icmp_code"] = t, c
 
@@ -198,7 +202,7 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
         else:
             vals, share = F.packed_bytes(b, packed, sl)
             optlen = E.options_length_from_coverage(share, pr.options)
-        mask = ~v6 if proto == "ipv4" else r.proto == 6
+        mask = ~v6 if proto == "ipv4" else r.proto == pr.number
         optlen = np.where(mask, optlen, 0)
         hl_field = pr.column(pr.header["length_field"])
         gen_hl = r.f.get(hl_field + ":gen")
@@ -209,7 +213,7 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
         setattr(r, attr + "_optlen", optlen)
 
     # Payload length from the generated IP length (the model's length field), bounded by the MTU.
-    l4_hl = np.where(r.proto == 6, 20 + r.tcp_optlen, 8)
+    l4_hl = np.where(r.proto == tcp.number, 20 + r.tcp_optlen, 8)
     ip_hl = np.where(v6, 40, 20 + r.ip_optlen)
     gen_len = np.where(v6, r.f.get("ipv6_len:gen", r.f["ipv6_len"]) + 40,
                        r.f.get("ipv4_tl:gen", r.f["ipv4_tl"]))
@@ -219,7 +223,7 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
     r.problems["IP length above the MTU"] = gen_len > mtu
     udp_gen = r.f.get("udp_len:gen")
     if udp_gen is not None:
-        r.problems["UDP length disagrees with the IP length"] = (r.proto == 17) & \
+        r.problems["UDP length disagrees with the IP length"] = (r.proto == rules["udp"].number) & \
             (udp_gen != gen_len - ip_hl)
     proto_gen = np.where(v6, r.f.get("ipv6_nh:gen", r.proto), r.f.get("ipv4_proto:gen", r.proto))
     r.problems["IP protocol number disagrees with the transport section"] = proto_gen != r.proto
@@ -266,7 +270,8 @@ def build(r: Rows, rules: dict, ts_sec, ts_nsec, body: np.ndarray, body_len: np.
     # Ethernet
     M[:, 0:6] = macs[1]
     M[:, 6:12] = macs[0]
-    _put(M, rows, 12, np.where(v6, 0x86DD, 0x0800), 2)
+    ethertype = np.where(v6, rules["ipv6"].bind["ethertype"], rules["ipv4"].bind["ethertype"])
+    _put(M, rows, 12, ethertype, 2)
     # IPv4
     a = rows[~v6]
     if len(a):
@@ -280,8 +285,9 @@ def build(r: Rows, rules: dict, ts_sec, ts_nsec, body: np.ndarray, body_len: np.
         M[a, ETH + 12:ETH + 16] = r.src[a, :4]
         M[a, ETH + 16:ETH + 20] = r.dst[a, :4]
         M[a, ETH + 20:ETH + 60] = r.ip_opt[a]
-        ck = C.checksum(C.region_sum(M[a], np.full(len(a), ETH), ip_hl[a]))
-        _put(M, a, ETH + 10, ck, 2)
+        ip4 = rules["ipv4"]
+        ck = C.stored_value(ip4, C.covered_sums(M[a], ip4, np.full(len(a), ETH), ip_hl[a], ip_total[a]))
+        _put(M, a, ETH + C.field_byte(ip4), ck, 2)
     # IPv6
     s6 = rows[v6]
     if len(s6):
@@ -323,24 +329,16 @@ def build(r: Rows, rules: dict, ts_sec, ts_nsec, body: np.ndarray, body_len: np.
         T[rows[:, None], l4_hl[:, None] + j[None, :]] = np.where(j[None, :] < body_len[:, None], body, 0)
     tw = T.shape[1]
     M[rows[:, None], ETH + ip_hl[:, None] + np.arange(tw)[None, :]] = T
-    # Transport checksums: TCP/UDP over pseudo-header + segment, ICMP over the message.
+    # Transport checksums, each as its rule file's checksum block says (coverage, pseudo-header).
     l4_off = ETH + ip_hl
     seg = l4_hl + body_len
-    total = C.region_sum(M, l4_off, seg)
     src = np.where(v6[:, None], r.src, np.pad(r.src[:, :4], ((0, 0), (0, 12))))
     dst = np.where(v6[:, None], r.dst, np.pad(r.dst[:, :4], ((0, 0), (0, 12))))
-    pseudo = C.pseudo_header_sum(src, dst, r.proto, seg)
-    total = np.where(r.proto == 1, total, total + pseudo)
-    ck = C.checksum(total)
-    for proto, at in ((6, 16), (17, 6), (1, 2)):
-        m = r.proto == proto
-        if not m.any():
-            continue
-        v = ck[m]
-        zb = rules[{6: "tcp", 17: "udp", 1: "icmp"}[proto]].checksum.get("zero_becomes")
-        if zb is not None:
-            v = np.where(v == 0, int(zb), v)
-        _put(M, rows[m], l4_off[m] + at, v, 2)
+    for pr in (rules[p] for p in E.layer_protocols(rules, 4).values()):
+        m = (r.proto == pr.number) & (pr.checksum is not None)
+        if m.any():
+            total = C.covered_sums(M[m], pr, l4_off[m], l4_hl[m], seg[m], src[m], dst[m])
+            _put(M, rows[m], l4_off[m] + C.field_byte(pr), C.stored_value(pr, total), 2)
     # Flatten: each frame is its header bytes then zeros up to its length.
     frame_len = ETH + ip_total
     offset = np.zeros(n, dtype=np.int64)
