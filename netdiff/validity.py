@@ -216,9 +216,9 @@ def check_batch(batch, rules: dict | None = None) -> tuple[dict[str, np.ndarray]
     complete = checked & (ip_total <= ip_avail)
 
     # Field values against the rule files (fixed headers, read from the gathered window).
-    for proto, mask, start in (("ipv4", v4, l3), ("ipv6", v6, l3), ("tcp", p.proto == 6, p.l4),
-                               ("udp", p.proto == 17, p.l4), ("icmp", p.proto == 1, p.l4)):
-        pr = rules[proto]
+    for proto, pr in sorted(rules.items(), key=lambda kv: kv[1].layer):   # masks from bind
+        mask, start = (checked & (p.version == pr.bind["version"]), l3) if pr.layer == 3 else \
+            (checked & (p.proto == pr.number), p.l4)
         r = rows[mask]
         if not len(r):
             continue
@@ -242,17 +242,14 @@ def check_batch(batch, rules: dict | None = None) -> tuple[dict[str, np.ndarray]
             bad = np.zeros(n, bool)
             bad[r] = ~E.flags_legal(pr, fl)
             add(f"{proto} flags not a legal combination", bad)
-            for dep in pr.dependencies:
-                if dep.get("check", True) is False:
-                    continue
-                fld = vals.get(dep["field"])
+        if pr.dependencies:         # the same entries repair applies (engine.apply_dependencies)
+            hlen = vals[pr.header["length_field"]] * pr.header["length_unit"] \
+                if "length_field" in pr.header else pr.header["fixed_bytes"]
+            payload = ip_total[r] - (p.ip_hlen[r] if pr.layer == 4 else 0) - hlen
+            for name, m in E.dependency_failures(pr, vals, payload).items():
                 bad = np.zeros(n, bool)
-                if "zero_unless" in dep:
-                    bad[r] = (fld != 0) & (vals[dep["zero_unless"]] == 0)
-                    add(f"{pr.column(dep['field'])} set without {dep['zero_unless']}", bad)
-                elif "requires" in dep:
-                    bad[r] = (fld != 0) & (vals[dep["requires"]] == 0)
-                    add(f"{pr.column(dep['field'])} without {dep['requires']}", bad)
+                bad[r] = m
+                add(name, bad)
         if pr.types:
             pairs = pr.icmp_pairs()
             tc = vals["type"] * 256 + vals["code"]
@@ -264,21 +261,20 @@ def check_batch(batch, rules: dict | None = None) -> tuple[dict[str, np.ndarray]
             optlen = np.clip(hl - pr.header["fixed_bytes"], 0, pr.options.max_bytes)
             ob = g[r[:, None], np.minimum(at[:, None] + pr.header["fixed_bytes"] +
                                           np.arange(pr.options.max_bytes)[None, :], g.shape[1] - 1)]
-            flags = {k: vals[k] == 1 for k in ("syn", "ackf") if k in vals}
-            flags = {k: v for k, v in flags.items()}
-            full = {k: np.zeros(len(r), bool) | v for k, v in flags.items()}
+            full = {k: vals[k] == 1 for k in pr.options.flag_names()}
             _, changed = E.walk_options(pr.options, ob, optlen, full, keep_unknown=True)
             bad = np.zeros(n, bool)
             bad[r] = changed
             add(f"{proto} options break the option grammar", bad)
-            if proto == "tcp":
+            if pr.layer == 4:
                 bad = np.zeros(n, bool)
                 bad[r] = hl > ip_total[r] - p.ip_hlen[r]
-                add("tcp header longer than the IP payload", bad)
-        if proto == "udp":
+                add(f"{proto} header longer than the IP payload", bad)
+        dl = pr.computed("datagram_length")
+        if dl is not None:
             bad = np.zeros(n, bool)
-            bad[r] = vals["len"] != ip_total[r] - p.ip_hlen[r]
-            add("udp length disagrees with the IP length", bad)
+            bad[r] = vals[dl.name] != ip_total[r] - p.ip_hlen[r]
+            add(f"{proto} length disagrees with the IP length", bad)
 
     # Checksums over complete packets.
     ok_ck = _checksums(batch, p, ip_total, complete, rules)
@@ -289,8 +285,10 @@ def check_batch(batch, rules: dict | None = None) -> tuple[dict[str, np.ndarray]
 
 def _checksums(batch, p, ip_total, complete, rules) -> dict[str, np.ndarray]:
     n = len(batch)
-    out = {k: np.zeros(n, bool) for k in ("ipv4 header checksum wrong", "tcp checksum wrong",
-                                          "udp checksum wrong", "icmp checksum wrong")}
+    ip4 = rules["ipv4"]
+    carried = [rules[x] for x in E.layer_protocols(rules, 4).values() if rules[x].checksum is not None]
+    out = {k: np.zeros(n, bool) for k in [f"{ip4.protocol} header checksum wrong"] +
+           [f"{pr.protocol} checksum wrong" for pr in carried]}
     idx = np.flatnonzero(complete)
     budget = 1 << 24
     i = 0
@@ -308,28 +306,30 @@ def _checksums(batch, p, ip_total, complete, rules) -> dict[str, np.ndarray]:
         src = batch.offset[sel, None] + p.l3[sel, None] + col[None, :]
         inside = col[None, :] < ip_total[sel, None]
         mat = np.where(inside, batch.data[np.minimum(src, len(batch.data) - 1)], 0).astype(np.uint8)
-        v4 = p.version[sel] == 4
+        v4 = p.version[sel] == ip4.bind["version"]
         k = len(sel)
         zero = np.zeros(k, np.int64)
         hl = p.ip_hlen[sel]
-        s4 = np.flatnonzero(v4)
-        bad4 = ~C.verify(C.region_sum(mat[s4], zero[s4], hl[s4]))
-        out["ipv4 header checksum wrong"][sel[s4]] = bad4
         seg = ip_total[sel] - hl
-        total = C.region_sum(mat, hl, seg)
+        s4 = np.flatnonzero(v4)
+        bad4 = ~C.verify(C.covered_sums(mat[s4], ip4, zero[s4], hl[s4], ip_total[sel][s4]))
+        out[f"{ip4.protocol} header checksum wrong"][sel[s4]] = bad4
         srcs = np.where(v4[:, None], np.pad(mat[:, 12:16], ((0, 0), (0, 12))), mat[:, 8:24])
         dsts = np.where(v4[:, None], np.pad(mat[:, 16:20], ((0, 0), (0, 12))), mat[:, 24:40])
-        proto = p.proto[sel]
-        pseudo = C.pseudo_header_sum(srcs, dsts, proto, seg)
-        good = C.verify(np.where(proto == 1, total, total + pseudo))
-        rows = np.arange(k)
-        ck_at = hl + np.where(proto == 6, 16, np.where(proto == 17, 6, 2))
-        stored = (mat[rows, np.minimum(ck_at, width - 2)].astype(np.int64) << 8) | \
-            mat[rows, np.minimum(ck_at + 1, width - 1)]
-        udp_none = (proto == 17) & (stored == 0) & v4           # "no checksum" (IPv4 only)
-        for num, name in ((6, "tcp"), (17, "udp"), (1, "icmp")):
-            m = proto == num
-            out[f"{name} checksum wrong"][sel[m]] = ~good[m] & ~udp_none[m]
+        l3_name = np.full(k, "", dtype=object)
+        for ver, name in E.layer_protocols(rules, 3).items():
+            l3_name[p.version[sel] == ver] = name
+        for pr in carried:
+            m = np.flatnonzero(p.proto[sel] == pr.number)
+            if not len(m):
+                continue
+            good = C.verify(C.covered_sums(mat[m], pr, hl[m], p.l4_hlen[sel][m], seg[m], srcs[m], dsts[m]))
+            at = hl[m] + C.field_byte(pr)
+            stored = (mat[m, np.minimum(at, width - 2)].astype(np.int64) << 8) | \
+                mat[m, np.minimum(at + 1, width - 1)]
+            # a zero the file allows over this IP version means "no checksum" (UDP over IPv4)
+            none = (stored == 0) & np.isin(l3_name[m], list(pr.checksum.get("optional_over", ())))
+            out[f"{pr.protocol} checksum wrong"][sel[m]] = ~good & ~none
         i = j
     return out
 

@@ -88,6 +88,7 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     """
     from netdiff.bits.codec import encode
     from netdiff.packet_repair import bodies, rows, trace
+    from netdiff.rules import compute as CR
     from netdiff.rules import engine as E
 
     # 1. Check the input and decide what every row is.
@@ -116,16 +117,15 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     pool = AddressPool(address_pool, seed)
     t = trace.repair_trace(r, rules, pool, keep_addresses=address_pool is None, priors=cp)
 
-    # 3. Option areas (legal kinds depend on the flags the trace settled), ICMP, bodies.
-    f = r.f
-    flags = {"syn": f["tcp_syn"] == 1, "ackf": f["tcp_ackf"] == 1}
-    r.tcp_opt, tcp_opt_changed = E.walk_options(rules["tcp"].options, r.tcp_opt, r.tcp_optlen, flags)
-    r.ip_opt, ip_opt_changed = E.walk_options(rules["ipv4"].options, r.ip_opt, r.ip_optlen, flags)
+    # 3. Option areas (compute: options; legal kinds depend on the flags the trace settled),
+    # ICMP rest of header (compute: icmp_rest), bodies.
+    state = trace.TraceState(r, rules)
+    CR.run(rules, "options", state)
+    opt_changed = dict(state.changed)
     if cp is not None:          # option layouts and values the class never shows
-        opt_changed = cp.options(r, t["flow"], t["direction"], service=t["server_port"])
-        tcp_opt_changed = tcp_opt_changed | opt_changed.get("tcp", False)
-        ip_opt_changed = ip_opt_changed | opt_changed.get("ipv4", False)
-    bodies.icmp_rest(r, rules)
+        for p, m in cp.options(r, t["flow"], t["direction"], service=t["server_port"]).items():
+            opt_changed[p] = opt_changed.get(p, False) | m
+    CR.run(rules, "bodies", state)
     body, body_len = bodies.bodies(r, rules, layout.payload_bytes)
 
     # 4. Time: gaps from the learnt model, in image row order, each drawn for what its packet does
@@ -152,13 +152,21 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
             if cols:
                 kept[group] = round(float(col_kept[np.concatenate(cols)].mean()), 4)
         kept["all"] = round(float(col_kept.mean()), 4)
-    proto_names = {6: "tcp", 17: "udp", 1: "icmp"}
+
+    def rows_of(pr):
+        return r.proto == pr.number if pr.layer == 4 else r.v6 == (int(pr.bind["version"]) == 6)
+
+    opt_rows = {p: int((m & rows_of(rules[p])).sum()) for p, m in opt_changed.items()}
+    stacks = {}
+    for l3, l4 in rows.STACKS:
+        m = rows_of(rules[l3]) & rows_of(rules[l4])
+        if m.any():
+            stacks[f"{l3}/{l4}"] = int(m.sum())
     report = {
         "rows": int(len(bits)),
         "packets": n,
         "blank_rows": int(len(bits) - n),
-        "stacks": {f"{'ipv6' if v else 'ipv4'}/{proto_names[p]}": int(((r.v6 == v) & (r.proto == p)).sum())
-                   for v in (False, True) for p in (6, 17, 1) if ((r.v6 == v) & (r.proto == p)).any()},
+        "stacks": stacks,
         "row_problems_repaired": {k: int(m.sum()) for k, m in r.problems.items() if m.any()},
         "flows": t["flows"],
         "tcp_handshakes": t.get("tcp_handshakes", 0),
@@ -169,8 +177,8 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
             "ports": t["rows_changed_ports"],
             "ttl": t["rows_changed_ttl"],
             "tcp_flags": t.get("rows_changed_tcp_flags", 0),
-            "tcp_options": int((tcp_opt_changed & (r.proto == 6)).sum()),
-            "ipv4_options": int((ip_opt_changed & ~r.v6).sum()),
+            "tcp_options": opt_rows.get("tcp", 0),
+            "ipv4_options": opt_rows.get("ipv4", 0),
         },
         "kept_share": kept,
         "kept_share_per_field": per_field,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from netdiff.bits.codec import pack_fields, put_field
+from netdiff.errors import NetdiffError
 from netdiff.packet_repair.rows import Rows
 from netdiff.rules import checksum as C
 from netdiff.rules import engine as E
@@ -13,21 +14,29 @@ ORIGINAL_DATAGRAM = 28      # quoted IPv4 header (20) + first 8 bytes (RFC 792)
 TIMESTAMPS = 12
 
 
-def icmp_rest(r: Rows, rules: dict) -> None:
-    """Rest-of-header by type (id_seq kept; unused zero; MTU, pointer, gateway legalised)."""
+def rest_of_header(state, targets) -> None:
+    """``compute: icmp_rest`` (rules/compute.py): ``icmp_rest`` for each field naming it."""
+    for pr, fr in targets:
+        icmp_rest(state.r, pr, pr.column(fr.name))
+
+
+def icmp_rest(r: Rows, pr, col: str) -> None:
+    """Rest-of-header ``col`` by type (id_seq kept; unused zero; MTU, pointer, gateway
+    legalised), for the rows of protocol ``pr`` (whose file lists the types)."""
     f = r.f
-    icmp = r.proto == 1
+    icmp = r.proto == pr.number
     if not icmp.any():
         return
-    info = E.icmp_type_info(rules["icmp"])
-    roh = f["icmp_roh"].copy()
+    info = E.icmp_type_info(pr)
+    roh = f[col].copy()
+    type_col, code_col = pr.column("type"), pr.column("code")
     for t, d in info.items():
-        m = icmp & (f["icmp_type"] == t)
+        m = icmp & (f[type_col] == t)
         if not m.any():
             continue
         kind = np.full(len(r), d["rest"], dtype=object)
         for code, k in (d.get("rest_by_code") or {}).items():
-            kind[m & (f["icmp_code"] == int(code))] = k
+            kind[m & (f[code_col] == int(code))] = k
         for k in set(kind[m]):
             mk = m & (kind == k)
             if k == "unused":
@@ -40,8 +49,9 @@ def icmp_rest(r: Rows, rules: dict) -> None:
                 a = r.src[mk, :4].astype(np.int64)
                 roh[mk] = (a[:, 0] << 24) | (a[:, 1] << 16) | (a[:, 2] << 8) | a[:, 3]
             elif k != "id_seq":
-                raise ValueError(f"icmp.yaml: unknown rest-of-header kind {k!r}")
-    f["icmp_roh"] = roh
+                raise NetdiffError(f"{pr.path}: unknown rest-of-header kind {k!r} "
+                                   "(id_seq, unused, mtu, pointer, gateway)")
+    f[col] = roh
 
 
 def bodies(r: Rows, rules: dict, payload_bytes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +62,7 @@ def bodies(r: Rows, rules: dict, payload_bytes: int) -> tuple[np.ndarray, np.nda
     length = r.payload_len.astype(np.int64).copy()
     if r.payload is not None and payload_bytes:
         body[:, :payload_bytes] = r.payload
-    icmp = r.proto == 1
+    icmp = r.proto == rules["icmp"].number
     if icmp.any():
         info = E.icmp_type_info(rules["icmp"])
         lut = np.full(256, "", dtype=object)

@@ -45,7 +45,6 @@ LEVELS = np.linspace(0.01, 0.99, 21)     # quantile levels of the unlisted value
 BIN_SLACK = 4               # a quantile bin's density is an estimate: judged 4x more leniently
 STACK_WEIGHT = 0.1          # stack score bonus: decides rows whose sections are near-equally filled
 ID_BEHAVIOURS = ("increment", "zero", "random")
-ICMP_REQUESTS = (8, 13)     # echo and timestamp requests go client -> server (as trace.py)
 _VALUE_BITS = 20            # accumulator keys: 44 bits of flow hash, 20 bits of value
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -122,17 +121,6 @@ def _by(pr, by) -> tuple | None:
         raise NetdiffError(f"{pr.path}: prior by {by!r}: each must be 'direction', 'service' or a "
                            "field of the protocol")
     return names
-
-
-def _layer_protocols(rules: dict, layer: int) -> dict[int, str]:
-    """{number: protocol}: IP version for layer 3, protocol number for layer 4."""
-    out = {}
-    for name, pr in rules.items():
-        if pr.layer == layer == 3 and "version" in pr.bind:
-            out[int(pr.bind["version"])] = name
-        elif pr.layer == layer == 4 and pr.number is not None:
-            out[pr.number] = name
-    return out
 
 
 def _cond_key(by: tuple | None, v) -> str:
@@ -226,7 +214,7 @@ def _view(h: dict, rules: dict) -> _View:
     ported = np.isin(proto, [pr.number for pr in rules.values() if pr.ports and pr.number])
     sp = np.where(ported, read_field(g, l4, 0, 16), 0)
     dp = np.where(ported, read_field(g, l4, 16, 16), 0)
-    icmp = proto == 1
+    icmp = proto == rules["icmp"].number
     itype = np.where(icmp, read_field(g, l4, 0, 8), -1)
     if icmp.any():      # ICMP flows: the echo/timestamp identifier (types whose rest is id_seq)
         id_seq = np.isin(itype, [t for t, d in E.icmp_type_info(rules["icmp"]).items()
@@ -254,7 +242,7 @@ def _view(h: dict, rules: dict) -> _View:
         has = first_syn < n
         client_is_a[has] = a_first[first_syn[has]]
     direction = np.where(a_first == client_is_a[flow], 0, 1)
-    direction = np.where(icmp, np.where(np.isin(itype, ICMP_REQUESTS), 0, 1), direction)
+    direction = np.where(icmp, np.where(np.isin(itype, E.icmp_requests(rules["icmp"])), 0, 1), direction)
     c_a = client_is_a[flow]
     server_port = np.where(c_a, pb, pa)
     client_port = np.where(c_a, pa, pb)
@@ -469,8 +457,8 @@ class PriorsLearner:
         rules = self.rules
         n = len(v.g)
         fh = v.flow_hash
-        l3p = _layer_protocols(rules, 3)
-        l4p = _layer_protocols(rules, 4)
+        l3p = E.layer_protocols(rules, 3)
+        l4p = E.layer_protocols(rules, 4)
         mask_of = {name: v.version == ver for ver, name in l3p.items()}
         mask_of.update({name: v.proto == num for num, name in l4p.items()})
         base_of = {name: (v.l3 if rules[name].layer == 3 else v.l4) for name in rules}
@@ -809,8 +797,8 @@ class ClassPriors:
         self.stats = stats(rules)
         self.by_name = {s.name: s for s in self.stats}
         self.changed: Counter = Counter()
-        self.l3 = _layer_protocols(rules, 3)
-        self.l4 = _layer_protocols(rules, 4)
+        self.l3 = E.layer_protocols(rules, 3)
+        self.l4 = E.layer_protocols(rules, 4)
 
     def dist(self, name: str, cond: str = "*") -> Dist | None:
         d = self.fields.get(name, {}).get(cond)
@@ -989,15 +977,8 @@ class ClassPriors:
                 col[rows] = new[:, i]
                 r.f[c] = col
             self.changed[st.name] += int(changed.sum())
-            # a field that means nothing without a flag (the urgent pointer): zero without it, and
-            # inside the segment with it
-            for dp in pr.dependencies:
-                if "zero_unless" not in dp or dp["zero_unless"] not in names or not dp.get("check", True):
-                    continue
-                col = pr.column(dp["field"])
-                gate = mask & (r.f[pr.column(dp["zero_unless"])] == 1)
-                r.f[col] = np.where(mask & ~gate, 0, r.f[col])
-                r.f[col] = np.where(gate, np.clip(r.f[col], 1, np.maximum(r.payload_len, 1)), r.f[col])
+            # fields that mean nothing without a flag (the urgent pointer) follow the new flags
+            E.apply_dependencies(pr, r.f, mask, r.payload_len)
 
     def _cond(self, r, st: Stat, direction: np.ndarray, service: np.ndarray | None = None) -> list:
         """The arrays of ``st.by`` over the rows (no service known: -1, never learnt)."""
@@ -1125,7 +1106,7 @@ class ClassPriors:
             mtu = np.where(r.v6, self.rules[self.l3.get(6, "ipv6")].header.get("max_total_length", 1500),
                            self.rules[self.l3.get(4, "ipv4")].header.get("max_total_length", 1500))
             ip_hl = np.where(r.v6, 40, 20 + r.ip_optlen)
-            l4_hl = np.where(r.proto == 6, 20 + r.tcp_optlen, 8)
+            l4_hl = np.where(r.proto == self.rules["tcp"].number, 20 + r.tcp_optlen, 8)
             fits = np.minimum(optlen + mtu - ip_hl - l4_hl - r.payload_len, g.max_bytes)
             kinds, _ = option_kinds(vals, optlen, g)
             lay = layout_keys(kinds)            # compared as keys; strings only for the class's
@@ -1215,7 +1196,7 @@ class ClassPriors:
                 self.changed[vs.name] += len(changed)
             touched = np.flatnonzero(np.any(vals != before_v, axis=1) | (optlen != before_l))
             if len(touched):        # the option grammar once more, on the rows changed here
-                flags = {"syn": f["tcp_syn"][touched] == 1, "ackf": f["tcp_ackf"][touched] == 1}
+                flags = {nm: f[pr.column(nm)][touched] == 1 for nm in g.flag_names()}
                 vals[touched], _ = E.walk_options(g, vals[touched], optlen[touched], flags)
             setattr(r, f"{attr}_opt", vals)
             setattr(r, f"{attr}_optlen", optlen)

@@ -76,18 +76,22 @@ def section_shares(bits: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     return out
 
 
-def decide_stacks(bits: np.ndarray, layout: Layout, stack_prior: np.ndarray | None = None):
+def decide_stacks(bits: np.ndarray, layout: Layout, stack_prior: np.ndarray | None = None,
+                  rules: dict | None = None):
     """(is_packet, stack index into STACKS, shares, contradiction mask) for every row.
 
     ``stack_prior`` (per STACKS entry, from class priors: -inf for a stack the class never
     shows, else a small bonus that breaks near-ties towards the class's usual stack) is added to
-    the scores of rows that are packets; whether a row is a packet is decided without it."""
+    the scores of rows that are packets; whether a row is a packet is decided without it.
+    With ``rules``, a stack whose transport file does not bind it to its IP version is no
+    candidate."""
     shares = section_shares(bits, layout)
     n = len(bits)
     scores = np.full((n, len(STACKS)), -np.inf)
     filled = np.zeros((n, len(STACKS)))
     for k, (l3, l4) in enumerate(STACKS):
-        if shares[l3] is None or shares[l4] is None:
+        if shares[l3] is None or shares[l4] is None or \
+                (rules is not None and E.bound_number(rules, l3, l4) is None):
             continue
         s = np.zeros(n)
         for sec, sh in shares.items():
@@ -127,7 +131,7 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
               stack_prior: np.ndarray | None = None) -> Rows:
     """Decide stacks and move every row's fields to their nearest legal values
     (``stack_prior``: see ``decide_stacks``)."""
-    is_packet, best, _, contradiction, partial = decide_stacks(bits, layout, stack_prior)
+    is_packet, best, _, contradiction, partial = decide_stacks(bits, layout, stack_prior, rules)
     idx = np.flatnonzero(is_packet)
     b = bits[idx]
     stack = best[idx]
@@ -143,8 +147,8 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
     # Generic fields: nearest legal value, or the generated value where every value is legal.
     packed = np.packbits(b == 1, axis=1)
     fields = layout.fields
-    for proto, mask in (("ipv4", ~v6), ("ipv6", v6), ("tcp", r.proto == 6), ("udp", r.proto == 17),
-                        ("icmp", r.proto == 1)):
+    l4_masks = [(name, r.proto == rules[name].number) for name in ("tcp", "udp", "icmp")]
+    for proto, mask in (("ipv4", ~v6), ("ipv6", v6), *l4_masks):
         pr = rules[proto]
         for fr in pr.fields:
             col = pr.column(fr.name)
@@ -178,7 +182,7 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
     if all(x is not None for x in fb):
         flag_bits = np.concatenate(fb, axis=1)
         snapped = E.snap_flags(tcp, flag_bits)
-        r.problems["tcp flags not a legal combination"] = (r.proto == 6) & \
+        r.problems["tcp flags not a legal combination"] = (r.proto == tcp.number) & \
             np.any(snapped != (flag_bits == 1), axis=1)
         for j, nm in enumerate(names):
             r.f[tcp.column(nm)] = snapped[:, j].astype(np.int64)
@@ -188,7 +192,7 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
     tb, cb = _bits(b, layout, "icmp_type"), _bits(b, layout, "icmp_code")
     if tb is not None and cb is not None:
         t, c = E.snap_icmp(icmp, np.concatenate([tb, cb], axis=1))
-        r.problems["icmp type/code not a legal pair"] = (r.proto == 1) & \
+        r.problems["icmp type/code not a legal pair"] = (r.proto == icmp.number) & \
             ((t != r.f["icmp_type:gen"]) | (c != r.f["icmp_code:gen"]))
         r.f["icmp_type"], r.f["icmp_code"] = t, c
 
@@ -202,7 +206,7 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
         else:
             vals, share = F.packed_bytes(b, packed, sl)
             optlen = E.options_length_from_coverage(share, pr.options)
-        mask = ~v6 if proto == "ipv4" else r.proto == 6
+        mask = ~v6 if proto == "ipv4" else r.proto == pr.number
         optlen = np.where(mask, optlen, 0)
         hl_field = pr.column(pr.header["length_field"])
         gen_hl = r.f.get(hl_field + ":gen")
@@ -222,7 +226,7 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
     r.problems["IP length above the MTU"] = gen_len > mtu
     udp_gen = r.f.get("udp_len:gen")
     if udp_gen is not None:
-        r.problems["UDP length disagrees with the IP length"] = (r.proto == 17) & \
+        r.problems["UDP length disagrees with the IP length"] = (r.proto == rules["udp"].number) & \
             (udp_gen != gen_len - ip_hl)
     proto_gen = np.where(v6, r.f.get("ipv6_nh:gen", r.proto), r.f.get("ipv4_proto:gen", r.proto))
     r.problems["IP protocol number disagrees with the transport section"] = proto_gen != r.proto

@@ -6,13 +6,23 @@ ports are within a few flipped bits, or stays a flow of its own. Then, per flow:
 version, one 5-tuple and direction per row, a TCP handshake before data and teardown after it,
 sequence and acknowledgement numbers that follow the bytes sent (SYN and FIN count one), TTL and
 DF per direction, IP ID counting per host. Everything is whole-array work over group ids.
+
+What the rule files declare is read from them: the dependencies between TCP fields
+(``dependencies:``), which fields are ports (``ports:``), protocol numbers (``bind:``), which
+ICMP types are requests, and the fields whose ``compute:`` names a computation registered in
+``netdiff/rules/compute.py`` (sequence and acknowledgement numbers, addresses, IP ID per host,
+option areas), which ``compute.run`` calls here at their stage.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
+from netdiff.errors import NetdiffError
 from netdiff.packet_repair.addresses import AddressPool, mac_for, usable_many
 from netdiff.packet_repair.rows import Rows, header_lengths
+from netdiff.rules import compute as CR
 from netdiff.rules import engine as E
 
 MERGE_BITS = 3              # a lone port pair joins a flow whose pair differs in <= 3 bits
@@ -72,24 +82,55 @@ def group_any(g: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
     return np.bincount(g, weights=m.astype(np.float64), minlength=size) > 0
 
 
+@dataclass
+class TraceState:
+    """What the registered computations (rules/compute.py) run by repair read and write."""
+
+    r: Rows
+    rules: dict
+    flow: np.ndarray | None = None          # flow id per row
+    n_flows: int = 0
+    direction: np.ndarray | None = None     # 0 client -> server, 1 back
+    fd: np.ndarray | None = None            # (flow, direction) group per row
+    pool: AddressPool | None = None
+    keep_addresses: bool = False
+    priors: object = None                   # priors.ClassPriors or None
+    report: dict = field(default_factory=dict)
+    client_port: np.ndarray | None = None
+    server_port: np.ndarray | None = None
+    host: np.ndarray | None = None          # sending host per row (after the addresses)
+    changed: dict = field(default_factory=dict)     # protocol -> rows an option walk changed
+
+
+def ported(rules: dict) -> list:
+    """Rules of the protocols whose file names ``ports`` (source first), carried by a number."""
+    return [pr for pr in rules.values() if pr.ports and pr.number is not None]
+
+
 # --- flows --------------------------------------------------------------------------------------
 
-def _ports(r: Rows, icmp_types: dict) -> tuple[np.ndarray, np.ndarray]:
+def _ports(r: Rows, rules: dict) -> tuple[np.ndarray, np.ndarray]:
     f = r.f
-    a = np.where(r.proto == 6, f["tcp_sprt"], f["udp_sport"])
-    b = np.where(r.proto == 6, f["tcp_dprt"], f["udp_dport"])
-    icmp = r.proto == 1
-    if icmp.any():
-        id_seq = np.isin(f["icmp_type"], [t for t, d in icmp_types.items() if d["rest"] == "id_seq"])
+    a = np.zeros(len(r), dtype=np.int64)
+    b = np.zeros(len(r), dtype=np.int64)
+    for pr in ported(rules):
+        m = r.proto == pr.number
+        a = np.where(m, f[pr.column(pr.ports[0])], a)
+        b = np.where(m, f[pr.column(pr.ports[1])], b)
+    ic = rules["icmp"]
+    icmp = r.proto == ic.number
+    if icmp.any():      # ICMP flows: the identifier of the types whose rest is id_seq
+        id_seq = np.isin(f["icmp_type"], [t for t, d in E.icmp_type_info(ic).items()
+                                          if d["rest"] == "id_seq"])
         a = np.where(icmp, np.where(id_seq, f["icmp_roh"] >> 16, 0), a)
         b = np.where(icmp, 0, b)
     return a, b
 
 
-def find_flows(r: Rows, icmp_types: dict) -> dict:
+def find_flows(r: Rows, rules: dict) -> dict:
     """Flow id, canonical (lo, hi) ports and the row's sending port for every row."""
     n = len(r)
-    a, b = _ports(r, icmp_types)
+    a, b = _ports(r, rules)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     key = (r.proto << 32) | (lo << 16) | hi
     if r.gen_src is not None:
@@ -145,13 +186,13 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     per-host fields, IP ID behaviour per host. Without it nothing below changes."""
     f = r.f
     n = len(r)
-    icmp_types = E.icmp_type_info(rules["icmp"])
-    fl = find_flows(r, icmp_types)
+    fl = find_flows(r, rules)
     flow, G = fl["flow"], fl["n_flows"]
     lo, hi = fl["lo"][flow], fl["hi"][flow]
-    tcp = r.proto == 6
-    udp = r.proto == 17
-    icmp = r.proto == 1
+    tcp_rules = rules["tcp"]
+    tcp = r.proto == tcp_rules.number
+    icmp = r.proto == rules["icmp"].number
+    has_ports = np.isin(r.proto, [pr.number for pr in ported(rules)])
     report = {"flows": int(G)}
 
     # 1. One IP version per flow (the majority of its rows).
@@ -192,34 +233,40 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
         near_a = np.abs(((f["tcp_seq"] - a0 + (1 << 31)) & M32) - (1 << 31))
         direction = np.where(same & tcp, (near_a < near_s).astype(int), direction)
     if icmp.any():              # requests go client -> server, replies and errors back
-        req = np.isin(f["icmp_type"], [8, 13])
+        req = np.isin(f["icmp_type"], E.icmp_requests(rules["icmp"]))
         direction = np.where(icmp, np.where(req, 0, 1), direction)
     client_port = np.where(client_is_lo[flow], lo, hi)
     server_port = np.where(client_is_lo[flow], hi, lo)
     if priors is not None:
         s_f, c_f = priors.ports(r.proto[first], v6_flow, server_port[first], client_port[first])
-        ported = tcp | udp
-        server_port = np.where(ported, s_f[flow], server_port)
-        client_port = np.where(ported, c_f[flow], client_port)
+        server_port = np.where(has_ports, s_f[flow], server_port)
+        client_port = np.where(has_ports, c_f[flow], client_port)
     sport = np.where(direction == 0, client_port, server_port)
     dport = np.where(direction == 0, server_port, client_port)
-    changed_ports = (tcp & ((sport != f["tcp_sprt"]) | (dport != f["tcp_dprt"]))) | \
-        (udp & ((sport != f["udp_sport"]) | (dport != f["udp_dport"])))
+    changed_ports = np.zeros(n, dtype=bool)
+    for pr in ported(rules):
+        m = r.proto == pr.number
+        s_col, d_col = (pr.column(p) for p in pr.ports)
+        changed_ports |= m & ((sport != f[s_col]) | (dport != f[d_col]))
+        f[s_col] = np.where(m, sport, f[s_col])
+        f[d_col] = np.where(m, dport, f[d_col])
     report["rows_changed_ports"] = int(changed_ports.sum())
-    f["tcp_sprt"] = np.where(tcp, sport, f["tcp_sprt"])
-    f["tcp_dprt"] = np.where(tcp, dport, f["tcp_dprt"])
-    f["udp_sport"] = np.where(udp, sport, f["udp_sport"])
-    f["udp_dport"] = np.where(udp, dport, f["udp_dport"])
     fd = flow * 2 + direction                       # (flow, direction) group
     if priors is not None:
         priors.payload(r, direction, mtu - ip_hl - l4_hl, service=server_port)
+    state = TraceState(r, rules, flow=flow, n_flows=G, direction=direction, fd=fd, pool=pool,
+                       keep_addresses=keep_addresses, priors=priors, report=report,
+                       client_port=client_port, server_port=server_port)
 
-    # 3. TCP control flags: handshake first, FIN last per direction, RST last in the flow.
+    # 3. TCP control flags: handshake first, FIN last per direction, RST last in the flow; then
+    # the numbers that follow them (compute: sequence, acknowledgement) and, once more, the
+    # dependencies (the acknowledgement number needs ACK).
     if tcp.any():
-        _tcp_flags(r, flow, G, direction, fd, has_syn, first, report)
+        _tcp_flags(r, tcp_rules, flow, G, direction, fd, has_syn, first, report)
         if priors is not None:
             priors.flags(r)
-        _tcp_numbers(r, flow, fd, direction, G)
+        CR.run(rules, "trace.flow", state)
+        E.apply_dependencies(tcp_rules, f, tcp, r.payload_len)
 
     # 4. Fields the rules hold constant per direction (TTL, hop limit): the median of the
     # generated values of that direction, clamped to the rule's range. DF: the majority.
@@ -239,20 +286,20 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
           np.maximum(np.bincount(fd, minlength=2 * G), 1)) >= 0.5
     f["ipv4_dfbit"] = df[fd].astype(np.int64)
 
-    # 5. Addresses: one client and one server endpoint per flow.
-    _addresses(r, flow, G, direction, client_port, server_port, pool, keep_addresses, report)
+    # 5. Addresses (compute: address): one client and one server endpoint per flow.
+    CR.run(rules, "trace.endpoints", state)
+    if r.src is None:
+        raise NetdiffError("no rule file computes the addresses (compute: address)")
 
-    # 6. IP ID counts per sending host, from the host's first generated ID.
+    # 6. Per-host fields (compute: id_per_host: IP ID counts per sending host).
     host_key = r.src.view(np.dtype((np.void, 16))).reshape(-1)
     _, host = np.unique(host_key, return_inverse=True)
     host = host.reshape(-1)
     nh = int(host.max()) + 1 if n else 0
+    state.host = host
     if priors is not None:      # per-direction and per-host fields the class never shows
         priors.values(r, flow, direction, host, service=server_port)
-    base = f["ipv4_id"][group_first(host, nh)][host]
-    f["ipv4_id"] = (base + group_excl_cumsum(host, np.ones(n, dtype=np.int64))) & 0xFFFF
-    if priors is not None:
-        f["ipv4_id"] = priors.ip_ids(host, f["ipv4_id"])
+    CR.run(rules, "trace.hosts", state)
     report["hosts"] = nh
     report["direction"] = direction
     report["flow"] = flow
@@ -260,10 +307,10 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     return report
 
 
-def _tcp_flags(r: Rows, flow, G, direction, fd, has_syn, first, report):
+def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, report):
     f = r.f
     n = len(r)
-    tcp = r.proto == 6
+    tcp = r.proto == tcp_rules.number
     idx = np.arange(n)
     before = {k: f[k].copy() for k in ("tcp_syn", "tcp_ackf", "tcp_fin", "tcp_rst")}
     hs = tcp & has_syn[flow]
@@ -294,15 +341,14 @@ def _tcp_flags(r: Rows, flow, G, direction, fd, has_syn, first, report):
     rst = other & is_last & want_rst[flow]
     f["tcp_rst"] = np.where(tcp, rst.astype(np.int64), f["tcp_rst"])
     f["tcp_fin"] = np.where(rst, 0, f["tcp_fin"])
-    f["tcp_psh"] = np.where(syn_rows | synack_rows | rst, 0, f["tcp_psh"])
-    # SYN and RST segments carry no data here; PSH only with data.
+    # The flags the trace leaves (PSH) move to a combination of the file's flag table with the
+    # ones it set (no PSH with SYN or RST).
+    E.settle_flags(tcp_rules, f, tcp, fixed=("syn", "ackf", "fin", "rst"))
+    # SYN and RST segments carry no data here (a generation choice: RFC 9293 allows both).
     r.payload_len = np.where(tcp & (syn_rows | synack_rows | rst), 0, r.payload_len)
-    f["tcp_psh"] = np.where(tcp & (r.payload_len == 0), 0, f["tcp_psh"])
-    # URG: only with data, pointer inside the segment.
-    urg = tcp & (f["tcp_urg"] == 1) & (r.payload_len > 0) & (f["tcp_ackf"] == 1)
-    f["tcp_urg"] = np.where(tcp, urg.astype(np.int64), f["tcp_urg"])
-    f["tcp_urp"] = np.where(urg, np.clip(f["tcp_urp"], 1, np.maximum(r.payload_len, 1)),
-                            np.where(tcp, 0, f["tcp_urp"]))
+    # The rule file's dependencies: PSH and URG only with data, URG with ACK, the urgent
+    # pointer zero without URG and inside the segment with it.
+    E.apply_dependencies(tcp_rules, f, tcp, r.payload_len)
     # ECN: SYN may carry ECE+CWR (setup), SYN-ACK ECE only (RFC 3168 6.1.1).
     f["tcp_cwr"] = np.where(synack_rows, 0, f["tcp_cwr"])
     changed = np.zeros(n, dtype=bool)
@@ -312,32 +358,88 @@ def _tcp_flags(r: Rows, flow, G, direction, fd, has_syn, first, report):
     report["rows_changed_tcp_flags"] = int(changed.sum())
 
 
-def _tcp_numbers(r: Rows, flow, fd, direction, G):
-    """seq = the direction's first generated seq + what it sent before; ack = the other side's
-    first seq + what the other side sent before this row (SYN and FIN count one)."""
-    f = r.f
-    n = len(r)
-    tcp = r.proto == 6
-    idx = np.arange(n)
-    syn = tcp & (f["tcp_syn"] == 1)
-    # only the first SYN of a direction occupies sequence space (later ones are retransmits)
-    first_fd = group_first(fd, 2 * G)
-    first_syn = syn & (first_fd[fd] == idx)
-    seglen = np.where(tcp, r.payload_len + first_syn + f["tcp_fin"], 0)
-    isn = f["tcp_seq"][first_fd[np.maximum(fd, 0)]]
-    sent_before = group_excl_cumsum(fd, seglen)
-    seq = np.where(syn, isn, isn + sent_before) & M32
-    other_fd = flow * 2 + (1 - direction)
-    other_first = first_fd[other_fd]
-    # bytes the other side sent before this row: its running total in flow order
-    per_dir = [np.where(direction == d, seglen, 0) for d in (0, 1)]
-    cum_other = np.where(direction == 0, group_excl_cumsum(flow, per_dir[1]),
-                         group_excl_cumsum(flow, per_dir[0]))
-    other_isn = np.where(other_first >= 0, f["tcp_seq"][np.maximum(other_first, 0)], 0)
-    ack = np.where(other_first >= 0, (other_isn + cum_other) & M32, f["tcp_ackn"])
-    ack = np.where(f["tcp_ackf"] == 1, ack, 0)
-    f["tcp_seq"] = np.where(tcp, seq, f["tcp_seq"])
-    f["tcp_ackn"] = np.where(tcp, ack, f["tcp_ackn"])
+def _sequence_space(state: TraceState, pr):
+    """(rows of protocol ``pr``, its SYN rows, first row of each (flow, direction), sequence
+    space each row uses: its payload, its FIN and a direction's first SYN count one each; later
+    SYNs are retransmissions)."""
+    f, r = state.r.f, state.r
+    rows_p = r.proto == pr.number
+    idx = np.arange(len(r))
+    syn = rows_p & (f[pr.column("syn")] == 1)
+    first_fd = group_first(state.fd, 2 * state.n_flows)
+    first_syn = syn & (first_fd[state.fd] == idx)
+    seglen = np.where(rows_p, r.payload_len + first_syn + f[pr.column("fin")], 0)
+    return rows_p, syn, first_fd, seglen
+
+
+def sequence_numbers(state: TraceState, targets) -> None:
+    """``compute: sequence``: the direction's first generated number + what it sent before."""
+    f = state.r.f
+    for pr, fr in targets:
+        col = pr.column(fr.name)
+        rows_p, syn, first_fd, seglen = _sequence_space(state, pr)
+        isn = f[col][first_fd[np.maximum(state.fd, 0)]]
+        sent_before = group_excl_cumsum(state.fd, seglen)
+        seq = np.where(syn, isn, isn + sent_before) & ((1 << fr.bits) - 1)
+        f[col] = np.where(rows_p, seq, f[col])
+
+
+def acknowledgement_numbers(state: TraceState, targets) -> None:
+    """``compute: acknowledgement``: the other side's first sequence number + what it sent
+    before this row; the generated value while the other side has not spoken. Runs after
+    ``sequence_numbers``, whose value at a direction's first row is that direction's first
+    number. Zero without ACK is the file's dependency, applied after this stage."""
+    f, flow, direction = state.r.f, state.flow, state.direction
+    for pr, fr in targets:
+        col = pr.column(fr.name)
+        seq = pr.computed("sequence")
+        if seq is None:
+            raise NetdiffError(f"{pr.path}: compute: acknowledgement needs a field with "
+                               "compute: sequence")
+        rows_p, _, first_fd, seglen = _sequence_space(state, pr)
+        other_first = first_fd[flow * 2 + (1 - direction)]
+        # bytes the other side sent before this row: its running total in flow order
+        per_dir = [np.where(direction == d, seglen, 0) for d in (0, 1)]
+        cum_other = np.where(direction == 0, group_excl_cumsum(flow, per_dir[1]),
+                             group_excl_cumsum(flow, per_dir[0]))
+        other_isn = np.where(other_first >= 0, f[pr.column(seq.name)][np.maximum(other_first, 0)], 0)
+        ack = np.where(other_first >= 0, (other_isn + cum_other) & ((1 << fr.bits) - 1), f[col])
+        f[col] = np.where(rows_p, ack, f[col])
+
+
+def assign_addresses(state: TraceState, targets) -> None:
+    """``compute: address``: both endpoints of every row at once (the fields that name it are
+    the trace's, not the image's)."""
+    _addresses(state.r, state.flow, state.n_flows, state.direction, state.client_port,
+               state.server_port, state.pool, state.keep_addresses, state.report)
+
+
+def id_per_host(state: TraceState, targets) -> None:
+    """``compute: id_per_host``: from the sending host's first generated value, +1 per packet
+    it sends; with class priors, the class's behaviour (zero, random) where the field's
+    ``prior`` is of kind id."""
+    f, host = state.r.f, state.host
+    n = len(host)
+    nh = int(host.max()) + 1 if n else 0
+    for pr, fr in targets:
+        col = pr.column(fr.name)
+        base = f[col][group_first(host, nh)][host]
+        f[col] = (base + group_excl_cumsum(host, np.ones(n, dtype=np.int64))) & ((1 << fr.bits) - 1)
+        if state.priors is not None and fr.prior is not None and fr.prior.get("kind") == "id":
+            f[col] = state.priors.ip_ids(host, f[col])
+
+
+def walk_option_areas(state: TraceState, targets) -> None:
+    """``compute: options``: each option area walked with its protocol's grammar, with the
+    flags ``only_with`` names as the trace settled them; rows changed in ``state.changed``."""
+    r, f = state.r, state.r.f
+    for pr, fr in targets:
+        attr = "ip" if pr.layer == 3 else pr.section      # Rows.ip_opt, Rows.tcp_opt
+        flags = {nm: f[pr.column(nm)] == 1 for nm in pr.options.flag_names()}
+        vals, changed = E.walk_options(pr.options, getattr(r, f"{attr}_opt"),
+                                       getattr(r, f"{attr}_optlen"), flags)
+        setattr(r, f"{attr}_opt", vals)
+        state.changed[pr.protocol] = changed
 
 
 def _addresses(r: Rows, flow, G, direction, client_port, server_port, pool: AddressPool,
@@ -394,4 +496,6 @@ def macs(r: Rows) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([pre, last4_src], 1), np.concatenate([pre, last4_dst], 1)
 
 
-__all__ = ["repair_trace", "find_flows", "macs", "mac_for"]
+__all__ = ["repair_trace", "find_flows", "macs", "mac_for", "TraceState", "ported",
+           "sequence_numbers", "acknowledgement_numbers", "assign_addresses", "id_per_host",
+           "walk_option_areas"]

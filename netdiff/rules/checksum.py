@@ -102,3 +102,35 @@ def rule_checksum(rule: dict, header: np.ndarray, header_len: np.ndarray, body_s
     if rule.get("zero_becomes") is not None:
         value = np.where(value == 0, int(rule["zero_becomes"]), value)
     return value
+
+
+# --- a protocol's checksum as its rule file declares it (``checksum:`` block) ------------------
+
+def covered_sums(mat: np.ndarray, rules, start: np.ndarray, header_len: np.ndarray,
+                 total_len: np.ndarray, src: np.ndarray | None = None,
+                 dst: np.ndarray | None = None) -> np.ndarray:
+    """Word sums that protocol ``rules``' checksum covers in each row of ``mat``.
+
+    From ``start``: ``header_len`` bytes where the file's ``covers`` is ``header``, ``total_len``
+    (the header and all it carries) where it is ``segment``; plus, where ``pseudo_header``, the
+    pseudo-header of (N, 16) address rows ``src``/``dst``, the protocol's number and
+    ``total_len``. Repair stores ``stored_value`` of it; validation checks ``verify`` of it (the
+    stored field included)."""
+    ck = rules.checksum
+    total = region_sum(mat, start, header_len if ck["covers"] == "header" else total_len)
+    if ck["pseudo_header"]:
+        total = total + pseudo_header_sum(src, dst, np.full(len(mat), rules.number, np.int64),
+                                          total_len)
+    return total
+
+
+def stored_value(rules, total: np.ndarray) -> np.ndarray:
+    """The checksum field's value for sums ``total`` (``zero_becomes`` applied)."""
+    v = checksum(total)
+    zb = rules.checksum.get("zero_becomes")
+    return v if zb is None else np.where(v == 0, int(zb), v)
+
+
+def field_byte(rules) -> int:
+    """Byte offset of the checksum field within its header."""
+    return rules.field(rules.checksum["field"]).offset // 8

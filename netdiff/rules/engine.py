@@ -1,23 +1,31 @@
 """The one engine that applies ``protocol_rules/*.yaml``.
 
-A protocol file declares fields (name, width, legal values or range, or how the value is
-computed), an option grammar, legal flag combinations, dependencies and its checksum. This module
-loads and checks those files and offers the generic operations repair and validation share:
-moving generated field bits to the nearest legal value, walking an option area, checking values.
-Adding a protocol is adding a file: nothing here names a protocol.
+A protocol file declares fields (name, width; legal values or range, or the registered
+computation that fills them), an option grammar, legal flag combinations, dependencies, its
+checksum and how a lower layer binds it. This module loads and checks those files and offers the
+generic operations repair and validation share: moving generated field bits to the nearest legal
+value, walking an option area, applying and checking dependencies. Adding a protocol is adding a
+file: nothing here names a protocol.
+
+Every key a file may hold is declared in ``SCHEMA``; an unknown key (a typo like ``rnage:``) is
+an error when loading. The loaded objects record which keys the code reads (``unused_keys``), so
+a test can show that no key of the shipped files is parsed and then ignored.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import yaml
 
 from netdiff.bits.layout import SECTION_BITS, SECTIONS
 from netdiff.errors import NetdiffError
+from netdiff.rules import compute as CR
 from netdiff.rules import fields as F
 
 RULES_ENV = "NETDIFF_RULES"
@@ -35,8 +43,129 @@ def rules_dir() -> Path:
     return packaged if packaged.is_dir() else here.parents[2] / "protocol_rules"
 
 
-@dataclass(frozen=True)
-class FieldRule:
+# --- the file format ----------------------------------------------------------------------------
+
+LEAF = None             # a value (scalar or list) the parser checks itself
+DATA = "data"           # a mapping whose keys are values (ICMP codes), not names
+BIND = "bind"           # ethertype / version (layer 3), or "<protocol>.<field>" (a next_protocol field)
+SCHEMA = {
+    "protocol": LEAF, "section": LEAF, "layer": LEAF, "bind": BIND, "ports": LEAF,
+    "header": {"fixed_bytes": LEAF, "length_field": LEAF, "length_unit": LEAF,
+               "options_field": LEAF, "max_total_length": LEAF},
+    "fields": [{"name": LEAF, "bits": LEAF, "values": LEAF, "range": LEAF, "compute": LEAF,
+                "check": LEAF, "per": LEAF, "prior": {"kind": LEAF, "by": LEAF, "per": LEAF}}],
+    "options": {"max_bytes": LEAF, "align": LEAF,
+                "kinds": [{"kind": LEAF, "name": LEAF, "length": LEAF, "only_with": LEAF,
+                           "value": {"bits": LEAF, "values": LEAF, "range": LEAF}}]},
+    "flags": {"fields": LEAF, "legal": LEAF},
+    "dependencies": [{"field": LEAF, "zero_unless": LEAF, "within_payload": LEAF, "requires": LEAF,
+                      "requires_payload": LEAF, "check": LEAF}],
+    "checksum": {"field": LEAF, "covers": LEAF, "pseudo_header": LEAF, "zero_becomes": LEAF,
+                 "optional_over": LEAF},
+    "types": [{"type": LEAF, "codes": LEAF, "request": LEAF, "rest": LEAF, "rest_by_code": DATA,
+               "body": LEAF}],
+    "prior": {"payload": {"by": LEAF}, "flags": {"fields": LEAF, "fixed": LEAF},
+              "options": {"by": LEAF, "per": LEAF, "values": LEAF}},
+}
+BIND_KEYS = ("ethertype", "version")
+COVERS = ("header", "segment")      # this protocol's header, or its header and all it carries
+DEPENDENCY_KINDS = ("zero_unless", "requires", "requires_payload")
+
+
+def _check_keys(path, node, schema, where: str, present: set, label: str = "") -> None:
+    """Unknown keys are errors; every key path found is added to ``present`` (lists as ``[]``;
+    ``label`` names the entry in messages: ``fields[4] (id).prior``)."""
+    if schema is LEAF or schema == DATA:
+        present.add(where)
+        return
+    if schema == BIND:
+        if not isinstance(node, dict):
+            _bad(path, f"{where} must be a mapping")
+        for k in node:
+            if k not in BIND_KEYS and not (isinstance(k, str) and k.count(".") == 1):
+                _bad(path, f"unknown key {k!r} in {where} (allowed: {', '.join(BIND_KEYS)}, "
+                           "<protocol>.<field>)")
+            present.add(f"{where}.{k}")
+        return
+    if isinstance(schema, list):
+        if not isinstance(node, list):
+            _bad(path, f"{where} must be a list")
+        for i, item in enumerate(node):
+            item_label = f"{label}[{i}]" + \
+                (f" ({item['name']})" if isinstance(item, dict) and "name" in item else "")
+            if not isinstance(item, dict):
+                _bad(path, f"{item_label} must be a mapping")
+            _walk_mapping(path, item, schema[0], item_label, f"{where}[]", present)
+        return
+    if not isinstance(node, dict):          # ``prior: true`` where a mapping is also allowed
+        present.add(where)
+        return
+    _walk_mapping(path, node, schema, label, where, present)
+
+
+def _walk_mapping(path, node: dict, schema: dict, label: str, where: str, present: set) -> None:
+    for k, v in node.items():
+        if k not in schema:
+            _bad(path, f"unknown key {k!r} in {label or 'the file'} "
+                       f"(allowed: {', '.join(sorted(schema))})")
+        _check_keys(path, v, schema[k], f"{where}.{k}" if where else k, present,
+                    f"{label}.{k}" if label else k)
+
+
+class RuleMap(Mapping):
+    """A mapping read from a rule file that records the keys code reads (``unused_keys``)."""
+
+    __slots__ = ("_data", "_where", "_used")
+
+    def __init__(self, data: dict, where: str, used: set):
+        self._data, self._where, self._used = data, where, used
+
+    def __getitem__(self, key):
+        self._used.add(self._where + str(key))
+        return self._data[key]
+
+    def __contains__(self, key):
+        self._used.add(self._where + str(key))
+        return key in self._data
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self):
+        return len(self._data)
+
+    def __repr__(self):
+        return repr(self._data)
+
+
+def _recorded(value, schema, where: str, used: set):
+    """``value`` with its mappings (those the schema names keys of) wrapped as RuleMaps."""
+    if isinstance(schema, list) and isinstance(value, list):
+        return tuple(_recorded(v, schema[0], f"{where}[]", used) for v in value)
+    if isinstance(schema, dict) and isinstance(value, dict):
+        return RuleMap({k: _recorded(v, schema.get(k), f"{where}.{k}", used) for k, v in value.items()},
+                       where + ".", used)
+    if schema == BIND and isinstance(value, dict):
+        return RuleMap(dict(value), where + ".", used)
+    return value
+
+
+class _Recorder:
+    """Attribute reads of the listed attributes mark their file keys as used."""
+
+    KEYS: ClassVar[dict[str, str]] = {}
+
+    def __getattribute__(self, name):
+        key = type(self).KEYS.get(name)
+        if key is not None:
+            object.__getattribute__(self, "used").add(object.__getattribute__(self, "where") + key)
+        return object.__getattribute__(self, name)
+
+
+# --- loaded rules -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class FieldRule(_Recorder):
     name: str
     bits: int
     offset: int                       # first bit within the section
@@ -45,7 +174,11 @@ class FieldRule:
     compute: str | None = None
     check: bool = True
     per: str | None = None
-    prior: dict | None = field(default=None, compare=False)   # class-learnt (packet_repair/priors.py)
+    prior: Mapping | None = None      # class-learnt (packet_repair/priors.py)
+    used: set = field(default_factory=set, repr=False)
+    where: str = field(default="fields[].", repr=False)
+    KEYS: ClassVar[dict[str, str]] = {k: k for k in ("name", "bits", "values", "range", "compute",
+                                                      "check", "per", "prior")}
 
     def legal(self, v: np.ndarray) -> np.ndarray:
         ok = np.ones(len(v), dtype=bool)
@@ -65,8 +198,8 @@ class FieldRule:
         return v
 
 
-@dataclass(frozen=True)
-class OptionKind:
+@dataclass(frozen=True, eq=False)
+class OptionKind(_Recorder):
     kind: int
     name: str
     lengths: tuple[int, ...]          # total option lengths allowed (1 = single byte kind)
@@ -74,34 +207,50 @@ class OptionKind:
     value_bits: int = 0
     value_values: tuple[int, ...] | None = None
     value_range: tuple[int, int] | None = None
+    used: set = field(default_factory=set, repr=False)
+    where: str = field(default="options.kinds[].", repr=False)
+    KEYS: ClassVar[dict[str, str]] = {"kind": "kind", "name": "name", "lengths": "length",
+                                      "only_with": "only_with", "value_bits": "value.bits",
+                                      "value_values": "value.values", "value_range": "value.range"}
 
 
-@dataclass(frozen=True)
-class OptionGrammar:
+@dataclass(frozen=True, eq=False)
+class OptionGrammar(_Recorder):
     max_bytes: int
     align: int
     kinds: tuple[OptionKind, ...]
+    used: set = field(default_factory=set, repr=False)
+    where: str = field(default="options.", repr=False)
+    KEYS: ClassVar[dict[str, str]] = {"max_bytes": "max_bytes", "align": "align"}
 
     def kind(self, name: str) -> OptionKind:
         return next(k for k in self.kinds if k.name == name)
 
+    def flag_names(self) -> list[str]:
+        """The flag fields some kind's ``only_with`` needs (walk_options' ``flags`` keys)."""
+        return sorted({k.only_with for k in self.kinds if k.only_with is not None})
 
-@dataclass(frozen=True)
-class ProtocolRules:
+
+@dataclass(frozen=True, eq=False)
+class ProtocolRules(_Recorder):
     protocol: str
     section: str
     layer: int
-    bind: dict
-    header: dict
+    bind: Mapping
+    header: Mapping
     fields: tuple[FieldRule, ...]
     options: OptionGrammar | None = None
-    flags: dict | None = None
-    dependencies: tuple[dict, ...] = ()
-    checksum: dict | None = None
-    types: tuple[dict, ...] = ()
+    flags: Mapping | None = None
+    dependencies: tuple[Mapping, ...] = ()
+    checksum: Mapping | None = None
+    types: tuple[Mapping, ...] = ()
     ports: tuple[str, ...] = ()
-    path: str = field(default="", compare=False)
-    prior: dict = field(default_factory=dict, compare=False)    # protocol-level class priors
+    path: str = ""
+    prior: Mapping = field(default_factory=dict)    # protocol-level class priors
+    used: set = field(default_factory=set, repr=False)
+    present: frozenset = field(default=frozenset(), repr=False)    # key paths the file holds
+    where: str = field(default="", repr=False)
+    KEYS: ClassVar[dict[str, str]] = {k: k for k in ("section", "layer", "ports")}
 
     def field(self, name: str) -> FieldRule:
         for f in self.fields:
@@ -113,11 +262,16 @@ class ProtocolRules:
         """The nPrint field name (``tcp_doff``) of one of this protocol's fields."""
         return f"{self.section}_{name}"
 
+    def computed(self, name: str) -> FieldRule | None:
+        """The field whose rule is ``compute: name``, if any."""
+        return next((f for f in self.fields if f.compute == name), None)
+
     @property
     def number(self) -> int | None:
-        """The IP protocol number binding this protocol (layer 4), if any."""
+        """The number a lower layer's next_protocol field holds for this protocol (its bind
+        entries agree, checked when loading), if any."""
         for k, v in self.bind.items():
-            if k.endswith(".proto") or k.endswith(".nh"):
+            if "." in k:
                 return int(v)
         return None
 
@@ -133,6 +287,12 @@ class ProtocolRules:
         return np.array([(t["type"], c) for t in self.types for c in t["codes"]], dtype=np.int64)
 
 
+def unused_keys(pr: ProtocolRules) -> list[str]:
+    """Key paths of ``pr``'s file that no code has read since it was loaded (containers count
+    through their keys)."""
+    return sorted(k for k in pr.present if k not in pr.used)
+
+
 def _bad(path, msg):
     raise NetdiffError(f"{path}: {msg}")
 
@@ -144,6 +304,9 @@ def _parse(path: Path) -> ProtocolRules:
         _bad(path, f"not valid YAML ({e.__class__.__name__})")
     if not isinstance(doc, dict) or "protocol" not in doc or "fields" not in doc:
         _bad(path, "a protocol file needs 'protocol' and 'fields'")
+    present: set = set()
+    _check_keys(path, doc, SCHEMA, "", present)
+    used = {"protocol"}             # the loader's own: the key of the loaded rules
     section = doc.get("section", doc["protocol"])
     if section not in SECTIONS:
         _bad(path, f"section {section!r} is not an nPrint section ({', '.join(SECTIONS)})")
@@ -154,11 +317,17 @@ def _parse(path: Path) -> ProtocolRules:
                            values=tuple(int(v) for v in f["values"]) if "values" in f else None,
                            range=tuple(int(v) for v in f["range"]) if "range" in f else None,
                            compute=f.get("compute"), check=bool(f.get("check", True)),
-                           per=f.get("per"), prior=_prior_entry(path, f.get("prior")))
+                           per=f.get("per"),
+                           prior=_recorded(_prior_entry(path, f.get("prior")),
+                                           SCHEMA["fields"][0]["prior"], "fields[].prior", used),
+                           used=used)
         except (KeyError, TypeError, ValueError) as e:
             _bad(path, f"bad field entry {f!r} ({e})")
         if fr.values is not None and any(v < 0 or v >= 1 << fr.bits for v in fr.values):
             _bad(path, f"field {fr.name}: a legal value does not fit {fr.bits} bits")
+        if fr.compute is not None and CR.computation(fr.compute) is None:
+            _bad(path, f"field {fr.name}: unknown compute {fr.compute!r} "
+                       f"(registered in netdiff/rules/compute.py: {', '.join(CR.REGISTRY)})")
         rules.append(fr)
         pos += fr.bits
     expected = [(n, w) for n, w in SECTIONS[section]]
@@ -166,28 +335,68 @@ def _parse(path: Path) -> ProtocolRules:
     if got != expected:
         _bad(path, f"fields {got} do not match the nPrint section {section} "
                    f"({SECTION_BITS[section]} bits: {expected})")
+    names = {r.name for r in rules}
     options = None
     if "options" in doc:
         o = doc["options"]
         kinds = []
-        for k in o["kinds"]:
-            ln = k["length"]
-            v = k.get("value") or {}
-            kinds.append(OptionKind(
-                kind=int(k["kind"]), name=str(k["name"]),
-                lengths=tuple(int(x) for x in (ln if isinstance(ln, list) else [ln])),
-                only_with=k.get("only_with"), value_bits=int(v.get("bits", 0)),
-                value_values=tuple(v["values"]) if "values" in v else None,
-                value_range=tuple(v["range"]) if "range" in v else None))
-        options = OptionGrammar(int(o["max_bytes"]), int(o.get("align", 1)), tuple(kinds))
+        try:
+            for k in o["kinds"]:
+                ln = k["length"]
+                v = k.get("value") or {}
+                kinds.append(OptionKind(
+                    kind=int(k["kind"]), name=str(k["name"]),
+                    lengths=tuple(int(x) for x in (ln if isinstance(ln, list) else [ln])),
+                    only_with=k.get("only_with"), value_bits=int(v.get("bits", 0)),
+                    value_values=tuple(v["values"]) if "values" in v else None,
+                    value_range=tuple(v["range"]) if "range" in v else None, used=used))
+            options = OptionGrammar(int(o["max_bytes"]), int(o.get("align", 1)), tuple(kinds),
+                                    used=used)
+        except (KeyError, TypeError, ValueError) as e:
+            _bad(path, f"bad option grammar ({e})")
+        for j, k in enumerate(kinds):
+            # names and kind numbers are identifiers (priors and OptionGrammar.kind refer to
+            # kinds by name): each once per grammar
+            if any(k.name == o.name or k.kind == o.kind for o in kinds[:j]):
+                _bad(path, f"option {k.name} ({k.kind}): name or kind number listed twice")
+            if k.only_with is not None and k.only_with not in names:
+                _bad(path, f"option {k.name}: only_with {k.only_with!r} is not a field")
+    for d in doc.get("dependencies", ()):
+        kinds_ = [k for k in DEPENDENCY_KINDS if k in d]
+        if d.get("field") not in names or len(kinds_) != 1:
+            _bad(path, f"dependency {d!r} needs a field and one of {', '.join(DEPENDENCY_KINDS)}")
+        gate = d.get("zero_unless", d.get("requires"))
+        if isinstance(gate, str) and gate not in names:
+            _bad(path, f"dependency {d!r}: {gate!r} is not a field")
+        if "within_payload" in d and "zero_unless" not in d:
+            _bad(path, f"dependency {d!r}: within_payload goes with zero_unless")
+    ck = doc.get("checksum")
+    if ck is not None:
+        if ck.get("field") not in names or ck.get("covers") not in COVERS or \
+                not isinstance(ck.get("pseudo_header"), bool):
+            _bad(path, "checksum needs field (a field of the file), covers "
+                       f"({' or '.join(COVERS)}) and pseudo_header (true/false)")
+        cf = next(r for r in rules if r.name == ck["field"])
+        if cf.bits != 16 or cf.offset % 8:
+            _bad(path, f"checksum field {cf.name} must be 16 bits on a byte boundary")
+    for key in ("ports",):
+        for nm in doc.get(key, ()):
+            if nm not in names:
+                _bad(path, f"{key}: {nm!r} is not a field")
     return ProtocolRules(
         protocol=str(doc["protocol"]), section=section, layer=int(doc.get("layer", 0)),
-        bind=dict(doc.get("bind", {})), header=dict(doc.get("header", {})), fields=tuple(rules),
-        options=options, flags=doc.get("flags"), dependencies=tuple(doc.get("dependencies", ())),
-        checksum=doc.get("checksum"), types=tuple(doc.get("types", ())),
+        bind=_recorded(doc.get("bind", {}), BIND, "bind", used),
+        header=_recorded(doc.get("header", {}), SCHEMA["header"], "header", used),
+        fields=tuple(rules), options=options,
+        flags=_recorded(doc.get("flags"), SCHEMA["flags"], "flags", used),
+        dependencies=_recorded(list(doc.get("dependencies", ())), SCHEMA["dependencies"],
+                               "dependencies", used),
+        checksum=_recorded(ck, SCHEMA["checksum"], "checksum", used),
+        types=_recorded(list(doc.get("types", ())), SCHEMA["types"], "types", used),
         ports=tuple(doc.get("ports", ())), path=str(path),
-        prior={k: e for k, v in (doc.get("prior") or {}).items()
-               if (e := _prior_entry(path, v)) is not None})
+        prior=_recorded({k: e for k, v in (doc.get("prior") or {}).items()
+                         if (e := _prior_entry(path, v)) is not None}, SCHEMA["prior"], "prior", used),
+        used=used, present=frozenset(present))
 
 
 def _prior_entry(path, v) -> dict | None:
@@ -201,6 +410,30 @@ def _prior_entry(path, v) -> dict | None:
     return dict(v)
 
 
+def _check_bindings(rules: dict[str, ProtocolRules]) -> None:
+    """``bind`` entries name a lower protocol's next_protocol field; a protocol's numbers agree
+    and no two protocols share one under the same field."""
+    taken: dict[tuple[str, int], str] = {}
+    for pr in rules.values():
+        raw = pr.bind._data
+        numbers = set()
+        for k, v in raw.items():
+            if "." not in k:
+                continue
+            lower, fld = k.split(".")
+            low = rules.get(lower)
+            fr = next((f for f in low.fields if f.name == fld), None) if low else None
+            if fr is None or fr.compute != "next_protocol":
+                _bad(pr.path, f"bind {k}: {lower!r} has no field {fld!r} with compute: next_protocol")
+            if not isinstance(v, int) or not 0 <= v < 1 << fr.bits:
+                _bad(pr.path, f"bind {k}: {v!r} is not a {fr.bits}-bit number")
+            if taken.setdefault((k, v), pr.protocol) != pr.protocol:
+                _bad(pr.path, f"bind {k}: {v} is already {taken[(k, v)]}'s")
+            numbers.add(v)
+        if len(numbers) > 1:
+            _bad(pr.path, f"bind: one protocol number for every lower layer, not {sorted(numbers)}")
+
+
 @lru_cache(maxsize=4)
 def _load(directory: str) -> dict[str, ProtocolRules]:
     d = Path(directory)
@@ -212,12 +445,90 @@ def _load(directory: str) -> dict[str, ProtocolRules]:
     for p in files:
         r = _parse(p)
         out[r.protocol] = r
+    _check_bindings(out)
     return out
 
 
 def load_rules(directory=None) -> dict[str, ProtocolRules]:
     """Every protocol file of the rules folder, by protocol name (parsed once, then cached)."""
     return _load(str(directory or rules_dir()))
+
+
+def layer_protocols(rules: dict, layer: int) -> dict[int, str]:
+    """{IP version: protocol} for layer 3 (``bind: version``), {protocol number: protocol} for
+    layer 4 (``bind: ipv4.proto`` ...)."""
+    out = {}
+    for name, pr in rules.items():
+        if pr.layer == layer == 3 and "version" in pr.bind:
+            out[int(pr.bind["version"])] = name
+        elif pr.layer == layer == 4 and pr.number is not None:
+            out[pr.number] = name
+    return out
+
+
+def bound_number(rules: dict, lower: str, upper: str) -> int | None:
+    """The number ``lower``'s next_protocol field holds for ``upper`` (``upper``'s ``bind``), or
+    None where ``upper`` does not bind itself to ``lower``."""
+    nf = rules[lower].computed("next_protocol")
+    v = rules[upper].bind.get(f"{lower}.{nf.name}") if nf is not None else None
+    return None if v is None else int(v)
+
+
+def icmp_requests(rules: ProtocolRules) -> list[int]:
+    """Types marked ``request: true``: sent client -> server (the others answer or report)."""
+    return [int(t["type"]) for t in rules.types if t.get("request", False)]
+
+
+# --- dependencies -------------------------------------------------------------------------------
+
+def apply_dependencies(rules: ProtocolRules, f: dict, mask: np.ndarray,
+                       payload_len: np.ndarray) -> None:
+    """Repair: make the fields of ``f`` (nPrint column -> int array, replaced in place) hold
+    every dependency of the file on the rows of ``mask``, ``check: false`` ones included.
+
+    ``requires``/``requires_payload`` clear the field where its condition is missing;
+    ``zero_unless`` zeroes it where its flag is clear, and with ``within_payload`` keeps it in
+    [1, payload length] where the flag is set. Entries are applied until nothing changes, so a
+    flag cleared by a later entry still clears the fields that need it."""
+    col = rules.column
+    for _ in range(len(rules.dependencies) + 1):
+        changed = False
+        for d in rules.dependencies:
+            c = col(d["field"])
+            v = f[c]
+            if "requires" in d:
+                new = np.where(mask & (f[col(d["requires"])] == 0), 0, v)
+            elif "requires_payload" in d:
+                new = np.where(mask & (payload_len == 0) & bool(d["requires_payload"]), 0, v)
+            else:
+                gate = f[col(d["zero_unless"])] != 0
+                new = np.where(mask & ~gate, 0, v)
+                if d.get("within_payload", False):
+                    new = np.where(mask & gate, np.clip(new, 1, np.maximum(payload_len, 1)), new)
+            if not np.array_equal(new, v):
+                f[c] = new
+                changed = True
+        if not changed:
+            return
+
+
+def dependency_failures(rules: ProtocolRules, vals: dict, payload_len: np.ndarray) -> dict[str, np.ndarray]:
+    """Validation: {rule: bad mask} for the checked dependencies (``check`` not false) over field
+    values ``vals`` (field name -> array). ``within_payload`` is repair's choice: RFC 9293 lets
+    an urgent pointer reach past the segment, so real captures are not held to it."""
+    out = {}
+    for d in rules.dependencies:
+        if d.get("check", True) is False:
+            continue
+        c = rules.column(d["field"])
+        v = vals[d["field"]]
+        if "zero_unless" in d:
+            out[f"{c} set without {d['zero_unless']}"] = (v != 0) & (vals[d["zero_unless"]] == 0)
+        elif "requires" in d:
+            out[f"{c} without {d['requires']}"] = (v != 0) & (vals[d["requires"]] == 0)
+        elif d["requires_payload"]:
+            out[f"{c} without payload"] = (v != 0) & (payload_len == 0)
+    return out
 
 
 # --- option areas -------------------------------------------------------------------------------
@@ -322,6 +633,23 @@ def snap_flags(rules: ProtocolRules, flag_bits: np.ndarray) -> np.ndarray:
     t = table.astype(np.int32)
     dist = ones @ (1 - t).T + zeros @ t.T
     return table[np.argmin(dist, axis=1)]
+
+
+def settle_flags(rules: ProtocolRules, f: dict, mask: np.ndarray, fixed: tuple[str, ...]) -> None:
+    """Repair: on the rows of ``mask``, the flag-table fields not in ``fixed`` move to the
+    nearest legal combination (file order breaks ties) that agrees with the ``fixed`` ones
+    (``f``: nPrint column -> array, replaced in place); rows no combination agrees with keep
+    theirs."""
+    names, table = rules.flag_table()
+    cur = np.stack([f[rules.column(n)] for n in names], axis=1)
+    fx = np.array([n in fixed for n in names])
+    agree = np.all(table[None, :, fx] == cur[:, None, fx], axis=2)
+    dist = np.sum(table[None, :, ~fx] != cur[:, None, ~fx], axis=2)
+    j = np.argmin(np.where(agree, dist, 1 << 20), axis=1)
+    ok = mask & agree.any(axis=1)
+    for i, n in enumerate(names):
+        if not fx[i]:
+            f[rules.column(n)] = np.where(ok, table[j, i], f[rules.column(n)])
 
 
 def flags_legal(rules: ProtocolRules, flags: np.ndarray) -> np.ndarray:
