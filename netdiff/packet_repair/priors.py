@@ -32,6 +32,7 @@ import numpy as np
 
 from netdiff.bits.codec import address_words
 from netdiff.errors import NetdiffError
+from netdiff.io.jsonfile import read_json
 from netdiff.io.atomic import atomic_write_text
 from netdiff.rules import engine as E
 
@@ -625,15 +626,7 @@ class FieldPriors:
 
     @classmethod
     def load(cls, path) -> "FieldPriors":
-        try:
-            doc = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise NetdiffError(f"{path}: no such priors file") from None
-        except OSError as e:
-            raise NetdiffError(f"{path}: cannot read the priors file ({e.strerror or e})") from None
-        except ValueError as e:
-            raise NetdiffError(f"{path}: not a JSON priors file ({e})") from None
-        return cls.from_dict(doc, str(path))
+        return cls.from_dict(read_json(path, "priors file"), str(path))
 
     @classmethod
     def coerce(cls, x) -> "FieldPriors | None":

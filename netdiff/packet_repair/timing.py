@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from netdiff.errors import NetdiffError
+from netdiff.io.jsonfile import read_json
 from netdiff.io.atomic import atomic_write_text
 
 N_QUANTILES = 101
@@ -115,12 +116,7 @@ class TimingModel:
 
     @classmethod
     def load(cls, path) -> "TimingModel":
-        try:
-            doc = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise NetdiffError(f"{path}: no such timing model") from None
-        except ValueError as e:
-            raise NetdiffError(f"{path}: not a JSON timing model ({e})") from None
+        doc = read_json(path, "timing model")
         if not isinstance(doc, dict) or doc.get("format") not in READS:
             raise NetdiffError(f"{path}: not a netdiff timing model (format {FORMAT!r} expected)")
         classes = doc.get("classes", {})
