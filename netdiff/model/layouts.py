@@ -73,7 +73,10 @@ N_STATES = 2 * (len(SIZE_EDGES) + 1)    # x whether its last packet ran against 
 
 def flow_state(packets: int, last_reversed: bool) -> int:
     """What a flow looks like to the next packet: how many packets it has, which way its last went."""
-    return 2 * int(np.searchsorted(SIZE_EDGES, packets, side="right")) + int(last_reversed)
+    return 2 * sum(packets >= e for e in _EDGES) + int(last_reversed)
+
+
+_EDGES = tuple(int(e) for e in SIZE_EDGES)      # plain ints: flow_state runs once per sampled row
 
 
 def flow_events(image: np.ndarray, ports: dict):
@@ -209,10 +212,13 @@ class LayoutChain:
         u = torch.rand(rows, generator=generator, dtype=torch.float64).numpy()
         ids = np.empty(rows, dtype=np.intp)
         ids[0] = _draw(self.start[c], u[0])
+        # a layout last seen at the end of an image: go on from the class's start distribution
+        nxt = np.where(self.trans[c].sum(1, keepdims=True) > 0, self.trans[c], self.start[c][None])
+        cdf = np.cumsum(nxt, axis=1)
+        last = cdf.shape[1] - 1
         for i in range(1, rows):
-            p = self.trans[c, ids[i - 1]]
-            # a layout last seen at the end of an image: go on from the class's start distribution
-            ids[i] = _draw(p if p.sum() > 0 else self.start[c], u[i])
+            row = cdf[ids[i - 1]]
+            ids[i] = min(int(np.searchsorted(row, u[i] * row[-1], side="right")), last)
         return ids
 
     def sample_flows(self, cls: str, ids: np.ndarray, generator: torch.Generator, layout) -> list[list[tuple[int, bool]]]:
@@ -233,26 +239,29 @@ class LayoutChain:
         warm = self.sample_ids(cls, WARM_UP, generator)
         seq = np.concatenate([warm, np.asarray(ids, dtype=np.intp)])
         u = torch.rand((len(seq), 2), generator=generator, dtype=torch.float64).numpy()
-        recent: dict[str, list[list]] = {t: [] for t in ports}   # [flow index, packets, last reversed]
+        # per transport, most recent first: [flow index, packets, last reversed, its flow_state]
+        recent: dict[str, list[list]] = {t: [] for t in ports}
         flows: list[list[tuple[int, bool]]] = []     # image rows, direction against the flow's first
+        transport = [_transport(v, ports) for v in self.vocab]
         for j, k in enumerate(seq):
-            t = _transport(self.vocab[k], ports)
+            t = transport[k]
             if t is None:
                 continue
             i = j - WARM_UP
             cand = recent[t][:weight.shape[1] - 1]     # the file's own reach
-            st = np.array([flow_state(f[1], f[2]) for f in cand], dtype=np.intp)
+            st = np.fromiter((f[3] for f in cand), dtype=np.intp, count=len(cand))
             w = np.concatenate([[weight[k, 0, 0]], weight[k, np.arange(1, len(cand) + 1), st]])
             pick = _draw(w, u[j, 0]) if w.sum() > 0 else 0
             if pick == 0:
                 flows.append([(i, False)])
-                recent[t].insert(0, [len(flows) - 1, 1, False])
+                recent[t].insert(0, [len(flows) - 1, 1, False, flow_state(1, False)])
                 continue
             f = recent[t].pop(pick - 1)
             rev = bool(f[2] ^ _draw(flip[k, st[pick - 1]], u[j, 1]))
             flows[f[0]].append((i, rev))
             f[1] += 1
             f[2] = rev
+            f[3] = flow_state(f[1], rev)
             recent[t].insert(0, f)
         out = []
         for f in flows:
