@@ -20,6 +20,10 @@ from functools import lru_cache
 import numpy as np
 
 from netdiff.bits import codec
+from netdiff.bits.fields import (ADDRESSES, CHECKSUMS, FIELDS, FIXED_BYTES, LENGTH_FIELDS,
+                                 PROTO_SECTIONS, SECTION_PROTOS, SECTION_VERSIONS, VERSION_SECTIONS,
+                                 header_bytes, header_length, per_section, read_field,
+                                 read_field_bytes, total_length)
 from netdiff.errors import NetdiffError
 from netdiff.io.pcap import CaptureReader
 from netdiff.rules import checksum as C
@@ -181,13 +185,6 @@ def _rx(ns: str) -> int:
 
 # --- (c) netdiff's own rules --------------------------------------------------------------------
 
-def _be(g, rows, at, nbytes):
-    v = np.zeros(len(rows), dtype=np.int64)
-    for k in range(nbytes):
-        v = (v << 8) | g[rows, at + k]
-    return v
-
-
 def check_batch(batch, rules: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({rule: bool mask of packets breaking it}, mask of packets the rules could read)."""
     rules = rules or E.load_rules()
@@ -205,32 +202,28 @@ def check_batch(batch, rules: dict | None = None) -> tuple[dict[str, np.ndarray]
     ip_avail = batch.caplen - l3
     g = p.window
     rows = np.arange(n)
-    v4 = checked & (p.version == 4)
-    v6 = checked & (p.version == 6)
-    ip_total = np.zeros(n, dtype=np.int64)
-    c3 = np.minimum(l3, g.shape[1] - 61)
-    ip_total[v4] = _be(g, rows[v4], c3[v4] + 2, 2)
-    ip_total[v6] = _be(g, rows[v6], c3[v6] + 4, 2) + 40
+    ip = header_bytes(g, l3)
+    ip_total = per_section(p.version, VERSION_SECTIONS, lambda sec: total_length(ip, sec))
     wire_avail = batch.wirelen - l3
     add("IP length beyond the frame", checked & (ip_total > wire_avail))
     complete = checked & (ip_total <= ip_avail)
 
     # Field values against the rule files (fixed headers, read from the gathered window).
-    for proto, mask, start in (("ipv4", v4, l3), ("ipv6", v6, l3), ("tcp", p.proto == 6, p.l4),
-                               ("udp", p.proto == 17, p.l4), ("icmp", p.proto == 1, p.l4)):
+    # version and proto are 0 where the packet was not parsed.
+    for proto in (*VERSION_SECTIONS.values(), *PROTO_SECTIONS.values()):
+        mask = (p.version == SECTION_VERSIONS[proto]) if proto in SECTION_VERSIONS else \
+            (p.proto == SECTION_PROTOS[proto])
         pr = rules[proto]
         r = rows[mask]
         if not len(r):
             continue
-        at = np.minimum(start[r], g.shape[1] - 61)
+        hdr = header_bytes(g, p.start(proto)[r], rows=r)
         fixed_bits = pr.header.get("fixed_bytes", 8) * 8
-        bits = np.unpackbits(g[r[:, None], at[:, None] + np.arange(fixed_bits // 8)[None, :]], axis=1)
         vals = {}
         for fr in pr.fields:
-            if fr.offset + fr.bits > fixed_bits or fr.bits > 63:
+            if fr.offset + fr.bits > fixed_bits or fr.bits > 56:
                 continue
-            seg = bits[:, fr.offset:fr.offset + fr.bits]
-            v = seg.astype(np.int64) @ (1 << np.arange(fr.bits - 1, -1, -1, dtype=np.int64))
+            v = read_field(hdr, pr.column(fr.name))
             vals[fr.name] = v
             if fr.check and (fr.values is not None or fr.range is not None):
                 bad = np.zeros(n, bool)
@@ -259,13 +252,11 @@ def check_batch(batch, rules: dict | None = None) -> tuple[dict[str, np.ndarray]
             bad = np.zeros(n, bool)
             bad[r] = ~np.isin(tc, pairs[:, 0] * 256 + pairs[:, 1])
             add("icmp type/code not a legal pair", bad)
-        if pr.options is not None:
-            hl = vals[pr.header["length_field"]] * pr.header["length_unit"]
-            optlen = np.clip(hl - pr.header["fixed_bytes"], 0, pr.options.max_bytes)
-            ob = g[r[:, None], np.minimum(at[:, None] + pr.header["fixed_bytes"] +
-                                          np.arange(pr.options.max_bytes)[None, :], g.shape[1] - 1)]
+        if pr.options is not None and proto in LENGTH_FIELDS:
+            hl = header_length(hdr, proto)
+            optlen = np.clip(hl - FIXED_BYTES[proto], 0, pr.options.max_bytes)
+            ob = read_field_bytes(hdr, LENGTH_FIELDS[proto][2])[:, :pr.options.max_bytes]
             flags = {k: vals[k] == 1 for k in ("syn", "ackf") if k in vals}
-            flags = {k: v for k, v in flags.items()}
             full = {k: np.zeros(len(r), bool) | v for k, v in flags.items()}
             _, changed = E.walk_options(pr.options, ob, optlen, full, keep_unknown=True)
             bad = np.zeros(n, bool)
@@ -302,7 +293,8 @@ def _checksums(batch, p, ip_total, complete, rules) -> dict[str, np.ndarray]:
             j += 1
         j = max(j, i + 1)
         sel = idx[i:j]
-        width = max(int(ip_total[sel].max()), 40)     # room for IPv6 addresses in any chunk
+        # room for IPv6 addresses in any chunk
+        width = max(int(ip_total[sel].max()), FIELDS[ADDRESSES["ipv6"][1]].end_byte)
         width += width % 2
         col = np.arange(width)
         src = batch.offset[sel, None] + p.l3[sel, None] + col[None, :]
@@ -317,17 +309,19 @@ def _checksums(batch, p, ip_total, complete, rules) -> dict[str, np.ndarray]:
         out["ipv4 header checksum wrong"][sel[s4]] = bad4
         seg = ip_total[sel] - hl
         total = C.region_sum(mat, hl, seg)
-        srcs = np.where(v4[:, None], np.pad(mat[:, 12:16], ((0, 0), (0, 12))), mat[:, 8:24])
-        dsts = np.where(v4[:, None], np.pad(mat[:, 16:20], ((0, 0), (0, 12))), mat[:, 24:40])
+        ip = header_bytes(mat, zero)
+
+        def address(end: int) -> np.ndarray:
+            a4, a6 = (read_field_bytes(ip, ADDRESSES[sec][end]) for sec in ("ipv4", "ipv6"))
+            return np.where(v4[:, None], np.pad(a4, ((0, 0), (0, a6.shape[1] - a4.shape[1]))), a6)
+
         proto = p.proto[sel]
-        pseudo = C.pseudo_header_sum(srcs, dsts, proto, seg)
-        good = C.verify(np.where(proto == 1, total, total + pseudo))
-        rows = np.arange(k)
-        ck_at = hl + np.where(proto == 6, 16, np.where(proto == 17, 6, 2))
-        stored = (mat[rows, np.minimum(ck_at, width - 2)].astype(np.int64) << 8) | \
-            mat[rows, np.minimum(ck_at + 1, width - 1)]
-        udp_none = (proto == 17) & (stored == 0) & v4           # "no checksum" (IPv4 only)
-        for num, name in ((6, "tcp"), (17, "udp"), (1, "icmp")):
+        pseudo = C.pseudo_header_sum(address(0), address(1), proto, seg)
+        good = C.verify(np.where(proto == SECTION_PROTOS["icmp"], total, total + pseudo))
+        l4 = header_bytes(mat, hl)
+        stored = per_section(proto, PROTO_SECTIONS, lambda sec: read_field(l4, CHECKSUMS[sec]))
+        udp_none = (proto == SECTION_PROTOS["udp"]) & (stored == 0) & v4   # "no checksum" (IPv4 only)
+        for num, name in PROTO_SECTIONS.items():
             m = proto == num
             out[f"{name} checksum wrong"][sel[m]] = ~good[m] & ~udp_none[m]
         i = j

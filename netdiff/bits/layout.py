@@ -110,6 +110,16 @@ class Layout:
         return out
 
     @cached_property
+    def section_bytes(self) -> dict[str, tuple[int, int]]:
+        """Section -> (first byte, bytes) in the full matrix read as bytes (8 columns each)."""
+        return {sec: (c0 // 8, width // 8) for sec, (c0, width) in self.section_offsets.items()}
+
+    @cached_property
+    def byte_map(self) -> tuple[tuple[str, int], ...]:
+        """(section, byte within the section's header) of every byte of the full matrix."""
+        return tuple((sec, j) for sec, (_, nbytes) in self.section_bytes.items() for j in range(nbytes))
+
+    @cached_property
     def full_width(self) -> int:
         return sum(w for _, w in self.section_offsets.values())
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from netdiff.bits.fields import PROTO_SECTIONS, SECTION_PROTOS
 from netdiff.bits.layout import Layout
 from netdiff.errors import NetdiffError
 from netdiff.io.pcap import PacketBatch
@@ -152,13 +153,13 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
             if cols:
                 kept[group] = round(float(col_kept[np.concatenate(cols)].mean()), 4)
         kept["all"] = round(float(col_kept.mean()), 4)
-    proto_names = {6: "tcp", 17: "udp", 1: "icmp"}
     report = {
         "rows": int(len(bits)),
         "packets": n,
         "blank_rows": int(len(bits) - n),
-        "stacks": {f"{'ipv6' if v else 'ipv4'}/{proto_names[p]}": int(((r.v6 == v) & (r.proto == p)).sum())
-                   for v in (False, True) for p in (6, 17, 1) if ((r.v6 == v) & (r.proto == p)).any()},
+        "stacks": {f"{'ipv6' if v else 'ipv4'}/{name}": int(((r.v6 == v) & (r.proto == p)).sum())
+                   for v in (False, True) for p, name in PROTO_SECTIONS.items()
+                   if ((r.v6 == v) & (r.proto == p)).any()},
         "row_problems_repaired": {k: int(m.sum()) for k, m in r.problems.items() if m.any()},
         "flows": t["flows"],
         "tcp_handshakes": t.get("tcp_handshakes", 0),
@@ -169,7 +170,7 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
             "ports": t["rows_changed_ports"],
             "ttl": t["rows_changed_ttl"],
             "tcp_flags": t.get("rows_changed_tcp_flags", 0),
-            "tcp_options": int((tcp_opt_changed & (r.proto == 6)).sum()),
+            "tcp_options": int((tcp_opt_changed & (r.proto == SECTION_PROTOS["tcp"])).sum()),
             "ipv4_options": int((ip_opt_changed & ~r.v6).sum()),
         },
         "kept_share": kept,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from netdiff.bits.fields import SECTION_PROTOS
 from netdiff.packet_repair.rows import Rows
 from netdiff.rules import checksum as C
 from netdiff.rules import engine as E
@@ -15,7 +16,7 @@ TIMESTAMPS = 12
 def icmp_rest(r: Rows, rules: dict) -> None:
     """Rest-of-header by type (id_seq kept; unused zero; MTU, pointer, gateway legalised)."""
     f = r.f
-    icmp = r.proto == 1
+    icmp = r.proto == SECTION_PROTOS["icmp"]
     if not icmp.any():
         return
     info = E.icmp_type_info(rules["icmp"])
@@ -51,7 +52,7 @@ def bodies(r: Rows, rules: dict, payload_bytes: int) -> tuple[np.ndarray, np.nda
     length = r.payload_len.astype(np.int64).copy()
     if r.payload is not None and payload_bytes:
         body[:, :payload_bytes] = r.payload
-    icmp = r.proto == 1
+    icmp = r.proto == SECTION_PROTOS["icmp"]
     if icmp.any():
         info = E.icmp_type_info(rules["icmp"])
         lut = np.full(256, "", dtype=object)
