@@ -26,7 +26,7 @@ except ImportError:         # pragma: no cover - a dependency; zlib is the fallb
     zstandard = None
 
 from netdiff.bits.codec import Parsed, kept_bytes, section_span
-from netdiff.bits.layout import SECTION_BYTES, Layout
+from netdiff.bits.layout import Layout
 from netdiff.errors import ImageError
 from netdiff.io.atomic import atomic_write_bytes
 from netdiff.io.pcap import PacketBatch
@@ -45,15 +45,6 @@ def iter_sidecars(folder: Path):
             yield js
 
 
-def _full_byte_map(layout: Layout) -> list[tuple[str, int]]:
-    """(section, byte within the section) for every byte column of the full matrix."""
-    out = []
-    for sec in layout.sections:
-        budget = layout.payload_bytes if sec == "payload" else SECTION_BYTES[sec]
-        out.extend((sec, j) for j in range(budget))
-    return out
-
-
 def residual_bytes(batch: PacketBatch, p: Parsed, layout: Layout, keep_payload: bool = True) -> np.ndarray:
     """Flat uint8 buffer of the encodable packets' bytes (in order), with covered bytes zeroed.
 
@@ -70,7 +61,7 @@ def residual_bytes(batch: PacketBatch, p: Parsed, layout: Layout, keep_payload: 
     kept = kept_bytes(layout)
     if kept is None:
         raise ValueError("sidecars need a layout whose dropped fields are whole bytes")
-    bmap = _full_byte_map(layout)
+    bmap = layout.byte_map
     by_sec: dict[str, list[int]] = {}
     for col in kept.tolist():
         sec, j = bmap[col]
@@ -84,7 +75,7 @@ def residual_bytes(batch: PacketBatch, p: Parsed, layout: Layout, keep_payload: 
         r, c = np.nonzero(valid)
         out[starts[r] + pos[r, c]] = 0
     if not keep_payload:
-        pstart = np.minimum(p.l4[ok] + p.l4_hlen[ok], cap)
+        pstart = np.minimum(p.start("payload")[ok], cap)
         drop = np.repeat(pstart, cap) <= (k - np.repeat(starts, cap))
         out[drop] = 0
     return out

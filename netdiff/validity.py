@@ -20,6 +20,9 @@ from functools import lru_cache
 import numpy as np
 
 from netdiff.bits import codec
+from netdiff.bits.fields import (ADDRESSES, FIELDS, FIXED_BYTES, LENGTH_FIELDS, VERSION_SECTIONS,
+                                 header_bytes, header_length, per_section, read_field,
+                                 read_field_bytes, total_length)
 from netdiff.errors import NetdiffError
 from netdiff.io.pcap import CaptureReader
 from netdiff.rules import checksum as C
@@ -181,13 +184,6 @@ def _rx(ns: str) -> int:
 
 # --- (c) netdiff's own rules --------------------------------------------------------------------
 
-def _be(g, rows, at, nbytes):
-    v = np.zeros(len(rows), dtype=np.int64)
-    for k in range(nbytes):
-        v = (v << 8) | g[rows, at + k]
-    return v
-
-
 def check_batch(batch, rules: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({rule: bool mask of packets breaking it}, mask of packets the rules could read)."""
     rules = rules or E.load_rules()
@@ -205,12 +201,8 @@ def check_batch(batch, rules: dict | None = None) -> tuple[dict[str, np.ndarray]
     ip_avail = batch.caplen - l3
     g = p.window
     rows = np.arange(n)
-    v4 = checked & (p.version == 4)
-    v6 = checked & (p.version == 6)
-    ip_total = np.zeros(n, dtype=np.int64)
-    c3 = np.minimum(l3, g.shape[1] - 61)
-    ip_total[v4] = _be(g, rows[v4], c3[v4] + 2, 2)
-    ip_total[v6] = _be(g, rows[v6], c3[v6] + 4, 2) + 40
+    ip = header_bytes(g, l3)
+    ip_total = per_section(p.version, VERSION_SECTIONS, lambda sec: total_length(ip, sec))
     wire_avail = batch.wirelen - l3
     add("IP length beyond the frame", checked & (ip_total > wire_avail))
     complete = checked & (ip_total <= ip_avail)
@@ -222,15 +214,13 @@ def check_batch(batch, rules: dict | None = None) -> tuple[dict[str, np.ndarray]
         r = rows[mask]
         if not len(r):
             continue
-        at = np.minimum(start[r], g.shape[1] - 61)
+        hdr = header_bytes(g, start[r], rows=r)
         fixed_bits = pr.header.get("fixed_bytes", 8) * 8
-        bits = np.unpackbits(g[r[:, None], at[:, None] + np.arange(fixed_bits // 8)[None, :]], axis=1)
         vals = {}
         for fr in pr.fields:
-            if fr.offset + fr.bits > fixed_bits or fr.bits > 63:
+            if fr.offset + fr.bits > fixed_bits or fr.bits > 56:
                 continue
-            seg = bits[:, fr.offset:fr.offset + fr.bits]
-            v = seg.astype(np.int64) @ (1 << np.arange(fr.bits - 1, -1, -1, dtype=np.int64))
+            v = read_field(hdr, pr.column(fr.name))
             vals[fr.name] = v
             if fr.check and (fr.values is not None or fr.range is not None):
                 bad = np.zeros(n, bool)
@@ -257,10 +247,9 @@ def check_batch(batch, rules: dict | None = None) -> tuple[dict[str, np.ndarray]
             bad[r] = ~np.isin(tc, pairs[:, 0] * 256 + pairs[:, 1])
             add("icmp type/code not a legal pair", bad)
         if pr.options is not None:
-            hl = vals[pr.header["length_field"]] * pr.header["length_unit"]
-            optlen = np.clip(hl - pr.header["fixed_bytes"], 0, pr.options.max_bytes)
-            ob = g[r[:, None], np.minimum(at[:, None] + pr.header["fixed_bytes"] +
-                                          np.arange(pr.options.max_bytes)[None, :], g.shape[1] - 1)]
+            hl = header_length(hdr, pr.section)
+            optlen = np.clip(hl - FIXED_BYTES[pr.section], 0, pr.options.max_bytes)
+            ob = read_field_bytes(hdr, LENGTH_FIELDS[pr.section][2])[:, :pr.options.max_bytes]
             full = {k: vals[k] == 1 for k in pr.options.flag_names()}
             _, changed = E.walk_options(pr.options, ob, optlen, full, keep_unknown=True)
             bad = np.zeros(n, bool)
@@ -300,7 +289,8 @@ def _checksums(batch, p, ip_total, complete, rules) -> dict[str, np.ndarray]:
             j += 1
         j = max(j, i + 1)
         sel = idx[i:j]
-        width = max(int(ip_total[sel].max()), 40)     # room for IPv6 addresses in any chunk
+        # room for IPv6 addresses in any chunk
+        width = max(int(ip_total[sel].max()), FIELDS[ADDRESSES["ipv6"][1]].end_byte)
         width += width % 2
         col = np.arange(width)
         src = batch.offset[sel, None] + p.l3[sel, None] + col[None, :]
@@ -314,8 +304,13 @@ def _checksums(batch, p, ip_total, complete, rules) -> dict[str, np.ndarray]:
         s4 = np.flatnonzero(v4)
         bad4 = ~C.verify(C.covered_sums(mat[s4], ip4, zero[s4], hl[s4], ip_total[sel][s4]))
         out[f"{ip4.protocol} header checksum wrong"][sel[s4]] = bad4
-        srcs = np.where(v4[:, None], np.pad(mat[:, 12:16], ((0, 0), (0, 12))), mat[:, 8:24])
-        dsts = np.where(v4[:, None], np.pad(mat[:, 16:20], ((0, 0), (0, 12))), mat[:, 24:40])
+        ip = header_bytes(mat, zero)
+
+        def address(end: int) -> np.ndarray:
+            a4, a6 = (read_field_bytes(ip, ADDRESSES[sec][end]) for sec in ("ipv4", "ipv6"))
+            return np.where(v4[:, None], np.pad(a4, ((0, 0), (0, a6.shape[1] - a4.shape[1]))), a6)
+
+        srcs, dsts = address(0), address(1)
         l3_name = np.full(k, "", dtype=object)
         for ver, name in E.layer_protocols(rules, 3).items():
             l3_name[p.version[sel] == ver] = name
@@ -324,9 +319,7 @@ def _checksums(batch, p, ip_total, complete, rules) -> dict[str, np.ndarray]:
             if not len(m):
                 continue
             good = C.verify(C.covered_sums(mat[m], pr, hl[m], p.l4_hlen[sel][m], seg[m], srcs[m], dsts[m]))
-            at = hl[m] + C.field_byte(pr)
-            stored = (mat[m, np.minimum(at, width - 2)].astype(np.int64) << 8) | \
-                mat[m, np.minimum(at + 1, width - 1)]
+            stored = read_field(header_bytes(mat, hl[m], rows=m), pr.column(pr.checksum["field"]))
             # a zero the file allows over this IP version means "no checksum" (UDP over IPv4)
             none = (stored == 0) & np.isin(l3_name[m], list(pr.checksum.get("optional_over", ())))
             out[f"{pr.protocol} checksum wrong"][sel[m]] = ~good & ~none

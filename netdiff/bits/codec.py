@@ -18,7 +18,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from netdiff.bits.layout import FIELD_AT, SECTION_BYTES, SECTIONS, Layout
+from netdiff.bits.fields import (ADDRESSES, FIELDS, FIXED_BYTES, FRAGMENT_FIELDS, IP_PROTOCOL,
+                                 PORTED_SECTIONS, PORTS, PROTO_SECTIONS, SECTION_PROTOS, SECTION_VERSIONS,
+                                 VERSION_SECTIONS, ByteSource, cached, header_bytes, header_length,
+                                 per_section, read_field, read_field_bytes, total_length)
+from netdiff.bits.layout import SECTION_BYTES, SECTIONS, Layout
 from netdiff.io import pcap as P
 
 MAX_ENCAP_BYTES = 512      # IP headers further into the frame than this are left out
@@ -55,10 +59,6 @@ SKIP_REASONS = (
  R_MPLS, R_PPI, R_DEEP, R_UNKNOWN_LINK) = range(len(SKIP_REASONS))
 IPV6_EXTENSIONS = (0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254)
 VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
-TRANSPORT_PROTOS = {6: "tcp", 17: "udp", 1: "icmp"}
-HEADER_WORD = 4            # IHL and TCP data offset count 32-bit words
-# overlay_bytes reads the IP version and IPv4's IHL from one byte, whichever IP section holds it.
-assert FIELD_AT["ipv4_ver"][1] // 8 == FIELD_AT["ipv6_ver"][1] // 8 == FIELD_AT["ipv4_hl"][1] // 8
 
 _FILL_CODE = 256
 
@@ -99,9 +99,26 @@ class Parsed:
     wireless: np.ndarray = field(repr=False, default=None) # radiotap rows nPrint writes without IP
     encap: np.ndarray = field(repr=False, default=None)    # ENCAPSULATIONS bits passed to reach l3
 
+    def start(self, section: str) -> np.ndarray:
+        """Where a section's header starts in each packet (meaningful where it has one)."""
+        if section == "eth":
+            return np.zeros_like(self.l3) if self.eth_at is None else np.maximum(self.eth_at, 0)
+        if section in SECTION_VERSIONS:
+            return self.l3
+        if section in SECTION_PROTOS:
+            return self.l4
+        if section == "payload":
+            return self.l4 + self.l4_hlen
+        raise ValueError(f"unknown section {section!r}")
 
-def _be16(g: np.ndarray, rows: np.ndarray, at: np.ndarray) -> np.ndarray:
-    return (g[rows, at].astype(np.int64) << 8) | g[rows, at + 1]
+    def header(self, section: str) -> ByteSource:
+        """Byte source (``fields.read_field``) of every packet's ``section`` header."""
+        return header_bytes(self.window, self.start(section))
+
+    def read(self, name: str) -> np.ndarray:
+        """(N,) int64 value of one header field in every packet (garbage where the packet does
+        not hold that field's header: mask with ``version``/``proto``)."""
+        return read_field(self.header(FIELDS[name].section), name)
 
 
 def gather_window(batch: P.PacketBatch, width: int) -> np.ndarray:
@@ -142,7 +159,8 @@ LINK_START = {
     P.LINKTYPE_RADIOTAP: (K_RADIOTAP, 0), P.LINKTYPE_PPI: (K_PPI, 0),
 }
 # Headers that end in an ethertype: state -> (ethertype offset, header length).
-ETHERTYPE_HEADERS = {K_ETH: (12, 14), K_SLL: (14, 16), K_SLL2: (0, 20), K_CHDLC: (2, 4)}
+ETHERTYPE_HEADERS = {K_ETH: (FIELDS["eth_ethertype"].first_byte, FIXED_BYTES["eth"]),
+                     K_SLL: (14, 16), K_SLL2: (0, 20), K_CHDLC: (2, 4)}
 ETHERTYPE_IP = (0x0800, 0x86DD)
 ETHERTYPE_NEXT = {0x8847: K_MPLS, 0x8848: K_MPLS, 0x6558: K_ETH, 0x880B: K_PPP}
 ETHERTYPE_PPPOE_SESSION = 0x8864          # 6-byte PPPoE header, then a PPP protocol field
@@ -366,43 +384,49 @@ def locate_ip(batch: P.PacketBatch, links: str = "netdiff", vlan: bool = True) -
         go(r[ip], K_IP, o[ip] + 4)
         fail(r[~ip], R_NONIP)
 
+    def header(r, at) -> ByteSource:
+        return cached(lambda j: b(r, at + j))
+
     def on_guess(r):                              # nPrint's reading of any other link type
-        e = be16(r, off[r] + 12)
-        eth = np.isin(e, ETHERTYPE_IP)
-        go(r[eth], K_IP, off[r[eth]] + 14)
+        eth = np.isin(read_field(header(r, off[r]), "eth_ethertype"), ETHERTYPE_IP)
+        go(r[eth], K_IP, off[r[eth]] + FIXED_BYTES["eth"])
         go(r[~eth], K_IP, off[r[~eth]])
 
     def on_ip(r):
         o = off[r]
-        first = b(r, o)
-        ver = first >> 4
-        bad = ~np.isin(ver, (4, 6))
+        ip = header(r, o)
+        ver = read_field(ip, "ipv4_ver")          # the version nibble is the same in IPv6
+        bad = ~np.isin(ver, tuple(VERSION_SECTIONS))
         if guessed[r].any():
             # A link type netdiff does not know: accept only a header whose lengths fit the frame.
             wire = batch.wirelen[r] - o
-            tl4 = be16(r, o + 2)
-            ok4 = (ver == 4) & ((first & 15) >= 5) & (tl4 >= (first & 15) * 4) & (tl4 <= wire)
-            ok6 = (ver == 6) & (be16(r, o + 4) + 40 <= wire)
+            hl4, tl4 = header_length(ip, "ipv4"), total_length(ip, "ipv4")
+            ok4 = (ver == 4) & (hl4 >= FIXED_BYTES["ipv4"]) & (tl4 >= hl4) & (tl4 <= wire)
+            ok6 = (ver == 6) & (total_length(ip, "ipv6") <= wire)
             bad |= guessed[r] & ~(ok4 | ok6)
         fail(r[bad & ~guessed[r]], R_VERSION)
         fail(r[bad & guessed[r]], R_UNKNOWN_LINK)
-        r, o, ver, first = r[~bad], o[~bad], ver[~bad], first[~bad]
+        r, o, ver = r[~bad], o[~bad], ver[~bad]
+        ip = header(r, o)
         found[r] = o
         found_encap[r] = encap[r]
-        hlen = np.where(ver == 4, (first & 15) * 4, 40)
-        proto = np.where(ver == 4, b(r, o + 9), b(r, o + 6))
-        later = (ver == 4) & ((be16(r, o + 6) & 0x3FFF) > 0)     # a fragment: no inner header
+        hlen = np.where(ver == 4, header_length(ip, "ipv4"), header_length(ip, "ipv6"))
+        proto = np.where(ver == 4, read_field(ip, IP_PROTOCOL["ipv4"]),
+                         read_field(ip, IP_PROTOCOL["ipv6"]))
+        frag = read_field(ip, FRAGMENT_FIELDS[0]) | read_field(ip, FRAGMENT_FIELDS[1])
+        later = (ver == 4) & (frag > 0)           # a fragment: no inner header
         proto = np.where(later, -1, proto)
         inner = o + hlen
+        nxt = header(r, inner)
         gre = proto == IPPROTO_GRE
         go(r[gre], K_GRE, inner[gre])
         ipip = np.zeros(len(r), dtype=bool)
         for pr, v in IP_IN_IP.items():
-            m = (proto == pr) & ((b(r, inner) >> 4) == v)
+            m = (proto == pr) & (read_field(nxt, "ipv4_ver") == v)
             go(r[m], K_IP, inner[m], E_IPIP)
             ipip |= m
-        vx = (proto == 17) & np.isin(be16(r, inner + 2), VXLAN_PORTS)
-        go(r[vx], K_VXLAN, inner[vx] + 8, E_VXLAN)
+        vx = (proto == SECTION_PROTOS["udp"]) & np.isin(read_field(nxt, "udp_dport"), VXLAN_PORTS)
+        go(r[vx], K_VXLAN, inner[vx] + FIXED_BYTES["udp"], E_VXLAN)
         kind[r[~(gre | ipip | vx)]] = K_END
 
     handlers = {K_ETYPE: on_ethertype, K_IP: on_ip, K_PPP: on_ppp, K_FR: on_fr, K_WLAN: on_wlan,
@@ -438,12 +462,13 @@ def _locate_nprint(batch: P.PacketBatch, vlan: bool) -> Located:
     lt = batch.linktype
     wireless = lt == P.LINKTYPE_RADIOTAP
     base = np.where(lt == P.LINKTYPE_LINUX_SLL, 16, 0).astype(np.int64)
-    et = (b(rows, base + 12) << 8) | b(rows, base + 13)
+    et = read_field(lambda j: b(rows, base + j), "eth_ethertype")
     eth = np.isin(et, ETHERTYPE_IP) & ~wireless
-    l3 = np.where(eth, base + 14, base)
+    l3 = np.where(eth, base + FIXED_BYTES["eth"], base)
     reason = np.zeros(n, dtype=np.int8)
     # nPrint reads the frame's first byte as an IP version; name the usual cause when it is not.
-    not_ip = ~eth & ~wireless & ~np.isin(b(rows, l3) >> 4, (4, 6))
+    version = read_field(lambda j: b(rows, l3 + j), "ipv4_ver")
+    not_ip = ~eth & ~wireless & ~np.isin(version, tuple(VERSION_SECTIONS))
     framed = np.isin(lt, (P.LINKTYPE_ETHERNET, P.LINKTYPE_LINUX_SLL))
     reason[not_ip & framed] = R_NONIP
     reason[not_ip & framed & np.isin(et, VLAN_TPIDS) & (lt == P.LINKTYPE_ETHERNET)] = R_VLAN
@@ -460,7 +485,6 @@ def parse(batch: P.PacketBatch, payload_bytes: int = 0, fragments: str = "skip",
     payload bytes taken as a transport header). ``vlan=False`` gives tagged frames no row, as
     nPrint (which reads no 802.1Q tags) does."""
     n = len(batch)
-    rows = np.arange(n)
     cap = batch.caplen
     loc = locate_ip(batch, links, vlan)
     l3, reason, wireless = loc.l3, loc.reason.copy(), loc.wireless
@@ -469,38 +493,36 @@ def parse(batch: P.PacketBatch, payload_bytes: int = 0, fragments: str = "skip",
     reason[cap == 0] = R_EMPTY
     # The window reaches the deepest IP header of the batch plus two full headers and payload.
     reach = l3[(reason == 0) & (l3 < cap)]
-    width = max(26, int(reach.max()) if len(reach) else 0) + 60 + 60 + payload_bytes
+    width = (max(26, int(reach.max()) if len(reach) else 0) + max(SECTION_BYTES[s] for s in SECTION_VERSIONS)
+             + max(SECTION_BYTES[s] for s in SECTION_PROTOS) + payload_bytes)
     g = gather_window(batch, width)
-    l3c = np.minimum(l3, width - 61)
-    first = g[rows, l3c]
-    version = (first >> 4).astype(np.int64)
+    ip = header_bytes(g, l3)
+    version = read_field(ip, "ipv4_ver")          # the version nibble is the same in IPv6
     reason[(reason == 0) & (cap <= l3) & ~wireless] = R_TRUNC_IP
-    reason[(reason == 0) & ~np.isin(version, (4, 6)) & ~wireless] = R_VERSION
+    reason[(reason == 0) & ~np.isin(version, tuple(VERSION_SECTIONS)) & ~wireless] = R_VERSION
 
     v4 = (reason == 0) & (version == 4) & ~wireless
     v6 = (reason == 0) & (version == 6) & ~wireless
-    ip_hlen = np.where(v4, (first & 15).astype(np.int64) * 4, np.where(v6, 40, 0))
+    ipver = np.where(v4 | v6, version, 0)
+    ip_hlen = per_section(ipver, VERSION_SECTIONS, lambda sec: header_length(ip, sec))
     if nprint:
         # nPrint takes IHL as it is and reads past the captured bytes; netdiff writes a row as
         # soon as the protocol field was captured, with every byte beyond the capture as fill.
-        reason[(reason == 0) & (v4 | v6) & (cap <= l3 + np.where(v4, 9, 6))] = R_TRUNC_IP
+        proto_at = per_section(ipver, VERSION_SECTIONS, lambda sec: FIELDS[IP_PROTOCOL[sec]].first_byte)
+        reason[(reason == 0) & (v4 | v6) & (cap <= l3 + proto_at)] = R_TRUNC_IP
     else:
-        reason[v4 & (ip_hlen < 20)] = R_IHL
-        reason[(reason == 0) & (cap < l3 + np.maximum(ip_hlen, 20)) & ~wireless] = R_TRUNC_IP
+        reason[v4 & (ip_hlen < FIXED_BYTES["ipv4"])] = R_IHL
+        short = cap < l3 + np.maximum(ip_hlen, FIXED_BYTES["ipv4"])
+        reason[(reason == 0) & short & ~wireless] = R_TRUNC_IP
     v4 &= reason == 0
     v6 &= reason == 0
+    ipver = np.where(v4 | v6, version, 0)
 
-    proto = np.zeros(n, dtype=np.int64)
-    proto[v4] = g[rows[v4], l3c[v4] + 9]
-    proto[v6] = g[rows[v6], l3c[v6] + 6]
-    ip_total = np.zeros(n, dtype=np.int64)
-    ip_total[v4] = _be16(g, rows[v4], l3c[v4] + 2)
-    ip_total[v6] = _be16(g, rows[v6], l3c[v6] + 4) + 40
+    proto = per_section(ipver, VERSION_SECTIONS, lambda sec: read_field(ip, IP_PROTOCOL[sec]))
+    ip_total = per_section(ipver, VERSION_SECTIONS, lambda sec: total_length(ip, sec))
     if fragments == "skip":
-        foff = np.zeros(n, dtype=np.int64)
-        foff[v4] = _be16(g, rows[v4], l3c[v4] + 6) & 0x1FFF
-        reason[v4 & (foff > 0)] = R_FRAG
-    known = np.isin(proto, (6, 17, 1))
+        reason[v4 & (read_field(ip, "ipv4_foff") > 0)] = R_FRAG
+    known = np.isin(proto, tuple(PROTO_SECTIONS))
     reason[(reason == 0) & v4 & ~known] = R_PROTO4
     reason[(reason == 0) & v6 & (proto == 58)] = R_ICMP6
     reason[(reason == 0) & v6 & np.isin(proto, IPV6_EXTENSIONS)] = R_EXT6
@@ -510,12 +532,9 @@ def parse(batch: P.PacketBatch, payload_bytes: int = 0, fragments: str = "skip",
     version = np.where(ok, version, 0)
 
     l4 = l3 + ip_hlen
-    l4c = np.minimum(l4, width - 61)
-    l4_hlen = np.zeros(n, dtype=np.int64)
-    tcp = proto == 6
-    l4_hlen[tcp] = (g[rows[tcp], l4c[tcp] + 12] >> 4).astype(np.int64) * 4
     # A TCP header cut by the capture reads as the bytes that are there (zero beyond).
-    l4_hlen[(proto == 17) | (proto == 1)] = 8
+    transport = header_bytes(g, l4)
+    l4_hlen = per_section(proto, PROTO_SECTIONS, lambda sec: header_length(transport, sec))
     payload_len = np.where(ok, np.maximum(ip_total - ip_hlen - l4_hlen, 0), 0)
     return Parsed(reason, (loc.eth_at >= 0) & ok, l3, version, np.where(ok, ip_hlen, 0), proto, l4,
                   l4_hlen, payload_len, g, np.where(ok, loc.eth_at, -1), wireless & ok,
@@ -524,18 +543,16 @@ def parse(batch: P.PacketBatch, payload_bytes: int = 0, fragments: str = "skip",
 
 def section_span(p: Parsed, cap: np.ndarray, sec: str, payload_bytes: int):
     """(start offset, valid byte count, budget) of one section for every packet."""
+    start = p.start(sec)
+    if sec == "payload":
+        return start, np.minimum(p.payload_len, payload_bytes), payload_bytes
     if sec == "eth":
-        start = np.zeros_like(p.l3) if p.eth_at is None else np.maximum(p.eth_at, 0)
-        return start, np.where(p.eth, 14, 0), 14
-    if sec == "ipv4":
-        return p.l3, np.where(p.version == 4, p.ip_hlen, 0), 60
-    if sec == "ipv6":
-        return p.l3, np.where(p.version == 6, 40, 0), 40
-    if sec in ("tcp", "udp", "icmp"):
-        num = {"tcp": 6, "udp": 17, "icmp": 1}[sec]
-        return p.l4, np.where(p.proto == num, p.l4_hlen, 0), SECTION_BYTES[sec]
-    start = p.l4 + p.l4_hlen
-    return start, np.minimum(p.payload_len, payload_bytes), payload_bytes
+        nvalid = np.where(p.eth, FIXED_BYTES["eth"], 0)
+    elif sec in SECTION_VERSIONS:
+        nvalid = np.where(p.version == SECTION_VERSIONS[sec], p.ip_hlen, 0)
+    else:
+        nvalid = np.where(p.proto == SECTION_PROTOS[sec], p.l4_hlen, 0)
+    return start, nvalid, SECTION_BYTES[sec]
 
 
 @lru_cache(maxsize=64)
@@ -574,20 +591,14 @@ def byte_codes(batch: P.PacketBatch, p: Parsed, layout: Layout) -> np.ndarray:
     ok = np.flatnonzero(p.reason == 0)
     g = p.window[ok] if len(ok) < len(p.reason) else p.window
     cap = batch.caplen[ok]
-    budgets = [(sec, layout.payload_bytes if sec == "payload" else SECTION_BYTES[sec])
-               for sec in layout.sections]
-    codes = np.empty((len(ok), sum(b for _, b in budgets)), dtype=np.uint16)
-    c0 = 0
-    for sec, budget in budgets:
-        if budget == 0:
-            continue
+    codes = np.empty((len(ok), layout.full_width // 8), dtype=np.uint16)
+    for sec, (c0, budget) in layout.section_bytes.items():
         start, nvalid, _ = section_span(p, batch.caplen, sec, layout.payload_bytes)
         start, nvalid = start[ok], nvalid[ok]
         block = codes[:, c0:c0 + budget]
         _rows_at(g, start, budget, block)
         limit = np.minimum(nvalid, np.maximum(cap - start, 0))
         np.copyto(block, _FILL_CODE, where=np.arange(budget) >= limit[:, None])
-        c0 += budget
     return codes
 
 
@@ -628,7 +639,7 @@ def _word_parts(section: str) -> tuple:
     fields wider than 64 bits have none (they are given as bytes)."""
     out = []
     for name, width in SECTIONS[section]:
-        start = FIELD_AT[name][1]
+        start = FIELDS[name].offset
         end = start + width
         parts = []
         if width <= 64:
@@ -642,7 +653,8 @@ def _word_parts(section: str) -> tuple:
 
 def pack_fields(section: str, values: dict, n: int) -> np.ndarray:
     """(n, SECTION_BYTES[section]) uint8: a section's wire bytes with every given field at the
-    bit offset and width the field table (``layout.SECTIONS``) gives; fields not given are zero.
+    bit offset and width the field table (``fields.FIELDS``, from ``layout.SECTIONS``) gives;
+    fields not given are zero.
 
     ``values``: field name -> integers (one per row, or one for all) for fields up to 64 bits,
     or (n, width / 8) uint8 rows for byte-aligned fields (addresses, options, MACs). Values are
@@ -676,21 +688,13 @@ def pack_fields(section: str, values: dict, n: int) -> np.ndarray:
 def put_field(block: np.ndarray, name: str, values) -> None:
     """Write one field (up to 63 bits) into rows of its section's bytes in place, leaving the
     bits of its neighbours as they are (a checksum written after the rest of the header)."""
-    start, width = FIELD_AT[name][1:]
+    start, width = FIELDS[name].offset, FIELDS[name].width
     v = np.asarray(values, dtype=np.int64) & ((1 << width) - 1)
     end = start + width
     for b in range(start // 8, (end - 1) // 8 + 1):
         lo, hi = max(start, 8 * b), min(end, 8 * b + 8)
         mine = ((1 << (hi - lo)) - 1) << (8 * b + 8 - hi)
         block[:, b] = (block[:, b] & (0xFF ^ mine)) | (((v >> (end - hi)) << (8 * b + 8 - hi)) & mine)
-
-
-def _in_byte(byte: np.ndarray, name: str) -> np.ndarray:
-    """A field that lies within one byte, out of that byte's values."""
-    start, width = FIELD_AT[name][1:]
-    if start // 8 != (start + width - 1) // 8:
-        raise ValueError(f"{name} spans more than one byte")
-    return (byte >> (8 - start % 8 - width)) & ((1 << width) - 1)
 
 
 # --- decoding -----------------------------------------------------------------------------------
@@ -736,8 +740,7 @@ def _byte_blocks(layout: Layout) -> tuple[dict, list]:
     """Where an image's byte columns land: {(section, byte): image column}, and per section its
     run of image columns (contiguous: kept columns keep nPrint's order) with their byte offsets."""
     kb = kept_bytes(layout)
-    full = [(sec, j) for sec in layout.sections
-            for j in range(layout.payload_bytes if sec == "payload" else SECTION_BYTES[sec])]
+    full = layout.byte_map
     where = {full[c]: i for i, c in enumerate(kb.tolist())}
     blocks = []
     for sec in layout.sections:
@@ -770,22 +773,21 @@ def overlay_bytes(base: P.PacketBatch, vals: np.ndarray, covered: np.ndarray, la
                 out = np.where(covered[:, c], vals[:, c], out)
         return out
 
-    def field_of(secs: tuple[str, ...], name: str, at: np.ndarray) -> np.ndarray:
-        """A one-byte field of the header that starts at ``at`` (the byte the field table says)."""
-        j = FIELD_AT[name][1] // 8
-        return _in_byte(header_byte(secs, j, at + j), name)
+    def header(secs: tuple[str, ...], start: np.ndarray) -> ByteSource:
+        return cached(lambda j: header_byte(secs, j, start + j))
 
-    # Where each section starts in each packet, from the rows' own version, IHL and doff. The
-    # version is read once from the first byte of either IP section (IPv4's IHL shares it).
-    j = FIELD_AT["ipv4_ver"][1] // 8
-    first = header_byte(("ipv4", "ipv6"), j, l3 + j)
-    ver = _in_byte(first, "ipv4_ver")
-    l4 = l3 + np.where(ver == 4, _in_byte(first, "ipv4_hl") * HEADER_WORD, SECTION_BYTES["ipv6"])
-    proto = np.where(ver == 4, field_of(("ipv4",), "ipv4_proto", l3), field_of(("ipv6",), "ipv6_nh", l3))
-    doff = field_of(("tcp",), "tcp_doff", l4) * HEADER_WORD
-    # UDP and ICMP headers are their whole (fixed) sections.
-    starts = {"eth": np.zeros(n, dtype=np.int64), "ipv4": l3, "ipv6": l3, "tcp": l4, "udp": l4,
-              "icmp": l4, "payload": l4 + np.where(proto == 6, doff, SECTION_BYTES["udp"])}
+    # Where each section starts in each packet, from the rows' own IHL / doff. The version
+    # nibble and IHL are read where either IP section covers them.
+    ip = header(tuple(VERSION_SECTIONS.values()), l3)
+    ver = read_field(ip, "ipv4_ver")
+    l4 = l3 + np.where(ver == 4, header_length(ip, "ipv4"), header_length(ip, "ipv6"))
+    proto = np.where(ver == 4, read_field(header(("ipv4",), l3), IP_PROTOCOL["ipv4"]),
+                     read_field(header(("ipv6",), l3), IP_PROTOCOL["ipv6"]))
+    # Any protocol but TCP is given UDP's and ICMP's fixed 8 bytes.
+    l4_hlen = np.where(proto == SECTION_PROTOS["tcp"], header_length(header(("tcp",), l4), "tcp"),
+                       FIXED_BYTES["udp"])
+    starts = {"eth": np.zeros(n, dtype=np.int64), **{sec: l3 for sec in SECTION_VERSIONS},
+              **{sec: l4 for sec in SECTION_PROTOS}, "payload": l4 + l4_hlen}
     # Per section, its block of columns at the rows' own offsets; a block no row covers (UDP in
     # a TCP capture) costs one test.
     for sec, i0, i1, offs in blocks:
@@ -800,22 +802,17 @@ def overlay_bytes(base: P.PacketBatch, vals: np.ndarray, covered: np.ndarray, la
                          base.linktype, base.number)
 
 
-def address_words(g: np.ndarray, l3: np.ndarray, v4: np.ndarray, off4: int, off6: int) -> tuple[np.ndarray, np.ndarray]:
+def address_words(g: np.ndarray, l3: np.ndarray, v4: np.ndarray, end: str) -> tuple[np.ndarray, np.ndarray]:
     """An address of every packet as two 64-bit words (the bytes in order, IPv4's 4 then zeros),
     a key flows can be sorted and hashed by. ``g``: (n, W) packet bytes; ``l3``: IP header start;
-    ``off4``/``off6``: the address's offset in an IPv4/IPv6 header (12/8 source, 16/24 destination)."""
-    n = len(g)
-    rows = np.arange(n)
-    at = np.where(v4, l3 + off4, l3 + off6)
-    j = np.arange(16)
-    b = g[rows[:, None], np.minimum(at[:, None] + j, g.shape[1] - 1)].astype(np.uint64)
-    b[j >= np.where(v4, 4, 16)[:, None]] = 0
-    hi = np.zeros(n, np.uint64)
-    lo = np.zeros(n, np.uint64)
-    for i in range(8):
-        hi = (hi << np.uint64(8)) | b[:, i]
-        lo = (lo << np.uint64(8)) | b[:, 8 + i]
-    return hi, lo
+    ``end``: "src" or "dst"."""
+    k = ("src", "dst").index(end)
+    ip = header_bytes(g, l3)
+    a4 = read_field_bytes(ip, ADDRESSES["ipv4"][k])
+    a6 = read_field_bytes(ip, ADDRESSES["ipv6"][k])
+    b = np.where(v4[:, None], np.pad(a4, ((0, 0), (0, a6.shape[1] - a4.shape[1]))), a6)
+    words = np.ascontiguousarray(b, dtype=np.uint8).view(">u8").astype(np.uint64)
+    return words[:, 0], words[:, 1]
 
 
 _FLOW_MIX = np.random.default_rng(0x666C6F77).integers(1, 2 ** 63, size=7, dtype=np.uint64) | np.uint64(1)
@@ -839,13 +836,12 @@ def flow_sides(p: Parsed) -> tuple[np.ndarray, np.ndarray]:
     ok = p.reason == 0
     v4 = p.version == 4
     l3 = np.where(ok, p.l3, 0)
-    sh, sl = address_words(g, l3, v4, 12, 8)
-    dh, dl = address_words(g, l3, v4, 16, 24)
-    rows = np.arange(n)
-    ported = ok & np.isin(p.proto, (6, 17))
-    at = np.minimum(np.where(ported, p.l4, 0), g.shape[1] - 4)
-    sp = np.where(ported, _be16(g, rows, at), 0).astype(np.uint64)
-    dp = np.where(ported, _be16(g, rows, at + 2), 0).astype(np.uint64)
+    sh, sl = address_words(g, l3, v4, "src")
+    dh, dl = address_words(g, l3, v4, "dst")
+    # proto is 0 where the packet was not parsed: those get no ports.
+    tp = header_bytes(g, np.where(ok, p.l4, 0))
+    sp, dp = (per_section(p.proto, PORTED_SECTIONS, lambda sec: read_field(tp, PORTS[sec][end]))
+              .astype(np.uint64) for end in (0, 1))
     less = (sh < dh) | ((sh == dh) & ((sl < dl) | ((sl == dl) & (sp <= dp))))
     cols = [p.proto.astype(np.uint64),
             np.where(less, sh, dh), np.where(less, sl, dl), np.where(less, sp, dp),

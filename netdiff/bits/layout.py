@@ -62,12 +62,6 @@ def field_table(sections: tuple[str, ...], payload_bytes: int = 0) -> list[tuple
     return out
 
 
-# Field name -> (section, first bit within the section, width): where every header field sits on
-# the wire, for code that writes or reads fields in packet bytes rather than in image columns.
-FIELD_AT: dict[str, tuple[str, int, int]] = {
-    name: (sec, start, width) for sec, name, start, width in field_table(tuple(SECTIONS))}
-
-
 @dataclass(frozen=True)
 class Layout:
     """Which nPrint columns an array (or image) holds.
@@ -114,6 +108,16 @@ class Layout:
                 out[sec] = (pos, width)
             pos += width
         return out
+
+    @cached_property
+    def section_bytes(self) -> dict[str, tuple[int, int]]:
+        """Section -> (first byte, bytes) in the full matrix read as bytes (8 columns each)."""
+        return {sec: (c0 // 8, width // 8) for sec, (c0, width) in self.section_offsets.items()}
+
+    @cached_property
+    def byte_map(self) -> tuple[tuple[str, int], ...]:
+        """(section, byte within the section's header) of every byte of the full matrix."""
+        return tuple((sec, j) for sec, (_, nbytes) in self.section_bytes.items() for j in range(nbytes))
 
     @cached_property
     def full_width(self) -> int:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdiff.bits.layout import Layout
+from netdiff.bits.fields import IP_PROTOCOL, IP_TTL, IP_VERSION, PORTS, TOTAL_LENGTH
+from netdiff.bits.layout import SECTIONS, Layout
 
 ABSENT = -1
 # Decoded fields compared between sets, and how: "cat" -> JSD over values, "num" -> EMD too.
@@ -15,8 +16,9 @@ FIELD_KINDS = {
     "protocol": "cat", "packet_length": "num", "ttl": "num", "sport": "cat", "dport": "cat",
     "tcp_flags": "cat", "tcp_window": "num", "ip_version": "cat",
 }
-TCP_FLAG_FIELDS = ("tcp_ns", "tcp_cwr", "tcp_ece", "tcp_urg", "tcp_ackf", "tcp_psh", "tcp_rst",
-                   "tcp_syn", "tcp_fin")
+# The one-bit fields of TCP, in wire order: NS .. FIN.
+TCP_FLAG_FIELDS = tuple(name for name, width in SECTIONS["tcp"] if width == 1)
+assert TCP_FLAG_FIELDS[0] == "tcp_ns" and TCP_FLAG_FIELDS[-1] == "tcp_fin"
 
 
 def field_int(bits: np.ndarray, layout: Layout, name: str) -> np.ndarray:
@@ -48,15 +50,20 @@ def _first_present(*cols: np.ndarray) -> np.ndarray:
 def decode_fields(bits: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     """The decoded header fields of FIELD_KINDS, one int64 array each."""
     f = lambda name: field_int(bits, layout, name)  # noqa: E731
-    v4_len, v6_len = f("ipv4_tl"), f("ipv6_len")
-    v6_len = np.where(v6_len == ABSENT, ABSENT, v6_len + 40)
+
+    def total(sec: str) -> np.ndarray:
+        name, extra = TOTAL_LENGTH[sec]
+        v = f(name)
+        return np.where(v == ABSENT, ABSENT, v + extra)
+
+    # IPv4's value where the row holds one, else IPv6's (TCP's, else UDP's for ports).
     out = {
-        "ip_version": _first_present(f("ipv4_ver"), f("ipv6_ver")),
-        "protocol": _first_present(f("ipv4_proto"), f("ipv6_nh")),
-        "packet_length": _first_present(v4_len, v6_len),
-        "ttl": _first_present(f("ipv4_ttl"), f("ipv6_hl")),
-        "sport": _first_present(f("tcp_sprt"), f("udp_sport")),
-        "dport": _first_present(f("tcp_dprt"), f("udp_dport")),
+        "ip_version": _first_present(*map(f, IP_VERSION.values())),
+        "protocol": _first_present(*map(f, IP_PROTOCOL.values())),
+        "packet_length": _first_present(*map(total, TOTAL_LENGTH)),
+        "ttl": _first_present(*map(f, IP_TTL.values())),
+        "sport": _first_present(*(f(src) for src, _ in PORTS.values())),
+        "dport": _first_present(*(f(dst) for _, dst in PORTS.values())),
         "tcp_window": f("tcp_wsize"),
     }
     if all(name in layout.fields for name in TCP_FLAG_FIELDS):

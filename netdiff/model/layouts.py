@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from netdiff.bits.fields import PORTS
 from netdiff.io.atomic import atomic_path
 
 LAYOUTS_FILE = "layouts.safetensors"
@@ -40,7 +41,6 @@ MAX_LINK = 128                    # flows further back than this count as a new 
 WARM_UP = 256                     # rows drawn before an image's first, so it starts mid-capture
 SHRINK = 2.0                      # pseudo-rows: a layout's flow habits shrink towards its class's
 FIT_ROUNDS = 200                  # MM iterations of the choice model (converged well before)
-PORTS = {"tcp": ("tcp_sprt", "tcp_dprt"), "udp": ("udp_sport", "udp_dport")}
 
 
 def port_columns(layout) -> dict[str, tuple[slice, slice]]:

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from netdiff.bits.codec import bits_to_bytes, full_bits
-from netdiff.bits.layout import SECTION_BYTES, SECTION_ORDER, SECTIONS, Layout
+from netdiff.bits.fields import (FIELDS, FIXED_BYTES, PROTO_SECTIONS, SECTION_VERSIONS, TOTAL_LENGTH,
+                                 VERSION_SECTIONS, read_field, total_length)
+from netdiff.bits.layout import SECTION_ORDER, SECTIONS, Layout
 from netdiff.errors import NetdiffError
 from netdiff.io.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, PacketBatch, write_pcap
 
-MAX_PACKET = 65535 + 14
+MAX_PACKET = 65535 + FIXED_BYTES["eth"]     # the largest IP packet, in an Ethernet frame
 
 
 @dataclass
@@ -101,53 +103,77 @@ def read_csv(path) -> NprintTable:
                        col("tv_sec"), col("tv_usec"), bits)
 
 
-def _sections(layout):
-    out, pos = {}, 0
-    for sec in layout.sections:
-        budget = layout.payload_bytes if sec == "payload" else SECTION_BYTES[sec]
-        out[sec] = (pos, budget)
-        pos += budget
-    return out
-
-
 def table_to_batch(t: NprintTable) -> PacketBatch:
     layout = t.layout
-    if not any(s in layout.sections for s in ("ipv4", "ipv6")):
+    ip_secs = [sec for sec in VERSION_SECTIONS.values() if sec in layout.sections]
+    if not ip_secs:
         raise NetdiffError("the CSV has no IPv4 or IPv6 section: packets cannot be rebuilt")
     vals, covered = bits_to_bytes(full_bits(t.bits, layout))
-    secs = _sections(layout)
-    packets = []
+    n = len(vals)
+    secs = layout.section_bytes
+    rows = np.arange(n)
+
+    def covered_prefix(sec: str) -> np.ndarray:
+        """Bytes of a section before its first fill byte, per row."""
+        if sec not in secs:
+            return np.zeros(n, dtype=np.int64)
+        c0, budget = secs[sec]
+        cov = covered[:, c0:c0 + budget]
+        return np.where(cov.all(axis=1), budget, np.argmin(cov, axis=1)).astype(np.int64)
+
+    def first_present(candidates: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the first column of the first candidate section it holds bytes of, and how
+        many (0 when none)."""
+        col = np.zeros(n, dtype=np.int64)
+        nbytes = np.zeros(n, dtype=np.int64)
+        for sec in candidates:
+            k = covered_prefix(sec)
+            take = (nbytes == 0) & (k > 0)
+            if sec in secs:
+                col[take] = secs[sec][0]
+            nbytes[take] = k[take]
+        return col, nbytes
+
+    ip_col, ip_len = first_present(ip_secs)
+    missing = np.flatnonzero(ip_len == 0)
+    if len(missing):
+        raise NetdiffError(f"row {missing[0] + 1} has neither an IPv4 nor an IPv6 header")
+    l4_col, l4_len = first_present(list(PROTO_SECTIONS.values()))
+    pay_col, pay_len = first_present(["payload"])
     eth = "eth" in secs
-    for r in range(len(t.bits)):
-        parts = []
+    eth_len = FIXED_BYTES["eth"] if eth else 0
+    # The packet is as long as its IP header says. That header's bytes are whichever IP section
+    # the row holds, and its version nibble (not the section) says how to read the length, as
+    # any reader of the rebuilt packet will.
+    width = vals.shape[1]
 
-        def take(sec):
-            if sec not in secs:
-                return b""
-            c0, budget = secs[sec]
-            cov = covered[r, c0:c0 + budget]
-            n = int(np.argmin(cov)) if not cov.all() else budget
-            return vals[r, c0:c0 + n].tobytes()
+    def ip(j: int) -> np.ndarray:
+        return np.where(j < ip_len, vals[rows, np.minimum(ip_col + j, width - 1)], 0).astype(np.int64)
 
-        if eth:
-            parts.append(take("eth").ljust(14, b"\0"))
-        ip = take("ipv4") or take("ipv6")
-        if not ip:
-            raise NetdiffError(f"row {r + 1} has neither an IPv4 nor an IPv6 header")
-        parts.append(ip)
-        l4 = take("tcp") or take("udp") or take("icmp")
-        parts.append(l4)
-        parts.append(take("payload"))
-        pkt = b"".join(parts)
-        ver = ip[0] >> 4
-        if ver == 4 and len(ip) >= 4:
-            total = int.from_bytes(ip[2:4], "big") + (14 if eth else 0)
-        elif ver == 6 and len(ip) >= 6:
-            total = int.from_bytes(ip[4:6], "big") + 40 + (14 if eth else 0)
-        else:
-            total = len(pkt)
-        packets.append(pkt.ljust(min(max(total, len(pkt)), MAX_PACKET), b"\0"))
-    n = len(packets)
+    ver = read_field(ip, "ipv4_ver")
+    pkt_len = eth_len + ip_len + l4_len + pay_len
+    total = pkt_len
+    for sec in VERSION_SECTIONS.values():
+        known = (ver == SECTION_VERSIONS[sec]) & (ip_len >= FIELDS[TOTAL_LENGTH[sec][0]].end_byte)
+        total = np.where(known, total_length(ip, sec) + eth_len, total)
+    length = np.maximum(pkt_len, np.minimum(np.maximum(total, pkt_len), MAX_PACKET))
+    offset = np.zeros(n, dtype=np.int64)
+    if n:
+        offset[1:] = np.cumsum(length)[:-1]
+    data = np.zeros(int(length.sum()), dtype=np.uint8)
+    pos = offset.copy()
+
+    def put(col: np.ndarray, count: np.ndarray, budget: int) -> None:
+        r, j = np.nonzero(np.arange(budget) < count[:, None])
+        data[pos[r] + j] = vals[r, col[r] + j]
+        pos[:] += count
+
+    if eth:
+        put(np.full(n, secs["eth"][0]), covered_prefix("eth"), secs["eth"][1])
+        pos[:] = offset + eth_len          # bytes the CSV lacks stay zero
+    put(ip_col, ip_len, max(secs[sec][1] for sec in ip_secs))
+    put(l4_col, l4_len, max([secs[sec][1] for sec in PROTO_SECTIONS.values() if sec in secs], default=0))
+    put(pay_col, pay_len, secs["payload"][1] if "payload" in secs else 0)
     if t.tv_sec is not None:
         sec, nsec = t.tv_sec, (t.tv_usec if t.tv_usec is not None else np.zeros(n, np.int64)) * 1000
     elif t.rts is not None:
@@ -155,8 +181,10 @@ def table_to_batch(t: NprintTable) -> PacketBatch:
         sec, nsec = us // 1_000_000, (us % 1_000_000) * 1000
     else:
         sec, nsec = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    return PacketBatch.from_packets(packets, ts_sec=sec, ts_nsec=nsec,
-                                    linktype=LINKTYPE_ETHERNET if eth else LINKTYPE_RAW)
+    linktype = LINKTYPE_ETHERNET if eth else LINKTYPE_RAW
+    return PacketBatch(data, offset, length, length.copy(), np.asarray(sec, np.int64),
+                       np.asarray(nsec, np.int64), np.full(n, linktype, dtype=np.int32),
+                       np.arange(n, dtype=np.int64))
 
 
 def csv_to_pcap(csv_path, pcap_path) -> int:

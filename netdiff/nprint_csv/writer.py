@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from netdiff.bits.codec import SKIP_REASONS, Parsed, bit_lut, byte_reader, encode, skipped_counts
+from netdiff.bits.fields import (ADDRESSES, PORTED_SECTIONS, PORTS, SECTION_PROTOS,
+                                 SECTION_VERSIONS, header_bytes, per_section, read_field,
+                                 read_field_bytes)
 from netdiff.bits.layout import Layout
 from netdiff.errors import NetdiffError
 from netdiff.io.atomic import atomic_open
@@ -127,60 +130,59 @@ def format_bits(bits: np.ndarray) -> list[bytes]:
     return out
 
 
-def _ipv4_text(g: np.ndarray, rows: np.ndarray, at: np.ndarray) -> list[str]:
+def _ipv4_text(q: np.ndarray) -> list[str]:
     o = _OCTET
-    q = g[rows[:, None], at[:, None] + np.arange(4)].tolist()
-    return [f"{o[a]}.{o[b]}.{o[c]}.{o[d]}" for a, b, c, d in q]
+    return [f"{o[a]}.{o[b]}.{o[c]}.{o[d]}" for a, b, c, d in q.tolist()]
 
 
-def _ipv6_text(g: np.ndarray, rows: np.ndarray, at: np.ndarray) -> list[str]:
+def _ipv6_text(q: np.ndarray) -> list[str]:
     import ipaddress
-    q = g[rows[:, None], at[:, None] + np.arange(16)]
     return [str(ipaddress.IPv6Address(bytes(r))) for r in q]
+
+
+_ADDRESS_TEXT = {"ipv4": _ipv4_text, "ipv6": _ipv6_text}
 
 
 def index_values(batch: PacketBatch, p: Parsed, index: int) -> list[str]:
     """The index column of every encoded row, as nPrint prints it."""
     ok = np.flatnonzero(p.reason == 0)
     g = p.window
-    l3 = p.l3[ok]
-    v4 = p.version[ok] == 4
+    version = p.version[ok]
+    proto = p.proto[ok]
 
-    def addrs(src: bool) -> list[str]:
+    def addrs(end: int) -> list[str]:
         res = ["NULL"] * len(ok)             # nPrint's text for a row with no IP (radiotap)
-        i4, i6 = np.flatnonzero(v4), np.flatnonzero(p.version[ok] == 6)
-        for i, t in zip(i4, _ipv4_text(g, ok[i4], l3[i4] + (12 if src else 16))):
-            res[i] = t
-        if len(i6):
-            for i, t in zip(i6, _ipv6_text(g, ok[i6], l3[i6] + (8 if src else 24))):
-                res[i] = t
+        for sec, text in _ADDRESS_TEXT.items():
+            i = np.flatnonzero(version == SECTION_VERSIONS[sec])
+            if len(i):
+                q = read_field_bytes(header_bytes(g, p.l3[ok[i]], rows=ok[i]), ADDRESSES[sec][end])
+                for k, t in zip(i.tolist(), text(q)):
+                    res[k] = t
         return res
 
-    def ports(src: bool) -> list[str]:
-        at = p.l4[ok] + (0 if src else 2)
-        val = (g[ok, at].astype(np.int64) << 8) | g[ok, at + 1]
-        proto = p.proto[ok]
+    def ports(end: int) -> list[str]:
+        l4 = header_bytes(g, p.l4[ok], rows=ok)
+        val = per_section(proto, PORTED_SECTIONS, lambda sec: read_field(l4, PORTS[sec][end]))
         # nPrint 1.2.1 prints TCP ports without ntohs (host byte order on x86); kept for
         # compatibility. ICMP has no ports.
         swapped = ((val & 0xFF) << 8) | (val >> 8)
-        val = np.where(proto == 6, swapped, val)
-        return [str(v) if pr in (6, 17) else "NULL" for v, pr in zip(val.tolist(), proto.tolist())]
+        val = np.where(proto == SECTION_PROTOS["tcp"], swapped, val)
+        return [str(v) if pr in PORTED_SECTIONS else "NULL" for v, pr in zip(val.tolist(), proto.tolist())]
 
     if index == 0:
-        return addrs(True)
+        return addrs(0)
     if index == 1:
-        return addrs(False)
+        return addrs(1)
     if index == 2:
-        return ports(True)
+        return ports(0)
     if index == 3:
-        return ports(False)
+        return ports(1)
     if index == 4:
-        kind = {6: "TCP", 17: "UDP"}
-        pr = p.proto[ok].tolist()
+        kind = {num: sec.upper() for num, sec in PORTED_SECTIONS.items()}
         return [f"{a}_{b}_{c}_{d}_{kind.get(x, 'NULL')}" for a, b, c, d, x in
-                zip(addrs(True), addrs(False), ports(True), ports(False), pr)]
+                zip(addrs(0), addrs(1), ports(0), ports(1), proto.tolist())]
     if index == 5:
-        macs = g[ok][:, 6:12]
+        macs = read_field_bytes(header_bytes(g, p.start("eth")[ok], rows=ok), "eth_shost")
         out = [":".join(f"{x:02x}" for x in m) if e else "NULL"
                for m, e in zip(macs.tolist(), p.eth[ok].tolist())]
         radio = np.flatnonzero(p.wireless[ok])

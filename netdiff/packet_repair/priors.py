@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from netdiff.bits.codec import address_words
+from netdiff.bits.fields import (FIXED_BYTES, LENGTH_FIELDS, ByteSource, header_bytes,
+                                 header_length, read_field, read_field_bytes)
 from netdiff.errors import NetdiffError
 from netdiff.io.jsonfile import read_json
 from netdiff.io.atomic import atomic_write_text
@@ -162,17 +164,6 @@ def _hash(*parts: np.ndarray) -> np.ndarray:
     return h
 
 
-def read_field(g: np.ndarray, base: np.ndarray, bit_offset: int, bits: int) -> np.ndarray:
-    """Value of a ``bits``-wide field at ``bit_offset`` bits past each row's ``base`` byte."""
-    rows = np.arange(len(g))
-    b0 = base + bit_offset // 8
-    nbytes = (bit_offset % 8 + bits + 7) // 8
-    v = np.zeros(len(g), dtype=np.int64)
-    for k in range(nbytes):
-        v = (v << 8) | g[rows, np.minimum(b0 + k, g.shape[1] - 1)]
-    return (v >> (nbytes * 8 - bit_offset % 8 - bits)) & ((1 << bits) - 1)
-
-
 @dataclass
 class _View:
     """Per-packet arrays of one batch: header offsets, flows, directions, hosts."""
@@ -209,17 +200,24 @@ def _view(h: dict, rules: dict) -> _View:
     rows = np.arange(n)
     v4 = version == 4
 
-    sh, sl = address_words(g, l3, v4, 12, 8)
-    dh, dl = address_words(g, l3, v4, 16, 24)
-    ported = np.isin(proto, [pr.number for pr in rules.values() if pr.ports and pr.number])
-    sp = np.where(ported, read_field(g, l4, 0, 16), 0)
-    dp = np.where(ported, read_field(g, l4, 16, 16), 0)
+    sh, sl = address_words(g, l3, v4, "src")
+    dh, dl = address_words(g, l3, v4, "dst")
+    transport = header_bytes(g, l4)
+    sp = np.zeros(n, dtype=np.int64)
+    dp = np.zeros(n, dtype=np.int64)
+    for pr in rules.values():
+        if pr.ports and pr.number:
+            m = proto == pr.number
+            if m.any():
+                sp = np.where(m, read_field(transport, pr.column(pr.ports[0])), sp)
+                dp = np.where(m, read_field(transport, pr.column(pr.ports[1])), dp)
     icmp = proto == rules["icmp"].number
-    itype = np.where(icmp, read_field(g, l4, 0, 8), -1)
+    itype = np.where(icmp, read_field(transport, rules["icmp"].column("type")), -1)
     if icmp.any():      # ICMP flows: the echo/timestamp identifier (types whose rest is id_seq)
         id_seq = np.isin(itype, [t for t, d in E.icmp_type_info(rules["icmp"]).items()
                                  if d["rest"] == "id_seq"])
-        sp = np.where(icmp & id_seq, read_field(g, l4, 32, 16), sp)
+        ident = read_field(transport, rules["icmp"].column("roh")) >> 16   # the rest of header's first half
+        sp = np.where(icmp & id_seq, ident, sp)
     a_first = (sh < dh) | ((sh == dh) & ((sl < dl) | ((sl == dl) & (sp <= dp))))
     pa, pb = np.where(a_first, sp, dp), np.where(a_first, dp, sp)
     flow_hash = _hash(proto, np.where(a_first, sh, dh), np.where(a_first, sl, dl), pa,
@@ -234,8 +232,8 @@ def _view(h: dict, rules: dict) -> _View:
     client_is_a = np.where(pa[first] > pb[first], True,
                            np.where(pa[first] < pb[first], False, a_first[first]))
     if tcp is not None and tcp_rows.any():
-        syn = read_field(g, l4, tcp.field("syn").offset, 1) == 1
-        ack = read_field(g, l4, tcp.field("ackf").offset, 1) == 1
+        syn = read_field(transport, tcp.column("syn")) == 1
+        ack = read_field(transport, tcp.column("ackf")) == 1
         opener = tcp_rows & syn & ~ack
         first_syn = np.full(F, n, dtype=np.int64)
         np.minimum.at(first_syn, flow[opener], rows[opener])
@@ -306,20 +304,14 @@ def layout_strings(kinds: np.ndarray) -> np.ndarray:
     return names[inv.reshape(-1)]
 
 
-def _option_area(g, base, rules_p, mask) -> tuple[np.ndarray, np.ndarray]:
-    """(n, max_bytes) option bytes and lengths of a protocol's header at ``base`` (rows outside
-    ``mask`` or without options: zero)."""
-    h = rules_p.header
-    fr = rules_p.field(h["length_field"])
+def _option_area(src: ByteSource, rules_p, mask) -> tuple[np.ndarray, np.ndarray]:
+    """(n, max_bytes) option bytes and lengths of a protocol's header (``src``: its byte source;
+    rows outside ``mask`` or without options: zero)."""
+    sec = rules_p.section
     mx = rules_p.options.max_bytes
-    hlen = read_field(g, base, fr.offset, fr.bits) * h["length_unit"]
-    optlen = np.where(mask, np.clip(hlen - h["fixed_bytes"], 0, mx), 0)
-    vals = np.zeros((len(g), mx), dtype=np.uint8)
-    r = np.flatnonzero(optlen > 0)
-    if len(r):
-        j = np.arange(mx)[None, :]
-        got = g[r[:, None], np.minimum(base[r, None] + h["fixed_bytes"] + j, g.shape[1] - 1)]
-        vals[r] = np.where(j < optlen[r, None], got, 0)
+    optlen = np.where(mask, np.clip(header_length(src, sec) - FIXED_BYTES[sec], 0, mx), 0)
+    got = read_field_bytes(src, LENGTH_FIELDS[sec][2])[:, :mx]
+    vals = np.where(np.arange(mx) < optlen[:, None], got, 0).astype(np.uint8)
     return vals, optlen
 
 
@@ -461,7 +453,8 @@ class PriorsLearner:
         l4p = E.layer_protocols(rules, 4)
         mask_of = {name: v.version == ver for ver, name in l3p.items()}
         mask_of.update({name: v.proto == num for num, name in l4p.items()})
-        base_of = {name: (v.l3 if rules[name].layer == 3 else v.l4) for name in rules}
+        headers = {3: header_bytes(v.g, v.l3), 4: header_bytes(v.g, v.l4)}
+        src_of = {name: headers[3 if rules[name].layer == 3 else 4] for name in rules}
         for st in self.stats:
             if st.kind == "stack":
                 self._add(klass, st, np.ones(n, bool), None,
@@ -471,14 +464,13 @@ class PriorsLearner:
             mask = mask_of.get(st.protocol)
             if mask is None or not mask.any():
                 continue
-            base = base_of[st.protocol]
+            src = src_of[st.protocol]
             cond = None
             if st.by:
                 cond = [v.direction if b == "direction" else v.server_port if b == "service"
-                        else read_field(v.g, base, pr.field(b).offset, pr.field(b).bits) for b in st.by]
+                        else read_field(src, pr.column(b)) for b in st.by]
             if st.kind == "value":
-                fr = pr.field(st.field)
-                self._add(klass, st, mask, cond, read_field(v.g, base, fr.offset, fr.bits), fh)
+                self._add(klass, st, mask, cond, read_field(src, pr.column(st.field)), fh)
             elif st.kind == "port":
                 self._add(klass, st, mask, cond,
                           v.server_port if st.field == "server_port" else v.client_port, fh)
@@ -487,11 +479,10 @@ class PriorsLearner:
             elif st.kind == "flags":
                 code = np.zeros(n, dtype=np.int64)
                 for nm in pr.prior["flags"]["fields"]:
-                    fr = pr.field(nm)
-                    code = (code << 1) | read_field(v.g, base, fr.offset, 1)
+                    code = (code << 1) | read_field(src, pr.column(nm))
                 self._add(klass, st, mask, cond, code, fh)
             elif st.kind == "options":
-                vals, optlen = _option_area(v.g, base, pr, mask)
+                vals, optlen = _option_area(src, pr, mask)
                 kinds, starts = option_kinds(vals, optlen, pr.options)
                 u, inv = np.unique(layout_strings(kinds[mask]).astype(str), return_inverse=True)
                 ids = np.array([self.layouts.setdefault(str(x), len(self.layouts)) for x in u],
@@ -513,21 +504,21 @@ class PriorsLearner:
                         val = (val << 8) | vals[r_, np.minimum(at + b, vals.shape[1] - 1)]
                     self._a(klass, vs.name, "*").add(fh[r_], val)
             elif st.kind == "id":
-                self._ids(klass, v, mask, base, pr.field(st.field))
+                self._ids(klass, v, mask, read_field(src, pr.column(st.field)), pr.field(st.field).bits)
 
-    def _ids(self, klass: str, v: _View, mask: np.ndarray, base: np.ndarray, fr) -> None:
+    def _ids(self, klass: str, v: _View, mask: np.ndarray, values: np.ndarray, bits: int) -> None:
         """IP ID behaviour per ordered host pair with 3+ packets: all zero, counting up (median
         step 1..4095), or random."""
         idx = np.flatnonzero(mask)
         if len(idx) < 3:
             return
-        ids = read_field(v.g, base, fr.offset, fr.bits)[idx]
+        ids = values[idx]
         _, pair = np.unique(v.pair[idx], return_inverse=True)
         pair = pair.reshape(-1)
         order = np.argsort(pair, kind="stable")
         ps, is_ = pair[order], ids[order]
         same = ps[1:] == ps[:-1]
-        step = (is_[1:] - is_[:-1]) & ((1 << fr.bits) - 1)
+        step = (is_[1:] - is_[:-1]) & ((1 << bits) - 1)
         counts = np.bincount(pair)
         P = len(counts)
         zero_all = np.bincount(pair, weights=(ids == 0).astype(float), minlength=P) == counts
@@ -1097,8 +1088,9 @@ class ClassPriors:
             before_v, before_l = vals.copy(), optlen.copy()
             mtu = np.where(r.v6, self.rules[self.l3.get(6, "ipv6")].header.get("max_total_length", 1500),
                            self.rules[self.l3.get(4, "ipv4")].header.get("max_total_length", 1500))
-            ip_hl = np.where(r.v6, 40, 20 + r.ip_optlen)
-            l4_hl = np.where(r.proto == self.rules["tcp"].number, 20 + r.tcp_optlen, 8)
+            ip_hl = np.where(r.v6, FIXED_BYTES["ipv6"], FIXED_BYTES["ipv4"] + r.ip_optlen)
+            l4_hl = np.where(r.proto == self.rules["tcp"].number, FIXED_BYTES["tcp"] + r.tcp_optlen,
+                             FIXED_BYTES["udp"])          # UDP and ICMP: 8 bytes
             fits = np.minimum(optlen + mtu - ip_hl - l4_hl - r.payload_len, g.max_bytes)
             kinds, _ = option_kinds(vals, optlen, g)
             lay = layout_keys(kinds)            # compared as keys; strings only for the class's

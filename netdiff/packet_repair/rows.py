@@ -16,7 +16,8 @@ from functools import lru_cache
 import numpy as np
 
 from netdiff.bits.codec import overlay_bytes, pack_fields, put_field
-from netdiff.bits.layout import FIELD_AT, SECTION_BYTES, Layout
+from netdiff.bits.fields import FIELDS
+from netdiff.bits.layout import SECTION_BYTES, Layout
 from netdiff.io import pcap as P
 from netdiff.rules import checksum as C
 from netdiff.rules import engine as E
@@ -333,7 +334,7 @@ def build(r: Rows, rules: dict, ts_sec, ts_nsec, body: np.ndarray, body_len: np.
     # Checksums last, each over what its rule says it covers (the IP header; the transport
     # header, its body and the IP pseudo-header).
     # Pseudo-headers sum the IP layer's addresses; an IPv4 one is the first bytes of the 16.
-    ip_address = r.v6[:, None] | (np.arange(r.src.shape[1]) < FIELD_AT["ipv4_src"][2] // 8)
+    ip_address = r.v6[:, None] | (np.arange(r.src.shape[1]) < FIELDS["ipv4_src"].width // 8)
     src, dst = np.where(ip_address, r.src, 0), np.where(ip_address, r.dst, 0)
     body_sum = C.region_sum(body, np.zeros(n, np.int64), body_len) if body.shape[1] else np.zeros(n, np.int64)
     for sec, (rows, block, h) in blocks.items():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from netdiff.bits.codec import bits_to_bytes, encode, pack_fields, put_field
-from netdiff.bits.layout import FIELD_AT, SECTION_BYTES, SECTIONS, named_layout
+from netdiff.bits.fields import FIELDS
+from netdiff.bits.layout import SECTION_BYTES, SECTIONS, named_layout
 from netdiff.io.pcap import LINKTYPE_ETHERNET, PacketBatch
 from netdiff.rules.fields import to_int
 
@@ -15,7 +16,7 @@ from pcapgen import ICMP, IP, TCP, IPv6, Raw, eth, ip6_udp, ip_tcp, ip_udp
 
 
 def field_bits(block: np.ndarray, name: str) -> np.ndarray:
-    start, width = FIELD_AT[name][1:]
+    start, width = FIELDS[name].offset, FIELDS[name].width
     return np.unpackbits(block, axis=1)[:, start:start + width].astype(np.int8)
 
 
@@ -72,7 +73,7 @@ def test_random_values_land_in_their_bit_columns(section):
     name = next(f for f, w in SECTIONS[section] if w <= 16)
     before = np.unpackbits(block, axis=1)
     put_field(block, name, np.arange(n))
-    start, width = FIELD_AT[name][1:]
+    start, width = FIELDS[name].offset, FIELDS[name].width
     after = np.unpackbits(block, axis=1)
     outside = np.ones(before.shape[1], dtype=bool)
     outside[start:start + width] = False
