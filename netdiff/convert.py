@@ -357,40 +357,15 @@ def _exact(png: Path, out: Path, doc: dict) -> ImageResult:
     return ImageResult(str(png), str(out), "exact", len(batch), notes)
 
 
-def layout_for_width(width: int, height: int) -> Layout:
-    """The named layout an image of this width was drawn with, keeping its own height (a
-    generated image of 32 packets stays 32 packets); other widths go to NetDiffusion's 1088x1024
-    layout (quantisation resizes and says so)."""
-    from netdiff.bits.layout import named_layout
-
-    for name in ("netdiffusion", "nprint", "full"):
-        if named_layout(name, height=height).width == width:
-            return named_layout(name, height=height)
-    extra = width - NETDIFFUSION.width      # NetDiffusion's columns plus payload bytes
-    if extra > 0 and extra % 8 == 0:
-        return named_layout("netdiffusion", payload_bytes=extra // 8, height=height)
-    return NETDIFFUSION
-
-
 def _repaired(png: Path, out: Path, *, strict, seed, address_pool, timing, layout, doc,
               priors=None) -> ImageResult:
-    from netdiff.image.codec import read_rgb
-    from netdiff.packet_repair import quantize, repair
+    from netdiff.image.reader import read_image
+    from netdiff.packet_repair import repair
 
-    if layout is None and doc and "layout" in doc:
-        layout = Layout.from_dict(doc["layout"])
-    rgb = read_rgb(png)
-    if layout is None:
-        layout = layout_for_width(rgb.shape[1], rgb.shape[0])
-    if strict:
-        from netdiff.image.codec import rgb_to_bits_exact
-        if rgb.shape[:2] != (layout.height, layout.width):
-            raise ImageError(png, f"image is {rgb.shape[1]}x{rgb.shape[0]} pixels, the layout needs "
-                             f"{layout.width}x{layout.height} (--strict: not resized)")
-        bits = rgb_to_bits_exact(rgb, png)
-        notes: list[str] = []
-    else:
-        bits, notes = quantize(rgb, layout)
+    # --strict repairs nothing it would have to guess at: palette colours only, no resampling.
+    got = read_image(png, layout, mode="exact" if strict else "nearest",
+                     fit="shape" if strict else "resize", sidecar=doc or {})
+    bits, layout, notes = got.bits, got.layout, got.notes
     result = repair(bits, layout, seed=seed, address_pool=address_pool, timing=timing, strict=strict,
                     klass=_class_of(png, doc), priors=priors)
     write_pcap(out, result.batch, nanosecond=True)

@@ -173,16 +173,20 @@ NETDIFFUSION = Layout(drop=ADDRESS_FIELDS, name="netdiffusion")      # 1088 colu
 NPRINT = Layout(name="nprint")                                        # 1408 columns, with addresses
 
 
+# Layouts by name: netdiffusion (default), nprint (with addresses), full (eth too). Readers that
+# guess a layout from an image's width derive their table from these (netdiff.image.reader).
+PRESETS = {
+    "netdiffusion": dict(sections=("ipv4", "ipv6", "tcp", "udp", "icmp"), drop=ADDRESS_FIELDS),
+    "nprint": dict(sections=("ipv4", "ipv6", "tcp", "udp", "icmp"), drop=()),
+    "full": dict(sections=("eth", "ipv4", "ipv6", "tcp", "udp", "icmp"), drop=()),
+}
+
+
 def named_layout(name: str, payload_bytes: int = 0, height: int = 1024) -> Layout:
-    """Layouts by name: netdiffusion (default), nprint (with addresses), full (eth too)."""
-    presets = {
-        "netdiffusion": dict(sections=("ipv4", "ipv6", "tcp", "udp", "icmp"), drop=ADDRESS_FIELDS),
-        "nprint": dict(sections=("ipv4", "ipv6", "tcp", "udp", "icmp"), drop=()),
-        "full": dict(sections=("eth", "ipv4", "ipv6", "tcp", "udp", "icmp"), drop=()),
-    }
-    if name not in presets:
-        raise ValueError(f"unknown layout {name!r}; choose one of {', '.join(presets)}")
-    return Layout(payload_bytes=payload_bytes, height=height, name=name, **presets[name])
+    """The preset layout ``name`` (see ``PRESETS``) with this payload and height."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown layout {name!r}; choose one of {', '.join(PRESETS)}")
+    return Layout(payload_bytes=payload_bytes, height=height, name=name, **PRESETS[name])
 
 
 assert NETDIFFUSION.width == 1088 and NPRINT.width == 1408

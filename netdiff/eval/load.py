@@ -3,7 +3,8 @@
 A folder holds pcaps (``<class>/*.pcap`` when classes are known, or files at the top level, class
 "all") or palette PNGs (``<class>/*.png``, or any PNG with a ``<stem>.json`` sidecar whose "class"
 key names it). Pcaps are encoded with the NPRINT layout (addresses kept, so flows can be built);
-images carry the layout their sidecar names, or the one their width implies.
+images are read by ``netdiff.image.reader.read_image`` (nearest palette colour; the layout their
+PNG text or sidecar names, or the one their width implies).
 """
 from __future__ import annotations
 
@@ -154,12 +155,6 @@ def _cat(parts, shape=(0,), dtype=np.int64):
     return np.concatenate(parts) if parts else np.zeros(shape, dtype=dtype)
 
 
-def rgb_to_bits_nearest(rgb: np.ndarray) -> np.ndarray:
-    """Ternary matrix from any RGB image: the strongest channel wins (red 1, green 0, blue -1),
-    so generated images whose colours are near, not exactly on, the palette still decode."""
-    return np.array([1, 0, -1], dtype=np.int8)[np.argmax(rgb[..., :3], axis=-1)]
-
-
 def _sidecar(png: Path) -> dict:
     side = png.with_suffix(".json")
     if not side.is_file():
@@ -173,32 +168,17 @@ def _sidecar(png: Path) -> dict:
     return data
 
 
-def _layout_for(png: Path, width: int, side: dict) -> Layout:
-    if "layout" in side:
-        try:
-            layout = Layout.from_dict(side["layout"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise NetdiffError(f"{png.with_suffix('.json')}: bad 'layout' ({e})") from None
-        if layout.width != width:
-            raise NetdiffError(f"{png}: image is {width} columns wide, its sidecar layout "
-                               f"{layout.name!r} has {layout.width}")
-        return layout
-    for layout in (NETDIFFUSION, NPRINT):
-        if layout.width == width:
-            return layout
-    raise NetdiffError(f"{png}: image is {width} columns wide; without a sidecar naming its layout "
-                       f"only {NETDIFFUSION.width} (netdiffusion) or {NPRINT.width} (nprint) are known")
-
-
 def _load_pngs(root: Path, paths: list[Path], progress: bool) -> TrafficSet:
-    from netdiff.image.codec import read_rgb
+    from netdiff.image.reader import read_image
 
     rows = []   # (class, bits, ts)
     layout = None
     for png in _bar(paths, progress, f"reading {root.name}"):
         side = _sidecar(png)
-        m = rgb_to_bits_nearest(read_rgb(png))
-        lay = _layout_for(png, m.shape[1], side)
+        # Generated images are scored as drawn: off-palette colours take the nearest bit, and
+        # nothing is resampled (a bit column that is not there cannot be scored).
+        got = read_image(png, mode="nearest", fit="width", sidecar=side)
+        m, lay = got.bits, got.layout
         if layout is None:
             layout = lay
         elif lay.columns != layout.columns:

@@ -3,7 +3,8 @@
 1 -> red (255,0,0), 0 -> green (0,255,0), -1 -> blue (0,0,255). Images are written as palette
 PNGs (two bits per pixel: small and fast); any reader that converts to RGB
 gets exactly these colours. Reading accepts palette or RGB(A) PNGs; netdiff's own (2 bits per
-pixel, rows unfiltered: see ``netdiff.image.png``) are decoded without Pillow.
+pixel, rows unfiltered: see ``netdiff.image.png``) are decoded without Pillow. Any other RGB goes
+through ``rgb_to_bits``, netdiff's one quantiser (``netdiff.image.reader`` adds the layout).
 """
 from __future__ import annotations
 
@@ -58,20 +59,53 @@ def read_rgb(path) -> np.ndarray:
         raise ImageError(path, f"not a readable image ({e.__class__.__name__}: {e})") from None
 
 
-def rgb_to_bits_exact(rgb: np.ndarray, path="image") -> np.ndarray:
-    """Exact palette decode: every pixel must be one of the three colours."""
-    r, g, b = (rgb[..., i] for i in range(3))
-    out = np.full(rgb.shape[:2], 2, dtype=np.int8)   # 2 = not a palette colour
-    out[(r == 255) & (g == 0) & (b == 0)] = 1
-    out[(r == 0) & (g == 255) & (b == 0)] = 0
-    out[(r == 0) & (g == 0) & (b == 255)] = -1
-    bad = out == 2
-    if bad.any():
-        y, x = np.argwhere(bad)[0]
-        raise ImageError(path, f"{int(bad.sum())} pixels are not one of the three palette colours "
+# The one tie rule for RGB -> bits. A pixel equally near two or three palette colours (grey,
+# yellow, magenta, cyan) takes fill (-1, blue) first, then 0 (green), then 1 (red): an undecided
+# pixel should not invent a set header bit. Every reader in netdiff goes through nearest_bits.
+TIE_ORDER = (-1, 0, 1)
+MODES = ("nearest", "exact")
+
+
+def nearest_bits(rgb) -> np.ndarray:
+    """Bit of the nearest palette colour for each pixel of a (..., 3) array of any real dtype.
+
+    The palette colours are corners of the RGB cube, so the nearest in Euclidean distance is the
+    largest channel (``|p - c|^2 = |p|^2 + 255^2 - 2*255*p_c``): three comparisons per pixel,
+    exact for palette pixels; a pixel moves to another colour only past the half-way point.
+    Ties follow ``TIE_ORDER``."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    red = (r > g) & (r > b)
+    green = ~red & (g > b)
+    bits = np.full(r.shape, -1, dtype=np.int8)
+    bits[red] = 1
+    bits[green] = 0
+    return bits
+
+
+def palette_mask(rgb: np.ndarray) -> np.ndarray:
+    """True where an (H, W, 3) uint8 pixel is exactly one of the three palette colours."""
+    code = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    return (code == 0xFF0000) | (code == 0x00FF00) | (code == 0x0000FF)
+
+
+def rgb_to_bits(rgb: np.ndarray, mode: str = "nearest", path="image") -> tuple[np.ndarray, int]:
+    """(bits, number of pixels that are not palette colours) of an (H, W, 3) uint8 image.
+
+    ``nearest`` maps every pixel to its nearest palette colour (``nearest_bits``). ``exact``
+    gives the same bits but raises ImageError at the first pixel off the palette: it is for
+    images that must be netdiff's own drawing (training data, ``img2pcap --strict``, converted
+    captures), where a stray colour means a damaged or foreign file, not generator noise to
+    round away."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    on = palette_mask(rgb)
+    off = int(on.size - np.count_nonzero(on))
+    if off and mode == "exact":
+        y, x = np.argwhere(~on)[0]
+        raise ImageError(path, f"{off} pixels are not one of the three palette colours "
                          f"(first at row {y}, column {x}: {tuple(int(v) for v in rgb[y, x])}); "
                          "a generated image needs repair (netdiff img2pcap without --strict)")
-    return out
+    return nearest_bits(rgb), off
 
 
 def _own_png_packed(path, check_indices: bool = True) -> tuple[np.ndarray, int] | None:
@@ -139,7 +173,9 @@ def read_png_bytes(path, width: int, height: int) -> tuple[np.ndarray, np.ndarra
     return (*bits_to_bytes(bits), (bits == -1).all(axis=1))
 
 
-def _read_own_png(path) -> np.ndarray | None:
+def read_own_png(path) -> np.ndarray | None:
+    """The bits of a PNG in netdiff's own format (see ``_own_png_packed``), decoded without
+    Pillow or RGB; None for any other image."""
     own = _own_png_packed(path)
     if own is None:
         return None
@@ -153,7 +189,7 @@ def read_png_bits(path, width: int | None = None, height: int | None = None) -> 
     Palette PNGs are decoded from their indices (no RGB expansion); others through RGB."""
     from PIL import Image, UnidentifiedImageError
 
-    fast = _read_own_png(path)
+    fast = read_own_png(path)
     if fast is not None:
         _check_size(path, fast.shape[1], fast.shape[0], width, height)
         return fast
@@ -180,4 +216,4 @@ def read_png_bits(path, width: int | None = None, height: int | None = None) -> 
         raise ImageError(path, "no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(path, f"not a readable image ({e.__class__.__name__}: {e})") from None
-    return rgb_to_bits_exact(rgb, path)
+    return rgb_to_bits(rgb, "exact", path)[0]

@@ -55,8 +55,8 @@ def text_chunks(data: bytes) -> dict[str, str]:
     while i + 8 <= len(data):
         n = struct.unpack(">I", data[i:i + 4])[0]
         kind = data[i + 4:i + 8]
-        if kind in (b"IDAT", b"IEND"):
-            break
+        if kind in (b"IDAT", b"IEND") or i + 12 + n > len(data):
+            break       # the image data, or a chunk cut off where the caller stopped reading
         if kind == b"tEXt":
             key, _, value = data[i + 8:i + 8 + n].partition(b"\0")
             out[key.decode("latin-1")] = value.decode("latin-1")

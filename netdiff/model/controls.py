@@ -130,7 +130,7 @@ def load_control(spec: str, kind: str, layout: Layout, height: int) -> np.ndarra
     or a ready control image (grayscale or RGB; bright = 1). Rows are cut or padded to ``height``."""
     from pathlib import Path
 
-    from netdiff.image.codec import read_rgb
+    from netdiff.image.codec import read_rgb, rgb_to_bits
     from netdiff.model.data import fit_rows
 
     name, rows = parse_template(spec)
@@ -152,11 +152,8 @@ def load_control(spec: str, kind: str, layout: Layout, height: int) -> np.ndarra
     if rgb.shape[1] != layout.width:
         raise NetdiffError(f"{path}: control image is {rgb.shape[1]} pixels wide, the layout has "
                            f"{layout.width} columns")
-    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
-    is_palette = (((r == 255) & (g == 0) & (b == 0)) | ((r == 0) & (g == 255) & (b == 0))
-                  | ((r == 0) & (g == 0) & (b == 255))).all()
-    if is_palette:
-        bits = np.where(r == 255, 1, np.where(g == 255, 0, -1)).astype(np.int8)
+    bits, off = rgb_to_bits(rgb)
+    if not off:     # a palette image is a real image of the class; anything else a drawn mask
         return control_from_bits(fit_rows(bits, height)[0], kind)
     gray = (rgb.astype(np.float32).mean(axis=2) > 127.5).astype(np.float32)
     out = np.zeros((height, layout.width), dtype=np.float32)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from netdiff.errors import ImageError, NetdiffError
-from netdiff.image.codec import read_rgb, rgb_to_bits_exact
+from netdiff.image.reader import read_image
 from netdiff.model.config import CAPTION_TEMPLATE, ImageConfig
 
 FILL = -1   # value of an absent bit; padding rows are all fill, like pcap2img's
@@ -70,11 +70,14 @@ def fit_rows(bits: np.ndarray, height: int, mode: str = "first") -> list[np.ndar
 
 
 def load_bits(png: Path, width: int) -> np.ndarray:
-    rgb = read_rgb(png)
-    if rgb.shape[1] != width:
-        raise ImageError(png, f"image is {rgb.shape[1]} pixels wide, the model's layout has {width} "
+    """A training image's bits. Exact: training data is netdiff's own drawing, so an off-palette
+    pixel is a damaged or foreign file, not noise to round into the model's targets. The model's
+    config fixes the layout, so none is resolved from the image; only its width is checked."""
+    bits = read_image(png, mode="exact", fit=None).bits
+    if bits.shape[1] != width:
+        raise ImageError(png, f"image is {bits.shape[1]} pixels wide, the model's layout has {width} "
                          "columns (columns are bits: they are never cropped or resized)")
-    return rgb_to_bits_exact(rgb, png)
+    return bits
 
 
 @dataclass

@@ -15,7 +15,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
-from netdiff.image.codec import PALETTE
+from netdiff.image.codec import PALETTE, nearest_bits
 
 
 class _Deterministic:
@@ -94,8 +94,8 @@ def tensor_to_bits(x: torch.Tensor) -> np.ndarray:
     if x.shape[1] == 1:
         return x[:, 0].clamp(-1, 1).round().to(torch.int8).numpy()
     if x.shape[1] == 3:
-        rgb = (x.clamp(-1, 1) + 1) * 127.5                                 # (B, 3, H, W)
-        pal = torch.from_numpy(PALETTE.astype(np.float32))                  # (3 values, 3 channels)
-        d = ((rgb[:, None] - pal[None, :, :, None, None]) ** 2).sum(2)      # (B, 3, H, W)
-        return (d.argmin(1) - 1).to(torch.int8).numpy()
+        # The quantiser every image reader uses (same nearest colour, same ties), on floats so
+        # that no rounding to uint8 makes ties the sample did not have.
+        rgb = ((x.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).numpy()     # (B, H, W, 3)
+        return nearest_bits(rgb)
     raise ValueError(f"cannot turn a {x.shape[1]}-channel sample into bits")

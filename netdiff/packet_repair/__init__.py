@@ -5,12 +5,13 @@
                     priors=FieldPriors.load("field_priors.json"), klass="dns")
     write_pcap(path, result.batch)
 
-Steps: quantise pixels (pixels.py); decide each row's stack and move its fields to legal
-values (rows.py, rules from protocol_rules/); group rows into flows and make the trace
-consistent (trace.py); with class priors (priors.py), legal values the class never shows are
-replaced by ones it shows; addresses (addresses.py), timestamps (timing.py), bodies (bodies.py);
-then bytes, lengths and checksums in one pass (rows.build). The report says what changed and
-how much of the generated content survived, per field group.
+Steps: quantise pixels (netdiff.image.reader: the quantiser every image reader shares); decide
+each row's stack and move its fields to legal values (rows.py, rules from protocol_rules/);
+group rows into flows and make the trace consistent (trace.py); with class priors (priors.py),
+legal values the class never shows are replaced by ones it shows; addresses (addresses.py),
+timestamps (timing.py), bodies (bodies.py); then bytes, lengths and checksums in one pass
+(rows.build). The report says what changed and how much of the generated content survived,
+per field group.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ import numpy as np
 
 from netdiff.bits.layout import Layout
 from netdiff.errors import NetdiffError
+from netdiff.image.reader import quantize
 from netdiff.io.pcap import PacketBatch
 from netdiff.packet_repair.addresses import AddressPool
-from netdiff.packet_repair.pixels import quantize
 from netdiff.packet_repair.priors import FieldPriors
 from netdiff.packet_repair.timing import TimingModel, gap_kinds, timestamps
 

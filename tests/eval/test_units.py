@@ -14,7 +14,7 @@ from netdiff.eval import memorization as M
 from netdiff.eval.calibration import split_real
 from netdiff.eval.fields import bits_int, decode_fields
 from netdiff.eval.flows import flow_table
-from netdiff.eval.load import common_layout, load_dir, rgb_to_bits_nearest
+from netdiff.eval.load import common_layout, load_dir
 
 
 def test_bits_int_is_msb_first_and_marks_absent():
@@ -140,8 +140,10 @@ def test_perturbed_ttl_is_the_worst_field(splits, tmp_path):
 def test_png_loading_nearest_colour_and_errors(tmp_path):
     from PIL import Image
 
+    from netdiff.image.codec import rgb_to_bits
+
     rgb = np.array([[[250, 10, 3], [5, 240, 20], [0, 0, 200]]], dtype=np.uint8)
-    np.testing.assert_array_equal(rgb_to_bits_nearest(rgb), [[1, 0, -1]])
+    np.testing.assert_array_equal(rgb_to_bits(rgb)[0], [[1, 0, -1]])
     (tmp_path / "x").mkdir()
     Image.fromarray(np.zeros((4, 100, 3), np.uint8)).save(tmp_path / "x" / "a.png")
     with pytest.raises(NetdiffError, match="100 columns wide"):
