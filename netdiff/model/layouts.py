@@ -38,7 +38,7 @@ from netdiff.io.atomic import atomic_path
 LAYOUTS_FILE = "layouts.safetensors"
 ABSENT = -1
 MAX_LINK = 128                    # flows further back than this count as a new flow
-WARM_UP = 256                     # rows drawn before an image's first, so it starts mid-capture
+SNAPSHOTS = 64                    # per class: states of the flows going on where a window starts
 SHRINK = 2.0                      # pseudo-rows: a layout's flow habits shrink towards its class's
 FIT_ROUNDS = 200                  # MM iterations of the choice model (converged well before)
 
@@ -63,7 +63,7 @@ def _bits_value(bits: np.ndarray) -> int:
 def flow_links(image: np.ndarray, ports: dict) -> tuple[np.ndarray, np.ndarray]:
     """Per row of a training image: link (0 new flow, r: the r-th most recent flow of the same
     transport; -1 no transport ports) and whether it runs in the reverse direction of that flow."""
-    link, rev, _, _ = flow_events(image, ports)
+    link, rev, *_ = flow_events(image, ports)
     return link, rev
 
 
@@ -77,19 +77,29 @@ def flow_state(packets: int, last_reversed: bool) -> int:
 
 
 _EDGES = tuple(int(e) for e in SIZE_EDGES)      # plain ints: flow_state runs once per sampled row
+STATE_PACKETS = (1,) + _EDGES                   # a flow with a state's packets (the bucket's least)
 
 
-def flow_events(image: np.ndarray, ports: dict):
+def flow_events(image: np.ndarray, ports: dict, every: int | None = None):
     """``flow_links`` plus, per row, the states (``flow_state``) of the flows it could have gone
     on with, most recent first (at most ``MAX_LINK``; empty for a row without ports), and the
-    state of the one it did go on with (-1 for a new flow)."""
+    state of the one it did go on with (-1 for a new flow); and, before every ``every``-th row
+    (not the first), a snapshot of the flows going on: (transports, MAX_LINK) their states, most
+    recent first, -1 past the last (transports in ``ports``' order)."""
     link = np.full(image.shape[0], -1, dtype=np.int64)
     rev = np.zeros(image.shape[0], dtype=bool)
     states: list[np.ndarray] = []
     chosen = np.full(image.shape[0], -1, dtype=np.int64)
     # per transport, most recent first: [port key, first sport, packets, last reversed]
     recent: dict[str, list[list]] = {t: [] for t in ports}
+    snaps = []
     for i, row in enumerate(image):
+        if every and i and i % every == 0:
+            snap = np.full((len(ports), MAX_LINK), -1, dtype=np.int8)
+            for j, fl in enumerate(recent.values()):
+                st = [flow_state(f[2], f[3]) for f in fl[:MAX_LINK]]
+                snap[j, :len(st)] = st
+            snaps.append(snap)
         t = _transport(row != ABSENT, ports)
         if t is None:
             states.append(np.zeros(0, dtype=np.int64))
@@ -112,7 +122,7 @@ def flow_events(image: np.ndarray, ports: dict):
             f[2] += 1
             f[3] = bool(rev[i])
             flows.insert(0, f)
-    return link, rev, states, chosen
+    return link, rev, states, chosen, snaps
 
 
 class LayoutChain:
@@ -122,7 +132,8 @@ class LayoutChain:
 
     def __init__(self, vocab: np.ndarray, classes: list[str], start: np.ndarray, trans: np.ndarray,
                  links: np.ndarray | None = None, layout_name: str = "netdiffusion",
-                 weights: np.ndarray | None = None, flips: np.ndarray | None = None):
+                 weights: np.ndarray | None = None, flips: np.ndarray | None = None,
+                 going: np.ndarray | None = None):
         self.vocab = np.asarray(vocab, dtype=bool)
         self.classes = list(classes)
         self.start = np.asarray(start, dtype=np.float64)       # (C, K)
@@ -139,6 +150,9 @@ class LayoutChain:
         # float32 as saved, so that a loaded chain draws what the fitted one did
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float32).astype(np.float64)
         self.flips = None if flips is None else np.asarray(flips, dtype=np.float64)
+        # going (C, SNAPSHOTS, transports, MAX_LINK) int8: states of the flows going on where a
+        # training window starts within its capture (-1: none), the flows an image starts among
+        self.going = None if going is None else np.asarray(going, dtype=np.int8)
 
     @classmethod
     def fit(cls, images: list[np.ndarray], labels: list[str], layout=None,
@@ -170,6 +184,7 @@ class LayoutChain:
         links = np.zeros((len(classes), len(keys), MAX_LINK + 1, 2))
         flips = np.zeros((len(classes), len(keys), N_STATES, 2))
         choices: list[list] = [[] for _ in classes]     # per class: (layout, options, chosen) rows
+        snaps: list[list] = [[] for _ in classes]
         keys_of = list(range(len(images))) if streams is None else list(streams)
         if len(keys_of) != len(images):
             raise ValueError(f"{len(keys_of)} stream keys for {len(images)} images")
@@ -183,13 +198,20 @@ class LayoutChain:
                 start[c, ids[0]] += 1      # every window start: a generated image may begin anywhere
             ids = np.concatenate([np.asarray(x, dtype=np.intp) for x in seqs[lo:hi]])
             np.add.at(trans[c], (ids[:-1], ids[1:]), 1)
-            link, rev, states, chosen = flow_events(np.concatenate([np.asarray(im) for im in images[lo:hi]]), ports)
+            link, rev, states, chosen, at = flow_events(np.concatenate([np.asarray(im) for im in images[lo:hi]]),
+                                                        ports, every=len(images[lo]))
+            snaps[c] += at
             has = link >= 0
             np.add.at(links[c], (ids[has], link[has], rev[has].astype(np.intp)), 1)
             choices[c].append(_choices(ids, link, rev, states, chosen, flips[c]))
             lo = hi
         weights = np.stack([fit_choices(*_join(rows), len(keys)) for rows in choices])
-        return cls(vocab, classes, start, trans, links, layout.name, weights, flips)
+        going = np.full((len(classes), SNAPSHOTS, len(ports), MAX_LINK), -1, dtype=np.int8)
+        for c, at in enumerate(snaps):
+            # evenly over the class's window starts, the same ones every time
+            for j, k in enumerate(np.linspace(0, len(at) - 1, min(len(at), SNAPSHOTS)).round().astype(int)):
+                going[c, j] = at[k]
+        return cls(vocab, classes, start, trans, links, layout.name, weights, flips, going)
 
     @classmethod
     def fit_dataset(cls, dataset) -> "LayoutChain":
@@ -233,42 +255,44 @@ class LayoutChain:
         ports = port_columns(layout)
         c = self.classes.index(cls)
         weight, flip = self.weights[c], self.flips[c] + 1e-9     # a state never seen: either way
-        # the image starts mid-capture: flows drawn over a stretch before its first row go on into
-        # it (from an empty start a Modbus image opened a quarter of its rows as new flows, where
-        # real windows open 0.4%: they begin with the capture's polls already running)
-        warm = self.sample_ids(cls, WARM_UP, generator)
-        seq = np.concatenate([warm, np.asarray(ids, dtype=np.intp)])
-        u = torch.rand((len(seq), 2), generator=generator, dtype=torch.float64).numpy()
+        transport = [_transport(v, ports) for v in self.vocab]
         # per transport, most recent first: [flow index, packets, last reversed, its flow_state]
         recent: dict[str, list[list]] = {t: [] for t in ports}
         flows: list[list[tuple[int, bool]]] = []     # image rows, direction against the flow's first
-        transport = [_transport(v, ports) for v in self.vocab]
-        for j, k in enumerate(seq):
+        # the image starts mid-capture, among the flows going on where one of the class's training
+        # windows starts (from an empty start a Modbus image opened a quarter of its rows as new
+        # flows, where real windows open 0.4%: they begin with the capture's polls running)
+        pick_start = float(torch.rand(1, generator=generator, dtype=torch.float64))
+        going = self.going[c] if self.going is not None else np.zeros((0, len(ports), 0))
+        have = np.flatnonzero((going >= 0).any(axis=(1, 2)))
+        if len(have):
+            snap = going[have[min(int(pick_start * len(have)), len(have) - 1)]]
+            for t, row in zip(ports, snap):
+                for state in row[row >= 0]:
+                    flows.append([])
+                    recent[t].append([len(flows) - 1, STATE_PACKETS[state // 2], bool(state % 2), int(state)])
+        u = torch.rand((len(ids), 2), generator=generator, dtype=torch.float64).numpy()
+        for i, k in enumerate(ids):
             t = transport[k]
             if t is None:
                 continue
-            i = j - WARM_UP
             cand = recent[t][:weight.shape[1] - 1]     # the file's own reach
             st = np.fromiter((f[3] for f in cand), dtype=np.intp, count=len(cand))
             w = np.concatenate([[weight[k, 0, 0]], weight[k, np.arange(1, len(cand) + 1), st]])
-            pick = _draw(w, u[j, 0]) if w.sum() > 0 else 0
+            pick = _draw(w, u[i, 0]) if w.sum() > 0 else 0
             if pick == 0:
                 flows.append([(i, False)])
                 recent[t].insert(0, [len(flows) - 1, 1, False, flow_state(1, False)])
                 continue
             f = recent[t].pop(pick - 1)
-            rev = bool(f[2] ^ _draw(flip[k, st[pick - 1]], u[j, 1]))
+            rev = bool(f[2] ^ _draw(flip[k, st[pick - 1]], u[i, 1]))
             flows[f[0]].append((i, rev))
             f[1] += 1
             f[2] = rev
             f[3] = flow_state(f[1], rev)
             recent[t].insert(0, f)
-        out = []
-        for f in flows:
-            mine = [(i, rev) for i, rev in f if i >= 0]
-            if len(mine) > 1:       # directions against the flow's first row in the image
-                out.append([(i, rev != mine[0][1]) for i, rev in mine])
-        return out
+        # directions against the flow's first row in the image
+        return [[(i, rev != f[0][1]) for i, rev in f] for f in flows if len(f) > 1]
 
     def _sample_links(self, cls: str, ids: np.ndarray, generator: torch.Generator, layout) -> list[list[tuple[int, bool]]]:
         """``sample_flows`` for files saved before flow states: links by layout alone."""
@@ -305,6 +329,8 @@ class LayoutChain:
                    "trans": self.trans.astype(np.float32), "links": self.links.astype(np.float32)}
         if self.weights is not None:
             tensors.update(weights=self.weights.astype(np.float32), flips=self.flips.astype(np.float32))
+        if self.going is not None:
+            tensors["going"] = self.going.astype(np.int8)
         with atomic_path(Path(folder) / LAYOUTS_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"netdiff": meta})
 
@@ -333,7 +359,8 @@ class LayoutChain:
             states = ([f.get_tensor(n) for n in ("weights", "flips")]
                       if {"weights", "flips"} <= names else [None] * 2)     # saved before flow states
             return cls(vocab, meta["classes"], f.get_tensor("start"), f.get_tensor("trans"),
-                       links, meta.get("layout", "netdiffusion"), *states)
+                       links, meta.get("layout", "netdiffusion"), *states,
+                       f.get_tensor("going") if "going" in names else None)
 
 
 def _choices(ids, link, rev, states, chosen, flips) -> tuple:

@@ -46,7 +46,7 @@ def _flow_sizes(chain: LayoutChain, seeds: range, rows: int = 64) -> Counter:
 
 
 def test_flow_events_see_each_flows_state():
-    link, rev, states, chosen = flow_events(_images(1)[0], port_columns(NETDIFFUSION))
+    link, rev, states, chosen, _ = flow_events(_images(1)[0], port_columns(NETDIFFUSION))
     assert link[:8].tolist() == [0, 0, 2, 2, 0, 0, 2, 2]
     assert rev[:8].tolist() == [False, False, True, True, False, False, True, True]
     # the first answer goes on with a one-packet flow whose last packet was the query
@@ -124,3 +124,34 @@ def test_distinct_flows_keep_distinct_ports():
     assert np.array_equal(image[0], before[0]) and np.array_equal(image[2], before[2])
     # run again: nothing left to move
     assert separate_flows(image, flows, NETDIFFUSION) == 0
+
+
+def _polls(rng: random.Random, n: int, clients: int = 4) -> list[bytes]:
+    """Modbus-like: ``clients`` TCP connections polled in turn, request then response."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    ports = [rng.randrange(1024, 65535) for _ in range(clients)]
+    out = []
+    for k in range(n // 2):
+        p = ports[k % clients]
+        out.append(bytes(Ether() / IP(src="10.0.0.3", dst="10.0.0.9") / TCP(sport=p, dport=502, flags="PA") / b"r"))
+        out.append(bytes(Ether() / IP(src="10.0.0.9", dst="10.0.0.3") / TCP(sport=502, dport=p, flags="PA") / b"a"))
+    return out
+
+
+def test_an_image_starts_among_the_flows_going_on():
+    """Four polled connections that run through a capture's windows: the chain keeps the flows
+    going on where each later window starts, and a generated image starts among them, so its
+    rows fall into a few long flows, not into new ones opened one after another."""
+    bits = encode(PacketBatch.from_packets(_polls(random.Random(5), 128)), NETDIFFUSION)[0]
+    windows = [bits[32 * k: 32 * (k + 1)] for k in range(4)]
+    chain = LayoutChain.fit(windows, ["modbus"] * 4, streams=[0, 0, 0, 0])
+    assert chain.going.shape[:2] == (1, 64)
+    snaps = chain.going[0][(chain.going[0] >= 0).any(axis=(1, 2))]
+    assert len(snaps) == 3 and ((snaps >= 0).sum(axis=(1, 2)) == 4).all()
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        ids = chain.sample_ids("modbus", 32, g)
+        flows = chain.sample_flows("modbus", ids, g, NETDIFFUSION)
+        assert 3 <= len(flows) <= 5 and sum(len(f) for f in flows) >= 30, flows
