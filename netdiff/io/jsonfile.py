@@ -7,7 +7,7 @@ from pathlib import Path
 from netdiff.errors import NetdiffError
 
 
-def read_json(path, what: str):
+def read_json_file(path, what: str):
     """The parsed content of ``path``; a missing, unreadable or malformed file is a one-line
     NetdiffError naming ``what`` it should have been ("timing model", "priors file")."""
     try:

@@ -33,7 +33,7 @@ from netdiff.bits.codec import address_words
 from netdiff.bits.fields import (FIXED_BYTES, LENGTH_FIELDS, ByteSource, header_bytes,
                                  header_length, read_field, read_field_bytes)
 from netdiff.errors import NetdiffError
-from netdiff.io.jsonfile import read_json
+from netdiff.io.jsonfile import read_json_file
 from netdiff.io.atomic import atomic_write_text
 from netdiff.rules import engine as E
 
@@ -616,7 +616,7 @@ class FieldPriors:
 
     @classmethod
     def load(cls, path) -> "FieldPriors":
-        return cls.from_dict(read_json(path, "priors file"), str(path))
+        return cls.from_dict(read_json_file(path, "priors file"), str(path))
 
     @classmethod
     def coerce(cls, x) -> "FieldPriors | None":

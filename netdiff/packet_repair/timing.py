@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from netdiff.errors import NetdiffError
-from netdiff.io.jsonfile import read_json
+from netdiff.io.jsonfile import read_json_file
 from netdiff.io.atomic import atomic_write_text
 
 N_QUANTILES = 101
@@ -116,7 +116,7 @@ class TimingModel:
 
     @classmethod
     def load(cls, path) -> "TimingModel":
-        doc = read_json(path, "timing model")
+        doc = read_json_file(path, "timing model")
         if not isinstance(doc, dict) or doc.get("format") not in READS:
             raise NetdiffError(f"{path}: not a netdiff timing model (format {FORMAT!r} expected)")
         classes = doc.get("classes", {})
