@@ -72,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="packets per generated image, a multiple of the config's height (default: the "
                         "config's height); flows can run across the windows of a taller image")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--draw-seed", type=int, default=None,
+                   help="seed of generation and repair only (default --seed): other draws of the "
+                        "same model on the same split, for the run-to-run spread")
     p.add_argument("--classes", help="comma-separated subset of the classes under --data")
     p.add_argument("--levels", default="in,unseen", help="comma-separated: in, unseen (default: both)")
     p.add_argument("--threads", type=int, default=1,
@@ -565,24 +568,25 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
                 f"{trained.get('steps')} steps, final loss {fmt(trained.get('final_loss'))}")
 
     # 4. Generated images per class.
+    draw = args.seed if args.draw_seed is None else args.draw_seed
     gen_images = work / "generated" / "images"
     shutil.rmtree(gen_images, ignore_errors=True)
     for cls in kept:
-        netdiff.generate(model, cls, args.count, args.seed, output=gen_images / cls, progress=False,
+        netdiff.generate(model, cls, args.count, draw, output=gen_images / cls, progress=False,
                          height=args.rows)
     phases.done("generate", f"{args.count} x {len(kept)} classes, {args.rows or height} packets each")
 
     # 5. Repair into pcaps with the training side's timing (and class priors when asked).
     timing = TimingModel.load(images / TIMING_FILE)
     pcaps = {GEN: work / "generated" / "pcaps"}
-    repairs = {GEN: repair_all(gen_images, pcaps[GEN], timing, args.seed)}
+    repairs = {GEN: repair_all(gen_images, pcaps[GEN], timing, draw)}
     if args.priors:
         prior = priors_file(images)
         if prior is None:
             notes.append(f"--priors: pcap2img wrote no field priors next to {TIMING_FILE}; row left out")
         else:
             pcaps[PRIORS] = work / "generated" / "pcaps_priors"
-            repairs[PRIORS] = repair_all(gen_images, pcaps[PRIORS], timing, args.seed, priors=prior)
+            repairs[PRIORS] = repair_all(gen_images, pcaps[PRIORS], timing, draw, priors=prior)
     for name, r in repairs.items():
         if r["failed"]:
             notes.append(f"{name}: {len(r['failed'])} images not repaired (first: "
