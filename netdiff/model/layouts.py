@@ -358,9 +358,21 @@ class LayoutChain:
             links = f.get_tensor("links") if "links" in names else None     # saved before flow links
             states = ([f.get_tensor(n) for n in ("weights", "flips")]
                       if {"weights", "flips"} <= names else [None] * 2)     # saved before flow states
-            return cls(vocab, meta["classes"], f.get_tensor("start"), f.get_tensor("trans"),
-                       links, meta.get("layout", "netdiffusion"), *states,
-                       f.get_tensor("going") if "going" in names else None)
+            chain = cls(vocab, meta["classes"], f.get_tensor("start"), f.get_tensor("trans"),
+                        links, meta.get("layout", "netdiffusion"), *states,
+                        f.get_tensor("going") if "going" in names else None)
+        # tensors of the wrong shape would fail only when an image is sampled, deep in a loop
+        n_c, n_k = len(chain.classes), len(chain.vocab)
+        expect = {"start": (chain.start, (n_c, n_k)), "trans": (chain.trans, (n_c, n_k, n_k))}
+        if chain.weights is not None:
+            expect["weights"] = (chain.weights, (n_c, n_k, chain.weights.shape[2], N_STATES))
+            expect["flips"] = (chain.flips, (n_c, n_k, N_STATES, 2))
+        if chain.going is not None:
+            expect["going"] = (chain.going, (n_c,) + chain.going.shape[1:])
+        for name, (arr, shape) in expect.items():
+            if arr.shape != shape or (name == "going" and arr.ndim != 4):
+                raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
+        return chain
 
 
 def _choices(ids, link, rev, states, chosen, flips) -> tuple:

@@ -155,3 +155,22 @@ def test_an_image_starts_among_the_flows_going_on():
         ids = chain.sample_ids("modbus", 32, g)
         flows = chain.sample_flows("modbus", ids, g, NETDIFFUSION)
         assert 3 <= len(flows) <= 5 and sum(len(f) for f in flows) >= 30, flows
+
+
+def test_a_layout_file_with_tensors_of_the_wrong_shape_is_a_one_line_error(tmp_path):
+    import pytest
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    from netdiff.errors import NetdiffError
+
+    chain = LayoutChain.fit(_images(), ["dns"] * 6)
+    chain.save(tmp_path)
+    path = tmp_path / "layouts.safetensors"
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["weights"] = tensors["weights"][:, :, :, :3].copy()
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(NetdiffError, match="damaged layout file.*weights has shape"):
+        LayoutChain.load(tmp_path)
