@@ -2,7 +2,8 @@
 against real traffic the model never saw, and read every number next to its floor.
 
     .venv/bin/python benchmarks/fidelity.py [--data ../shared/data/pcaps] [--work bench_out/fidelity]
-        [--config small|tiny] [--steps N] [--count 12] [--seed 0] [--classes dns,ssh]
+        [--config small|tiny|compact] [--steps N] [--train-minutes M] [--count 12] [--eval-count N]
+        [--jobs N] [--seed 0] [--classes dns,ssh]
         [--levels in,unseen] [--threads 1] [--skip-train] [--max-packets-per-file N]
         [--priors | --no-priors] [--no-compliance] [--figures]
 
@@ -68,6 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", default=default_config, help=f"model config (default: {default_config})")
     p.add_argument("--steps", type=int, help="training steps (default: the config's)")
     p.add_argument("--count", type=int, default=12, help="generated images per class (default: 12)")
+    p.add_argument("--eval-count", type=int, default=None,
+                   help="repair and evaluate only the first N generated images of each class (default: all)")
+    p.add_argument("--train-minutes", type=float, default=None,
+                   help="stop training after this much wall time (train-base --max-minutes)")
+    p.add_argument("--jobs", type=int, default=1, help="repair worker processes (default: 1)")
     p.add_argument("--rows", type=int,
                    help="packets per generated image, a multiple of the config's height (default: the "
                         "config's height); flows can run across the windows of a taller image")
@@ -95,8 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [x for x in args.levels if x not in LEVELS]
     if bad:
         p.error(f"--levels: unknown {', '.join(bad)} (choose from {', '.join(LEVELS)})")
-    if args.count < 1 or args.threads < 1:
-        p.error("--count and --threads must be at least 1")
+    if args.count < 1 or args.threads < 1 or args.jobs < 1 or (args.eval_count is not None and args.eval_count < 1):
+        p.error("--count, --eval-count, --jobs and --threads must be at least 1")
     return args
 
 
@@ -291,8 +297,8 @@ def train_or_reuse(images: Path, model: Path, train_dir: Path, args, tty: bool) 
     # Never resume into an old model folder: a finished one would be trained further.
     shutil.rmtree(model, ignore_errors=True)
     result = netdiff.train_base(images, model, config=args.config, steps=args.steps, seed=args.seed,
-                                progress=tty)
-    stamp.update(steps=result.steps, final_loss=result.losses[-1] if result.losses else None,
+                                progress=tty, max_minutes=args.train_minutes)
+    stamp.update(steps=result.steps, notes=result.notes, final_loss=result.losses[-1] if result.losses else None,
                  seconds=round(result.seconds, 1), device=result.device)
     (model / TRAIN_STAMP).write_text(json.dumps(stamp, indent=1))
     return {**stamp, "reused": False}
@@ -320,23 +326,59 @@ def priors_file(images: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def repair_all(gen_images: Path, out: Path, timing, seed: int, priors: Path | None = None) -> dict:
-    """Every generated PNG -> pcap under out/<class>/; images repair refuses are counted, not fatal."""
+_WORKER: dict = {}
+
+
+def _repair_init(timing_path: Path, priors: Path | None, threads: int) -> None:
+    """A repair worker: one thread, the timing model and priors read once."""
+    set_threads(threads)
+    from netdiff.packet_repair import FieldPriors, TimingModel
+
+    _WORKER["timing"] = TimingModel.load(timing_path)
+    _WORKER["extra"] = {"priors": FieldPriors.load(priors)} if priors is not None else {}
+
+
+def _repair_one(png: Path, dest: Path, seed: int) -> str | None:
     import netdiff
     from netdiff.errors import NetdiffError
-    from netdiff.packet_repair import FieldPriors
+
+    try:
+        netdiff.img2pcap(png, dest, seed=seed, timing=_WORKER["timing"], **_WORKER["extra"])
+    except NetdiffError as e:
+        return str(e)
+    return None
+
+
+def repair_all(gen_images: Path, out: Path, timing_path: Path, seed: int, priors: Path | None = None,
+               jobs: int = 1, limit: int | None = None) -> dict:
+    """Every generated PNG (or the first ``limit`` of each class) -> pcap under out/<class>/;
+    images repair refuses are counted, not fatal. ``jobs`` > 1: that many worker processes (image
+    k is repaired with seed + k whichever worker takes it, so the bytes do not depend on jobs)."""
+    from concurrent.futures import ProcessPoolExecutor
 
     shutil.rmtree(out, ignore_errors=True)
-    # loaded once, not re-read for every image
-    extra = {"priors": FieldPriors.load(priors)} if priors is not None else {}
-    done, failed = 0, {}
-    for k, png in enumerate(sorted(gen_images.rglob("*.png"))):
-        try:
-            netdiff.img2pcap(png, out / png.parent.name / f"{png.stem}.pcap", seed=seed + k, timing=timing, **extra)
-            done += 1
-        except NetdiffError as e:
-            failed[str(png.relative_to(gen_images))] = str(e)
-    return {"pcaps": done, "failed": failed}
+    pngs = sorted(gen_images.rglob("*.png"))
+    if limit is not None:
+        per: dict[str, int] = {}
+        kept = []
+        for png in pngs:
+            per[png.parent.name] = per.get(png.parent.name, 0) + 1
+            if per[png.parent.name] <= limit:
+                kept.append(png)
+        pngs = kept
+    tasks = [(png, out / png.parent.name / f"{png.stem}.pcap", seed + k) for k, png in enumerate(pngs)]
+    if jobs > 1:
+        import multiprocessing
+
+        # spawned, not forked: the parent may hold a CUDA context, which a forked child must not inherit
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_repair_init,
+                                 initargs=(timing_path, priors, 1)) as pool:
+            errors = list(pool.map(_repair_one, *zip(*tasks), chunksize=4))
+    else:
+        _repair_init(timing_path, priors, int(os.environ.get("OMP_NUM_THREADS", "1")))
+        errors = [_repair_one(*t) for t in tasks]
+    failed = {str(t[0].relative_to(gen_images)): e for t, e in zip(tasks, errors) if e is not None}
+    return {"pcaps": len(tasks) - len(failed), "failed": failed}
 
 
 # --- 3. sample spread ---------------------------------------------------------------------------
@@ -486,8 +528,12 @@ def markdown_level(level: str, res: dict) -> str:
     cols = [c for c in (GEN, PRIORS, FLOOR, MARGINAL, REAL, "generated / floor")
             if any(c in v for v in table["overall"].values())]
     lines = [f"### {LEVELS[level]} (`{level}`)", "",
-             f"config {res['model']['config']}, {res['model'].get('steps')} steps, {res['count']} images of "
-             f"{res.get('rows', '?')} packets per class, seed {res['seed']}; test side {res['packets']['test']} packets, training side "
+             f"config {res['model']['config']}, {res['model'].get('steps')} steps"
+             f"{' in ' + str(res['model']['seconds']) + ' s on ' + str(res['model'].get('device')) if res['model'].get('seconds') else ''}, "
+             f"{res['count']} images of {res.get('rows', '?')} packets per class"
+             f"{' (' + format(res['images_per_s'], '.2f') + ' images/s on ' + str(res.get('generate_device')) + ')' if res.get('images_per_s') else ''}"
+             f"{', the first ' + str(res['evaluated_per_class']) + ' per class repaired and evaluated' if res.get('evaluated_per_class', res['count']) < res['count'] else ''}"
+             f", seed {res['seed']}; test side {res['packets']['test']} packets, training side "
              f"{res['packets']['train']} packets", "",
              "| measure | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for m, row in table["overall"].items():
@@ -529,8 +575,6 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
     from netdiff.bits.layout import named_layout
     from netdiff.convert import TIMING_FILE
     from netdiff.model.config import load_config
-    from netdiff.packet_repair import TimingModel
-
     work = args.work / level
     phases = Phases(level)
     notes: list[str] = []
@@ -564,6 +608,7 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
     # 3. Model.
     model = work / "model"
     trained = train_or_reuse(images, model, work / "train", args, tty)
+    notes += trained.get("notes") or []
     phases.done("train", "reused" if trained["reused"] else
                 f"{trained.get('steps')} steps, final loss {fmt(trained.get('final_loss'))}")
 
@@ -571,22 +616,27 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
     draw = args.seed if args.draw_seed is None else args.draw_seed
     gen_images = work / "generated" / "images"
     shutil.rmtree(gen_images, ignore_errors=True)
+    t0 = time.perf_counter()
     for cls in kept:
-        netdiff.generate(model, cls, args.count, draw, output=gen_images / cls, progress=False,
-                         height=args.rows)
-    phases.done("generate", f"{args.count} x {len(kept)} classes, {args.rows or height} packets each")
+        made = netdiff.generate(model, cls, args.count, draw, output=gen_images / cls, progress=False,
+                                height=args.rows)
+    gen_s = time.perf_counter() - t0
+    rate = args.count * len(kept) / gen_s
+    phases.done("generate", f"{args.count} x {len(kept)} classes, {args.rows or height} packets each, "
+                f"{rate:.2f} images/s on {made.device} (model loads included)")
 
     # 5. Repair into pcaps with the training side's timing (and class priors when asked).
-    timing = TimingModel.load(images / TIMING_FILE)
+    timing = images / TIMING_FILE
     pcaps = {GEN: work / "generated" / "pcaps"}
-    repairs = {GEN: repair_all(gen_images, pcaps[GEN], timing, draw)}
+    rep = dict(jobs=args.jobs, limit=args.eval_count)
+    repairs = {GEN: repair_all(gen_images, pcaps[GEN], timing, draw, **rep)}
     if args.priors:
         prior = priors_file(images)
         if prior is None:
             notes.append(f"--priors: pcap2img wrote no field priors next to {TIMING_FILE}; row left out")
         else:
             pcaps[PRIORS] = work / "generated" / "pcaps_priors"
-            repairs[PRIORS] = repair_all(gen_images, pcaps[PRIORS], timing, draw, priors=prior)
+            repairs[PRIORS] = repair_all(gen_images, pcaps[PRIORS], timing, draw, priors=prior, **rep)
     for name, r in repairs.items():
         if r["failed"]:
             notes.append(f"{name}: {len(r['failed'])} images not repaired (first: "
@@ -595,18 +645,24 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
 
     # 6. Evaluate every candidate against the held-back test side; the floor is the training side.
     reports = {}
-    candidates = {**pcaps, FLOOR: work / "train"}
+    # generated, floor, then priors: a run cut short by its time limit keeps the pair that matters
+    candidates = {GEN: pcaps[GEN], FLOOR: work / "train", **({PRIORS: pcaps[PRIORS]} if PRIORS in pcaps else {})}
     for name, synth in candidates.items():
         out = work / "reports" / {GEN: "generated", PRIORS: "generated_priors", FLOOR: "floor"}[name]
         reports[name] = netdiff.evaluate(work / "test", synth, out, training=work / "train", seed=args.seed,
                                          figures=args.figures, compliance=args.compliance)
-        phases.done(f"evaluate {name.split(' (')[0]}")
+        head = overall_metrics(reports[name], dcr_side="holdout" if name == FLOOR else "synthetic")
+        phases.done(f"evaluate {name.split(' (')[0]}", ", ".join(
+            f"{m} {fmt(head[m])}" for m in ("packet C2ST AUC", "TSTR macro-F1", "header-field JSD",
+                                            "field MI distance", "flow size-duration JSD")))
 
     # 7. Sample spread.
     spread = spreads(gen_images, images, kept, height, args.seed)
     phases.done("spread")
 
     res = {"level": level, "seed": args.seed, "count": args.count, "rows": args.rows or height,
+           "evaluated_per_class": args.eval_count or args.count, "images_per_s": round(rate, 3),
+           "generate_device": made.device,
            "classes": kept, "packets": packets,
            "split": split, "model": {**trained, "config": args.config}, "repairs": repairs, "spread": spread,
            "reports": {n: str(work / "reports" / {GEN: "generated", PRIORS: "generated_priors", FLOOR: "floor"}[n]
@@ -655,6 +711,12 @@ def main(argv=None) -> int:
     for level in args.levels:
         results["levels"][level] = run_level(level, classes, args, tty)
     results["total_s"] = round(time.perf_counter() - started, 1)
+    import torch
+
+    if torch.cuda.is_available():
+        results["gpu"] = {"name": torch.cuda.get_device_name(0),
+                          "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+        print(f"GPU {results['gpu']['name']}: peak {results['gpu']['peak_allocated_gib']} GiB allocated")
 
     # 8. Tables (markdown, ready for docs/results.md) and everything in results.json.
     md = "\n".join(markdown_level(level, res) for level, res in results["levels"].items())

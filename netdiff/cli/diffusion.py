@@ -72,6 +72,8 @@ def _report(result, what: str) -> None:
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     click.echo(f"{what}: {result.steps} steps in {result.seconds:.1f} s on {result.device}{resumed}{last}; "
                f"wrote {result.output}")
+    for note in result.notes:
+        click.echo(f"{what}: {note}")
 
 
 @click.command("train-base", short_help="Train the compact base model on images of all classes.")
@@ -79,6 +81,8 @@ def _report(result, what: str) -> None:
 @click.option("--config", default="tiny", show_default=True,
               help="Model config: a YAML file or tiny / compact (configs/model/).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Stop once this much wall time is spent and save the model as at that step.")
 @_training_options
 def train_base_cmd(img_dir, config, output, quiet, threads, **kw):
     """Train netdiff's compact base (UNet + text encoder built from --config) on IMG_DIR/<class>/*.png

@@ -5,9 +5,11 @@ ControlNet) over either the lossless ternary latent or an SD-style VAE latent. I
 ``load_lora_weights`` from diffusers' StableDiffusionLoraLoaderMixin, so LoRA folders written by
 ``netdiff finetune`` (or any SD 1.5 LoRA for a SD 1.5 base) load the standard way.
 
-Determinism: image k of a run uses ``torch.Generator().manual_seed(seed + k)`` for its starting
-noise and for any noise the sampler adds, so the same seed gives the same PNG bytes (on one device
-type; CPU and GPU kernels differ in the last bits).
+Determinism: image k of a run uses a generator seeded with ``seed + k`` for its starting noise
+and for any noise the sampler adds, so the same seed gives the same PNG bytes on one device type.
+The generator lives on the device the model runs on (drawing a 1024-packet image's masks on the
+CPU and copying them over would bound a GPU at a few images a second), so a GPU draws other
+numbers than a CPU for the same seed; the row layouts are drawn on the CPU everywhere.
 """
 from __future__ import annotations
 
@@ -131,7 +133,7 @@ class NetdiffPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
         # 4. Starting latents: per-image generators make image k independent of the batch it is in
         shape = (batch, self.unet.config.out_channels, height // f, width // f)
-        noise = randn_tensor(shape, generator=generators, device=torch.device("cpu"), dtype=torch.float32)
+        noise = randn_tensor(shape, generator=generators, device=generators[0].device, dtype=torch.float32)
         noise = noise.to(device, dtype)
         if init_latents is None:
             latents = noise * self.scheduler.init_noise_sigma
@@ -326,7 +328,7 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
     per_batch = max(1, batch_size // windows)
     for lo in range(0, len(seeds), per_batch):
         chunk = seeds[lo: lo + per_batch]
-        gens = [torch.Generator("cpu").manual_seed(window_seed(sd, j)) for sd in chunk for j in range(windows)]
+        gens = [torch.Generator(pipe.unet.device).manual_seed(window_seed(sd, j)) for sd in chunk for j in range(windows)]
         extra = {}
         if use_layouts:
             # structure first: each image's row layouts and flows from a stream of its own (seed + k,
@@ -355,7 +357,7 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
             big = torch.stack([pixels_for(b, im.space) for b in bits])
             big = torch.nn.functional.interpolate(big, size=final, mode="nearest")
             init = pipe.encode_images(big)
-            gens = [torch.Generator("cpu").manual_seed(sd + 1_000_003) for sd in chunk]
+            gens = [torch.Generator(pipe.unet.device).manual_seed(sd + 1_000_003) for sd in chunk]
             bits = pipe([prompt] * len(chunk), height=final[0], width=final[1], generators=gens,
                         num_inference_steps=steps, guidance_scale=cfg_scale, init_latents=init,
                         strength=s.hires_strength, progress=progress).bits

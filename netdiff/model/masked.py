@@ -86,8 +86,9 @@ class MaskedBitScheduler(SchedulerMixin, ConfigMixin):
         of the images only present pixels are hidden (absent ones stay visible), as sampling does
         once the row layouts are drawn (netdiff.model.layouts). Returns (input, mask)."""
         ratio = self.mask_ratio(t).to(values.device)[:, None, None, None]
-        u = torch.rand(values.shape, generator=generator).to(values.device)
-        by_layout = (torch.rand(values.shape[0], generator=generator) < self.config.layout_share)
+        u = torch.rand(values.shape, generator=generator, device=generator.device).to(values.device)
+        by_layout = (torch.rand(values.shape[0], generator=generator, device=generator.device)
+                     < self.config.layout_share)
         mask = (u < ratio) & ~(by_layout.to(values.device)[:, None, None, None] & (values.round() == -1))
         return one_hot_visible(values, mask), mask
 
@@ -125,36 +126,40 @@ class MaskedBitScheduler(SchedulerMixin, ConfigMixin):
         if present is not None:
             lg[:, 0] = lg[:, 0].masked_fill(present, float("-inf"))
         b = lg.shape[0]
-        values, still = sample.clone(), mask.clone()
-        for k in range(b):
-            g = generator[k]
-            u = torch.rand((STATES,) + tuple(mask.shape[1:]), generator=g).to(lg.device)
-            gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
-            drawn = (lg[k] + gumbel).argmax(0)                                 # (C, h, w) in 0..2
-            hidden = mask[k]
-            n = mask[k].numel() if hidden_total is None else int(hidden_total[k])
-            keep_hidden = int(math.floor(next_ratio * n))
-            keep_hidden = min(keep_hidden, int(hidden.sum()) - 1) if hidden.any() else 0
-            if keep_hidden > 0:
-                if self.config.unmask_order == "confidence":
-                    # MaskGIT: the drawn value's log-probability, with Gumbel noise that fades as
-                    # the map fills (aMUSEd's mask_by_random_topk), so the order is not fixed
-                    logp = torch.log_softmax(lg[k], 0).gather(0, drawn[None])[0]
-                    v = torch.rand(logp.shape, generator=g).to(lg.device)
-                    noise = -torch.log((-torch.log(v.clamp_min(1e-20))).clamp_min(1e-20))
-                    score = logp + next_ratio * noise
-                else:
-                    score = torch.rand(hidden.shape, generator=g).to(lg.device)
-                score = score.masked_fill(~hidden, float("inf"))
-                cut = torch.topk(score.flatten(), keep_hidden, largest=False).indices
-                new_hidden = torch.zeros(hidden.numel(), dtype=torch.bool, device=lg.device)
-                new_hidden[cut] = True
-                new_hidden = new_hidden.view_as(hidden)
+        dev = lg.device
+        # One kernel per step for the whole batch, not one per image (on a GPU the per-image loop
+        # and its host syncs cost more than the UNet); each image still draws from its own stream,
+        # in the same order (states first, then the reveal order).
+        u = torch.stack([torch.rand((STATES,) + tuple(mask.shape[1:]), generator=g, device=g.device)
+                         for g in generator[:b]]).to(dev)
+        gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+        drawn = (lg + gumbel).argmax(1)                                        # (B, C, h, w) in 0..2
+        flat_mask = mask.flatten(1)
+        hidden_now = flat_mask.sum(1).tolist()
+        total = [flat_mask.shape[1]] * b if hidden_total is None else [int(x) for x in hidden_total]
+        keep = [min(int(math.floor(next_ratio * n)), h - 1) if h else 0 for n, h in zip(total, hidden_now)]
+        still = torch.zeros_like(mask)
+        rows = [k for k in range(b) if keep[k] > 0]
+        if rows:
+            if self.config.unmask_order == "confidence":
+                # MaskGIT: the drawn value's log-probability, with Gumbel noise that fades as the
+                # map fills (aMUSEd's mask_by_random_topk), so the order is not fixed
+                logp = torch.log_softmax(lg[rows], 1).gather(1, drawn[rows][:, None])[:, 0]
+                v = torch.stack([torch.rand(logp.shape[1:], generator=generator[k], device=generator[k].device)
+                                 for k in rows]).to(dev)
+                score = logp + next_ratio * -torch.log((-torch.log(v.clamp_min(1e-20))).clamp_min(1e-20))
             else:
-                new_hidden = torch.zeros_like(hidden)
-            reveal = hidden & ~new_hidden
-            values[k] = torch.where(reveal, (drawn - 1).to(values.dtype), values[k])
-            still[k] = new_hidden
+                score = torch.stack([torch.rand(mask.shape[1:], generator=generator[k], device=generator[k].device)
+                                     for k in rows]).to(dev)
+            score = score.masked_fill(~mask[rows], float("inf")).flatten(1)
+            # the keep[k] lowest scores of image k stay hidden: rank every pixel, compare with keep
+            order = score.argsort(dim=1, stable=True)
+            rank = torch.empty_like(order)
+            rank.scatter_(1, order, torch.arange(order.shape[1], device=dev).expand_as(order))
+            limit = torch.tensor([keep[k] for k in rows], device=dev)[:, None]
+            still[rows] = (rank < limit).view((len(rows),) + tuple(mask.shape[1:]))
+        reveal = mask & ~still
+        values = torch.where(reveal, (drawn - 1).to(sample.dtype), sample)
         if not return_dict:
             return values, still
         return MaskedBitSchedulerOutput(prev_sample=values, mask=still)
@@ -170,7 +175,8 @@ def masked_loss(unet, scheduler: MaskedBitScheduler, latents, encoder_hidden_sta
     from netdiff.model.build import with_positions
 
     # Sample a random timestep (share of hidden pixels) for each image, hide that share
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen,
+                      device=gen.device)
     inputs, mask = scheduler.add_noise(latents, t, gen)
     t = t.to(latents.device)
     model_in = with_positions(inputs.to(latents.dtype), position_channels, position_encoding)

@@ -95,7 +95,7 @@ class NetdiffMaskedPipeline(NetdiffPipeline):
         else:
             values = init_latents.to(device, torch.float32).round().clamp(-1, 1)
             ratio = float(self.scheduler.mask_ratio(timesteps[:1].cpu()))
-            u = torch.stack([torch.rand(shape[1:], generator=g) for g in generators]).to(device)
+            u = torch.stack([torch.rand(shape[1:], generator=g, device=g.device) for g in generators]).to(device)
             mask = u < ratio
 
         # 5. Control image, one per prompt, duplicated for both halves of guidance

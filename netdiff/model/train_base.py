@@ -32,6 +32,7 @@ class TrainBaseArgs:
     seed: int | None = None
     checkpoint_every: int | None = None
     resume: str | None = None           # "latest" or a checkpoint folder
+    max_minutes: float | None = None    # stop after this much wall time (at a step boundary), save as usual
     cpu: bool = False
     progress: bool = True
 
@@ -46,6 +47,8 @@ def parse_args(input_args=None) -> TrainBaseArgs:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ)
     p.add_argument("--mixed-precision", dest="mixed_precision", choices=["no", "fp16", "bf16"])
     p.add_argument("--resume")
+    p.add_argument("--max-minutes", dest="max_minutes", type=float,
+                   help="stop once this much wall time is spent (the model is saved as at the last step)")
     p.add_argument("--cpu", action="store_true")
     return TrainBaseArgs(**vars(p.parse_args(input_args)))
 
@@ -114,7 +117,7 @@ def main(args: TrainBaseArgs) -> T.TrainResult:
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for i, batch in enumerate(batches, start=skip):
             with accelerator.accumulate(*modules.values()):
-                gen = T.step_generator(tc.seed, epoch * 1_000_000 + i, accelerator.process_index)
+                gen = T.step_generator(tc.seed, epoch * 1_000_000 + i, accelerator.process_index, accelerator.device)
                 # Map the {-1,0,1} images to the lossless latent
                 latents = T.encode_latents(autoencoder, batch["pixels"].to(device), gen)
                 # Blank some captions (unconditional branch for guidance), then embed them
@@ -141,18 +144,22 @@ def main(args: TrainBaseArgs) -> T.TrainResult:
                 T.save_checkpoint(ckpt_root, step, (epoch, i + 1), {k: accelerator.unwrap_model(m)
                                   for k, m in modules.items()}, optimizer, lr_scheduler, losses,
                                   tc.checkpoints_kept)
-            if step >= tc.steps:
+            if step >= tc.steps or timer.out_of(args.max_minutes):
                 break
         else:
             epoch, skip = epoch + 1, 0
             continue
         break
     bar.close()
+    if step < tc.steps:
+        result_notes = [f"stopped at step {step} of {tc.steps}: --max-minutes {args.max_minutes} spent"]
+    else:
+        result_notes = []
 
     # 7. Save the model folder (safetensors), the loss curve and the log
     accelerator.wait_for_everyone()
     result = T.TrainResult(output=output, steps=step, losses=losses, seconds=timer(),
-                           resumed_from=resumed_from, device=str(device))
+                           resumed_from=resumed_from, device=str(device), notes=result_notes)
     if accelerator.is_main_process:
         layouts = None
         if cfg.image.space == "masked":
@@ -168,7 +175,7 @@ def main(args: TrainBaseArgs) -> T.TrainResult:
         if losses:
             T.plot_losses(losses, output / "loss.png", f"train-base ({cfg.name})")
         T.write_log(output, losses, {"command": "train-base", "images": len(dataset), "classes": dataset.classes,
-                                     "seconds": result.seconds, "resumed_from": resumed_from,
+                                     "seconds": result.seconds, "resumed_from": resumed_from, "notes": result_notes,
                                      "device": str(device), "mixed_precision": accelerator.mixed_precision})
     accelerator.end_training()
     return result

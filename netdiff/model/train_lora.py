@@ -160,7 +160,7 @@ def main(args: FinetuneArgs) -> T.TrainResult:
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for i, batch in enumerate(batches, start=skip):
             with accelerator.accumulate(*modules.values()):
-                gen = T.step_generator(tc.seed, epoch * 1_000_000 + i, accelerator.process_index)
+                gen = T.step_generator(tc.seed, epoch * 1_000_000 + i, accelerator.process_index, accelerator.device)
                 # End copy
                 # Images to latents (exact for ternary, the base's VAE otherwise)
                 latents = T.encode_latents(autoencoder, batch["pixels"].to(device), gen).to(weight_dtype)

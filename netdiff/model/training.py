@@ -58,8 +58,11 @@ def make_accelerator(output: Path, mixed_precision: str, gradient_accumulation: 
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")))
 
 
-def step_generator(seed: int, step: int, process: int = 0) -> torch.Generator:
-    return torch.Generator("cpu").manual_seed((seed * 1_000_003 + step) * 4_099 + process)
+def step_generator(seed: int, step: int, process: int = 0, device="cpu") -> torch.Generator:
+    """The step's random stream, on the device the step runs on: drawing the masks of a batch of
+    1024-packet images on the CPU and copying them over would cost more than the GPU step itself.
+    On the CPU the draws are what they always were."""
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 4_099 + process)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -101,7 +104,7 @@ def drop_captions(captions: list[str], p: float, gen: torch.Generator) -> list[s
     """Replace a share ``p`` of captions by "" so classifier-free guidance has an unconditional model."""
     if p <= 0:
         return list(captions)
-    keep = torch.rand(len(captions), generator=gen) >= p
+    keep = torch.rand(len(captions), generator=gen, device=gen.device) >= p
     return [c if k else "" for c, k in zip(captions, keep.tolist())]
 
 
@@ -118,9 +121,10 @@ def diffusion_loss(unet, noise_scheduler, latents, encoder_hidden_states, gen: t
                            control=control, position_channels=position_channels,
                            position_encoding=position_encoding)
     # Sample noise that we'll add to the latents
-    noise = torch.randn(latents.shape, generator=gen).to(latents.device, latents.dtype)
+    noise = torch.randn(latents.shape, generator=gen, device=gen.device).to(latents.device, latents.dtype)
     # Sample a random timestep for each image
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen,
+                      device=gen.device)
     t = t.to(latents.device)
     # Add noise to the latents according to the noise magnitude at each timestep (forward diffusion)
     noisy = with_positions(noise_scheduler.add_noise(latents, noise, t), position_channels,
@@ -282,3 +286,7 @@ class Timer:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.t0
+
+    def out_of(self, minutes: float | None) -> bool:
+        """True once ``minutes`` of wall time have passed (never, for None)."""
+        return minutes is not None and self() >= 60 * minutes

@@ -80,3 +80,15 @@ def test_resume_continues_exactly(img_dir, tmp_path):
     a = load_file(tmp_path / "a" / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(tmp_path / "b" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_max_minutes_stops_at_a_step_and_saves(img_dir, tmp_path):
+    from netdiff.model.store import load_model
+    from netdiff.model.train_base import TrainBaseArgs, main
+
+    # a budget already spent when the first step ends: one step, then the usual save
+    res = main(TrainBaseArgs(str(img_dir), str(tmp_path / "m"), config="tiny", steps=50, batch_size=2,
+                             max_minutes=1e-6, progress=False))
+    assert res.steps == 1 and len(res.losses) == 1
+    assert res.notes and "step 1 of 50" in res.notes[0]
+    assert load_model(tmp_path / "m").classes
