@@ -26,7 +26,11 @@ Per level: pcap2img the training side (netdiffusion layout, the config's height)
 field priors written next to timing.json), then ``netdiff.evaluate`` of each generated set
 against the test side, with the training side as the memorisation reference. The floor is the
 real training side evaluated the same way against the test side: what a generator that
-reproduced its training data exactly would score on held-out traffic. Next to them, evaluate's
+reproduced its training data exactly would score on held-out traffic. Beside it (``--windows``,
+on by default) the training side cut into captures of the generated images' height: the flow
+measures count flows per capture, so a generated capture of 128 packets cuts every longer flow
+where a whole real capture does not; that column shows how much of a distance the cut alone
+makes. Next to them, evaluate's
 own calibration rows from the generated set's report: the column-marginal sampler (the naive
 baseline) and real vs real (evaluate's A/B split of the test side). Sample spread
 (netdiff.eval.spread) compares generated images of a class with each other, and the real
@@ -53,6 +57,11 @@ sys.path.insert(0, str(ROOT))
 LEVELS = {"in": "in distribution", "unseen": "unseen captures"}
 GEN, PRIORS, FLOOR, MARGINAL, REAL = ("generated", "generated + class priors", "floor (real train vs test)",
                                       "column-marginal baseline", "real vs real (evaluate A/B)")
+# The training side cut into captures of the generated images' height: what the floor becomes
+# when whole flows are cut at the image's edge as every generated capture is (the flow measures
+# count flows per capture), so the window's share of a distance is told apart from the model's.
+WINDOWS = "real windows (train cut to image height)"
+REPORT_DIRS = {GEN: "generated", PRIORS: "generated_priors", FLOOR: "floor", WINDOWS: "real_windows"}
 TRAIN_STAMP = "bench_train.json"     # written into the model folder: what it was trained on
 DCR_UNITS = ("packets", "flows")      # generated pcaps hold 32-packet images; evaluate's 1024-row
 #                                       "images" unit would compare them with whole training files
@@ -74,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-minutes", type=float, default=None,
                    help="stop training after this much wall time (train-base --max-minutes)")
     p.add_argument("--jobs", type=int, default=1, help="repair worker processes (default: 1)")
+    p.add_argument("--windows", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score the training side cut into captures of the image height (default: on)")
     p.add_argument("--rows", type=int,
                    help="packets per generated image, a multiple of the config's height (default: the "
                         "config's height); flows can run across the windows of a taller image")
@@ -381,6 +392,21 @@ def repair_all(gen_images: Path, out: Path, timing_path: Path, seed: int, priors
     return {"pcaps": len(tasks) - len(failed), "failed": failed}
 
 
+def cut_windows(train: Path, out: Path, rows: int) -> Path:
+    """Every training capture as consecutive captures of ``rows`` packets (bytes and times kept)."""
+    import numpy as np
+
+    from netdiff.io.pcap import read_capture
+
+    shutil.rmtree(out, ignore_errors=True)
+    for f in sorted(train.rglob("*.pcap")):
+        batch, info = read_capture(f)
+        for k, lo in enumerate(range(0, len(batch), rows)):
+            write_rows(batch, np.arange(lo, min(lo + rows, len(batch))), info,
+                       out / f.parent.name / f"{f.stem}_{k:05d}.pcap")
+    return out
+
+
 # --- 3. sample spread ---------------------------------------------------------------------------
 
 def spreads(gen_images: Path, train_images: Path, classes: list[str], height: int, seed: int) -> dict:
@@ -482,6 +508,8 @@ def level_table(reports: dict, spread: dict, classes: list[str]) -> dict:
     # The floor's "synthetic" set is the training set itself, so its own DCR is 0 by construction;
     # the held-out real (test) records against the training set are the DCR floor.
     cols[FLOOR] = overall_metrics(reports[FLOOR], dcr_side="holdout")
+    if WINDOWS in reports:
+        cols[WINDOWS] = overall_metrics(reports[WINDOWS], dcr_side="holdout")
     cols[MARGINAL] = overall_metrics(cal["column_marginal"])
     cols[REAL] = overall_metrics(cal["real_vs_real"])
     # TSTR of real vs real is TRTR (trained on the test side's half A): its own row.
@@ -498,6 +526,9 @@ def level_table(reports: dict, spread: dict, classes: list[str]) -> dict:
     for m in DISTANCES:
         g, f = overall[m].get(GEN), overall[m].get(FLOOR)
         overall[m]["generated / floor"] = g / f if g is not None and f not in (None, 0) else None
+        w = overall[m].get(WINDOWS)
+        if WINDOWS in cols:
+            overall[m]["generated / real windows"] = g / w if g is not None and w not in (None, 0) else None
 
     per_class = {}
     for cls in classes:
@@ -525,7 +556,7 @@ def fmt(x) -> str:
 
 def markdown_level(level: str, res: dict) -> str:
     table = res["table"]
-    cols = [c for c in (GEN, PRIORS, FLOOR, MARGINAL, REAL, "generated / floor")
+    cols = [c for c in (GEN, PRIORS, FLOOR, WINDOWS, MARGINAL, REAL, "generated / floor", "generated / real windows")
             if any(c in v for v in table["overall"].values())]
     lines = [f"### {LEVELS[level]} (`{level}`)", "",
              f"config {res['model']['config']}, {res['model'].get('steps')} steps"
@@ -647,11 +678,13 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
     reports = {}
     # generated, floor, then priors: a run cut short by its time limit keeps the pair that matters
     candidates = {GEN: pcaps[GEN], FLOOR: work / "train", **({PRIORS: pcaps[PRIORS]} if PRIORS in pcaps else {})}
+    if args.windows:
+        candidates[WINDOWS] = cut_windows(work / "train", work / "real_windows", args.rows or height)
     for name, synth in candidates.items():
-        out = work / "reports" / {GEN: "generated", PRIORS: "generated_priors", FLOOR: "floor"}[name]
+        out = work / "reports" / REPORT_DIRS[name]
         reports[name] = netdiff.evaluate(work / "test", synth, out, training=work / "train", seed=args.seed,
                                          figures=args.figures, compliance=args.compliance)
-        head = overall_metrics(reports[name], dcr_side="holdout" if name == FLOOR else "synthetic")
+        head = overall_metrics(reports[name], dcr_side="holdout" if name in (FLOOR, WINDOWS) else "synthetic")
         phases.done(f"evaluate {name.split(' (')[0]}", ", ".join(
             f"{m} {fmt(head[m])}" for m in ("packet C2ST AUC", "TSTR macro-F1", "header-field JSD",
                                             "field MI distance", "flow size-duration JSD")))
@@ -665,7 +698,7 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
            "generate_device": made.device,
            "classes": kept, "packets": packets,
            "split": split, "model": {**trained, "config": args.config}, "repairs": repairs, "spread": spread,
-           "reports": {n: str(work / "reports" / {GEN: "generated", PRIORS: "generated_priors", FLOOR: "floor"}[n]
+           "reports": {n: str(work / "reports" / REPORT_DIRS[n]
                               / "report.json") for n in reports},
            "notes": notes}
     res["table"] = level_table(reports, spread, kept)
