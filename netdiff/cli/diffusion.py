@@ -152,7 +152,12 @@ def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, qui
 @click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Image k uses seed + k.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False))
-@click.option("--pcap", is_flag=True, help="Also write a pcap per image through the repair path.")
+@click.option("--pcap", is_flag=True, help="Also write a pcap per image through the repair path (with the "
+              "inter-arrival model and class field priors the model folder keeps from its training images).")
+@click.option("--timing", type=click.Path(exists=True, dir_okay=False),
+              help="With --pcap: this inter-arrival model instead of the model folder's timing.json.")
+@click.option("--priors", type=click.Path(exists=True, dir_okay=False),
+              help="With --pcap: these class field priors instead of the model folder's field_priors.json.")
 @click.option("--steps", type=click.IntRange(min=1), help="Denoising steps (default: the config's).")
 @click.option("--cfg", type=click.FloatRange(min=0), help="Guidance scale (default: the config's).")
 @click.option("--scheduler", type=click.Choice(["dpmpp-2m-karras", "euler-a", "ddim", "ddpm", "masked"]),
@@ -175,7 +180,7 @@ def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, qui
 @click.option("--skip-existing", is_flag=True,
               help="Leave images already in OUTPUT alone (go on with an interrupted run).")
 @_threads_option
-def generate_cmd(model, lora, lora_scale, controlnet, control, cls, count, seed, output, pcap, steps, cfg,
+def generate_cmd(model, lora, lora_scale, controlnet, control, cls, count, seed, output, pcap, timing, priors, steps, cfg,
                  scheduler, temperature, unmask_order, free_layout, batch_size, height, hires, config, device, quiet, skip_existing,
                  threads):
     """Generate COUNT images of class CLASS as palette PNGs in OUTPUT (same seed, same bytes)."""
@@ -187,6 +192,8 @@ def generate_cmd(model, lora, lora_scale, controlnet, control, cls, count, seed,
 
     if (controlnet is None) != (control is None):
         raise NetdiffError("--controlnet and --control go together")
+    if (timing or priors) and not pcap:
+        raise NetdiffError("--timing and --priors shape the repaired pcaps: add --pcap")
     # Under accelerate launch / torchrun: one process per GPU, each making every world-th image.
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and device is None:
@@ -206,7 +213,8 @@ def generate_cmd(model, lora, lora_scale, controlnet, control, cls, count, seed,
                           batch_size=batch_size, hires=hires, pcap=pcap, device=device,
                           config=load_config(config) if config else None, progress=not quiet and rank == 0,
                           shard=(rank, world), skip_existing=skip_existing, temperature=temperature,
-                          unmask_order=unmask_order, layouts=not free_layout, height=height)
+                          unmask_order=unmask_order, layouts=not free_layout, height=height,
+                          timing=timing, priors=priors)
         extra = f" and {len(result.pcaps)} pcaps" if result.pcaps else ""
         who = f" (process {rank + 1} of {world})" if world > 1 else ""
         done = f"; {len(range(rank, count, world)) - len(result.images)} were there already" if skip_existing else ""

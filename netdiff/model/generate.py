@@ -238,7 +238,8 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
              scheduler: str | None = None, batch_size: int | None = None, hires: bool = False,
              pcap: bool = False, device=None, config=None, progress: bool = True,
              shard: tuple[int, int] = (0, 1), skip_existing: bool = False, temperature: float | None = None,
-             unmask_order: str | None = None, layouts: bool = True, height: int | None = None) -> GenerateResult:
+             unmask_order: str | None = None, layouts: bool = True, height: int | None = None,
+             timing=None, priors=None) -> GenerateResult:
     """``count`` images of class ``cls``: PNGs (and pcaps through the repair path) in ``output``.
 
     ``shard=(rank, world)`` makes image k this process's when k % world == rank (one process per
@@ -249,7 +250,11 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
     ``height``: packets per image, a multiple of the model's window (its config height). A taller
     image is sampled as consecutive windows in one batch; with row layouts, its layouts and flows
     are drawn over the whole height and a flow's ports are tied across windows, so flows run as
-    long as in the training captures."""
+    long as in the training captures.
+
+    ``pcap``: each image is also repaired into a pcap, with ``timing`` (inter-arrival model) and
+    ``priors`` (class field priors), by default the ones the model folder keeps from its
+    training images (``store.repair_files``)."""
     from netdiff.bits.layout import named_layout
     from netdiff.model.controls import load_control
 
@@ -272,6 +277,7 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
                                              and (not pcap or _png_path(output, cls, sd).with_suffix(".pcap").exists()))]
     if not seeds:       # all done already, or fewer images than processes
         return GenerateResult(bits=np.zeros((0, 0, 0), dtype=np.int8), seeds=[], device="none")
+    repair_with = _repair_models(model, timing, priors) if pcap else {}
 
     # 1. Load the model (+ LoRA, + ControlNet)
     pipe, bundle, control_kind = load_pipeline(
@@ -370,7 +376,7 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
                 separate_flows(im, fl, layout)
         out_bits.append(bits)
         if output is not None:
-            _write(result, bits, chunk, output, cls, pcap, {
+            _write(result, bits, chunk, output, cls, pcap, repair_with, {
                 "netdiff:model": str(bundle.source), "netdiff:lora": str(lora or ""),
                 "netdiff:steps": str(steps), "netdiff:cfg": str(cfg_scale)})
     result.bits = np.concatenate(out_bits)
@@ -390,8 +396,23 @@ def _png_path(output, cls: str, seed: int) -> Path:
     return Path(output) / f"{cls}_{seed:06d}.png"
 
 
+def _repair_models(model, timing, priors) -> dict:
+    """img2pcap's ``timing`` and ``priors`` for --pcap: the ones given, else the model folder's."""
+    from netdiff.model.store import is_netdiff_model, repair_files
+    from netdiff.packet_repair import FieldPriors, TimingModel
+
+    timing_name, priors_name = repair_files()
+    folder = Path(model) if is_netdiff_model(model) else None
+    if timing is None and folder is not None and (folder / timing_name).is_file():
+        timing = folder / timing_name
+    if priors is None and folder is not None and (folder / priors_name).is_file():
+        priors = folder / priors_name
+    return {"timing": TimingModel.load(timing) if isinstance(timing, (str, Path)) else timing,
+            "priors": FieldPriors.coerce(priors) if priors is not None else None}
+
+
 def _write(result: GenerateResult, bits: np.ndarray, seeds: list[int], output, cls: str, pcap: bool,
-           text: dict[str, str]) -> None:
+           repair_with: dict, text: dict[str, str]) -> None:
     """PNGs (and pcaps through the repair path) of one batch, each written atomically."""
     from netdiff.image.codec import write_png
 
@@ -402,7 +423,7 @@ def _write(result: GenerateResult, bits: np.ndarray, seeds: list[int], output, c
         result.images.append(png)
         if pcap:
             dest = png.with_suffix(".pcap")
-            _img2pcap()(png, dest, seed=sd)
+            _img2pcap()(png, dest, seed=sd, **repair_with)
             result.pcaps.append(dest)
 
 

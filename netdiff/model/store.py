@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from netdiff.errors import NetdiffError
-from netdiff.io.atomic import atomic_write_text, replace_dir, stage_dir
+from netdiff.io.atomic import atomic_write_bytes, atomic_write_text, replace_dir, stage_dir
 from netdiff.model.config import ModelConfig
 from netdiff.model.layouts import LAYOUTS_FILE
 
@@ -43,7 +43,18 @@ def write_json_atomic(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def save_model(bundle: ModelBundle, out_dir) -> Path:
+def repair_files() -> tuple[str, ...]:
+    """What pcap2img learns beside the images for repair (inter-arrival model, class field
+    priors): class-level distributions, no packet or address. A model folder keeps a copy so that
+    ``generate --pcap`` repairs with them."""
+    from netdiff.convert import PRIORS_FILE, TIMING_FILE
+
+    return TIMING_FILE, PRIORS_FILE
+
+
+def save_model(bundle: ModelBundle, out_dir, images=None) -> Path:
+    """The model folder; ``images``: the training image folder, whose repair models
+    (``repair_files``) are copied in."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_JSON).unlink(missing_ok=True)       # the folder is incomplete until the end
@@ -60,6 +71,12 @@ def save_model(bundle: ModelBundle, out_dir) -> Path:
         bundle.layouts.save(out)              # written whole before the JSON marks the folder complete
     else:
         (out / LAYOUTS_FILE).unlink(missing_ok=True)   # a masked model saved here before
+    for name in repair_files():
+        src = Path(images) / name if images is not None else None
+        if src is not None and src.is_file():
+            atomic_write_bytes(out / name, src.read_bytes())
+        else:
+            (out / name).unlink(missing_ok=True)      # never another training set's
     write_json_atomic(out / MODEL_JSON, {
         "format": "netdiff-model", "version": FORMAT_VERSION, "classes": list(bundle.classes),
         "space": bundle.config.image.space, "config": bundle.config.to_dict()})

@@ -171,7 +171,7 @@ def main(args: TrainBaseArgs) -> T.TrainResult:
                              text_encoder=accelerator.unwrap_model(text_encoder).eval(),
                              tokenizer=tokenizer, autoencoder=autoencoder, scheduler=noise_scheduler,
                              config=cfg, classes=dataset.classes, source=str(output.resolve()), layouts=layouts)
-        save_model(bundle, output)
+        save_model(bundle, output, images=args.img_dir)
         if losses:
             T.plot_losses(losses, output / "loss.png", f"train-base ({cfg.name})")
         T.write_log(output, losses, {"command": "train-base", "images": len(dataset), "classes": dataset.classes,

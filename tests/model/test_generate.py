@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from netdiff.cli import main as netdiff_main
+from netdiff.bits.layout import named_layout
 from netdiff.errors import NetdiffError
 from netdiff.image.codec import read_png_bits
 from netdiff.model.generate import generate
@@ -119,3 +120,34 @@ def test_cli_class_all_writes_every_known_class(tiny_model, tmp_path):
     code = netdiff_main(["generate", "--model", str(tmp_path / "g"), "--class", "all", "--output",
                          str(tmp_path / "h")])
     assert code == 1
+
+
+def test_generate_pcap_repairs_with_the_model_folders_timing_and_priors(tmp_path):
+    import netdiff
+    from netdiff.model.store import repair_files
+
+    netdiff.samples(tmp_path / "caps", seed=1)
+    netdiff.pcap2img(tmp_path / "caps", tmp_path / "img", layout=named_layout("netdiffusion", height=32))
+    netdiff.train_base(tmp_path / "img", tmp_path / "m", config="tiny", steps=1, batch_size=2, progress=False)
+    for name in repair_files():         # the model keeps what pcap2img learnt, byte for byte
+        assert (tmp_path / "m" / name).read_bytes() == (tmp_path / "img" / name).read_bytes()
+
+    def pcap_bytes(out, **kw):
+        made = generate(tmp_path / "m", "dns_udp", 1, 4, tmp_path / out, pcap=True, steps=2, progress=False, **kw)
+        return made.pcaps[0].read_bytes()
+
+    default = pcap_bytes("a")
+    assert default == pcap_bytes("b", timing=tmp_path / "img" / "timing.json",
+                                 priors=tmp_path / "img" / "field_priors.json")
+    for name in repair_files():
+        (tmp_path / "m" / name).unlink()
+    assert pcap_bytes("c") != default       # without them repair falls back to its generic choices
+
+
+def test_cli_timing_without_pcap_is_a_one_line_error(tiny_model, tmp_path, capsys):
+    timing = tmp_path / "timing.json"
+    timing.write_text("{}")
+    assert netdiff_main(["generate", "--model", str(tiny_model), "--class", "dns_udp",
+                         "--output", str(tmp_path / "g"), "--timing", str(timing)]) == 1
+    err = capsys.readouterr().err
+    assert "add --pcap" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
