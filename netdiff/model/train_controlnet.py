@@ -37,6 +37,7 @@ class ControlNetArgs:
     resume: str | None = None
     cpu: bool = False
     progress: bool = True
+    max_minutes: float | None = None    # stop after this much wall time (train-base has the CLI option)
 
 
 def parse_args(input_args=None) -> ControlNetArgs:
@@ -188,7 +189,7 @@ def main(args: ControlNetArgs) -> T.TrainResult:
                 T.save_checkpoint(ckpt_root, step, (epoch, i + 1), {k: accelerator.unwrap_model(m)
                                   for k, m in modules.items()}, optimizer, lr_scheduler, losses,
                                   tc.checkpoints_kept)
-            if step >= cc.steps:
+            if step >= cc.steps or timer.out_of(args.max_minutes):
                 break
         else:
             epoch, skip = epoch + 1, 0
