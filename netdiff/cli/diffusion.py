@@ -9,6 +9,7 @@ import os
 
 import click
 
+from netdiff.cli.outputs import locks_output
 from netdiff.errors import NetdiffError
 
 _MP = click.Choice(["no", "fp16", "bf16"])
@@ -84,6 +85,7 @@ def _report(result, what: str) -> None:
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
               help="Stop once this much wall time is spent and save the model as at that step.")
 @_training_options
+@locks_output("output")
 def train_base_cmd(img_dir, config, output, quiet, threads, **kw):
     """Train netdiff's compact base (UNet + text encoder built from --config) on IMG_DIR/<class>/*.png
     with captions "pixelated network data, type-<class>"."""
@@ -106,6 +108,7 @@ def train_base_cmd(img_dir, config, output, quiet, threads, **kw):
 @click.option("--rank", type=click.IntRange(min=1), help="LoRA rank.")
 @click.option("--train-text-encoder", is_flag=True, default=None, help="LoRA on the text encoder too.")
 @_training_options
+@locks_output("output")
 def finetune_cmd(img_dir, base_model, output, config, classes, rank, train_text_encoder, quiet, threads, **kw):
     """Train LoRA adapters (peft) on the frozen base; OUTPUT loads with diffusers' load_lora_weights."""
     from netdiff.model.train_lora import FinetuneArgs, main
@@ -128,6 +131,7 @@ def finetune_cmd(img_dir, base_model, output, config, classes, rank, train_text_
 @click.option("--config", help="Config for ControlNet settings.")
 @click.option("--class", "classes", multiple=True, help="Only these classes (repeatable).")
 @_training_options
+@locks_output("output")
 def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, quiet, threads, **kw):
     """Train a ControlNet (ControlNetModel.from_unet) on (control, image) pairs made from IMG_DIR."""
     from netdiff.model.train_controlnet import ControlNetArgs, main
@@ -175,6 +179,7 @@ def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, qui
 @click.option("--skip-existing", is_flag=True,
               help="Leave images already in OUTPUT alone (go on with an interrupted run).")
 @_threads_option
+@locks_output("output")
 def generate_cmd(model, lora, lora_scale, controlnet, control, cls, count, seed, output, pcap, steps, cfg,
                  scheduler, temperature, unmask_order, free_layout, batch_size, height, hires, config, device, quiet, skip_existing,
                  threads):
