@@ -44,7 +44,9 @@ _RESOURCE_ERRNOS = {
 _RESOURCE_WORDS = [("No space left on device", errno.ENOSPC), ("Disk quota exceeded", errno.EDQUOT),
                    ("Read-only file system", errno.EROFS), ("Too many open files", errno.EMFILE),
                    ("StorageFull", errno.ENOSPC)]
-_OOM_WORDS = ("out of memory", "can't allocate memory", "DefaultCPUAllocator", "OutOfMemoryError")
+# "could not create a primitive": oneDNN (torch's CPU convolutions) when its allocation fails
+_OOM_WORDS = ("out of memory", "can't allocate memory", "DefaultCPUAllocator", "OutOfMemoryError",
+              "could not create a primitive")
 _TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.(?:tmp|partial|old)\d+(?P<suffix>\.\w+)?$")
 
 
