@@ -343,8 +343,7 @@ class Runner:
             self._log(f"pipeline {self.pipe.name}: done")
             return manifest
 
-    def _redo_reason(self, stage: Stage, rec: dict | None, command: str, inputs: dict,
-                     final: Path | None) -> str | None:
+    def _redo_reason(self, rec: dict | None, command: str, inputs: dict, final: Path | None) -> str | None:
         """Why a stage with a record must run again (None: it is up to date)."""
         if rec is None:
             return "not run yet"
@@ -367,15 +366,17 @@ class Runner:
             raise NetdiffError(f"stage {stage.name}: input(s) missing: {', '.join(missing)}")
         made_here = self._paths()
         for name in stage.inputs:
-            if name not in made_here and self._resolve(name).is_dir():
-                why = unfinished(self._resolve(name))
-                if why:     # a folder from outside this pipeline that its own writer left half done
-                    raise NetdiffError(f"stage {stage.name}: input {self._resolve(name)} is unfinished "
-                                       f"({why}); run what writes it again first")
+            folder = self._resolve(name)
+            if name in made_here or not folder.is_dir() or folder.resolve() == self.out.resolve():
+                continue        # this run's own outputs are verified stage by stage
+            why = unfinished(folder)
+            if why:             # a folder from outside this pipeline that its writer left half done
+                raise NetdiffError(f"stage {stage.name}: input {folder} is unfinished ({why}); "
+                                   "run what writes it again first")
         final = self.out / stage.output if stage.output else None
         command = self._format(stage.run, output=str(final) if final else "")
         rec = manifest["stages"].get(stage.name)
-        why = self._redo_reason(stage, rec, command, inputs, final)
+        why = self._redo_reason(rec, command, inputs, final)
         if why is None:
             self._log(f"[{stage.name}] up to date, skipped")
             return

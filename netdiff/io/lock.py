@@ -83,29 +83,41 @@ def describe_holder(holder: dict) -> str:
             f"{holder.get('host', '?')}, started {when})")
 
 
+def running_here(holder: dict) -> bool | None:
+    """Whether a recorded holder's process runs on this host now (None: another host, or no
+    way to tell)."""
+    if holder.get("host") != socket.gethostname():
+        return None
+    if holder.get("boot_id") and holder["boot_id"] != boot_id():
+        return False
+    try:
+        os.kill(int(holder.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        pass
+    return True
+
+
 def why_gone(holder: dict) -> str:
     """Why a recorded holder no longer holds its lock, as far as this host can tell."""
     if holder.get("failed"):
         return f"it stopped with an error ({holder['failed']})"
-    if holder.get("host") == socket.gethostname():
-        if holder.get("boot_id") and holder["boot_id"] != boot_id():
-            return "the host has restarted since"
-        try:
-            os.kill(int(holder.get("pid", 0)), 0)
-        except ProcessLookupError:
-            return "that process is gone (killed or crashed)"
-        except (PermissionError, ValueError, OverflowError):
-            pass
+    if holder.get("host") == socket.gethostname() and holder.get("boot_id") and holder["boot_id"] != boot_id():
+        return "the host has restarted since"
+    if running_here(holder) is False:
+        return "that process is gone (killed or crashed)"
     return "it no longer holds the lock"
 
 
 def unfinished(target, folder: bool = True) -> str | None:
-    """Why output ``target`` holds unfinished work (a writer's lock file left behind), or None.
-    A folder that a live writer holds right now counts as unfinished too."""
-    path = lock_file(target, folder)
-    holder = read_holder(path)
+    """Why output ``target`` holds unfinished work (a writer's lock file left behind, or a
+    writer at work in it now), or None."""
+    holder = read_holder(lock_file(target, folder))
     if holder is None:
         return None
+    if not holder.get("failed") and running_here(holder):
+        return f"{describe_holder(holder)} is writing it now"
     return f"its writer {describe_holder(holder)} did not finish: {why_gone(holder)}"
 
 
@@ -161,6 +173,10 @@ def output_lock(target, command: str, folder: bool = True,
                 time.sleep(0.2)
                 continue
             raise OutputLocked(target, holder or {}) from None
+        except OSError:         # no room even for the lock file: leave no empty folder behind
+            if created and not any(target.iterdir()):
+                target.rmdir()
+            raise
     try:
         left = read_holder(path)
         if left is not None:
