@@ -3,6 +3,7 @@ lost. Pipelines here use relative paths (run from their own folder), so a run in
 give the same bytes as a run in another."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -286,3 +287,25 @@ def test_train_base_on_a_full_disk_then_again_with_room(tmp_path, small_disk, ca
     # the training log and loss plot hold timings; everything else is the straight run's, byte for byte
     timings = ("manifest.json", "batch.log", "train_log.json", "loss.png")
     assert snapshot(disk / "out" / "model", timings) == snapshot(straight / "out" / "model", timings)
+
+
+def test_output_changes_names_what_differs_and_reads_older_manifests(tmp_path):
+    from netdiff.batch import output_changes, scan_tree
+
+    out = tmp_path / "o"
+    out.mkdir()
+    for i in range(5):
+        (out / f"{i}.png").write_bytes(bytes([i]) * 10)
+    digest, files = scan_tree(out)
+    assert files["3.png"] == [10, hashlib.sha256(bytes([3]) * 10).hexdigest()]
+    assert output_changes(out, {"output": digest, "files": files}) is None
+    assert output_changes(out, {"output": digest}) is None            # a manifest from before file lists
+    for i in range(4):
+        (out / f"{i}.png").unlink()
+    assert output_changes(out, {"output": digest, "files": files}) == (
+        f"its output {out} changed since it was made: 4 files missing (0.png, 1.png, 2.png and 1 more)")
+    assert output_changes(out, {"output": digest}) == f"its output {out} changed since it was made"
+    (out / LOCK_NAME).write_text(json.dumps({"pid": 2 ** 22 + 1, "host": "elsewhere", "started": 1.0,
+                                             "command": "netdiff pcap2img", "failed": "OSError: full"}) + "\n")
+    assert output_changes(out, {"output": digest, "files": files}).startswith(
+        f"its output {out} is unfinished (its writer netdiff pcap2img (pid 4194305 on host elsewhere")
