@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from netdiff.cli.outputs import locks_output
+from netdiff.cli.folders import checks_inputs, locks_output
 from netdiff.errors import NetdiffError
 
 
@@ -112,6 +112,7 @@ def nprint_cmd(pcap_file, nprint_file, write_file, radiotap, wlan, eth, ipv4, ip
               help="with --group flow: skip flows with fewer packets")
 @click.option("--no-payload", is_flag=True, help="do not keep payload bytes in the sidecars")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@checks_inputs("inp")
 @locks_output("out_dir")
 def pcap2img_cmd(inp, out_dir, cls, layout_name, payload_bytes, height, group, window, max_images,
                  min_packets, no_payload, as_json):
@@ -164,6 +165,7 @@ def _img2pcap_writes_folder(params: dict) -> bool:
               help="class field priors JSON (field_priors.json written by pcap2img): values the "
                    "image's class never shows are replaced by ones it shows")
 @click.option("--json", "as_json", is_flag=True, help="print results as JSON")
+@checks_inputs("inp")
 @locks_output("out", folder=_img2pcap_writes_folder)
 def img2pcap_cmd(inp, out, strict, seed, address_pool, timing, priors, as_json):
     """Rebuild pcaps from a PNG or a directory of PNGs (mirrored under OUT).

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from netdiff.cli.outputs import locks_output
+from netdiff.cli.folders import checks_inputs, locks_output
 
 MODELS = ["doppelganger", "timegan", "ar", "par"]
 
@@ -90,6 +90,7 @@ def train_cmd(kind, data_path, sequence_key, time_column, time_format, attribute
 @click.option("--count", type=click.IntRange(min=1), required=True, help="Number of sequences.")
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="CSV or Parquet file.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@checks_inputs("model_dir")
 @locks_output("output", folder=False)
 def generate_cmd(model_dir, count, output, seed):
     """Write COUNT synthetic sequences (long form) to OUTPUT."""
@@ -113,6 +114,7 @@ def generate_cmd(model_dir, count, output, seed):
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
 @click.option("--downstream", is_flag=True,
               help="Also run the train-on-synthetic/test-on-real forecasting and anomaly tasks.")
+@checks_inputs("model_dir")
 @locks_output("out_dir")
 def evaluate_cmd(real_path, synthetic_path, out_dir, model_dir, sequence_key, time_column, time_format,
                  attributes, features, categorical, configs, iterations, seed, plots, threads, downstream):

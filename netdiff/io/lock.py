@@ -9,9 +9,11 @@ into the lock file, and a lock nobody holds is simply taken.
 
 The lock file is also the "not finished" mark. A writer that finishes removes it (while still
 holding it, so a waiter that opened the old file finds it unlinked and tries again); one that stops
-with an error leaves it, with the error appended, and one that is killed leaves it as it was.
-Whoever takes the lock next and finds that file says so, in one line, before writing the output
-again; ``unfinished(folder)`` tells the batch runner that a folder holds a writer's unfinished work.
+with an error after it changed the output leaves it, with the error appended (one that changed
+nothing, say on a mistyped option, leaves the output as it was), and one that is killed leaves it
+as it was. Whoever takes the lock next and finds that file says so, in one line, before writing
+the output again; ``unfinished(folder)`` tells ``netdiff batch`` and the commands reading a
+folder that it holds a writer's unfinished work.
 """
 from __future__ import annotations
 
@@ -140,7 +142,8 @@ def output_lock(target, command: str, folder: bool = True,
     a file) for the block; ``command`` names this writer to anyone refused. Raises
     ``OutputLocked`` at once if a live process holds it; takes it, with a line through ``echo``
     (default: stderr), if a writer left it unfinished. On an exception the lock file stays as the
-    output's "not finished" mark, unless the block left a folder it created empty."""
+    output's "not finished" mark, unless the block changed nothing there: then the output is
+    left as it was (a folder the lock made is removed again)."""
     from filelock import FileLock, Timeout
 
     target = Path(target)
@@ -150,9 +153,9 @@ def output_lock(target, command: str, folder: bool = True,
     if writer_rank() != 0:
         yield target
         return
-    created = False
+    before = contents(target, folder)
+    created = before is None
     if folder:
-        created = not target.exists()
         if target.exists() and not target.is_dir():
             raise NetdiffError(f"{target}: exists and is not a folder")
         target.mkdir(parents=True, exist_ok=True)
@@ -190,16 +193,18 @@ def output_lock(target, command: str, folder: bool = True,
         path.unlink(missing_ok=True)
         lock.release()
         raise
+    if folder and created:
+        before = []         # the folder this lock made: empty
     try:
         yield target
     except SystemExit as e:
         if e.code not in (0, None):
-            _leave(path, target, created, f"exit status {e.code}")
+            _leave(path, target, folder, before, created, f"exit status {e.code}")
         else:
             path.unlink(missing_ok=True)
         raise
     except BaseException as e:
-        if _leave(path, target, created, f"{e.__class__.__name__}: {e}".splitlines()[0][:300]):
+        if _leave(path, target, folder, before, created, f"{e.__class__.__name__}: {e}".splitlines()[0][:300]):
             try:    # for the error line: which output the rerun will write again
                 e.unfinished_output = str(target)
             except AttributeError:
@@ -211,12 +216,14 @@ def output_lock(target, command: str, folder: bool = True,
         lock.release()
 
 
-def _leave(path: Path, target: Path, created: bool, reason: str) -> bool:
-    """The block failed: keep the lock file as the "not finished" mark, with the reason (True),
-    or clear away a folder this lock created that nothing was written to (False)."""
-    if created and [p.name for p in target.iterdir()] == [LOCK_NAME]:
+def _leave(path: Path, target: Path, folder: bool, before, created: bool, reason: str) -> bool:
+    """The block failed. If it changed nothing in the output, leave the output as it was (no lock
+    file; a folder this lock made is removed again) and return False; else keep the lock file as
+    the "not finished" mark, with the reason, and return True."""
+    if contents(target, folder) == before:
         path.unlink(missing_ok=True)
-        target.rmdir()
+        if created and folder and target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
         return False
     try:
         with open(path, "a") as f:          # appended: on a full disk the record stays whole
@@ -224,3 +231,23 @@ def _leave(path: Path, target: Path, created: bool, reason: str) -> bool:
     except OSError:
         pass
     return True
+
+
+def contents(target: Path, folder: bool):
+    """What an output holds, to tell whether a failed writer touched it: (path, size, mtime) of
+    every file (the lock file aside), or the file's; None when there is no such output."""
+    if not target.exists():
+        return None
+    if not folder or not target.is_dir():
+        st = target.stat()
+        return st.st_size, st.st_mtime_ns
+    found = []
+    for p in sorted(target.rglob("*")):
+        if p.name == LOCK_NAME:
+            continue
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            continue
+        found.append((str(p.relative_to(target)), st.st_size, st.st_mtime_ns))
+    return found

@@ -132,6 +132,45 @@ def test_a_failed_block_marks_its_output_and_an_untouched_new_folder_goes(tmp_pa
                      f"started {started}): it stopped with an error (ValueError: midway); what it left "
                      "unfinished is written again"]
     assert sorted(p.name for p in out.iterdir()) == ["half.png"]
+    # a failure that changed nothing (a mistyped option, a missing input) leaves a finished
+    # output as it was: not marked unfinished
+    with pytest.raises(ValueError):
+        with output_lock(out, "netdiff test"):
+            raise ValueError("before writing anything")
+    assert sorted(p.name for p in out.iterdir()) == ["half.png"]
+
+
+def test_a_command_that_fails_before_writing_leaves_its_output_alone(tmp_path, cli):
+    out = tmp_path / "images"
+    out.mkdir()
+    (out / "kept.png").write_bytes(b"x")
+    code, _, err = cli("pcap2img", tmp_path / "no-such-captures", out)
+    assert code == 1 and "no such file or directory" in err
+    assert sorted(p.name for p in out.iterdir()) == ["kept.png"]
+    code, _, err = cli("pcap2img", tmp_path / "no-such-captures", tmp_path / "new")
+    assert code == 1 and not (tmp_path / "new").exists()
+
+
+def test_a_folder_left_unfinished_is_not_read(tmp_path, sample_captures, cli):
+    images = tmp_path / "images"
+    assert cli("pcap2img", sample_captures, images, "--height", 32)[0] == 0
+    (images / LOCK_NAME).write_text(json.dumps({"pid": 2 ** 22 + 1, "host": "elsewhere", "started": 1.0,
+                                                "command": "netdiff pcap2img"}) + "\n"
+                                    + json.dumps({"failed": "OSError: [Errno 28] No space left on device"}))
+    code, _, err = cli("train-base", images, "--output", tmp_path / "model", "--steps", 1)
+    assert code == 1
+    assert err == (f"netdiff: error: {images} is unfinished (its writer netdiff pcap2img (pid 4194305 on host "
+                   "elsewhere, started " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1.0))
+                   + ") did not finish: it stopped with an error (OSError: [Errno 28] No space left on device)); "
+                   f"run what writes it again, or delete {images / LOCK_NAME} to use it as it is\n")
+    assert not (tmp_path / "model").exists()
+    (images / LOCK_NAME).unlink()
+    model = tmp_path / "model"
+    with output_lock(model, "netdiff train-base"):      # a model still being trained
+        code, _, err = cli("generate", "--model", model, "--class", "web_tcp", "--output", tmp_path / "gen")
+    assert code == 1
+    assert f"{model} is unfinished (netdiff train-base (pid {os.getpid()} on host" in err
+    assert "is writing it now" in err
 
 
 def test_one_holder_per_output_file_or_folder(tmp_path):
