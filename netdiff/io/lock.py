@@ -153,8 +153,7 @@ def output_lock(target, command: str, folder: bool = True,
     if writer_rank() != 0:
         yield target
         return
-    before = contents(target, folder)
-    created = before is None
+    created = not target.exists()
     if folder:
         if target.exists() and not target.is_dir():
             raise NetdiffError(f"{target}: exists and is not a folder")
@@ -177,7 +176,7 @@ def output_lock(target, command: str, folder: bool = True,
                 continue
             raise OutputLocked(target, holder or {}) from None
         except OSError:         # no room even for the lock file: leave no empty folder behind
-            if created and not any(target.iterdir()):
+            if folder and created and not any(target.iterdir()):
                 target.rmdir()
             raise
     try:
@@ -193,8 +192,7 @@ def output_lock(target, command: str, folder: bool = True,
         path.unlink(missing_ok=True)
         lock.release()
         raise
-    if folder and created:
-        before = []         # the folder this lock made: empty
+    before = contents(target, folder)       # taken under the lock: no other writer changes it
     try:
         yield target
     except SystemExit as e:
@@ -204,7 +202,8 @@ def output_lock(target, command: str, folder: bool = True,
             path.unlink(missing_ok=True)
         raise
     except BaseException as e:
-        if _leave(path, target, folder, before, created, f"{e.__class__.__name__}: {e}".splitlines()[0][:300]):
+        reason = f"{e.__class__.__name__}: {e}".splitlines()[0][:300]
+        if _leave(path, target, folder, before, created, reason):
             try:    # for the error line: which output the rerun will write again
                 e.unfinished_output = str(target)
             except AttributeError:
