@@ -17,6 +17,7 @@ folder that it holds a writer's unfinished work.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -175,9 +176,14 @@ def output_lock(target, command: str, folder: bool = True,
                 time.sleep(0.2)
                 continue
             raise OutputLocked(target, holder or {}) from None
-        except OSError:         # no room even for the lock file: leave no empty folder behind
+        except OSError as e:    # no lock to be had (no room, no flock): leave things as they were
+            if read_holder(path) is None:
+                path.unlink(missing_ok=True)
             if folder and created and not any(target.iterdir()):
                 target.rmdir()
+            if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
+                raise NetdiffError(f"{target}: its file system has no file locks (flock), so two runs "
+                                   "could write it at once; write the output to a local disk") from None
             raise
     try:
         left = read_holder(path)

@@ -236,3 +236,18 @@ def test_every_command_that_writes_a_folder_holds_its_lock(tmp_path, cli):
         code, _, err = cli("telemetry", "generate", "--model", model, "--count", 1, "--output", tmp_path / "s.csv")
         assert code == 1 and "s.csv is being written by netdiff holder" in err
     assert not json.dumps(sorted(os.listdir(tmp_path))).count(".netdiff.lock")
+
+
+def test_a_file_system_without_locks_is_one_line(tmp_path, monkeypatch, cli):
+    """flock answers ENOSYS on some network and FUSE file systems (filelock asks it for us)."""
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    code, _, err = cli("samples", tmp_path / "caps")
+    assert code == 1
+    assert err == (f"netdiff: error: {tmp_path / 'caps'}: its file system has no file locks (flock), so two runs "
+                   "could write it at once; write the output to a local disk\n")
+    assert not (tmp_path / "caps").exists()
