@@ -4,8 +4,12 @@ A pipeline is a list of stages, each one netdiff command with its outputs named.
 into ``<output>.partial`` and the folder is renamed into place only when the command succeeded,
 so an output that exists is complete. What a stage prints, and the log, name its output by the
 path it has once the stage is done, never by the ``.partial`` folder that is gone by then.
-``<out>/manifest.json`` records for each finished stage the command and a hash of its inputs and
-outputs; a stage whose record matches what is on disk is skipped. Killed at any moment (kill -9)
+``<out>/manifest.json`` records for each finished stage the command, a hash of its inputs and
+every file it wrote (size and sha256); a stage is skipped only when its command and inputs are the
+same and its output still holds exactly those files, and otherwise redone with a line saying why
+(a file deleted, edited or added inside a finished stage's output included). One run at a time:
+a run holds the lock of ``<out>`` (``netdiff.io.lock``), so a second run on the same folder is
+refused at once, naming the first. Killed at any moment (kill -9)
 and run again, a pipeline redoes only the stage that was interrupted: nothing is lost,
 duplicated or half-written. A stage that declares ``resume`` (extra arguments with which its
 command continues in the folder it had begun: ``--resume latest`` for training,
@@ -58,6 +62,7 @@ from typing import Callable
 
 from netdiff.errors import NetdiffError
 from netdiff.io.atomic import atomic_write_text
+from netdiff.io.lock import LOCK_NAME, output_lock, unfinished
 
 MANIFEST = "manifest.json"
 
@@ -128,25 +133,66 @@ def _args(value) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else shlex.split(str(value))
 
 
-def tree_hash(path: Path) -> str:
-    """sha256 over a file, or over a folder's relative paths and file contents, in order."""
+def scan_tree(path: Path) -> tuple[str, dict[str, list]]:
+    """``(tree_hash, {relative path: [size, sha256]})`` of a file or folder, in one read.
+    Lock files (``.netdiff.lock``) are left out: they come and go with their writers."""
     h = hashlib.sha256()
     path = Path(path)
     if path.is_file():
         files = [path]
         root = path.parent
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != LOCK_NAME)
         root = path
     else:
-        return "missing"
+        return "missing", {}
+    listing = {}
     for f in files:
-        h.update(str(f.relative_to(root)).encode() + b"\0")
+        rel = str(f.relative_to(root))
+        h.update(rel.encode() + b"\0")
+        one = hashlib.sha256()
+        size = 0
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
+                one.update(block)
+                size += len(block)
         h.update(b"\0")
-    return h.hexdigest()
+        listing[rel] = [size, one.hexdigest()]
+    return h.hexdigest(), listing
+
+
+def tree_hash(path: Path) -> str:
+    """sha256 over a file, or over a folder's relative paths and file contents, in order."""
+    return scan_tree(path)[0]
+
+
+def _some(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def output_changes(path: Path, record: dict) -> str | None:
+    """Why the output ``path`` of a finished stage no longer is what its manifest ``record``
+    says the stage wrote (missing, unfinished, files missing, changed or added), or None."""
+    path = Path(path)
+    if not path.exists():
+        return f"its output {path} is missing"
+    why = unfinished(path) if path.is_dir() else None
+    if why:
+        return f"its output {path} is unfinished ({why})"
+    digest, files = scan_tree(path)
+    recorded = record.get("files")
+    if recorded is None:            # a manifest written before file lists were kept
+        return None if digest == record.get("output") else f"its output {path} changed since it was made"
+    missing = sorted(set(recorded) - set(files))
+    added = sorted(set(files) - set(recorded))
+    changed = sorted(f for f in set(recorded) & set(files) if files[f] != list(recorded[f]))
+    parts = [f"{len(names)} file{'s' if len(names) > 1 else ''} {what} ({_some(names)})"
+             for names, what in ((missing, "missing"), (changed, "changed"), (added, "added")) if names]
+    if parts:
+        return f"its output {path} changed since it was made: {'; '.join(parts)}"
+    return None
 
 
 class FinalPaths(io.TextIOBase):
@@ -284,30 +330,58 @@ class Runner:
 
     # --- running ---------------------------------------------------------------------------
     def run(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
-        manifest = self._load_manifest()
-        from tqdm import tqdm
+        # one run per folder: a second is refused before it touches anything
+        with output_lock(self.out, f"netdiff batch {self.pipe.path.name}", echo=self._log):
+            manifest = self._load_manifest()
+            from tqdm import tqdm
 
-        self._log(f"pipeline {self.pipe.name}: {len(self.pipe.stages)} stages -> {self.out}")
-        bar = tqdm(self.pipe.stages, desc=self.pipe.name, unit="stage", disable=not sys.stderr.isatty())
-        for stage in bar:
-            bar.set_postfix_str(stage.name)
-            self._run_stage(stage, manifest)
-        self._log(f"pipeline {self.pipe.name}: done")
-        return manifest
+            self._log(f"pipeline {self.pipe.name}: {len(self.pipe.stages)} stages -> {self.out}")
+            bar = tqdm(self.pipe.stages, desc=self.pipe.name, unit="stage", disable=not sys.stderr.isatty())
+            for stage in bar:
+                bar.set_postfix_str(stage.name)
+                self._run_stage(stage, manifest)
+            self._log(f"pipeline {self.pipe.name}: done")
+            return manifest
+
+    def _redo_reason(self, rec: dict | None, command: str, inputs: dict, final: Path | None) -> str | None:
+        """Why a stage with a record must run again (None: it is up to date)."""
+        if rec is None:
+            return "not run yet"
+        if self.force:
+            return "--force"
+        if rec["command"] != command:
+            return "its command changed"
+        changed = [n for n in inputs if rec["inputs"].get(n) != inputs[n]] + \
+                  [n for n in rec["inputs"] if n not in inputs]
+        if changed:
+            return f"input {_some(changed)} changed"
+        if final is None:
+            return None
+        return output_changes(final, rec)
 
     def _run_stage(self, stage: Stage, manifest: dict) -> None:
         inputs = {name: tree_hash(self._resolve(name)) for name in stage.inputs}
         missing = [n for n, h in inputs.items() if h == "missing"]
         if missing:
             raise NetdiffError(f"stage {stage.name}: input(s) missing: {', '.join(missing)}")
+        made_here = self._paths()
+        for name in stage.inputs:
+            folder = self._resolve(name)
+            if name in made_here or not folder.is_dir() or folder.resolve() == self.out.resolve():
+                continue        # this run's own outputs are verified stage by stage
+            why = unfinished(folder)
+            if why:             # a folder from outside this pipeline that its writer left half done
+                raise NetdiffError(f"stage {stage.name}: input {folder} is unfinished ({why}); "
+                                   "run what writes it again first")
         final = self.out / stage.output if stage.output else None
         command = self._format(stage.run, output=str(final) if final else "")
         rec = manifest["stages"].get(stage.name)
-        if (not self.force and rec and rec["command"] == command and rec["inputs"] == inputs
-                and (final is None or (final.exists() and tree_hash(final) == rec["output"]))):
+        why = self._redo_reason(rec, command, inputs, final)
+        if why is None:
             self._log(f"[{stage.name}] up to date, skipped")
             return
+        if rec is not None and not self.force:
+            self._log(f"[{stage.name}] redoing: {why}")
         partial = final.with_name(final.name + ".partial") if final else None
         attempt = {"command": command, "inputs": inputs}
         running = manifest.setdefault("running", {})
@@ -342,9 +416,9 @@ class Runner:
                 shutil.rmtree(final) if final.is_dir() else final.unlink()
             os.replace(partial, final)
         running.pop(stage.name, None)
-        manifest["stages"][stage.name] = {"command": command, "inputs": inputs,
-                                          "output": tree_hash(final) if final else None,
-                                          "seconds": round(time.perf_counter() - t0, 2)}
+        digest, files = scan_tree(final) if final else (None, None)
+        manifest["stages"][stage.name] = {"command": command, "inputs": inputs, "output": digest,
+                                          "files": files, "seconds": round(time.perf_counter() - t0, 2)}
         self._save_manifest(manifest)
         self._log(f"[{stage.name}] done in {time.perf_counter() - t0:.1f} s")
 

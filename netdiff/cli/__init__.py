@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from netdiff.errors import NetdiffError
+from netdiff.errors import NetdiffError, describe_resource_error
 
 # command name -> "module:attribute"; one module per command family.
 COMMANDS = {
@@ -83,11 +83,22 @@ def main(argv=None):
             return _internal_error(e)
         click.echo(f"netdiff: error: {line}", err=True)
         return 1
-    except MemoryError:
-        click.echo("netdiff: error: out of memory", err=True)
-        return 1
-    except Exception as e:  # a bug, not a user error: still one line unless asked for more
-        return _internal_error(e)
+    except Exception as e:
+        # the machine ran out of something (space, memory, file handles) or forbids a write:
+        # the command's output is as it was or marked unfinished, so a rerun redoes it
+        line = describe_resource_error(e, _step(sys.argv[1:] if argv is None else argv))
+        if line is not None:
+            click.echo(f"netdiff: error: {line}", err=True)
+            return 1
+        return _internal_error(e)   # a bug, not a user error: still one line unless asked for more
+
+
+def _step(argv) -> str:
+    """The command a command line runs (``pcap2img``, ``telemetry train``), for error lines."""
+    words = [str(a) for a in argv if not str(a).startswith("-")][:2]
+    if not words:
+        return "netdiff"
+    return " ".join(words) if words[0] == "telemetry" and len(words) > 1 else words[0]
 
 
 def _internal_error(e: Exception) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from netdiff.cli.folders import checks_inputs, locks_output
 from netdiff.errors import NetdiffError
 
 
@@ -111,6 +112,8 @@ def nprint_cmd(pcap_file, nprint_file, write_file, radiotap, wlan, eth, ipv4, ip
               help="with --group flow: skip flows with fewer packets")
 @click.option("--no-payload", is_flag=True, help="do not keep payload bytes in the sidecars")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@checks_inputs("inp")
+@locks_output("out_dir")
 def pcap2img_cmd(inp, out_dir, cls, layout_name, payload_bytes, height, group, window, max_images,
                  min_packets, no_payload, as_json):
     """Convert a capture, or a directory of <class>/*.pcap, into images under OUT_DIR/<class>/,
@@ -144,6 +147,12 @@ def pcap2img_cmd(inp, out_dir, cls, layout_name, payload_bytes, height, group, w
 
 # --- img2pcap ---------------------------------------------------------------------------------
 
+def _img2pcap_writes_folder(params: dict) -> bool:
+    """One PNG in, OUT a file name: the output is that one pcap, not a folder."""
+    out = str(params["out"])
+    return not Path(params["inp"]).is_file() or Path(out).is_dir() or out.endswith("/")
+
+
 @click.command("img2pcap", short_help="Images -> pcaps (exact with a sidecar, repaired otherwise).")
 @click.argument("inp", type=click.Path())
 @click.argument("out", type=click.Path())
@@ -156,6 +165,8 @@ def pcap2img_cmd(inp, out_dir, cls, layout_name, payload_bytes, height, group, w
               help="class field priors JSON (field_priors.json written by pcap2img): values the "
                    "image's class never shows are replaced by ones it shows")
 @click.option("--json", "as_json", is_flag=True, help="print results as JSON")
+@checks_inputs("inp")
+@locks_output("out", folder=_img2pcap_writes_folder)
 def img2pcap_cmd(inp, out, strict, seed, address_pool, timing, priors, as_json):
     """Rebuild pcaps from a PNG or a directory of PNGs (mirrored under OUT).
 
@@ -203,6 +214,7 @@ def img2pcap_cmd(inp, out, strict, seed, address_pool, timing, priors, as_json):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--scale", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="multiply the number of flows")
+@locks_output("out_dir")
 def samples_cmd(out_dir, seed, scale):
     """TCP (handshake, data, teardown), DNS over UDP and ICMP echo captures under OUT_DIR/<class>/."""
     from netdiff.sample_captures import write_samples
@@ -214,6 +226,7 @@ def samples_cmd(out_dir, seed, scale):
 @click.command("demo", short_help="Round trip on netdiff's own samples, with a summary.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@locks_output("out_dir")
 def demo_cmd(out_dir, seed):
     """samples -> pcap2img -> img2pcap -> compare every packet with the original."""
     from netdiff.demo import run_demo

@@ -9,6 +9,7 @@ import os
 
 import click
 
+from netdiff.cli.folders import checks_inputs, locks_output
 from netdiff.errors import NetdiffError
 
 _MP = click.Choice(["no", "fp16", "bf16"])
@@ -84,6 +85,8 @@ def _report(result, what: str) -> None:
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
               help="Stop once this much wall time is spent and save the model as at that step.")
 @_training_options
+@checks_inputs("img_dir")
+@locks_output("output")
 def train_base_cmd(img_dir, config, output, quiet, threads, **kw):
     """Train netdiff's compact base (UNet + text encoder built from --config) on IMG_DIR/<class>/*.png
     with captions "pixelated network data, type-<class>"."""
@@ -106,6 +109,8 @@ def train_base_cmd(img_dir, config, output, quiet, threads, **kw):
 @click.option("--rank", type=click.IntRange(min=1), help="LoRA rank.")
 @click.option("--train-text-encoder", is_flag=True, default=None, help="LoRA on the text encoder too.")
 @_training_options
+@checks_inputs("img_dir", "base_model")
+@locks_output("output")
 def finetune_cmd(img_dir, base_model, output, config, classes, rank, train_text_encoder, quiet, threads, **kw):
     """Train LoRA adapters (peft) on the frozen base; OUTPUT loads with diffusers' load_lora_weights."""
     from netdiff.model.train_lora import FinetuneArgs, main
@@ -128,6 +133,8 @@ def finetune_cmd(img_dir, base_model, output, config, classes, rank, train_text_
 @click.option("--config", help="Config for ControlNet settings.")
 @click.option("--class", "classes", multiple=True, help="Only these classes (repeatable).")
 @_training_options
+@checks_inputs("img_dir", "base_model")
+@locks_output("output")
 def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, quiet, threads, **kw):
     """Train a ControlNet (ControlNetModel.from_unet) on (control, image) pairs made from IMG_DIR."""
     from netdiff.model.train_controlnet import ControlNetArgs, main
@@ -180,6 +187,8 @@ def train_controlnet_cmd(img_dir, base_model, output, kind, config, classes, qui
 @click.option("--skip-existing", is_flag=True,
               help="Leave images already in OUTPUT alone (go on with an interrupted run).")
 @_threads_option
+@checks_inputs("model", "lora", "controlnet")
+@locks_output("output")
 def generate_cmd(model, lora, lora_scale, controlnet, control, cls, count, seed, output, pcap, timing, priors, steps, cfg,
                  scheduler, temperature, unmask_order, free_layout, batch_size, height, hires, config, device, quiet, skip_existing,
                  threads):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from netdiff.cli.folders import checks_inputs, locks_output
 from netdiff.errors import NetdiffError
 
 _DIR = click.Path(file_okay=False, dir_okay=True, path_type=Path)
@@ -22,6 +23,8 @@ _DIR = click.Path(file_okay=False, dir_okay=True, path_type=Path)
 @click.option("--seed", type=int, default=0, show_default=True, help="seed for splits, samplers, models")
 @click.option("--no-figures", is_flag=True, help="skip the matplotlib figures")
 @click.option("--no-compliance", is_flag=True, help="skip netdiff validate on the synthetic pcaps")
+@checks_inputs("real", "synthetic", "training")
+@locks_output("out")
 def evaluate_cmd(real: Path, synthetic: Path, out: Path, training: Path | None, seed: int,
                  no_figures: bool, no_compliance: bool):
     """Fidelity (JSD/TVD/Hellinger per nPrint column, header fields, inter-arrival times, flows),

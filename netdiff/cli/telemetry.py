@@ -5,6 +5,8 @@ import json
 
 import click
 
+from netdiff.cli.folders import checks_inputs, locks_output
+
 MODELS = ["doppelganger", "timegan", "ar", "par"]
 
 
@@ -54,6 +56,8 @@ def telemetry_group():
 @click.option("--sample-output", type=click.Path(dir_okay=False),
               help="Also write sampled sequences here right after training (needed for par).")
 @click.option("--sample-count", type=click.IntRange(min=1), help="Sequences to sample (default: as many as trained on).")
+@locks_output("output")
+@locks_output("sample_output", folder=False)
 def train_cmd(kind, data_path, sequence_key, time_column, time_format, attributes, features, categorical,
               configs, output, epochs, seed, threads, sample_output, sample_count):
     """Fit a model on DATA and save it (model.safetensors + config.json) in OUTPUT."""
@@ -86,6 +90,8 @@ def train_cmd(kind, data_path, sequence_key, time_column, time_format, attribute
 @click.option("--count", type=click.IntRange(min=1), required=True, help="Number of sequences.")
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="CSV or Parquet file.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@checks_inputs("model_dir")
+@locks_output("output", folder=False)
 def generate_cmd(model_dir, count, output, seed):
     """Write COUNT synthetic sequences (long form) to OUTPUT."""
     from netdiff.telemetry import api
@@ -108,6 +114,8 @@ def generate_cmd(model_dir, count, output, seed):
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
 @click.option("--downstream", is_flag=True,
               help="Also run the train-on-synthetic/test-on-real forecasting and anomaly tasks.")
+@checks_inputs("model_dir")
+@locks_output("out_dir")
 def evaluate_cmd(real_path, synthetic_path, out_dir, model_dir, sequence_key, time_column, time_format,
                  attributes, features, categorical, configs, iterations, seed, plots, threads, downstream):
     """Write OUT/metrics.json (m, autocorrelation_mse, w1, cross_correlation, discriminative_score,
