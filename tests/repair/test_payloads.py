@@ -60,6 +60,15 @@ def test_tls_record_and_defaults():
     assert names == ["dns-tcp"]
 
 
+def test_snmp_ber_lengths_are_long_form():
+    names, length, body = _messages(161, 17, [24, 300])
+    assert names == ["snmp", "snmp"]
+    for L, b in zip(length, body):
+        assert b[:4].tolist() == [0x30, 0x82, (L - 4) >> 8, (L - 4) & 0xFF]
+        assert b[7:11].tolist() == [0x04, 0x82, (L - 24) >> 8, (L - 24) & 0xFF]
+        assert b[L - 13] == 0xA2                # the PDU follows the community
+
+
 def test_generated_bytes_keep_all_but_lengths():
     rules = E.load_rules()
     table = PL.payload_table(rules)
@@ -87,7 +96,7 @@ def test_payload_file_errors_name_the_file_and_entry(tmp_path):
 def test_protocol_templates_and_one_default_per_transport_ship():
     templates = E.load_payloads()
     assert sum(t.default for t in templates) == 2
-    assert {"dns", "dns-tcp", "tls", "http", "ssh", "ntp", "sip"} <= {t.name for t in templates}
+    assert {"dns", "dns-tcp", "tls", "http", "ssh", "ntp", "sip", "snmp"} <= {t.name for t in templates}
 
 
 @needs_tshark
