@@ -234,7 +234,9 @@ def derive(work: Path, templates: tuple) -> list[dict]:
                 for k, j in enumerate(js):
                     bad_at = lengths[fails[k]]
                     start = int(bad_at[-1]) + 1 if len(bad_at) else 1
-                    if start <= min(top, 2 * max(int(starts[c, j]), 64)):
+                    # reachable by every row (an IPv6 one has 20 bytes less room) and near
+                    # what the probes showed
+                    if start <= min(top - 20, 2 * max(int(starts[c, j]), 64)):
                         chosen[j] = (c, start)
         for j, port in enumerate(owned):
             if j not in chosen:     # no content passes: rows on this port carry none

@@ -338,7 +338,12 @@ def build(r: Rows, rules: dict, ts_sec, ts_nsec, body: np.ndarray, body_len: np.
     # Pseudo-headers sum the IP layer's addresses; an IPv4 one is the first bytes of the 16.
     ip_address = r.v6[:, None] | (np.arange(r.src.shape[1]) < FIELDS["ipv4_src"].width // 8)
     src, dst = np.where(ip_address, r.src, 0), np.where(ip_address, r.dst, 0)
-    body_sum = C.region_sum(body, np.zeros(n, np.int64), body_len) if body.shape[1] else np.zeros(n, np.int64)
+    # Zero bytes add nothing to a checksum: only rows with payload content are summed.
+    body_sum = np.zeros(n, np.int64)
+    content = np.flatnonzero(body.any(axis=1)) if body.shape[1] else ()
+    if len(content):
+        body_sum[content] = C.region_sum(body[content], np.zeros(len(content), np.int64),
+                                         body_len[content])
     for sec, (rows, block, h) in blocks.items():
         pr = by_section.get(sec)
         if pr is None or not pr.checksum:

@@ -498,7 +498,7 @@ PAYLOAD_CONTENT = ("value", "hex", "text", "compute", "fill")     # one per mess
 WHOLE_MESSAGE = "message"       # ``covers: message``: a length of the whole payload
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)      # loaded once; identity is equality (cheap cache keys)
 class MessagePart:
     """One entry of a template's message: ``data`` fixed bytes, or a computed length
     (``compute``, ``width`` bytes, over ``covers``), or the fill (``fill`` pattern, optionally
@@ -512,7 +512,7 @@ class MessagePart:
     chunks: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PayloadTemplate:
     name: str
     transports: tuple[str, ...]
