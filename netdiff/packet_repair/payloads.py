@@ -169,14 +169,21 @@ def _fill(body, rows, start, size, p) -> None:
     pattern = np.frombuffer(p.fill, np.uint8)
     if not len(rows) or (not p.chunks and not pattern.any() and not body[rows].any()):
         return                  # zeros over zeros: the default's fill costs nothing
-    width = body.shape[1]
-    j = np.arange(width)[None, :] - start[:, None]          # position within the fill
-    inside = (j >= 0) & (j < size[:, None])
+    # The fill starts at the same offset in every row (only the fill varies in size): one row
+    # of the pattern, cut per row by a mask, then each row's last string gets its own length.
+    s0 = int(start[0])
+    hi = int(min((start + size).max(), body.shape[1]))
+    if hi <= s0:
+        return
+    t = np.arange(hi - s0)
     if p.chunks:
         step = p.chunks + 1
-        pos = j % step
-        val = np.where(pos == 0, np.minimum(p.chunks, size[:, None] - j - 1),
-                       pattern[(pos - 1) % len(pattern)])
+        row = np.where(t % step == 0, p.chunks, pattern[(t % step - 1) % len(pattern)])
     else:
-        val = pattern[j % len(pattern)]
-    body[rows] = np.where(inside, val, body[rows]).astype(np.uint8)
+        row = pattern[t % len(pattern)]
+    inside = t[None, :] < size[:, None]
+    body[rows, s0:hi] = np.where(inside, row.astype(np.uint8)[None, :], body[rows, s0:hi])
+    if p.chunks:
+        last = (np.maximum(size, 1) - 1) // step * step       # where each row's last string starts
+        ok = (size > 0) & (s0 + last < body.shape[1])
+        body[rows[ok], s0 + last[ok]] = (size[ok] - last[ok] - 1).astype(np.uint8)
