@@ -3,8 +3,8 @@
 Image kinds, built from every capture under --data (first 1024 packets each, netdiffusion
 layout): converted real images, the same with 5% and 30% of pixels flipped, blurred and resized to
 816x768 (NetDiffusion's training size) then quantised back, and as many uniformly random images.
-Each kind's repaired packets go into one pcap that `validate_pcaps` checks (tshark, tcpreplay in
-a namespace when root, netdiff's rules).
+Each kind's repaired packets go into one pcap that `validate_pcaps` checks (tshark with every
+dissector on, tcpreplay in a namespace when root, netdiff's rules).
 
     taskset -c 0 .venv/bin/python benchmarks/repair.py            # one core, as in the docs
     .venv/bin/python benchmarks/repair.py --limit 5 --no-replay   # quick look
@@ -101,7 +101,7 @@ def main(argv=None):
                 "images": len(batches[kind]), "packets": v["packets"], "malformed": v["malformed"],
                 "checksum_errors": v["checksum_errors"], "expert_errors": v["expert_errors"],
                 "rule_failed_packets": v["rule_failed_packets"],
-                "app_layer_malformed": v["app_layer_malformed"],
+                "failures_by_dissector": v["failures_by_dissector"],
                 "replay": rep if isinstance(rep, str) else f"{rep['sent']} sent / {rep['failed']} failed",
                 "valid_share": 1 - bad / max(v["packets"], 1) if (isinstance(rep, str) or rep["failed"] == 0) else 0.0,
                 "repair_s_median": statistics.median(times[kind]), "repair_s_max": max(times[kind]),

@@ -83,7 +83,10 @@ def web_tcp(rng: random.Random, n_flows: int) -> list[tuple[bytes, int, int]]:
                                             ("NOP", None), ("WScale", 9)]), *clock.tick(rtt)))
         out.append((pkt(True, "A"), *clock.tick(0.0005)))
         for _ in range(rng.randrange(1, 5)):
-            req = bytes(rng.getrandbits(8) for _ in range(rng.randrange(80, 600)))
+            # An HTTP request (random bytes to port 80 are malformed to tshark's HTTP dissector);
+            # one draw per byte, as before, so every later draw is unchanged.
+            pad = bytes(97 + rng.getrandbits(8) % 26 for _ in range(rng.randrange(80, 600)))
+            req = b"GET / HTTP/1.1\r\nX-Pad: " + pad[27:] + b"\r\n\r\n"
             out.append((pkt(True, "PA", req), *clock.tick(0.002)))
             for _ in range(rng.randrange(1, 8)):
                 size = rng.choice([1448, 1448, 1448, rng.randrange(100, 1448)])

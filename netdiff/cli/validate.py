@@ -21,7 +21,7 @@ def _line(f: dict) -> str:
     parts = [f"{f['packets']} packets", f"malformed {f['malformed']}",
              f"checksum errors {f['checksum_errors']}", f"expert errors {f['expert_errors']}",
              f"rule failures {f['rule_failed_packets']}", _replay_text(f["replay"])]
-    if f.get("app_layer_malformed"):
+    if not f.get("app_layers", True) and f.get("app_layer_malformed"):
         parts.append(f"application-layer malformed {f['app_layer_malformed']} (not judged)")
     return f"{verdict:4} {f['path']}: " + ", ".join(parts)
 
@@ -32,15 +32,16 @@ def _line(f: dict) -> str:
 @click.option("--replay/--no-replay", default=True, show_default=True,
               help="Replay each file with tcpreplay into a veth pair inside a network "
                    "namespace netdiff creates and removes (needs root; skipped otherwise).")
-@click.option("--app-layers", is_flag=True,
-              help="Judge application-layer dissection too (payloads are zeros unless the "
-                   "layout keeps payload bits, so dissectors owning a port may reject them).")
+@click.option("--transport-only", is_flag=True,
+              help="Judge only the link, IP and transport layers (what application-layer "
+                   "dissectors call malformed is then reported, not judged).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Also write the full result to OUT/report.json.")
 @click.pass_context
-def validate_cmd(ctx, pcaps, as_json, replay, app_layers, out_dir):
-    """Validate PCAPS three ways: (a) tshark with IP/TCP/UDP/ICMP checksum validation
-    (malformed packets, bad checksums, expert errors); (b) tcpreplay into a private veth pair;
+def validate_cmd(ctx, pcaps, as_json, replay, transport_only, out_dir):
+    """Validate PCAPS three ways: (a) tshark, every layer it dissects, with IP/TCP/UDP/ICMP
+    checksum validation (malformed packets, bad checksums, expert errors; each failure names its
+    dissector, transport and port); (b) tcpreplay into a private veth pair;
     (c) netdiff's protocol rules (protocol_rules/*.yaml). Exit status 1 when any packet fails."""
     from pathlib import Path
 
@@ -53,7 +54,8 @@ def validate_cmd(ctx, pcaps, as_json, replay, app_layers, out_dir):
         files += sorted(f for f in p.rglob("*") if f.suffix in (".pcap", ".pcapng")) if p.is_dir() else [p]
     if not files:
         raise NetdiffError(f"no .pcap/.pcapng files in {', '.join(pcaps)}")
-    result = validate_pcaps([str(f) for f in files], replay=replay, app_layers=app_layers)
+    result = validate_pcaps([str(f) for f in files], replay=replay,
+                            app_layers=not transport_only)
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +67,8 @@ def validate_cmd(ctx, pcaps, as_json, replay, app_layers, out_dir):
             click.echo(_line(f))
             for rule, count in list(f["rule_failures"].items())[:5]:
                 click.echo(f"       rule: {rule}: {count} packets")
+            for where, count in list(f["failures_by_dissector"].items())[:5]:
+                click.echo(f"       tshark: {where}: {count} packets")
             for msg, count in list(f["expert_error_messages"].items())[:5]:
                 click.echo(f"       tshark: {msg}: {count}")
             if f.get("capture_problem"):

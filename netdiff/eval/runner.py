@@ -156,16 +156,16 @@ def _validate(paths: list[str], **kwargs) -> dict:
     if not isinstance(result, dict):
         return {"result": result}
     # The summary, and per file only the counts (frame lists and messages stay in `netdiff validate`).
-    slim = ("path", "packets", "malformed", "checksum_errors", "expert_errors", "rule_failures",
-            "rule_failed_packets", "ok")
+    slim = ("path", "packets", "malformed", "checksum_errors", "expert_errors",
+            "failures_by_dissector", "rule_failures", "rule_failed_packets", "ok")
     return {"ok": result.get("ok"), "total": result.get("total"),
             "files": [{k: f.get(k) for k in slim} for f in result.get("files", [])]}
 
 
 def _compliance(synth: TrafficSet, real: TrafficSet) -> dict:
-    """`netdiff validate` on the synthetic pcaps, and (without replay) on the real ones: real
-    captures often fail checksum checks too (checksum offload), which is the floor to read the
-    synthetic numbers against."""
+    """`netdiff validate` (every layer tshark dissects) on the synthetic pcaps, and (without
+    replay) on the real ones: real captures often fail checksum checks too (checksum offload),
+    which is the floor to read the synthetic numbers against."""
     if not synth.pcap_paths:
         return {"skipped": "the synthetic set holds images, not pcaps (convert them with img2pcap)"}
     out = _validate(synth.pcap_paths)

@@ -29,6 +29,7 @@ PACKET_SHARE = 0.5      # a row is a packet when its stack's sections are at lea
 MIN_PACKET_SHARE = 0.2  # ... or, in an image with no such row, nearly as filled as its best row
 # Rows attribute prefix of the option areas (``ip_opt``, ``tcp_optlen``) per section.
 OPTION_ATTR = {"ipv4": "ip", "tcp": "tcp"}
+PAYLOAD_OVERLAY = 64    # payload bytes build places with the header overlay (the rest directly)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Rows:
     tcp_optlen: np.ndarray = None
     payload_len: np.ndarray = None
     payload: np.ndarray | None = None  # (n, payload_bytes) uint8 when the layout keeps payload
+    template: np.ndarray | None = None     # payload template per row (packet_repair/payloads.py)
     src: np.ndarray = None             # (n, 16) uint8, IPv4 in the first 4 bytes
     dst: np.ndarray = None
     gen_src: np.ndarray | None = None  # generated addresses when the layout keeps them
@@ -336,7 +338,12 @@ def build(r: Rows, rules: dict, ts_sec, ts_nsec, body: np.ndarray, body_len: np.
     # Pseudo-headers sum the IP layer's addresses; an IPv4 one is the first bytes of the 16.
     ip_address = r.v6[:, None] | (np.arange(r.src.shape[1]) < FIELDS["ipv4_src"].width // 8)
     src, dst = np.where(ip_address, r.src, 0), np.where(ip_address, r.dst, 0)
-    body_sum = C.region_sum(body, np.zeros(n, np.int64), body_len) if body.shape[1] else np.zeros(n, np.int64)
+    # Zero bytes add nothing to a checksum: only rows with payload content are summed.
+    body_sum = np.zeros(n, np.int64)
+    content = np.flatnonzero(body.any(axis=1)) if body.shape[1] else ()
+    if len(content):
+        body_sum[content] = C.region_sum(body[content], np.zeros(len(content), np.int64),
+                                         body_len[content])
     for sec, (rows, block, h) in blocks.items():
         pr = by_section.get(sec)
         if pr is None or not pr.checksum:
@@ -347,10 +354,13 @@ def build(r: Rows, rules: dict, ts_sec, ts_nsec, body: np.ndarray, body_len: np.
 
     # Placed as the exact path places an image's bytes over a capture (here over blank frames):
     # each header lands where the version, IHL and doff just written say it starts.
-    layout = frame_layout(body.shape[1])
+    # Payload bytes past the first PAYLOAD_OVERLAY go straight into the frames below: most rows
+    # are zeros there (the blank frames' own), and the overlay's cost grows with its width.
+    narrow = min(body.shape[1], PAYLOAD_OVERLAY)
+    layout = frame_layout(narrow)
     vals = np.zeros((n, layout.full_width // 8), dtype=np.uint8)
     covered = np.zeros(vals.shape, dtype=bool)
-    blocks["payload"] = (every, body, body_len)
+    blocks["payload"] = (every, body[:, :narrow], np.minimum(body_len, narrow))
     for sec, (rows, block, length) in blocks.items():
         if sec not in layout.section_offsets:
             continue
@@ -364,5 +374,12 @@ def build(r: Rows, rules: dict, ts_sec, ts_nsec, body: np.ndarray, body_len: np.
     blank = P.PacketBatch(np.zeros(int(frame_len.sum()), dtype=np.uint8), offset, frame_len,
                           frame_len, np.asarray(ts_sec, np.int64), np.asarray(ts_nsec, np.int64),
                           np.full(n, P.LINKTYPE_ETHERNET, dtype=np.int32), np.arange(n, dtype=np.int64))
-    return overlay_bytes(blank, vals, covered, layout, np.full(n, eth_bytes, dtype=np.int64),
-                         {sec: rows for sec, (rows, _, _) in blocks.items()})
+    batch = overlay_bytes(blank, vals, covered, layout, np.full(n, eth_bytes, dtype=np.int64),
+                          {sec: rows for sec, (rows, _, _) in blocks.items()})
+    tail = np.flatnonzero(body[:, narrow:].any(axis=1)) if body.shape[1] > narrow else ()
+    if len(tail):
+        cols = np.arange(narrow, body.shape[1])
+        inside = cols[None, :] < body_len[tail, None]
+        at = (batch.offset[tail] + eth_bytes + ip_hl[tail] + l4_hl[tail])[:, None] + cols[None, :]
+        batch.data[at[inside]] = body[tail, narrow:][inside]
+    return batch

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from netdiff.errors import NetdiffError
+from netdiff.packet_repair import payloads as PL
 from netdiff.packet_repair.addresses import AddressPool, mac_for, usable_many
 from netdiff.packet_repair.rows import Rows, header_lengths
 from netdiff.rules import compute as CR
@@ -254,6 +255,10 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     fd = flow * 2 + direction                       # (flow, direction) group
     if priors is not None:
         priors.payload(r, direction, mtu - ip_hl - l4_hl, service=server_port)
+    # The payload each row's ports call for (payload templates); a length no content of that
+    # port's dissector accepts grows to its template's, before sequence numbers count it.
+    r.template, r.payload_len = PL.choose(PL.payload_table(rules), r.proto, sport, dport,
+                                          r.payload_len, mtu - ip_hl - l4_hl)
     state = TraceState(r, rules, flow=flow, n_flows=G, direction=direction, fd=fd, pool=pool,
                        keep_addresses=keep_addresses, priors=priors, report=report,
                        client_port=client_port, server_port=server_port)

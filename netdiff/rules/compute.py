@@ -78,6 +78,12 @@ REGISTRY: dict[str, Computation] = {c.name: c for c in (
                 "transport header + body (no fixed IPv6 header), written by rows.build"),
     Computation("datagram_length", "length", "build.lengths", None,
                 "8 + body, written by rows.build"),
+    Computation("message_length", "length", "bodies", None,
+                "a payload template's length field: the bytes of the entry it `covers` (default: "
+                "every byte after it), big-endian in its `bytes`; packet_repair/payloads.py"),
+    Computation("ber_length", "length", "bodies", None,
+                "an ASN.1 BER length in long form (0x82 and two bytes: `bytes: 3`) of the entry "
+                "it `covers` (default: every byte after it); packet_repair/payloads.py"),
     Computation("checksum", "checksum", "build.checksums", None,
                 "RFC 1071 over the file's checksum.covers region, plus the pseudo-header where "
                 "checksum.pseudo_header (rules/checksum.py: covered_sums, stored_value); "

@@ -479,6 +479,152 @@ def icmp_requests(rules: ProtocolRules) -> list[int]:
     return [int(t["type"]) for t in rules.types if t.get("request", False)]
 
 
+# --- payload templates --------------------------------------------------------------------------
+#
+# ``protocol_rules/payloads/*.yaml``: what repair writes after the transport header, per port.
+# A template is a message in wire order; exactly one entry (``fill``) takes the bytes the
+# generated length leaves, and ``compute:`` entries (registered in rules/compute.py, phase
+# ``length``) are filled from the lengths once the row's length is known.
+
+PAYLOAD_SCHEMA = {
+    "about": LEAF,
+    "templates": [{"name": LEAF, "transport": LEAF, "ports": LEAF, "default": LEAF, "empty": LEAF,
+                   "min_length": LEAF, "max_length": LEAF, "grow_below": LEAF, "step": LEAF,
+                   "message": [{"name": LEAF, "bytes": LEAF, "value": LEAF, "hex": LEAF,
+                                "text": LEAF, "compute": LEAF, "covers": LEAF, "fill": LEAF,
+                                "chunks": LEAF}]}],
+}
+PAYLOAD_CONTENT = ("value", "hex", "text", "compute", "fill")     # one per message entry
+WHOLE_MESSAGE = "message"       # ``covers: message``: a length of the whole payload
+
+
+@dataclass(frozen=True, eq=False)      # loaded once; identity is equality (cheap cache keys)
+class MessagePart:
+    """One entry of a template's message: ``data`` fixed bytes, or a computed length
+    (``compute``, ``width`` bytes, over ``covers``), or the fill (``fill`` pattern, optionally
+    cut into ``chunks``-byte character strings each led by its length)."""
+    name: str
+    data: bytes = b""
+    compute: str | None = None
+    width: int = 0
+    covers: tuple[str, ...] = ()      # entry names (or WHOLE_MESSAGE); () = all after this one
+    fill: bytes = b""
+    chunks: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class PayloadTemplate:
+    name: str
+    transports: tuple[str, ...]
+    ports: tuple[int, ...]
+    parts: tuple[MessagePart, ...]
+    min_length: int                   # shortest payload the message fits (and tshark accepts)
+    max_length: int | None
+    grow_below: int                   # shorter payloads are lengthened to min_length
+    step: int                         # the fill's size is a multiple of it (lengths grow to one)
+    default: bool
+    empty: bool                       # no payload at all: no content measured passes
+    path: str
+
+    @property
+    def fixed(self) -> int:
+        """Bytes of every part but the fill."""
+        return sum(len(p.data) + p.width for p in self.parts)
+
+
+def _message_part(path, name, e: dict) -> MessagePart:
+    where = f"template {name}: message entry {e.get('name')!r}"
+    kinds = [k for k in PAYLOAD_CONTENT if k in e]
+    if "name" not in e or len(kinds) != 1:
+        _bad(path, f"{where} needs a name and one of {', '.join(PAYLOAD_CONTENT)}")
+    kind = kinds[0]
+    try:
+        if kind == "value":
+            width = int(e["bytes"])
+            return MessagePart(e["name"], data=int(e["value"]).to_bytes(width, "big"))
+        if kind == "hex":
+            return MessagePart(e["name"], data=bytes.fromhex(str(e["hex"])))
+        if kind == "text":
+            return MessagePart(e["name"], data=str(e["text"]).encode("latin-1"))
+        if kind == "compute":
+            c = CR.computation(e["compute"])
+            if c is None or c.stage != "bodies" or c.phase != "length":
+                _bad(path, f"{where}: unknown length computation {e['compute']!r}")
+            covers = e.get("covers", ())
+            return MessagePart(e["name"], compute=e["compute"], width=int(e["bytes"]),
+                               covers=(covers,) if isinstance(covers, str) else tuple(covers))
+        fill = e["fill"]
+        pattern = bytes([int(fill)]) if isinstance(fill, int) else str(fill).encode("latin-1")
+        if not pattern:
+            _bad(path, f"{where}: an empty fill")
+        return MessagePart(e["name"], fill=pattern, chunks=int(e.get("chunks", 0)))
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
+        _bad(path, f"{where}: {err.__class__.__name__}: {err}")
+
+
+def payload_template(path, t: dict) -> PayloadTemplate:
+    """One template entry of a payload file (``path`` names it in errors)."""
+    name = str(t.get("name"))
+    parts = tuple(_message_part(path, name, e) for e in t.get("message") or ())
+    if sum(bool(p.fill) for p in parts) != (0 if t.get("empty", False) else 1):
+        _bad(path, f"template {name}: exactly one message entry must be the fill (none, and no "
+                   "message, with empty: true)")
+    names = [p.name for p in parts]
+    for p in parts:
+        for c in p.covers:
+            if c not in names and c != WHOLE_MESSAGE:
+                _bad(path, f"template {name}: {p.name} covers {c!r}, not an entry nor "
+                           f"{WHOLE_MESSAGE!r}")
+    transports = t.get("transport", ())
+    transports = (transports,) if isinstance(transports, str) else tuple(transports)
+    ports = tuple(int(x) for x in t.get("ports", ()))
+    default = bool(t.get("default", False))
+    if default == bool(ports) or not transports or \
+            any(not 0 < x < 65536 for x in ports):
+        _bad(path, f"template {name}: a transport and either ports (1-65535) or default: true")
+    fixed = sum(len(p.data) + p.width for p in parts)
+    tpl = PayloadTemplate(name, transports, ports, parts, int(t.get("min_length", fixed)),
+                          None if t.get("max_length") is None else int(t["max_length"]),
+                          int(t.get("grow_below", 0)), int(t.get("step", 1)), default,
+                          bool(t.get("empty", False)), str(path))
+    if tpl.min_length < fixed or tpl.grow_below > tpl.min_length or tpl.step < 1:
+        _bad(path, f"template {name}: min_length below the message's {fixed} fixed bytes, "
+                   "grow_below above min_length, or a step below 1")
+    return tpl
+
+
+@lru_cache(maxsize=4)
+def _load_payloads(directory: str) -> tuple[PayloadTemplate, ...]:
+    out = []
+    for p in sorted(Path(directory).glob("*.yaml")):
+        try:
+            doc = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            _bad(p, f"not valid YAML ({e.__class__.__name__})")
+        if not isinstance(doc, dict) or not isinstance(doc.get("templates"), list):
+            _bad(p, "a payload file needs a 'templates' list")
+        _check_keys(p, doc, PAYLOAD_SCHEMA, "", set())
+        out += [payload_template(p, t) for t in doc["templates"]]
+    return tuple(out)
+
+
+def load_payloads(directory=None, rules: dict | None = None) -> tuple[PayloadTemplate, ...]:
+    """Every payload template of ``<rules folder>/payloads`` in file order (parsed once, then
+    cached); each transport must be a protocol file's name, and exactly one template per
+    transport is the default."""
+    d = Path(directory) if directory is not None else rules_dir() / "payloads"
+    templates = _load_payloads(str(d))
+    rules = rules if rules is not None else load_rules(d.parent if directory is None else None)
+    for t in templates:
+        for x in t.transports:
+            if x not in rules or not rules[x].ports:
+                _bad(t.path, f"template {t.name}: transport {x!r} is not a protocol with ports")
+    for x in {x for t in templates for x in t.transports}:
+        if sum(t.default and x in t.transports for t in templates) != 1:
+            _bad(d, f"exactly one default payload template for {x}")
+    return templates
+
+
 # --- dependencies -------------------------------------------------------------------------------
 
 def apply_dependencies(rules: ProtocolRules, f: dict, mask: np.ndarray,

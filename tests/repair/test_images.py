@@ -53,7 +53,8 @@ def _pass_tshark(results, path) -> None:
     write_pcap(path, PacketBatch.concat(batches))
     t = tshark_check(str(path))
     assert t["packets"] == sum(len(b) for b in batches)
-    assert (t["malformed"], t["checksum_errors"], t["expert_errors"]) == (0, 0, 0), t
+    assert (t["malformed"], t["checksum_errors"], t["expert_errors"]) == (0, 0, 0), \
+        (t["failures"], t["expert_error_messages"])
 
 
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None,
@@ -160,8 +161,12 @@ def test_any_image_of_the_right_kind(layout_name, tmp_path):
     path = tmp_path / "any.pcap"
     write_pcap(path, PacketBatch.concat(batches))
     if shutil.which("tshark"):
-        t = tshark_check(str(path))
-        assert (t["malformed"], t["checksum_errors"], t["expert_errors"]) == (0, 0, 0), t
+        # Generated payload bytes are kept (only template length fields are written), so random
+        # ones on a port an application dissector owns are that dissector's to reject: the
+        # payload layout is judged up to the transport layer.
+        t = tshark_check(str(path), app_layers=not layout_name.endswith("payload"))
+        assert (t["malformed"], t["checksum_errors"], t["expert_errors"]) == (0, 0, 0), \
+            (t["failures"], t["expert_error_messages"])
 
 
 def test_padding_stays_blank_under_heavy_noise(sample_images):

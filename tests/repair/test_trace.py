@@ -190,12 +190,28 @@ def test_payload_bits_become_payload(sample_captures):
     assert res.report["kept_share"]["payload"] == 1.0
 
 
-def test_default_payload_is_zeros(mixed_image):
-    b = repair(mixed_image, L, seed=0).batch
-    for i in range(0, len(b), 37):
-        raw = b.packet(i)
-        if raw[23] == 17:                       # IPv4 UDP: payload after 14 + 20 + 8
-            assert set(raw[42:]) <= {0}
+def test_default_payload_is_zeros_and_templates_fill_their_ports(mixed_image):
+    """Payloads were all zeros before payload templates; now zeros only where neither port has
+    a template, the template's message where one has (the sample DNS rows: a DNS response)."""
+    from netdiff.rules.engine import load_payloads
+
+    served = {p for t in load_payloads() if "udp" in t.transports and not t.default for p in t.ports}
+    counts = {"zeros": 0, "dns": 0}
+    for image in (mixed_image, random_bits(L, 3)):
+        b = repair(image, L, seed=0).batch
+        for i in range(len(b)):
+            raw = b.packet(i)
+            u = 14 + 4 * (raw[14] & 15)         # IPv4 UDP: the payload follows u + 8
+            if raw[12:14] != b"\x08\x00" or raw[23] != 17 or len(raw) == u + 8:
+                continue
+            ports = {int.from_bytes(raw[u:u + 2], "big"), int.from_bytes(raw[u + 2:u + 4], "big")}
+            if not ports & served:
+                assert set(raw[u + 8:]) <= {0}
+                counts["zeros"] += 1
+            elif min(ports) == 53 and len(raw) - u - 8 >= 29:
+                assert raw[u + 10:u + 12] == b"\x81\x80"   # a DNS response's flags
+                counts["dns"] += 1
+    assert counts["zeros"] and counts["dns"], counts
 
 
 def test_generated_addresses_are_kept_when_the_layout_has_them(sample_captures):

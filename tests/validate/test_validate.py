@@ -149,8 +149,9 @@ def test_unreadable_file_is_one_line_error(tmp_path, cli):
 
 
 @needs_tshark
-def test_application_layers_are_judged_only_when_asked(tmp_path, cli):
-    """Two zero bytes to DNS's port: fine for IP/UDP, malformed for the DNS dissector."""
+def test_application_layers_are_judged_unless_transport_only(tmp_path, cli):
+    """Two zero bytes to DNS's port: fine for IP/UDP, malformed for the DNS dissector; the
+    report names the dissector and its port."""
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
 
@@ -159,6 +160,10 @@ def test_application_layers_are_judged_only_when_asked(tmp_path, cli):
     path = tmp_path / "dns_short.pcap"
     write_pcap(path, PacketBatch.from_packets([bytes(pkt)]))
     code, out, _ = cli("validate", "--no-replay", path)
-    assert code == 0 and "application-layer malformed 1 (not judged)" in out
-    code, out, _ = cli("validate", "--no-replay", "--app-layers", path)
     assert code == 1 and "malformed 1" in out
+    assert "tshark: dns (udp ports 53, 40000): 1 packets" in out
+    f = validate_pcaps([path], replay=False)["files"][0]
+    assert f["tshark_failures"] == [{"frame": 1, "dissector": "dns", "where": "udp 40000 -> 53",
+                                     "what": "malformed"}]
+    code, out, _ = cli("validate", "--no-replay", "--transport-only", path)
+    assert code == 0 and "application-layer malformed 1 (not judged)" in out

@@ -1,0 +1,126 @@
+"""Payload templates (protocol_rules/payloads/*.yaml): the messages repair writes, their
+computed lengths, the rule files' format, and tshark's verdict on a seeded sample of ports."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import numpy as np
+import pytest
+
+from netdiff.errors import NetdiffError
+from netdiff.packet_repair import payloads as PL
+from netdiff.rules import engine as E
+from tests.conftest import REPO
+
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None,
+                                  reason="tshark not installed (Debian package 'tshark')")
+
+
+def _sweep_module():
+    spec = importlib.util.spec_from_file_location("port_sweep", REPO / "benchmarks" / "port_sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _messages(port: int, proto: int, lengths, sport: int = 50000):
+    rules = E.load_rules()
+    table = PL.payload_table(rules)
+    n = len(lengths)
+    pick, length = PL.choose(table, np.full(n, proto), np.full(n, sport), np.full(n, port),
+                             np.asarray(lengths), np.full(n, 1460))
+    body = np.zeros((n, int(length.max())), np.uint8)
+    PL.render(table, pick, length, body)
+    return [table.templates[i].name for i in pick], length, body
+
+
+def test_dns_over_udp_and_tcp_lengths_are_computed():
+    names, length, body = _messages(53, 17, [29, 40, 600])
+    assert names == ["dns", "dns", "dns"]
+    for L, b in zip(length, body):
+        assert int.from_bytes(b[27:29].tobytes(), "big") == L - 29         # rdlength
+        rd, at = b[29:L].tobytes(), 0
+        while at < len(rd):                    # TXT character strings cover rdata exactly
+            at += 1 + rd[at]
+        assert at == len(rd)
+    names, length, body = _messages(53, 6, [5, 100])
+    assert names == ["dns-tcp", "dns-tcp"] and length.tolist() == [31, 100]   # 5 bytes grow
+    assert int.from_bytes(body[1, :2].tobytes(), "big") == 98
+
+
+def test_tls_record_and_defaults():
+    names, length, body = _messages(443, 6, [3, 5, 6, 1000])
+    # under 5 bytes tshark waits for a record header: grown; 5 bytes: the default's zeros
+    assert names == ["tls", "default-tcp", "tls", "tls"] and length.tolist() == [6, 5, 6, 1000]
+    assert body[3, :3].tobytes() == b"\x17\x03\x03" and int.from_bytes(body[3, 3:5].tobytes(), "big") == 995
+    assert not body[1].any()
+    # the lower port is tshark's first choice: 443 -> 53 is DNS
+    names, _, _ = _messages(53, 6, [100], sport=443)
+    assert names == ["dns-tcp"]
+
+
+def test_snmp_ber_lengths_are_long_form():
+    names, length, body = _messages(161, 17, [24, 300])
+    assert names == ["snmp", "snmp"]
+    for L, b in zip(length, body):
+        assert b[:4].tolist() == [0x30, 0x82, (L - 4) >> 8, (L - 4) & 0xFF]
+        assert b[7:11].tolist() == [0x04, 0x82, (L - 24) >> 8, (L - 24) & 0xFF]
+        assert b[L - 13] == 0xA2                # the PDU follows the community
+
+
+def test_generated_bytes_keep_all_but_lengths():
+    rules = E.load_rules()
+    table = PL.payload_table(rules)
+    pick, length = PL.choose(table, np.array([6]), np.array([50000]), np.array([443]),
+                             np.array([40]), np.array([1460]))
+    body = np.full((1, 40), 0xEE, np.uint8)
+    PL.render(table, pick, length, body, keep=np.array([True]))
+    assert body[0, :3].tolist() == [0xEE] * 3 and int.from_bytes(body[0, 3:5].tobytes(), "big") == 35
+    assert (body[0, 5:] == 0xEE).all()
+
+
+def test_payload_file_errors_name_the_file_and_entry(tmp_path):
+    d = tmp_path / "payloads"
+    d.mkdir()
+    (d / "x.yaml").write_text("templates:\n  - {name: x, transport: udp, ports: [9], "
+                              "message: [{name: a, fill: 0, chunkz: 3}]}\n")
+    with pytest.raises(NetdiffError, match=r"x.yaml: unknown key 'chunkz'"):
+        E.load_payloads(d, rules=E.load_rules())
+    (d / "x.yaml").write_text("templates:\n  - {name: x, transport: udp, ports: [9], "
+                              "message: [{name: a, bytes: 2, compute: lenght}, {name: b, fill: 0}]}\n")
+    with pytest.raises(NetdiffError, match="unknown length computation 'lenght'"):
+        E.load_payloads(d, rules=E.load_rules())
+
+
+def test_protocol_templates_and_one_default_per_transport_ship():
+    templates = E.load_payloads()
+    assert sum(t.default for t in templates) == 2
+    assert {"dns", "dns-tcp", "tls", "http", "ssh", "ntp", "sip", "snmp"} <= {t.name for t in templates}
+
+
+@needs_tshark
+def test_seeded_port_sample_passes_every_dissector(tmp_path):
+    """Property: packets on a seeded sample of ports (every templated or measured port, 400
+    others per transport), as source and destination, with lengths repair can produce, repaired
+    by netdiff: tshark finds no malformed packet, expert error or bad checksum."""
+    sweep = _sweep_module()
+    rng = np.random.default_rng(13)
+    templated = {x: sorted({p for t in E.load_payloads() if x in t.transports for p in t.ports})
+                 for x in sweep.TRANSPORTS}
+    total = 0
+    for name, proto in sweep.TRANSPORTS.items():
+        ports = np.unique(np.concatenate([templated[name], rng.integers(1, 65536, 400)]))
+        swept = np.concatenate([ports, ports])
+        other = rng.integers(1024, 65536, len(swept))
+        first = np.arange(len(swept)) < len(ports)
+        length = np.where(rng.random(len(swept)) < 0.5, rng.integers(1, 65, len(swept)),
+                          rng.integers(0, sweep.MAX_PAYLOAD[name] + 1, len(swept)))
+        batch, _ = sweep.repaired(sweep.raw_packets(proto, np.where(first, swept, other),
+                                                    np.where(first, other, swept), length), 0)
+        v = sweep.judge(batch, tmp_path, name)
+        assert v["packets"] == len(swept)
+        assert (v["malformed"], v["expert_errors"], v["checksum_errors"]) == (0, 0, 0), \
+            v["failures_by_dissector"]
+        total += v["packets"]
+    assert total > 1600
