@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from netdiff.bits.codec import encode                     # noqa: E402
 from netdiff.bits.layout import NETDIFFUSION, Layout      # noqa: E402
-from netdiff.convert import img2pcap_many, pcap2img      # noqa: E402
+from netdiff.pipeline.conversions import img2pcap_many, pcap2img      # noqa: E402
 from netdiff.io.pcap import CaptureReader, PacketBatch, read_capture, write_pcap  # noqa: E402
 from netdiff.nprint_csv.writer import pcap_to_csv         # noqa: E402
 
@@ -37,7 +37,7 @@ def build_capture(path: Path, target: int) -> int:
             b, _ = read_capture(f)
             batches.append(b.take(np.flatnonzero(b.linktype == 1)))
     else:
-        from netdiff.sample_captures import write_samples
+        from netdiff.pipeline.sample_captures import write_samples
         d = path.parent / "samples"
         for f in write_samples(d, seed=1, scale=4):
             batches.append(read_capture(f)[0])

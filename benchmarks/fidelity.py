@@ -171,14 +171,14 @@ def read_capped(path: Path, cap: int | None):
 def flow_sides(batch, key: str, seed: int):
     """Row indices of the training side A and the held-back side B, whole flows on each side.
 
-    Flows are bidirectional 5-tuples (netdiff.convert.flow_labels); packets netdiff cannot parse
+    Flows are bidirectional 5-tuples (netdiff.pipeline.conversions.flow_labels); packets netdiff cannot parse
     are one more unit. The shuffle's seed comes from (seed, key) so that every capture gets its
     own order and the split does not depend on which other files or classes are in the run."""
     import numpy as np
 
     from netdiff.bits.codec import encode
     from netdiff.bits.layout import NETDIFFUSION
-    from netdiff.convert import flow_labels
+    from netdiff.pipeline.conversions import flow_labels
 
     _, parsed = encode(batch, NETDIFFUSION)
     ok = np.flatnonzero(parsed.reason == 0)
@@ -204,7 +204,7 @@ def write_rows(batch, idx, info, dest: Path) -> int:
 
 
 def class_files(data: Path, classes: list[str]) -> dict[str, list[Path]]:
-    from netdiff.convert import CAPTURE_SUFFIXES
+    from netdiff.pipeline.conversions import CAPTURE_SUFFIXES
 
     return {c: sorted(f for f in (data / c).iterdir() if f.suffix.lower() in CAPTURE_SUFFIXES)
             for c in classes}
@@ -331,7 +331,7 @@ def refit_layouts(images: Path, model: Path) -> None:
 
 def priors_file(images: Path) -> Path | None:
     """The class field-priors file pcap2img writes next to timing.json."""
-    from netdiff.convert import PRIORS_FILE
+    from netdiff.pipeline.conversions import PRIORS_FILE
 
     path = images / PRIORS_FILE
     return path if path.is_file() else None
@@ -604,7 +604,7 @@ def markdown_level(level: str, res: dict) -> str:
 def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
     import netdiff
     from netdiff.bits.layout import named_layout
-    from netdiff.convert import TIMING_FILE
+    from netdiff.pipeline.conversions import TIMING_FILE
     from netdiff.model.config import load_config
     work = args.work / level
     phases = Phases(level)

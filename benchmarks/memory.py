@@ -44,7 +44,7 @@ def make_capture(path: Path, packets: int) -> None:
         bs = [read_capture(f)[0] for f in sorted(shared.glob("*/*.pcap"))]
         one = PacketBatch.concat([b.take(np.flatnonzero(b.linktype == 1)) for b in bs])
     else:
-        from netdiff.sample_captures import write_samples
+        from netdiff.pipeline.sample_captures import write_samples
         one = PacketBatch.concat([read_capture(f)[0] for f in write_samples(path.parent / "s", scale=8)])
     body = encode_pcap(one)
     head, records = body[:24], body[24:]

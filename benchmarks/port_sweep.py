@@ -43,7 +43,7 @@ from netdiff.io.pcap import PacketBatch, write_pcap  # noqa: E402
 from netdiff.packet_repair import payloads as PL  # noqa: E402
 from netdiff.packet_repair import repair  # noqa: E402
 from netdiff.rules import engine as E  # noqa: E402
-from netdiff.validity import tshark_check  # noqa: E402
+from netdiff.validation.tshark import tshark_check  # noqa: E402
 
 TRANSPORTS = {"udp": 17, "tcp": 6}
 MAX_PAYLOAD = {"udp": 1472, "tcp": 1460}    # IPv4 over a 1500-byte MTU

@@ -31,7 +31,7 @@ from netdiff.image.codec import bits_to_rgb  # noqa: E402
 from netdiff.io.pcap import PacketBatch, write_pcap  # noqa: E402
 from netdiff.packet_repair import quantize, repair  # noqa: E402
 from netdiff.packet_repair.perturb import blur_resize, flip_pixels, random_bits, real_bits  # noqa: E402
-from netdiff.validity import validate_pcaps  # noqa: E402
+from netdiff.validation.pcaps import validate_pcaps  # noqa: E402
 
 KINDS = ("real", "flip5", "flip30", "blur_resize_816x768", "random")
 

@@ -36,16 +36,16 @@ _API = {
     "encode": ("netdiff.bits.codec", "encode"),
     "nprint": ("netdiff.nprint_csv.writer", "pcap_to_csv"),         # netdiff nprint -P ... -W ...
     "nprint_reverse": ("netdiff.nprint_csv.reader", "csv_to_pcap"),  # netdiff nprint -N ... -W ...
-    "pcap2img": ("netdiff.convert", "pcap2img"),
-    "img2pcap": ("netdiff.convert", "img2pcap"),
-    "samples": ("netdiff.sample_captures", "write_samples"),
+    "pcap2img": ("netdiff.pipeline.conversions", "pcap2img"),
+    "img2pcap": ("netdiff.pipeline.conversions", "img2pcap"),
+    "samples": ("netdiff.pipeline.sample_captures", "write_samples"),
     "quantize": ("netdiff.packet_repair", "quantize"),
     "repair": ("netdiff.packet_repair", "repair"),
     "TimingModel": ("netdiff.packet_repair", "TimingModel"),
-    "validate": ("netdiff.validity", "validate_pcaps"),
+    "validate": ("netdiff.validation.pcaps", "validate_pcaps"),
     "evaluate": ("netdiff.eval", "evaluate"),
     "generate": ("netdiff.model.generate", "generate"),
-    "run_pipeline": ("netdiff.batch", "run_pipeline"),
+    "run_pipeline": ("netdiff.pipeline.stages", "run_pipeline"),
     "NetdiffError": ("netdiff.errors", "NetdiffError"),
 }
 

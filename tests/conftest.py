@@ -37,7 +37,7 @@ def cli(capsys):
 
 @pytest.fixture(scope="session")
 def sample_captures(tmp_path_factory) -> Path:
-    from netdiff.sample_captures import write_samples
+    from netdiff.pipeline.sample_captures import write_samples
 
     d = tmp_path_factory.mktemp("samples")
     write_samples(d, seed=7)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from netdiff import deps
+from netdiff.model import dependencies as deps
 
 ROOT = Path(__file__).resolve().parents[1]
 

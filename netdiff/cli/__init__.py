@@ -76,7 +76,7 @@ def main(argv=None):
         click.echo("netdiff: interrupted", err=True)
         return 130
     except ImportError as e:    # two dependencies of mismatched versions, named in one line
-        from netdiff.deps import describe_import_failure
+        from netdiff.model.dependencies import describe_import_failure
 
         line = describe_import_failure(e)
         if line is None:

@@ -46,7 +46,7 @@ def batch_cmd(pipeline, out_dir, sets, force):
 
     Killed at any moment (even kill -9) and run again, it finishes with nothing lost,
     duplicated or half-written. Progress goes to the terminal and to OUT/batch.log."""
-    from netdiff.batch import Pipeline, Runner
+    from netdiff.pipeline.stages import Pipeline, Runner
     from netdiff.cli import main
 
     overrides = {}

@@ -120,7 +120,7 @@ def pcap2img_cmd(inp, out_dir, cls, layout_name, payload_bytes, height, group, w
     with OUT_DIR/timing.json (inter-arrival model) and OUT_DIR/field_priors.json (header field
     distributions) per class, for img2pcap --timing / --priors."""
     from netdiff.bits.layout import named_layout
-    from netdiff.convert import pcap2img
+    from netdiff.pipeline.conversions import pcap2img
 
     layout = named_layout(layout_name, payload_bytes=payload_bytes, height=height)
     t0 = time.perf_counter()
@@ -172,7 +172,7 @@ def img2pcap_cmd(inp, out, strict, seed, address_pool, timing, priors, as_json):
 
     An image with the sidecar of a converted capture is rebuilt exactly (every header bit and
     timestamp equal to the original's); any other image goes through repair."""
-    from netdiff.convert import ImageResult, img2pcap_many
+    from netdiff.pipeline.conversions import ImageResult, img2pcap_many
 
     timing_model = None
     if timing:
@@ -217,7 +217,7 @@ def img2pcap_cmd(inp, out, strict, seed, address_pool, timing, priors, as_json):
 @locks_output("out_dir")
 def samples_cmd(out_dir, seed, scale):
     """TCP (handshake, data, teardown), DNS over UDP and ICMP echo captures under OUT_DIR/<class>/."""
-    from netdiff.sample_captures import write_samples
+    from netdiff.pipeline.sample_captures import write_samples
 
     paths = write_samples(out_dir, seed=seed, scale=scale)
     click.echo(f"wrote {len(paths)} captures under {out_dir}")
@@ -229,7 +229,7 @@ def samples_cmd(out_dir, seed, scale):
 @locks_output("out_dir")
 def demo_cmd(out_dir, seed):
     """samples -> pcap2img -> img2pcap -> compare every packet with the original."""
-    from netdiff.demo import run_demo
+    from netdiff.pipeline.demo import run_demo
 
     summary = run_demo(Path(out_dir), seed=seed, echo=click.echo)
     if not summary["ok"]:

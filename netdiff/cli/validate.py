@@ -47,7 +47,7 @@ def validate_cmd(ctx, pcaps, as_json, replay, transport_only, out_dir):
 
     from netdiff.errors import NetdiffError
     from netdiff.io.atomic import atomic_write_text
-    from netdiff.validity import validate_pcaps
+    from netdiff.validation.pcaps import validate_pcaps
 
     files = []
     for p in map(Path, pcaps):      # a folder stands for every capture under it

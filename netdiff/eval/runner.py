@@ -8,7 +8,7 @@ Steps (each timed in ``report["timing_s"]``):
    and of the calibration sets (A vs B, sampler vs B);
 5. utility: classifiers trained on A (TRTR), on synthetic (TSTR), on the sampler, tested on B;
 6. memorisation audit against the training set (``training``, or A when none is given);
-7. compliance of synthetic pcaps (``netdiff.validity``), then report.json, report.md, figures.
+7. compliance of synthetic pcaps (``netdiff.validation``), then report.json, report.md, figures.
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def _memo_keys(audit: dict) -> tuple[dict, dict]:
 
 
 def _validate(paths: list[str], **kwargs) -> dict:
-    from netdiff.validity import validate_pcaps
+    from netdiff.validation.pcaps import validate_pcaps
 
     try:
         result = validate_pcaps(paths, **kwargs)

@@ -97,7 +97,7 @@ def png_text(path) -> dict[str, str]:
 
 def read_sidecar(path) -> dict:
     """The sidecar next to an image ({} when there is none)."""
-    from netdiff import sidecar as sc
+    from netdiff.image import sidecar as sc
 
     side = sc.sidecar_path(Path(path))
     return sc.read(side) if side.is_file() else {}

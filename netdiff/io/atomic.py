@@ -6,7 +6,7 @@ The temporary name is ``.<name>.tmp<pid>`` (``.<stem>.tmp<pid><suffix>`` where t
 a format from the extension, as matplotlib does; ``.<name>.partial<pid>`` for folders). The
 leading dot keeps it out of folder scans (``find_pngs`` and the like skip dot-files), the pid keeps
 two processes writing the same target (shards of one run) from sharing a temporary, and
-``netdiff.stale.remove_stale`` reads the pid back to clear the leftovers of dead writers.
+``netdiff.io.stale.remove_stale`` reads the pid back to clear the leftovers of dead writers.
 
 No fsync: the outputs are reproducible, so the rename is for readers' consistency, not for
 durability across a power cut.

@@ -23,7 +23,7 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from netdiff.errors import NetdiffError
-from netdiff.stale import remove_stale
+from netdiff.io.stale import remove_stale
 from netdiff.model.build import extra_input_channels, with_positions
 from netdiff.model.data import caption_for
 from netdiff.model.tokenizer import tokenize
@@ -217,7 +217,7 @@ def load_pipeline(model, *, lora=None, lora_scale: float = 1.0, controlnet=None,
                       autoencoder=bundle.autoencoder, scheduler=sampler,
                       controlnet=cn, position_encoding=bundle.config.unet.position_encoding)
     if lora is not None:
-        from netdiff.deps import check_peft_stack
+        from netdiff.model.dependencies import check_peft_stack
 
         check_peft_stack()
         # netdiff's LoRA folders name their classes; a plain diffusers LoRA folder loads as well.
@@ -443,7 +443,7 @@ def model_config_for(model, config):
 
 def _img2pcap():
     try:
-        from netdiff.convert import img2pcap
+        from netdiff.pipeline.conversions import img2pcap
     except ImportError as e:
-        raise NetdiffError(f"--pcap needs netdiff.convert.img2pcap, which is not available ({e})") from None
+        raise NetdiffError(f"--pcap needs netdiff.pipeline.conversions.img2pcap, which is not available ({e})") from None
     return img2pcap

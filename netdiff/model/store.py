@@ -47,7 +47,7 @@ def repair_files() -> tuple[str, ...]:
     """What pcap2img learns beside the images for repair (inter-arrival model, class field
     priors): class-level distributions, no packet or address. A model folder keeps a copy so that
     ``generate --pcap`` repairs with them."""
-    from netdiff.convert import PRIORS_FILE, TIMING_FILE
+    from netdiff.pipeline.conversions import PRIORS_FILE, TIMING_FILE
 
     return TIMING_FILE, PRIORS_FILE
 

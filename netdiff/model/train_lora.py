@@ -79,7 +79,7 @@ def resolve_config(base_model: str, config: str | None):
 
 
 def main(args: FinetuneArgs) -> T.TrainResult:
-    from netdiff.deps import check_peft_stack
+    from netdiff.model.dependencies import check_peft_stack
 
     check_peft_stack()          # before transformers fails inside add_adapter
     from diffusers.training_utils import cast_training_params

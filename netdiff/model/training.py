@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from netdiff.errors import NetdiffError
 from netdiff.io.atomic import atomic_path, replace_dir, stage_dir
-from netdiff.stale import remove_stale
+from netdiff.io.stale import remove_stale
 
 
 @dataclass

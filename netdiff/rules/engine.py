@@ -23,6 +23,7 @@ from typing import ClassVar
 import numpy as np
 import yaml
 
+from netdiff.bits.fields import FIXED_BYTES, LENGTH_FIELDS, PROTO_SECTIONS, VERSION_SECTIONS
 from netdiff.bits.layout import SECTION_BITS, SECTIONS
 from netdiff.errors import NetdiffError
 from netdiff.rules import compute as CR
@@ -50,8 +51,7 @@ DATA = "data"           # a mapping whose keys are values (ICMP codes), not name
 BIND = "bind"           # ethertype / version (layer 3), or "<protocol>.<field>" (a next_protocol field)
 SCHEMA = {
     "protocol": LEAF, "section": LEAF, "layer": LEAF, "bind": BIND, "ports": LEAF,
-    "header": {"fixed_bytes": LEAF, "length_field": LEAF, "length_unit": LEAF,
-               "options_field": LEAF, "max_total_length": LEAF},
+    "header": {"max_total_length": LEAF},
     "fields": [{"name": LEAF, "bits": LEAF, "values": LEAF, "range": LEAF, "compute": LEAF,
                 "check": LEAF, "per": LEAF, "prior": {"kind": LEAF, "by": LEAF, "per": LEAF}}],
     "options": {"max_bytes": LEAF, "align": LEAF,
@@ -68,6 +68,7 @@ SCHEMA = {
               "options": {"by": LEAF, "per": LEAF, "values": LEAF}},
 }
 BIND_KEYS = ("ethertype", "version")
+DERIVED_HEADER_KEYS = ("fixed_bytes", "length_field", "length_unit", "options_field")   # header_shape
 COVERS = ("header", "segment")      # this protocol's header, or its header and all it carries
 DEPENDENCY_KINDS = ("zero_unless", "requires", "requires_payload")
 
@@ -106,8 +107,10 @@ def _check_keys(path, node, schema, where: str, present: set, label: str = "") -
 def _walk_mapping(path, node: dict, schema: dict, label: str, where: str, present: set) -> None:
     for k, v in node.items():
         if k not in schema:
+            derived = " (header lengths come from the field table, bits/fields.py)" \
+                if where == "header" and k in DERIVED_HEADER_KEYS else ""
             _bad(path, f"unknown key {k!r} in {label or 'the file'} "
-                       f"(allowed: {', '.join(sorted(schema))})")
+                       f"(allowed: {', '.join(sorted(schema))}){derived}")
         _check_keys(path, v, schema[k], f"{where}.{k}" if where else k, present,
                     f"{label}.{k}" if label else k)
 
@@ -386,7 +389,8 @@ def _parse(path: Path) -> ProtocolRules:
     return ProtocolRules(
         protocol=str(doc["protocol"]), section=section, layer=int(doc.get("layer", 0)),
         bind=_recorded(doc.get("bind", {}), BIND, "bind", used),
-        header=_recorded(doc.get("header", {}), SCHEMA["header"], "header", used),
+        header=_recorded({**header_shape(section), **doc.get("header", {})}, SCHEMA["header"],
+                         "header", used),
         fields=tuple(rules), options=options,
         flags=_recorded(doc.get("flags"), SCHEMA["flags"], "flags", used),
         dependencies=_recorded(list(doc.get("dependencies", ())), SCHEMA["dependencies"],
@@ -397,6 +401,19 @@ def _parse(path: Path) -> ProtocolRules:
         prior=_recorded({k: e for k, v in (doc.get("prior") or {}).items()
                          if (e := _prior_entry(path, v)) is not None}, SCHEMA["prior"], "prior", used),
         used=used, present=frozenset(present))
+
+
+def header_shape(section: str) -> dict:
+    """How long a section's header is, from the field table (``bits/fields.py``), never restated
+    in a rule file: ``fixed_bytes``, and for headers that say their own length the field that
+    says it (``length_field``, counting ``length_unit`` bytes) and the ``options_field`` it covers
+    beyond the fixed part. A rule file's ``header:`` holds only rules (``max_total_length``)."""
+    out = {"fixed_bytes": FIXED_BYTES[section]}
+    if section in LENGTH_FIELDS:
+        length, unit, options = LENGTH_FIELDS[section]
+        cut = len(section) + 1
+        out.update(length_field=length[cut:], length_unit=unit, options_field=options[cut:])
+    return out
 
 
 def _prior_entry(path, v) -> dict | None:
@@ -432,6 +449,14 @@ def _check_bindings(rules: dict[str, ProtocolRules]) -> None:
             numbers.add(v)
         if len(numbers) > 1:
             _bad(pr.path, f"bind: one protocol number for every lower layer, not {sorted(numbers)}")
+        # The encoder finds a section by these numbers (bits/fields.py): a bind that disagrees
+        # would make repair write packets that read back as another protocol.
+        table, number = (PROTO_SECTIONS, pr.number) if pr.layer == 4 else \
+            (VERSION_SECTIONS, raw.get("version")) if pr.layer == 3 else (None, None)
+        if table is not None and pr.section in table.values() and table.get(number) != pr.section:
+            want = next(k for k, s in table.items() if s == pr.section)
+            _bad(pr.path, f"bind: the field table reads section {pr.section} under number {want} "
+                          f"(bits/fields.py), not {number}")
 
 
 @lru_cache(maxsize=4)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from netdiff.batch import FinalPaths, run_pipeline, tree_hash
+from netdiff.pipeline.stages import FinalPaths, run_pipeline, tree_hash
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,10 +135,10 @@ def test_the_engine_never_imports_the_cli(tmp_path):
     """The library runs stages in child processes by default; netdiff batch passes its own."""
     p = write_pipeline(tmp_path, STAGES[:1])
     code = ("import sys\n"
-            "import netdiff.batch\n"
+            "import netdiff.pipeline.stages\n"
             "cli = lambda: sorted(m for m in sys.modules if m.split('.')[:2] == ['netdiff', 'cli'])\n"
             "assert not cli(), cli()\n"
-            f"netdiff.batch.run_pipeline({str(p)!r}, echo=lambda s: None)\n"
+            f"netdiff.pipeline.stages.run_pipeline({str(p)!r}, echo=lambda s: None)\n"
             "assert not cli(), cli()\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -177,7 +177,7 @@ def test_shipped_pipelines_name_real_commands_and_options(path):
     """Every stage of pipelines/*.yaml is a netdiff command, with options that command has."""
     import click
 
-    from netdiff.batch import Pipeline
+    from netdiff.pipeline.stages import Pipeline
     from netdiff.cli import cli
 
     pipe = Pipeline.load(path)

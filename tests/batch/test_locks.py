@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from netdiff.batch import run_pipeline
+from netdiff.pipeline.stages import run_pipeline
 from netdiff.io.lock import LOCK_NAME, read_holder
-from netdiff.sample_captures import write_samples
+from netdiff.pipeline.sample_captures import write_samples
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -290,7 +290,7 @@ def test_train_base_on_a_full_disk_then_again_with_room(tmp_path, small_disk, ca
 
 
 def test_output_changes_names_what_differs_and_reads_older_manifests(tmp_path):
-    from netdiff.batch import output_changes, scan_tree
+    from netdiff.pipeline.stages import output_changes, scan_tree
 
     out = tmp_path / "o"
     out.mkdir()

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from netdiff.stale import remove_stale
+from netdiff.io.stale import remove_stale
 
 
 def test_remove_stale_keeps_live_writers(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from netdiff.io.atomic import (atomic_open, atomic_path, atomic_write_bytes, atomic_write_text, replace_dir,
                                stage_dir, temp_path)
 from netdiff.model.data import find_pngs
-from netdiff.stale import remove_stale
+from netdiff.io.stale import remove_stale
 
 
 class Boom(Exception):

@@ -135,7 +135,7 @@ def test_corrupt_pcapng_block(tmp_path):
 def converted(tmp_path):
     f = tmp_path / "c.pcap"
     f.write_bytes(pcap([eth(ip_tcp())] * 4))
-    from netdiff.convert import pcap2img
+    from netdiff.pipeline.conversions import pcap2img
     pcap2img(f, tmp_path / "img")
     return next((tmp_path / "img").rglob("*.png"))
 
@@ -171,6 +171,6 @@ def test_damaged_sidecar(converted, tmp_path, cli):
 
 def test_outputs_are_atomic(converted, tmp_path):
     """No temporary file is left behind and a failed write leaves no partial output."""
-    from netdiff.convert import img2pcap
+    from netdiff.pipeline.conversions import img2pcap
     img2pcap(converted, tmp_path / "ok.pcap")
     assert not list(tmp_path.glob(".*tmp*"))

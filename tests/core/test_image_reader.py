@@ -42,7 +42,7 @@ def save_reordered_palette(path, bits):
 def bits_via_img2pcap(png, monkeypatch, **kw):
     """The bits and layout img2pcap hands to repair for ``png``."""
     import netdiff.packet_repair
-    from netdiff.convert import img2pcap
+    from netdiff.pipeline.conversions import img2pcap
 
     seen = {}
 

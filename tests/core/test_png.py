@@ -84,7 +84,7 @@ def test_out_of_palette_index_is_refused(tmp_path):
 def test_text_chunks_round_trip_and_give_img2pcap_the_class(tmp_path):
     """generate writes the class into the PNG; img2pcap reads it when no sidecar names it, so
     class priors apply to images in any folder."""
-    from netdiff.convert import img2pcap
+    from netdiff.pipeline.conversions import img2pcap
     from netdiff.image.codec import write_png
     from netdiff.image.png import text_chunks
 

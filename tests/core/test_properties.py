@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from netdiff.bits.layout import named_layout
-from netdiff.convert import img2pcap, pcap2img
+from netdiff.pipeline.conversions import img2pcap, pcap2img
 from netdiff.io.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, PacketBatch, read_capture, write_pcap
 
 from pcapgen import ICMP, IP, IPv6, Raw, TCP, UDP

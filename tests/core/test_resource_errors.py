@@ -32,7 +32,7 @@ def limited(args: list, cwd: Path, limit: int, which=resource.RLIMIT_AS) -> subp
 @pytest.fixture(scope="module")
 def images(tmp_path_factory, sample_captures) -> Path:
     from netdiff.bits.layout import named_layout
-    from netdiff.convert import pcap2img
+    from netdiff.pipeline.conversions import pcap2img
 
     d = tmp_path_factory.mktemp("imgs") / "imgs"
     pcap2img(sample_captures, d, layout=named_layout("netdiffusion", payload_bytes=0, height=32))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from netdiff.bits.codec import parse
-from netdiff.convert import img2pcap, img2pcap_many, pcap2img
-from netdiff.demo import compare_rebuilt
+from netdiff.pipeline.conversions import img2pcap, img2pcap_many, pcap2img
+from netdiff.pipeline.demo import compare_rebuilt
 from netdiff.image.codec import read_png_bits
 from netdiff.io.pcap import read_capture
 
@@ -96,7 +96,7 @@ def test_payload_dropped_from_sidecar_is_zero(sample_captures, tmp_path):
 def test_groupings(sample_captures, tmp_path, group, extra):
     s = pcap2img(sample_captures, tmp_path / "img", group=group, **extra)
     assert not s.errors
-    from netdiff.sidecar import iter_sidecars
+    from netdiff.image.sidecar import iter_sidecars
     docs = [json.loads(j.read_text()) for j in iter_sidecars(tmp_path / "img")]
     assert sum(d["rows"] for d in docs) == s.rows
     if group == "window":
@@ -107,7 +107,7 @@ def test_groupings(sample_captures, tmp_path, group, extra):
             r = img2pcap(png, tmp_path / "f.pcap")
             b, _ = read_capture(tmp_path / "f.pcap")
             p = parse(b)
-            from netdiff.convert import flow_labels
+            from netdiff.pipeline.conversions import flow_labels
             assert len(set(flow_labels(b, p).tolist())) == 1 and r.packets == len(b)
     cmp_dir = tmp_path / "rebuilt"
     list(img2pcap_many(tmp_path / "img", cmp_dir))

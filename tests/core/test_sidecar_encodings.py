@@ -9,9 +9,9 @@ import zlib
 
 import pytest
 
-from netdiff.convert import img2pcap, pcap2img
+from netdiff.pipeline.conversions import img2pcap, pcap2img
 from netdiff.errors import ImageError
-from netdiff.sample_captures import write_samples
+from netdiff.pipeline.sample_captures import write_samples
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from netdiff.bits.layout import named_layout
 from netdiff.errors import NetdiffError
 from netdiff.image.codec import read_png_bits
 from netdiff.model.generate import generate
-from netdiff.validity import validate_pcaps
+from netdiff.validation.pcaps import validate_pcaps
 
 FAST = dict(steps=3, progress=False)
 

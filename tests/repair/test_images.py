@@ -14,7 +14,8 @@ from netdiff.image.codec import bits_to_rgb
 from netdiff.io.pcap import PacketBatch, write_pcap
 from netdiff.packet_repair import quantize, repair
 from netdiff.packet_repair.perturb import blur_resize, flip_pixels, jpeg, random_bits
-from netdiff.validity import check_batch, tshark_check
+from netdiff.validation.rule_checks import check_batch
+from netdiff.validation.tshark import tshark_check
 from repair_helpers import image_bits
 
 KINDS = ("real", "flip5", "flip30", "blur_resize", "random")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from netdiff.bits.layout import named_layout
-from netdiff.convert import PRIORS_FILE, img2pcap, pcap2img
+from netdiff.pipeline.conversions import PRIORS_FILE, img2pcap, pcap2img
 from netdiff.errors import NetdiffError
 from netdiff.image.codec import write_png
 from netdiff.io.pcap import read_capture, write_pcap
@@ -21,7 +21,8 @@ from netdiff.packet_repair import FieldPriors, repair
 from netdiff.packet_repair import priors as PR
 from netdiff.packet_repair.perturb import random_bits
 from netdiff.rules import engine as E
-from netdiff.validity import check_batch, validate_pcaps
+from netdiff.validation.rule_checks import check_batch
+from netdiff.validation.pcaps import validate_pcaps
 
 L = named_layout("netdiffusion", height=256)
 ECE, CWR, URG = 64, 128, 32
@@ -61,7 +62,7 @@ def _valid(batch, tmp_path, name="out"):
         return
     path = tmp_path / f"{name}.pcap"
     write_pcap(path, batch)
-    res = validate_pcaps([path], replay=False)         # netdiff.validity, replay disabled
+    res = validate_pcaps([path], replay=False)         # replay disabled
     assert res["ok"], res
 
 

@@ -12,7 +12,7 @@ from netdiff.errors import NetdiffError
 from netdiff.packet_repair import repair
 from netdiff.rules import engine as E
 from netdiff.rules.fields import to_bits
-from netdiff.validity import check_batch
+from netdiff.validation.rule_checks import check_batch
 
 from repair_helpers import fields_of
 

@@ -20,7 +20,7 @@ from netdiff.rules import checksum as C
 from netdiff.rules import compute as CR
 from netdiff.rules import engine as E
 from netdiff.rules.fields import to_bits, to_int
-from netdiff.validity import check_batch
+from netdiff.validation.rule_checks import check_batch
 
 from repair_helpers import fields_of
 
@@ -113,6 +113,14 @@ def test_unknown_key_is_a_one_line_error(tmp_path, file, old, new, key, where):
      "already tcp's"),
     ("udp.yaml", "  covers: segment", "  covers: datagram", "covers (header or segment)"),
     ("tcp.yaml", "{field: urg, requires: ackf}", "{field: urg, requires: ack}", "'ack' is not a field"),
+    # the encoder reads sections by the field table's numbers: a bind cannot move a section
+    ("udp.yaml", "bind: {ipv4.proto: 17, ipv6.nh: 17}", "bind: {ipv4.proto: 99, ipv6.nh: 99}",
+     "the field table reads section udp under number 17 (bits/fields.py), not 99"),
+    ("ipv6.yaml", "version: 6}", "version: 5}", "reads section ipv6 under number 6"),
+    # header lengths are the field table's, never restated
+    ("tcp.yaml", "ports: [sprt, dprt]", "header: {fixed_bytes: 20}\nports: [sprt, dprt]",
+     "unknown key 'fixed_bytes' in header (allowed: max_total_length) (header lengths come from "
+     "the field table, bits/fields.py)"),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, file, old, new, expect):
     assert expect in load_error(tmp_path, {file: [(old, new)]})
@@ -122,7 +130,7 @@ def test_no_key_of_the_shipped_files_is_unused(tmp_path, monkeypatch, sample_cap
                                                mixed_image):
     """Every key path of every shipped file is read by repair (with and without class priors)
     or validation. A fresh copy is loaded so that only this test's reads count."""
-    from netdiff.convert import PRIORS_FILE, pcap2img
+    from netdiff.pipeline.conversions import PRIORS_FILE, pcap2img
 
     d = rules_copy(tmp_path / "rules")
     monkeypatch.setenv(E.RULES_ENV, str(d))
@@ -144,6 +152,20 @@ def test_no_key_of_the_shipped_files_is_unused(tmp_path, monkeypatch, sample_cap
 
 
 # --- repair and validate read the same rules ----------------------------------------------------
+
+def test_header_shape_is_the_field_tables():
+    rules = SHIPPED
+    assert dict(rules["tcp"].header) == {"fixed_bytes": 20, "length_field": "doff", "length_unit": 4,
+                                         "options_field": "opt"}
+    assert dict(rules["ipv4"].header) == {"fixed_bytes": 20, "length_field": "hl", "length_unit": 4,
+                                          "options_field": "opt", "max_total_length": 1500}
+    assert {n: rules[n].header["fixed_bytes"] for n in ("udp", "icmp", "ipv6")} == \
+        {"udp": 8, "icmp": 8, "ipv6": 40}
+    for pr in rules.values():          # the names it gives are the protocol's own fields
+        for key in ("length_field", "options_field"):
+            if key in pr.header:
+                assert pr.field(pr.header[key]).bits > 0
+
 
 def test_stacks_are_the_bindings():
     bound = {(l3, l4) for l3 in E.layer_protocols(SHIPPED, 3).values()

@@ -12,7 +12,10 @@ from netdiff.bits.layout import NETDIFFUSION as L
 from netdiff.io.pcap import PacketBatch, read_capture, write_pcap
 from netdiff.packet_repair import repair
 from netdiff.packet_repair.perturb import random_bits
-from netdiff.validity import check_batch, replay_unavailable, tshark_check, validate_pcaps
+from netdiff.validation.rule_checks import check_batch
+from netdiff.validation.tcpreplay import replay_unavailable
+from netdiff.validation.tshark import tshark_check
+from netdiff.validation.pcaps import validate_pcaps
 
 # only the tests that run tshark; the others (replay, unreadable input, the fixture) need none
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None,
@@ -113,7 +116,7 @@ def test_replay_in_namespace_for_real(good_pcap):
 
     before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links_before = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    from netdiff.validity import replay
+    from netdiff.validation.tcpreplay import replay
 
     rep = replay(str(good_pcap), 300)
     assert rep["sent"] == 300 and rep["failed"] == 0

@@ -143,6 +143,6 @@ def report_versions(names=("torch", "diffusers", "transformers", "peft", "accele
     return "\n".join(rows)
 
 
-if __name__ == "__main__":   # python -m netdiff.deps: what is installed against what was tested
+if __name__ == "__main__":   # python -m netdiff.model.dependencies: what is installed against what was tested
     print(report_versions())
     sys.exit(0)

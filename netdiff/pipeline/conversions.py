@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from netdiff import sidecar as sc
+from netdiff.image import sidecar as sc
 from netdiff.bits.codec import (SKIP_REASONS, Parsed, decapsulated_counts, kept_bytes, encode,
                                 flow_keys, flow_sides, overlay, overlay_bytes)
 from netdiff.bits.layout import Layout, NETDIFFUSION

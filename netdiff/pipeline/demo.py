@@ -7,11 +7,11 @@ from typing import Callable
 
 import numpy as np
 
-from netdiff import sidecar as sc
-from netdiff.convert import img2pcap_many, pcap2img
+from netdiff.image import sidecar as sc
+from netdiff.pipeline.conversions import img2pcap_many, pcap2img
 from netdiff.io.pcap import read_capture
-from netdiff.sample_captures import write_samples
-from netdiff.validity import validate_pcaps
+from netdiff.pipeline.sample_captures import write_samples
+from netdiff.validation.pcaps import validate_pcaps
 
 
 def compare_rebuilt(images_dir: Path, rebuilt_dir: Path) -> dict:
