@@ -219,7 +219,8 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
 
     # 2. Client side and direction. TCP flows with a SYN open with it: the first row's sender is
     # the client. Otherwise the higher (ephemeral) port is the client's.
-    syn = tcp & (f["tcp_syn"] == 1)
+    opening = tcp_rules.column(tcp_rules.session["open"]["flag"]) if tcp_rules.session else None
+    syn = tcp & (f[opening] == 1) if opening else np.zeros(n, dtype=bool)
     has_syn = group_any(flow, syn, G)
     first = group_first(flow, G)
     sender_lo = fl["sender_is_lo"]
@@ -228,10 +229,11 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     direction = np.where(sender_lo == client_is_lo[flow], 0, 1)
     same = lo == hi
     if (same & tcp).any():      # equal ports: sequence numbers tell the two sides apart
-        s0 = f["tcp_seq"][first[flow]]
-        a0 = f["tcp_ackn"][first[flow]]
-        near_s = np.abs(((f["tcp_seq"] - s0 + (1 << 31)) & M32) - (1 << 31))
-        near_a = np.abs(((f["tcp_seq"] - a0 + (1 << 31)) & M32) - (1 << 31))
+        seq_col = tcp_rules.column(tcp_rules.computed("sequence").name)
+        s0 = f[seq_col][first[flow]]
+        a0 = f[tcp_rules.column(tcp_rules.computed("acknowledgement").name)][first[flow]]
+        near_s = np.abs(((f[seq_col] - s0 + (1 << 31)) & M32) - (1 << 31))
+        near_a = np.abs(((f[seq_col] - a0 + (1 << 31)) & M32) - (1 << 31))
         direction = np.where(same & tcp, (near_a < near_s).astype(int), direction)
     if icmp.any():              # requests go client -> server, replies and errors back
         req = np.isin(f["icmp_type"], E.icmp_requests(rules["icmp"]))
@@ -266,7 +268,7 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     # 3. TCP control flags: handshake first, FIN last per direction, RST last in the flow; then
     # the numbers that follow them (compute: sequence, acknowledgement) and, once more, the
     # dependencies (the acknowledgement number needs ACK).
-    if tcp.any():
+    if tcp.any() and tcp_rules.session is not None:
         _tcp_flags(r, tcp_rules, flow, G, direction, fd, has_syn, first, report)
         if priors is not None:
             priors.flags(r)
@@ -313,52 +315,64 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
 
 
 def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, report):
+    """Control flags where the rule file's ``session:`` puts them."""
     f = r.f
     n = len(r)
     tcp = r.proto == tcp_rules.number
     idx = np.arange(n)
-    before = {k: f[k].copy() for k in ("tcp_syn", "tcp_ackf", "tcp_fin", "tcp_rst")}
+    ses = tcp_rules.session
+    col = tcp_rules.column
+    opening = ses["open"]
+    setting = sorted({*opening["client"], *opening["server"], *ses["established"]})
+    managed = (*setting, ses["close"], ses["reset"])
+    before = {k: f[col(k)].copy() for k in managed}
     hs = tcp & has_syn[flow]
-    # first server row of each handshake flow
+    # first server row of each flow that opens
     s2c = tcp & (direction == 1)
     first_s2c = np.full(G, n, dtype=np.int64)
     np.minimum.at(first_s2c, flow[s2c], idx[s2c])
     pos_first = first[flow] == idx
-    syn_rows = hs & (pos_first | ((direction == 0) & (idx < first_s2c[flow])))
-    synack_rows = hs & (idx == first_s2c[flow])
-    other = tcp & ~syn_rows & ~synack_rows
-    f["tcp_syn"] = np.where(syn_rows | synack_rows, 1, np.where(tcp, 0, f["tcp_syn"]))
-    f["tcp_ackf"] = np.where(syn_rows, 0, np.where(tcp, 1, f["tcp_ackf"]))
-    # FIN: once per direction that generated one, on its last generated FIN or, when data
-    # follows that, on the direction's last data segment (never on a SYN): no data after FIN.
-    fin_gen = other & (f["tcp_fin"] == 1)
+    client_open = hs & (pos_first | ((direction == 0) & (idx < first_s2c[flow])))
+    server_open = hs & (idx == first_s2c[flow])
+    other = tcp & ~client_open & ~server_open
+    for k in setting:
+        on = np.where(client_open, k in opening["client"],
+                      np.where(server_open, k in opening["server"], k in ses["established"]))
+        f[col(k)] = np.where(tcp, on.astype(np.int64), f[col(k)])
+    # The closing flag: once per direction that generated one, on its last generated one or,
+    # when data follows that, on the direction's last data segment: no data after it.
+    close = col(ses["close"])
+    fin_gen = other & (f[close] == 1)
     data = other & (r.payload_len > 0)
     last_fin = np.full(2 * G, -1, dtype=np.int64)
     np.maximum.at(last_fin, fd[fin_gen], idx[fin_gen])
     last_data = np.full(2 * G, -1, dtype=np.int64)
     np.maximum.at(last_data, fd[data], idx[data])
     fin_at = np.where(last_fin >= 0, np.maximum(last_fin, last_data), -1)
-    f["tcp_fin"] = np.where(tcp, (other & (fin_at[fd] == idx)).astype(np.int64), f["tcp_fin"])
-    # RST: only as the flow's last row, when the flow generated one.
-    rst_gen = other & (f["tcp_rst"] == 1)
+    f[close] = np.where(tcp, (other & (fin_at[fd] == idx)).astype(np.int64), f[close])
+    # The reset flag: only as the flow's last row, when the flow generated one.
+    reset = col(ses["reset"])
+    rst_gen = other & (f[reset] == 1)
     want_rst = group_any(flow, rst_gen, G)
     is_last = group_last(flow, G)[flow] == idx
     rst = other & is_last & want_rst[flow]
-    f["tcp_rst"] = np.where(tcp, rst.astype(np.int64), f["tcp_rst"])
-    f["tcp_fin"] = np.where(rst, 0, f["tcp_fin"])
+    f[reset] = np.where(tcp, rst.astype(np.int64), f[reset])
+    f[close] = np.where(rst, 0, f[close])
     # The flags the trace leaves (PSH) move to a combination of the file's flag table with the
     # ones it set (no PSH with SYN or RST).
-    E.settle_flags(tcp_rules, f, tcp, fixed=("syn", "ackf", "fin", "rst"))
-    # SYN and RST segments carry no data here (a generation choice: RFC 9293 allows both).
-    r.payload_len = np.where(tcp & (syn_rows | synack_rows | rst), 0, r.payload_len)
+    E.settle_flags(tcp_rules, f, tcp, fixed=managed)
+    quiet = np.zeros(n, dtype=bool)
+    for k in ses["no_payload"]:
+        quiet |= f[col(k)] == 1
+    r.payload_len = np.where(tcp & quiet, 0, r.payload_len)
     # The rule file's dependencies: PSH and URG only with data, URG with ACK, the urgent
     # pointer zero without URG and inside the segment with it.
     E.apply_dependencies(tcp_rules, f, tcp, r.payload_len)
-    # ECN: SYN may carry ECE+CWR (setup), SYN-ACK ECE only (RFC 3168 6.1.1).
-    f["tcp_cwr"] = np.where(synack_rows, 0, f["tcp_cwr"])
+    for k in ses["answer_clears"]:
+        f[col(k)] = np.where(server_open, 0, f[col(k)])
     changed = np.zeros(n, dtype=bool)
     for k, v in before.items():
-        changed |= tcp & (f[k] != v)
+        changed |= tcp & (f[col(k)] != v)
     report["tcp_handshakes"] = int(has_syn.sum())
     report["rows_changed_tcp_flags"] = int(changed.sum())
 
@@ -370,10 +384,12 @@ def _sequence_space(state: TraceState, pr):
     f, r = state.r.f, state.r
     rows_p = r.proto == pr.number
     idx = np.arange(len(r))
-    syn = rows_p & (f[pr.column("syn")] == 1)
+    ses = pr.session
+    syn = rows_p & (f[pr.column(ses["open"]["flag"])] == 1) if ses else np.zeros(len(r), dtype=bool)
     first_fd = group_first(state.fd, 2 * state.n_flows)
     first_syn = syn & (first_fd[state.fd] == idx)
-    seglen = np.where(rows_p, r.payload_len + first_syn + f[pr.column("fin")], 0)
+    fin = f[pr.column(ses["close"])] if ses else 0
+    seglen = np.where(rows_p, r.payload_len + first_syn + fin, 0)
     return rows_p, syn, first_fd, seglen
 
 

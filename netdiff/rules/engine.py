@@ -58,6 +58,8 @@ SCHEMA = {
                 "kinds": [{"kind": LEAF, "name": LEAF, "length": LEAF, "only_with": LEAF,
                            "value": {"bits": LEAF, "values": LEAF, "range": LEAF}}]},
     "flags": {"fields": LEAF, "legal": LEAF},
+    "session": {"open": {"flag": LEAF, "client": LEAF, "server": LEAF}, "established": LEAF,
+                "close": LEAF, "reset": LEAF, "no_payload": LEAF, "answer_clears": LEAF},
     "dependencies": [{"field": LEAF, "zero_unless": LEAF, "within_payload": LEAF, "requires": LEAF,
                       "requires_payload": LEAF, "check": LEAF}],
     "checksum": {"field": LEAF, "covers": LEAF, "pseudo_header": LEAF, "zero_becomes": LEAF,
@@ -244,6 +246,7 @@ class ProtocolRules(_Recorder):
     fields: tuple[FieldRule, ...]
     options: OptionGrammar | None = None
     flags: Mapping | None = None
+    session: Mapping | None = None      # where a connection's control flags sit in a trace
     dependencies: tuple[Mapping, ...] = ()
     checksum: Mapping | None = None
     types: tuple[Mapping, ...] = ()
@@ -393,6 +396,8 @@ def _parse(path: Path) -> ProtocolRules:
                          "header", used),
         fields=tuple(rules), options=options,
         flags=_recorded(doc.get("flags"), SCHEMA["flags"], "flags", used),
+        session=_recorded(_session(path, doc.get("session"), {r.name: r.bits for r in rules}),
+                          SCHEMA["session"], "session", used),
         dependencies=_recorded(list(doc.get("dependencies", ())), SCHEMA["dependencies"],
                                "dependencies", used),
         checksum=_recorded(ck, SCHEMA["checksum"], "checksum", used),
@@ -401,6 +406,19 @@ def _parse(path: Path) -> ProtocolRules:
         prior=_recorded({k: e for k, v in (doc.get("prior") or {}).items()
                          if (e := _prior_entry(path, v)) is not None}, SCHEMA["prior"], "prior", used),
         used=used, present=frozenset(present))
+
+
+def _session(path, s, bits: dict) -> dict | None:
+    """A ``session:`` block: every name it gives is a one-bit field of the file."""
+    if s is None:
+        return None
+    o = s.get("open") or {}
+    names = [o.get("flag"), *o.get("client", ()), *o.get("server", ()), *s.get("established", ()),
+             s.get("close"), s.get("reset"), *s.get("no_payload", ()), *s.get("answer_clears", ())]
+    for nm in names:
+        if bits.get(nm) != 1:
+            _bad(path, f"session: {nm!r} is not a one-bit field of the file")
+    return s
 
 
 def header_shape(section: str) -> dict:

@@ -117,6 +117,7 @@ def test_unknown_key_is_a_one_line_error(tmp_path, file, old, new, key, where):
     ("udp.yaml", "bind: {ipv4.proto: 17, ipv6.nh: 17}", "bind: {ipv4.proto: 99, ipv6.nh: 99}",
      "the field table reads section udp under number 17 (bits/fields.py), not 99"),
     ("ipv6.yaml", "version: 6}", "version: 5}", "reads section ipv6 under number 6"),
+    ("tcp.yaml", "  reset: rst", "  reset: reset", "session: 'reset' is not a one-bit field of the file"),
     # header lengths are the field table's, never restated
     ("tcp.yaml", "ports: [sprt, dprt]", "header: {fixed_bytes: 20}\nports: [sprt, dprt]",
      "unknown key 'fixed_bytes' in header (allowed: max_total_length) (header lengths come from "
@@ -280,6 +281,38 @@ def _tcp_options(batch, i) -> bytes:
     raw = batch.packet(i)
     t = 14 + (raw[14] & 15) * 4
     return bytes(raw[t + 20:t + (raw[t + 12] >> 4) * 4])
+
+
+def test_session_block_places_the_control_flags(tmp_path, monkeypatch, mixed_image):
+    """The trace reads where flags go from tcp.yaml's ``session:``: with CWR generated on every
+    TCP row, the shipped file clears it on SYN-ACKs only (answer_clears); a copy without that
+    entry keeps it there, and a copy whose established rows also carry PSH puts PSH on every
+    data segment."""
+    bits = mixed_image.copy()
+    tcp_rows = np.all(bits[:, L.fields["tcp_sprt"]] != -1, axis=1)
+    bits[tcp_rows, L.fields["tcp_cwr"].start] = 1
+    bits[tcp_rows, L.fields["tcp_psh"].start] = 0
+
+    def flags(edits, sub):
+        d = rules_copy(tmp_path / sub, edits)
+        monkeypatch.setenv(E.RULES_ENV, str(d))
+        try:
+            return fields_of(repair(bits, L, seed=1).batch)[1]
+        finally:
+            monkeypatch.delenv(E.RULES_ENV)
+
+    v = flags({}, "shipped")
+    tcp = v["ipv4_proto"] == 6
+    synack = tcp & (v["tcp_syn"] == 1) & (v["tcp_ackf"] == 1)
+    assert synack.sum() >= 5 and (v["tcp_cwr"][synack] == 0).all()
+    assert (v["tcp_cwr"][tcp & ~synack] == 1).all()
+    v = flags({"tcp.yaml": [("  answer_clears: [cwr]", "  answer_clears: []")]}, "keep_cwr")
+    assert (v["tcp_cwr"][v["ipv4_proto"] == 6] == 1).all()
+    v = flags({"tcp.yaml": [("  established: [ackf]", "  established: [ackf, psh]")]}, "psh")
+    tcp = v["ipv4_proto"] == 6
+    payload = v["ipv4_tl"] - 4 * v["ipv4_hl"] - 4 * v["tcp_doff"]
+    data = tcp & (v["tcp_syn"] == 0) & (v["tcp_rst"] == 0) & (payload > 0)
+    assert data.sum() >= 20 and (v["tcp_psh"][data] == 1).all()
 
 
 def test_a_rule_change_is_one_yaml_edit(tmp_path, monkeypatch, mixed_image):
