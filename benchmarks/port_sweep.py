@@ -10,6 +10,13 @@ and expert errors must be 0.
     .venv/bin/python benchmarks/port_sweep.py                 # 4 rounds: 1,048,560 packets
     .venv/bin/python benchmarks/port_sweep.py --rounds 1 --ports 2000 --seed 1   # quick look
     .venv/bin/python benchmarks/port_sweep.py --derive        # measure measured.yaml again
+    .venv/bin/python benchmarks/port_sweep.py --pairs         # every two templated ports
+
+``--pairs`` sweeps what a random partner rarely meets: every two ports that both have a
+template (both dissectors picky), each way, a short and a long payload each, through repair and
+tshark. Repair gives such rows no payload (two dissectors that each want their own message:
+before that rule, one round gave 3,632 malformed packets on 4,279 of the 55,252 pairs, and
+each new round of lengths found more).
 
 ``--derive`` measures the port table of ``protocol_rules/payloads/measured.yaml`` and rewrites
 it (then run the sweep again): with the protocol templates and the default only, every port at
@@ -114,6 +121,38 @@ def sweep(rounds: int, seed: int, ports: int, work: Path) -> dict:
             for f in v["bad_frames"]:
                 key = f"{name} {min(sport[f - 1], dport[f - 1])}"
                 result["failed_ports"][key] = result["failed_ports"].get(key, 0) + 1
+    return result
+
+
+def pair_sweep(seed: int, work: Path, rounds: int = 1) -> dict:
+    """Every two ports with a template, per transport: packets each way with a short (1..64)
+    and a long (up to the MTU) payload per round, repaired and judged; the pairs tshark
+    rejects."""
+    rng = np.random.default_rng(seed)
+    templates = E.load_payloads()
+    result = {"packets": 0, "malformed": 0, "expert_errors": 0, "checksum_errors": 0,
+              "failed_pairs": {}, "wall_s": 0.0}
+    t0 = time.perf_counter()
+    for name, proto in [(x, n) for _ in range(rounds) for x, n in TRANSPORTS.items()]:
+        ports = np.array(sorted({p for t in templates if name in t.transports for p in t.ports}))
+        a, b = np.triu_indices(len(ports), 1)
+        lo, hi = ports[a], ports[b]
+        sport = np.concatenate([lo, hi, lo, hi])
+        dport = np.concatenate([hi, lo, hi, lo])
+        k = len(lo)
+        length = np.concatenate([rng.integers(1, 65, 2 * k),
+                                 rng.integers(65, MAX_PAYLOAD[name] + 1, 2 * k)])
+        for s in range(0, len(sport), CHUNK_ROWS):
+            sl = slice(s, s + CHUNK_ROWS)
+            batch, _ = repaired(raw_packets(proto, sport[sl], dport[sl], length[sl]), seed + s)
+            v = judge(batch, work, f"pairs-{name}")
+            for key in ("packets", "malformed", "expert_errors", "checksum_errors"):
+                result[key] += v[key]
+            for f in v["bad_frames"] + v["incomplete_frames"]:
+                i = s + f - 1
+                pair = f"{name} {min(sport[i], dport[i])} {max(sport[i], dport[i])}"
+                result["failed_pairs"][pair] = result["failed_pairs"].get(pair, 0) + 1
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
     return result
 
 
@@ -274,8 +313,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--derive", action="store_true",
                     help="measure protocol_rules/payloads/measured.yaml again (rewrites it)")
+    ap.add_argument("--pairs", action="store_true",
+                    help="sweep every two ports that both have a template, instead of every port")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
+    args.rounds_given = any(a.startswith("--rounds") for a in (argv if argv is not None else sys.argv[1:]))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.derive:
@@ -284,6 +326,12 @@ def main(argv=None):
             _write_measured(entries)
             print(f"wrote {len(entries)} measured templates", file=sys.stderr)
             return 0         # the sweep loads the new file in a fresh run
+        if args.pairs:
+            result = pair_sweep(args.seed, work, args.rounds if args.rounds_given else 1)
+            print(json.dumps({**result, "failed_pairs": len(result["failed_pairs"])}, indent=1))
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=1))
+            return 0 if result["malformed"] == result["expert_errors"] == 0 else 1
         t0 = time.perf_counter()
         result = sweep(args.rounds, args.seed, args.ports, work)
         result["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -2,13 +2,16 @@
 
 A row's payload is the message of the template its ports select: the lower port's template
 first (tshark hands a payload to the lower port's dissector first), then the higher port's,
-then the transport's measured default. A template of whole records (``step``) moves the length
-to the nearest whole number of them that fits; an ``empty`` template (a port where no content
-measured passes) leaves the row without payload. A template whose ``min_length`` the row's length does not
-reach is passed over, unless the length is below its ``grow_below`` (lengths at which measurement
-found no content that port's dissector accepts): then the length grows to ``min_length``. Where
-the layout carries generated payload bytes they are kept and only the ``compute:`` fields
-(lengths, framing) are written.
+then the transport's measured default. A row between two ports that both have a template
+carries no payload: the lower port's dissector may decline its own message at the row's length
+and the higher port's dissector then calls it malformed (measured: about one such pair in ten
+fails at some length, `benchmarks/port_sweep.py --pairs`). A template of whole records
+(``step``) moves the length to the nearest whole number of them that fits; an ``empty`` template
+(a port where no content measured passes) leaves the row without payload. A template whose
+``min_length`` the row's length does not reach is passed over, unless the length is below its
+``grow_below`` (lengths at which measurement found no content that port's dissector accepts):
+then the length grows to ``min_length``. Where the layout carries generated payload bytes they
+are kept and only the ``compute:`` fields (lengths, framing) are written.
 """
 from __future__ import annotations
 
@@ -85,6 +88,13 @@ def choose(table: PayloadTable, proto: np.ndarray, sport: np.ndarray, dport: np.
         rows = proto == number
         if not rows.any():
             continue
+        # Both ports with a template: both dissectors want their own message, the lower port's
+        # reads first and may decline (what it declines, the higher one's may call malformed:
+        # SNMP then kpasswd, SMUX then NDPS, DNS reading a 5000/udp fill): the row carries none.
+        owns = [(serves[:, np.where(rows, port, 0)] != NONE).any(axis=0) if len(serves)
+                else np.zeros(n, dtype=bool) for port in (lo, hi)]
+        both = rows & owns[0] & owns[1]
+        length = np.where(both, 0, length)
         for port in (lo, hi):
             for layer in serves:
                 t = layer[np.where(rows, port, 0)]

@@ -92,26 +92,3 @@ def gaussian_model(img_dir, tmp_path_factory) -> Path:
     main(TrainBaseArgs(str(img_dir), str(out), "tiny-gaussian", steps=4, batch_size=4, checkpoint_every=0,
                        progress=False))
     return out
-
-
-def real_bits(rows: int = 256) -> list[tuple[str, np.ndarray]]:
-    """nPrint images of a few real captures (first ``rows`` packets), or skip."""
-    from netdiff.io.pcap import read_capture
-
-    picks = ["dns/dnscap_dns.pcap", "ssh/zeek_ssh.pcap", "tls_web/443-curl.pcap", "quic"]
-    out = []
-    for p in picks:
-        path = SHARED / "pcaps" / p
-        if path.is_dir():
-            found = sorted(path.glob("*.pcap"))
-            if not found:
-                continue
-            path = found[0]
-        if not path.is_file():
-            continue
-        batch, _ = read_capture(path)
-        bits, _ = encode(batch.take(np.arange(min(rows, len(batch)))), NETDIFFUSION)
-        out.append((p, bits))
-    if not out:
-        pytest.skip(f"shared captures not found under {SHARED}")
-    return out

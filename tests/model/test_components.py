@@ -15,7 +15,7 @@ from netdiff.model.config import ModelConfig, load_config
 from netdiff.model.data import ImageDataset, class_of, fit_rows
 from netdiff.model.ternary import TernaryAutoencoder, bits_to_rgb_tensor, bits_to_tensor, tensor_to_bits
 
-from conftest import real_bits
+from model_helpers import real_bits
 
 
 @pytest.mark.parametrize("name", ["tiny", "compact", "sd15-lora"])
