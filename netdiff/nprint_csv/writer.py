@@ -182,9 +182,8 @@ def index_values(batch: PacketBatch, p: Parsed, index: int) -> list[str]:
         return [f"{a}_{b}_{c}_{d}_{kind.get(x, 'NULL')}" for a, b, c, d, x in
                 zip(addrs(0), addrs(1), ports(0), ports(1), proto.tolist())]
     if index == 5:
-        macs = read_field_bytes(header_bytes(g, p.start("eth")[ok], rows=ok), "eth_shost")
-        out = [":".join(f"{x:02x}" for x in m) if e else "NULL"
-               for m, e in zip(macs.tolist(), p.eth[ok].tolist())]
+        # nPrint's "wlan tx mac": only 802.11 frames have one; every other row is NULL
+        out = ["NULL"] * len(ok)
         radio = np.flatnonzero(p.wireless[ok])
         if len(radio):
             # 802.11 transmitter address (addr2, bytes 10-15 of the 802.11 header)
