@@ -38,14 +38,14 @@ class ColumnRoles:
 
     sequence_key: list[str] = field(default_factory=list)
     time_column: str | None = None
-    # "auto" (numbers as numbers, strings as ISO), "iso", "dayfirst", "epoch", "epoch_ms",
-    # or a strptime format such as "%Y.%m.%d_%H.%M.%S"
+    # "auto" (detected: ISO, day-/month-first, epoch s/ms, plain numbers), "iso", "dayfirst",
+    # "monthfirst", "epoch", "epoch_ms", "number" or a strptime format such as "%Y.%m.%d_%H.%M.%S"
     time_format: str = "auto"
     attributes: list[str] = field(default_factory=list)
-    features: list[str] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)  # empty: every free numeric column
     categorical: list[str] = field(default_factory=list)  # others: continuous if numeric
     layout: str = "long"  # or "wide"
-    rows_per_sequence: int | None = None  # sequence = row // N (no key column)
+    rows_per_sequence: int | None = None  # sequence = row // N (no key column); no key at all: one series
     path_attributes: dict[str, int] = field(default_factory=dict)  # zip: name -> path part
     missing_values: list[str] = field(default_factory=lambda: ["-", ""])
     resample_seconds: float | None = None  # mean over time bins (long, datetime sources)
@@ -62,15 +62,17 @@ class ColumnRoles:
             raise NetdiffError(f"unknown data option(s): {', '.join(sorted(unknown))}")
         for name in ("sequence_key", "attributes", "features", "categorical"):
             if isinstance(d.get(name), str):
-                d[name] = [c.strip() for c in d[name].split(",") if c.strip()]
+                from netdiff.telemetry.columns import split_names
+
+                d[name] = split_names(d[name]) or []
         return cls(**d)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def check(self) -> None:
-        if not self.features:
-            raise NetdiffError("no feature columns given (data.features or --features)")
+        if not self.features and self.layout == "wide":
+            raise NetdiffError("wide layout needs data.features (the <name> of columns <name>_0, <name>_1, ...)")
         if self.layout not in ("long", "wide"):
             raise NetdiffError(f"data.layout must be 'long' or 'wide', not {self.layout!r}")
         both = set(self.attributes) & set(self.features)
@@ -78,6 +80,10 @@ class ColumnRoles:
             raise NetdiffError(f"column(s) both attribute and feature: {', '.join(sorted(both))}")
         if self.window is not None and self.window < 2:
             raise NetdiffError("data.window must be at least 2")
+        if self.stride is not None and self.stride < 1:
+            raise NetdiffError("data.stride must be at least 1")
+        if self.stride is not None and self.window is None:
+            raise NetdiffError("data.stride (--stride) needs data.window (--window)")
 
 
 @dataclass
@@ -168,24 +174,29 @@ def _read_zip(path: Path, roles: ColumnRoles, na: list[str]) -> pd.DataFrame:
 
 
 def parse_times(values: pd.Series, fmt: str = "auto") -> tuple[np.ndarray, bool]:
-    """Time column -> (float seconds, is_datetime). Epoch numbers stay numbers (seconds)."""
+    """Time column -> (float seconds, is_datetime). ``auto`` is made concrete by
+    ``columns.detect_time_format``; ``number`` keeps numbers as numbers (steps, seconds)."""
     name = values.name
+    if fmt == "auto":
+        from netdiff.telemetry.columns import detect_time_format
+
+        fmt = detect_time_format(values)[0]
     try:
+        if fmt == "number":
+            return pd.to_numeric(values).to_numpy(np.float64), False
         if fmt in ("epoch", "epoch_s"):
             return pd.to_numeric(values).to_numpy(np.float64), True
         if fmt == "epoch_ms":
             return pd.to_numeric(values).to_numpy(np.float64) / 1e3, True
-        if fmt == "auto" and pd.api.types.is_numeric_dtype(values):
-            return values.to_numpy(np.float64), False
-        if fmt in ("auto", "iso"):
+        if fmt == "iso":
             ts = pd.to_datetime(values, format="ISO8601", utc=True)
-        elif fmt == "dayfirst":
-            ts = pd.to_datetime(values, dayfirst=True, format="mixed", utc=True)
+        elif fmt in ("dayfirst", "monthfirst"):
+            ts = pd.to_datetime(values, dayfirst=fmt == "dayfirst", format="mixed", utc=True)
         else:
             ts = pd.to_datetime(values, format=fmt, utc=True)
     except (ValueError, TypeError) as e:
         raise NetdiffError(f"time column {name!r}: cannot parse with format {fmt!r} ({_first_line(e)}); "
-                           "set data.time_format (iso, dayfirst, epoch, epoch_ms or a strptime format)") from e
+                           "set data.time_format (iso, dayfirst, monthfirst, epoch, epoch_ms or a strptime format)") from e
     if ts.isna().any():
         raise NetdiffError(f"time column {name!r}: {int(ts.isna().sum())} empty value(s)")
     # resolution-independent (pandas may hold s, ms, us or ns)
@@ -195,13 +206,45 @@ def parse_times(values: pd.Series, fmt: str = "auto") -> tuple[np.ndarray, bool]
 # --------------------------------------------------------------------------- long / wide -> arrays
 def load(path: str | os.PathLike, roles: ColumnRoles) -> TelemetryData:
     """Read a file and build ``TelemetryData`` according to ``roles``."""
+    return load_table(path, roles).data
+
+
+@dataclass
+class Loaded:
+    data: TelemetryData  # as ``roles`` say (windows cut when data.window is set)
+    roles: ColumnRoles  # resolved against the file's header (names, features, time format)
+    notes: list[str]  # what was inferred, one line each, for the user
+    rows: TelemetryData  # the same before windowing: every row once
+
+
+def load_table(path: str | os.PathLike, roles: ColumnRoles) -> Loaded:
+    """Read a file; names are matched as ``columns.resolve`` says, missing features inferred,
+    an ``auto`` time format detected."""
+    from netdiff.telemetry.columns import resolve_roles
+
     roles.check()
     df = read_table(path, roles)
+    notes: list[str] = []
     if roles.layout == "wide":
         data = from_wide(df, roles)
     else:
+        roles, notes = resolve_roles(df, roles, extra=(SOURCE_COLUMN,) if SOURCE_COLUMN in df.columns else ())
         data = from_long(df, roles)
-    return postprocess(data, roles)
+    rows = postprocess(data, dataclasses.replace(roles, window=None, stride=None))
+    return Loaded(postprocess(data, roles) if roles.window else rows, roles, notes, rows)
+
+
+def read_header(path: str | os.PathLike) -> list[str]:
+    """Column names of a CSV or Parquet file (without reading its rows)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        return list(map(str, pd.read_csv(path, nrows=0).columns))
+    except (ImportError, ValueError, OSError, pd.errors.ParserError) as e:
+        raise NetdiffError(f"{path}: cannot read table: {_first_line(e)}") from e
 
 
 def _kinds(df: pd.DataFrame, names: list[str], categorical: list[str]) -> dict[str, str]:
@@ -226,8 +269,9 @@ def from_long(df: pd.DataFrame, roles: ColumnRoles) -> TelemetryData:
         keys = ["sequence_id"]
     elif not keys and SOURCE_COLUMN in df.columns:
         keys = [SOURCE_COLUMN]
-    if not keys:
-        raise NetdiffError("long-form data needs data.sequence_key (or rows_per_sequence)")
+    if not keys:  # no key column: the whole table is one series (cut it with data.window)
+        df = df.assign(__series="series")
+        keys = ["__series"]
     _need(df, keys + roles.attributes + roles.features + ([roles.time_column] if roles.time_column else []))
     if len(df) == 0:
         raise NetdiffError("the table has no rows")
@@ -395,6 +439,17 @@ def windows(data: TelemetryData, window: int, stride: int) -> TelemetryData:
         lengths=np.full(len(seq_idx), window, dtype=np.int64),
         keys=[f"{data.keys[i]}@{s}" for i, s in zip(seq_idx, starts)],
         times=None if data.times is None else data.times[seq_idx[:, None], steps])
+
+
+def renamed(data: TelemetryData, mapping: dict[str, str]) -> TelemetryData:
+    """The same data with attribute / feature names mapped (names not in ``mapping`` kept)."""
+    m = lambda n: mapping.get(n, n)  # noqa: E731
+    return dataclasses.replace(
+        data, attributes=data.attributes.rename(columns=mapping),
+        attribute_names=[m(n) for n in data.attribute_names], feature_names=[m(n) for n in data.feature_names],
+        attribute_kinds={m(k): v for k, v in data.attribute_kinds.items()},
+        feature_kinds={m(k): v for k, v in data.feature_kinds.items()},
+        feature_categories={m(k): v for k, v in data.feature_categories.items()})
 
 
 # --------------------------------------------------------------------------- arrays -> table

@@ -3,8 +3,13 @@
 All distances are computed on the real data's min-max scale (so features with large units do
 not dominate), over valid time steps only (variable lengths are respected):
 
-* ``m``: sum over continuous features of |IQR(real) - IQR(synth)| + |median(real) - median(synth)|
-  (the model-selection metric of the TimeGAN telemetry tutorial);
+* ``m``: the TimeGAN telemetry tutorial's model-selection metric (its Eq. 1): sum over continuous
+  features of |IQR(real) - IQR(synth)| + |median(real) - median(synth)|, on data min-max scaled
+  by the real rows, the statistics over the rows of each file as they stand (every real row
+  once; every step of every generated sequence or window, flattened, as the tutorial takes the
+  generator's windows);
+* ``m_window_weighted``: the same statistics over the windows the models train on (a real row
+  counts once per window that covers it; equal to ``m`` when no windows are cut);
 * ``autocorrelation_mse``: per feature, the mean over sequences of the autocorrelation at lags
   1..K, real vs synthetic, squared difference averaged over lags (DoppelGANger);
 * ``w1``: Wasserstein-1 of continuous attributes, of feature values, of per-sequence feature
@@ -12,7 +17,9 @@ not dominate), over valid time steps only (variable lengths are respected):
   features get the total variation distance in ``tvd``;
 * ``cross_correlation``: mean |corr(real) - corr(synth)| over feature pairs;
 * ``discriminative_score``: |accuracy - 0.5| of a GRU classifier real vs synthetic on held-out
-  sequences (TimeGAN), its inputs standardised on the real statistics;
+  sequences (TimeGAN), its inputs standardised on the real statistics; ``discriminative`` gives
+  the held-out size and the 95% interval, and the score is None when there are too few
+  sequences for a held-out test (``MIN_TEST_PER_CLASS``) instead of a meaningless 0 or 0.5;
 * ``predictive_score``: MAE on real sequences of a GRU trained on synthetic ones to predict the
   next step (TimeGAN; lower is better, compare with ``predictive_score_real``, trained on real).
 """
@@ -23,6 +30,8 @@ from scipy.stats import wasserstein_distance
 
 from netdiff.errors import NetdiffError
 from netdiff.telemetry.data import TelemetryData
+
+MIN_TEST_PER_CLASS = 10  # held-out windows per class below which the classifier says nothing
 
 
 def _check_pair(real: TelemetryData, synth: TelemetryData) -> None:
@@ -110,15 +119,21 @@ def cross_correlation(real_scaled, synth_scaled) -> float | None:
     return float(np.mean(np.abs(corr(real_scaled)[iu] - corr(synth_scaled)[iu])))
 
 
-def fidelity(real: TelemetryData, synth: TelemetryData, max_lag: int | None = None) -> dict:
-    """The distribution metrics (no model training): m, autocorrelation_mse, w1, tvd,
-    cross_correlation."""
+def fidelity(real: TelemetryData, synth: TelemetryData, max_lag: int | None = None,
+             real_rows: TelemetryData | None = None, synth_rows: TelemetryData | None = None) -> dict:
+    """The distribution metrics (no model training): m, m_window_weighted, autocorrelation_mse,
+    w1, tvd, cross_correlation. ``real_rows`` / ``synth_rows``: the data before windows were
+    cut (default: ``real`` / ``synth``), for the tutorial's ``m``."""
     _check_pair(real, synth)
     names, r, s = _aligned(real, synth)
     out: dict = {"features": names}
     if names:
-        out["m"], per_m = m_metric(r, s)
+        _, rr, ss = _aligned(real_rows if real_rows is not None else real,
+                             synth_rows if synth_rows is not None else synth)
+        out["m"], per_m = m_metric(rr, ss)
         out["m_per_feature"] = dict(zip(names, per_m))
+        out["m_window_weighted"], per_w = m_metric(r, s)
+        out["m_window_weighted_per_feature"] = dict(zip(names, per_w))
         out["autocorrelation_mse"], per_acf, curves = autocorrelation_mse(r, s, max_lag)
         out["autocorrelation_mse_per_feature"] = dict(zip(names, per_acf))
         out["autocorrelation"] = curves
@@ -158,6 +173,24 @@ def _padded(x: np.ndarray) -> np.ndarray:
 def discriminative_score(real_scaled, real_len, synth_scaled, synth_len, seed: int = 0,
                          iterations: int = 300, batch_size: int = 128, hidden: int | None = None) -> float:
     """|accuracy - 0.5| of a one-layer GRU classifier on a held-out 20% (balanced classes)."""
+    return discriminative(real_scaled, real_len, synth_scaled, synth_len, seed, iterations, batch_size, hidden,
+                          min_test=1)["score"]
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a proportion."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    mid, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float((mid - half) / (1 + z * z / n)), float((mid + half) / (1 + z * z / n))
+
+
+def discriminative(real_scaled, real_len, synth_scaled, synth_len, seed: int = 0, iterations: int = 300,
+                   batch_size: int = 128, hidden: int | None = None, min_test: int = MIN_TEST_PER_CLASS) -> dict:
+    """The discriminative score with its confidence: ``score`` (None with a ``note`` when fewer
+    than ``min_test`` sequences per class would be held out), ``accuracy``, ``accuracy_ci95``
+    (Wilson), ``score_ci95`` and ``test_sequences``."""
     import torch
     from torch import nn
 
@@ -167,6 +200,11 @@ def discriminative_score(real_scaled, real_len, synth_scaled, synth_len, seed: i
     g = seeded(seed, dev)
     rng = np.random.default_rng(seed)
     n = min(len(real_len), len(synth_len))
+    k = n // 5
+    if k < min_test:
+        return {"score": None, "test_sequences": 2 * k,
+                "note": f"too few sequences for a held-out test ({len(real_len)} real, {len(synth_len)} synthetic; "
+                        f"needs {5 * min_test} per side for {min_test} held out per class): no score"}
     ri = rng.permutation(len(real_len))[:n]
     si = rng.permutation(len(synth_len))[:n]
     T = max(real_scaled.shape[1], synth_scaled.shape[1])
@@ -183,7 +221,6 @@ def discriminative_score(real_scaled, real_len, synth_scaled, synth_len, seed: i
     y = np.r_[np.ones(n), np.zeros(n)].astype(np.float32)
     # split each class 80/20 so the test set stays balanced
     test = np.zeros(2 * n, bool)
-    k = max(1, n // 5)
     test[rng.permutation(n)[:k]] = True
     test[n + rng.permutation(n)[:k]] = True
 
@@ -207,8 +244,13 @@ def discriminative_score(real_scaled, real_len, synth_scaled, synth_len, seed: i
         opt.step()
     with torch.no_grad():
         te = torch.from_numpy(np.flatnonzero(test)).to(dev)
-        acc = ((logits(te) > 0).float() == yt[te]).float().mean().item()
-    return float(abs(acc - 0.5))
+        right = int(((logits(te) > 0).float() == yt[te]).sum().item())
+    acc = right / len(te)
+    lo, hi = wilson(right, len(te))
+    # |acc - 0.5| over the accuracy interval: 0 when the interval holds 0.5
+    s_lo = 0.0 if lo <= 0.5 <= hi else min(abs(lo - 0.5), abs(hi - 0.5))
+    return {"score": float(abs(acc - 0.5)), "accuracy": float(acc), "accuracy_ci95": [lo, hi],
+            "score_ci95": [float(s_lo), float(max(abs(lo - 0.5), abs(hi - 0.5)))], "test_sequences": int(len(te))}
 
 
 def predictive_score(train_scaled, train_len, test_scaled, test_len, seed: int = 0,
@@ -251,12 +293,14 @@ def predictive_score(train_scaled, train_len, test_scaled, test_len, seed: int =
 
 
 def evaluate(real: TelemetryData, synth: TelemetryData, seed: int = 0, iterations: int = 300,
-             max_lag: int | None = None) -> dict:
+             max_lag: int | None = None, real_rows: TelemetryData | None = None,
+             synth_rows: TelemetryData | None = None) -> dict:
     """Every metric; the GRU scores are skipped (None) when there are no continuous features."""
-    out = fidelity(real, synth, max_lag)
+    out = fidelity(real, synth, max_lag, real_rows, synth_rows)
     names, r, s = _aligned(real, synth)
     if names:
-        out["discriminative_score"] = discriminative_score(r, real.lengths, s, synth.lengths, seed, iterations)
+        out["discriminative"] = discriminative(r, real.lengths, s, synth.lengths, seed, iterations)
+        out["discriminative_score"] = out["discriminative"]["score"]
         out["predictive_score"] = predictive_score(s, synth.lengths, r, real.lengths, seed, iterations)
         # reference: the same predictor trained on real (the floor a synthetic set can approach)
         out["predictive_score_real"] = predictive_score(r, real.lengths, r, real.lengths, seed, iterations)

@@ -21,6 +21,8 @@ MODELS = {
     "timegan": "netdiff.telemetry.timegan:TimeGAN",
     "ar": "netdiff.telemetry.baselines:ARBaseline",
     "par": "netdiff.telemetry.baselines:PARBaseline",
+    "tvae": "netdiff.telemetry.sdv_tabular:TVAEBaseline",
+    "ctgan": "netdiff.telemetry.sdv_tabular:CTGANBaseline",
 }
 
 

@@ -1,6 +1,6 @@
 """YAML configuration for telemetry: several files merge in order (later wins), then CLI options
 override the ``data:`` section. Sections: ``data`` (column roles, see ``ColumnRoles``) and one
-per model (``doppelganger``, ``timegan``, ``ar``, ``par``), ``evaluate`` and ``downstream``."""
+per model (``doppelganger``, ``timegan``, ``ar``, ``par``, ``tvae``, ``ctgan``), ``evaluate`` and ``downstream``."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +11,7 @@ import yaml
 from netdiff.errors import NetdiffError
 from netdiff.telemetry.data import ColumnRoles
 
-SECTIONS = {"data", "doppelganger", "timegan", "ar", "par", "evaluate", "downstream"}
+SECTIONS = {"data", "doppelganger", "timegan", "ar", "par", "tvae", "ctgan", "evaluate", "downstream"}
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -59,10 +59,29 @@ def output_sequence_column(roles: ColumnRoles) -> str:
     return "sequence_id"
 
 
-def synthetic_roles(roles: ColumnRoles, time_is_datetime: bool | None = None) -> ColumnRoles:
-    """Roles that read back what ``generate`` wrote: one key column, ISO times, no reshaping."""
-    return dataclasses.replace(
-        roles, sequence_key=[output_sequence_column(roles)], rows_per_sequence=None,
-        path_attributes={}, resample_seconds=None, window=None, stride=None, max_length=None,
-        time_format="iso" if time_is_datetime else "auto",
-        time_column=roles.time_column)
+def synthetic_roles(roles: ColumnRoles, time_is_datetime: bool | None = None,
+                    header: list[str] | None = None) -> tuple[ColumnRoles, str | None]:
+    """Roles that read a synthetic file against real data loaded with ``roles``, and a note.
+    netdiff's own output (a sequence column, one sequence per generated window) is read as is;
+    a file without that column (anyone else's generator) is one series, cut like the real data
+    (``rows_per_sequence``, ``window``, ``stride``)."""
+    from netdiff.telemetry.columns import resolve
+
+    seq = output_sequence_column(roles)
+    time = roles.time_column
+    if time is not None and header is not None:
+        try:
+            resolve(time, header)
+        except NetdiffError:
+            time = None  # a generator that writes no time column
+    if header is None or any(c.strip() == seq for c in header):
+        return dataclasses.replace(
+            roles, sequence_key=[seq], rows_per_sequence=None, path_attributes={}, resample_seconds=None,
+            window=None, stride=None, max_length=None, time_column=time,
+            time_format="iso" if time_is_datetime else "number"), None
+    shape = (f"rows_per_sequence {roles.rows_per_sequence}" if roles.rows_per_sequence else
+             f"window {roles.window}, stride {roles.stride or roles.window}" if roles.window else "uncut")
+    note = f"no {seq!r} column: read as one series, cut like the real data ({shape})"
+    out = dataclasses.replace(roles, sequence_key=[], path_attributes={}, resample_seconds=None,
+                              time_column=time, time_format="auto" if time else roles.time_format)
+    return out, note

@@ -1,10 +1,12 @@
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from netdiff.errors import NetdiffError
 from netdiff.telemetry import downstream, metrics
+from netdiff.telemetry.data import TelemetryData
 
 
 def _distort(data, noise, seed=0):
@@ -81,3 +83,39 @@ def test_downstream_tasks_report_both_trainings(tiny_data, tiny_config):
         assert 0 <= a["precision"] <= 1 and 0 <= a["recall"] <= 1 and 0 <= a["f1"] <= 1
     with pytest.raises(NetdiffError, match="window"):
         downstream.evaluate(tiny_data, tiny_data, {**tiny_config["downstream"], "window": 40})  # longer than every real sequence
+
+
+def test_m_is_the_tutorial_eq1_on_rows_and_window_weighted_is_separate():
+    from netdiff.telemetry.data import windows
+
+    rng = np.random.default_rng(1)
+    series = np.r_[np.zeros(8), rng.random(12) ** 3 * 10][None, :, None]  # skewed one series of 20 rows
+    base = dict(attributes=pd.DataFrame(index=range(1)), lengths=np.array([20]), keys=["s"], attribute_names=[],
+                feature_names=["x"], attribute_kinds={}, feature_kinds={"x": "continuous"})
+    rows = TelemetryData(features=series, **base)
+    real_w = windows(rows, 5, 1)  # overlapping windows: middle rows count 5 times, the ends once
+    synth_w = windows(rows, 5, 5)  # generated windows, every row once
+    rep = metrics.fidelity(real_w, synth_w, real_rows=rows, synth_rows=synth_w)
+    assert rep["m"] == 0 < rep["m_window_weighted"]
+    # Eq. 1 by hand: min-max by the real rows, numpy percentiles over the rows
+    other = series[0, :, 0] * 0.5 + 1.0
+    synth = TelemetryData(features=other[None, :, None], **base)
+    r = (series[0, :, 0] - series.min()) / np.ptp(series)
+    s = (other - series.min()) / np.ptp(series)
+    q = lambda v: np.percentile(v, [25, 50, 75])  # noqa: E731
+    expect = abs((q(r)[2] - q(r)[0]) - (q(s)[2] - q(s)[0])) + abs(q(r)[1] - q(s)[1])
+    assert metrics.fidelity(rows, synth)["m"] == pytest.approx(expect)
+
+
+def test_discriminative_reports_confidence_or_says_too_few(tiny_data):
+    names, r, _ = metrics._aligned(tiny_data, tiny_data)
+    L = tiny_data.lengths
+    few = metrics.discriminative(r, L, r, L, iterations=5)
+    assert few["score"] is None and "too few sequences" in few["note"] and "24 real" in few["note"]
+    many = np.concatenate([r] * 3)
+    LL = np.concatenate([L] * 3)
+    rep = metrics.discriminative(many, LL, np.clip(many + 0.5, 0, None), LL, iterations=40)
+    lo, hi = rep["accuracy_ci95"]
+    assert rep["test_sequences"] == 28 and lo <= rep["accuracy"] <= hi
+    assert rep["score_ci95"][0] <= rep["score"] <= rep["score_ci95"][1]
+    assert metrics.wilson(14, 28)[0] < 0.5 < metrics.wilson(14, 28)[1]

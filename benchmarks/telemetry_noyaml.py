@@ -1,0 +1,151 @@
+"""What a new user gets from a telemetry CSV with no YAML: the CLI's defaults and flags only.
+
+For each model: `netdiff telemetry train` (default settings, the given column flags), then
+`generate` with seeds 0..S-1 (as many sequences as the real data has after --window), then one
+`evaluate` over the S files: M the tutorial's way (mean, min, max over the seeds), M
+window-weighted, autocorrelation error and W1 of feature values (means over seeds), and the
+discriminative (with its 95% interval) and predictive scores of seed 0. The floor: S bootstrap
+resamples of the real sequences through the same `evaluate`. Every step is the CLI itself
+(`netdiff.cli.main`), in one process, one torch thread.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/telemetry_noyaml.py --out /tmp/noyaml \\
+        --data ../shared/data/telemetry/network_load_anomaly/device_data.csv \\
+        --flags "--sequence-key hostname,ifname --time-column timeslot --attributes ifname --window 24 --stride 12" \\
+        --models doppelganger,timegan,ar --seeds 5
+
+Prints one JSON line per model and a markdown table at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import time
+from pathlib import Path
+
+
+def _cli(args: list[str]) -> None:
+    from netdiff.cli import main
+
+    code = main(args)
+    if code:
+        raise SystemExit(f"netdiff {' '.join(args[:2])} failed ({code})")
+
+
+def _mean(values):
+    v = [x for x in values if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+def run_model(kind: str, data: str, flags: list[str], seeds: int, out: Path, extra: list[str],
+              trained: str | None = None) -> dict:
+    model = Path(trained) if trained else out / kind
+    t0 = time.perf_counter()
+    if not trained:
+        _cli(["telemetry", "train", "--model", kind, "--data", data, *flags, "--threads", "1", "--output", str(model),
+              *extra])
+    train_s = time.perf_counter() - t0
+    meta = json.loads((model / "config.json").read_text())
+    count = str(meta["training_sequences"])
+    files = []
+    t0 = time.perf_counter()
+    for s in range(seeds):
+        f = out / f"{kind}_seed{s}.csv"
+        _cli(["telemetry", "generate", "--model", str(model), "--count", count, "--seed", str(s), "--output", str(f),
+              "--threads", "1"])
+        files.append(f)
+    gen_s = (time.perf_counter() - t0) / seeds
+    rep = _evaluate(data, files, out / f"eval_{kind}", ["--model", str(model)])
+    hist = meta.get("history", {})
+    return {"model": kind, "train_s": round(train_s, 1) if not trained else None, "phase_s": [round(p, 1) for p in hist.get("phase_seconds", [])],
+            "phase_steps": hist.get("phase_steps"), "generate_s": round(gen_s, 2), **rep}
+
+
+def _evaluate(data: str, files, out: Path, roles: list[str]) -> dict:
+    args = ["telemetry", "evaluate", "--real", data, "--out", str(out), "--no-plots", "--threads", "1", *roles]
+    for f in files:
+        args += ["--synthetic", str(f)]
+    _cli(args)
+    rep = json.loads((out / "metrics.json").read_text())
+    sets = rep.get("synthetic_sets") or {}
+    one = lambda k: {"mean": rep.get(k), "min": rep.get(k), "max": rep.get(k)}  # noqa: E731
+    w1 = sets.get("w1_features_mean", {}).get("mean")
+    if w1 is None:
+        w1 = _mean(list(rep["w1"]["features"].values()))
+    return {"m": sets.get("m") or one("m"), "m_window_weighted": (sets.get("m_window_weighted") or one("m_window_weighted"))["mean"],
+            "autocorrelation_mse": (sets.get("autocorrelation_mse") or one("autocorrelation_mse"))["mean"],
+            "w1_features": w1, "discriminative": rep.get("discriminative"),
+            "predictive_score": rep.get("predictive_score"), "predictive_score_real": rep.get("predictive_score_real"),
+            "counts": rep.get("counts")}
+
+
+def floor(data: str, flags: list[str], seeds: int, out: Path) -> dict:
+    """Bootstrap resamples of the real (windowed) sequences, evaluated like a model's output."""
+    from netdiff.cli.telemetry import _cols
+    from netdiff.telemetry.baselines import bootstrap
+    from netdiff.telemetry.data import ColumnRoles, load_table, to_frame, write_frame
+
+    opts = dict(zip(flags[::2], flags[1::2]))
+    roles = ColumnRoles.from_dict({k: v for k, v in {
+        "sequence_key": _cols(opts.get("--sequence-key")) or [], "time_column": opts.get("--time-column"),
+        "attributes": _cols(opts.get("--attributes")) or [], "features": _cols(opts.get("--features")) or [],
+        "window": int(opts["--window"]) if "--window" in opts else None,
+        "stride": int(opts["--stride"]) if "--stride" in opts else None,
+        "rows_per_sequence": int(opts["--rows-per-sequence"]) if "--rows-per-sequence" in opts else None,
+    }.items() if v is not None})
+    loaded = load_table(data, roles)
+    real = loaded.data
+    files = []
+    for s in range(seeds):
+        f = out / f"bootstrap_seed{s}.csv"
+        boot = bootstrap(real, real.n, seed=s)
+        write_frame(to_frame(boot, "sequence_id", loaded.roles.time_column), f)
+        files.append(f)
+    return {"model": "bootstrap of real (floor)", **_evaluate(data, files, out / "eval_bootstrap", flags)}
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| model | train s (phases) | M tutorial, mean (min-max) over seeds | M window-weighted | ACF error | "
+            "W1 features | discriminative (95% CI) | predictive (real) |\n|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        m, d = r["m"], r.get("discriminative") or {}
+        disc = (f"{d['score']:.3f} ({d['score_ci95'][0]:.3f}-{d['score_ci95'][1]:.3f})" if d.get("score") is not None
+                else "n/a")
+        phases = f" ({' / '.join(f'{p:.0f}' for p in r['phase_s'])})" if r.get("phase_s") else ""
+        train = (f"{r['train_s']:.0f}" if r.get("train_s") is not None else "-") + phases
+        lines.append(f"| {r['model']} | {train} | {m['mean']:.3f} ({m['min']:.3f}-{m['max']:.3f}) | "
+                     f"{r['m_window_weighted']:.3f} | {r['autocorrelation_mse']:.4f} | {r['w1_features']:.4f} | {disc} | "
+                     f"{r['predictive_score']:.4f} ({r['predictive_score_real']:.4f}) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--flags", default="", help="column flags, as given to netdiff telemetry train")
+    ap.add_argument("--models", default="doppelganger,timegan,ar")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--extra", default="", help="extra train options (e.g. --epochs 100)")
+    ap.add_argument("--trained", action="append", default=[], metavar="KIND=DIR",
+                    help="use a model folder trained before (its train time is not measured here)")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    flags = shlex.split(args.flags)
+    rows = []
+    trained = dict(t.split("=", 1) for t in args.trained)
+    for kind in [k for k in args.models.split(",") if k]:
+        rows.append(run_model(kind, args.data, flags, args.seeds, out, shlex.split(args.extra), trained.get(kind)))
+        print(json.dumps(rows[-1]), flush=True)
+    rows.append(floor(args.data, flags, args.seeds, out))
+    print(json.dumps(rows[-1]), flush=True)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
