@@ -9,6 +9,9 @@ need=()
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v tcpreplay >/dev/null 2>&1 || need+=(tcpreplay)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# chromium and its driver: the web app's browser test (tests/app/test_browser.py)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
   echo "installing ${need[*]} (Debian packages)"
@@ -34,5 +37,6 @@ if [ -z "$have" ] || { [ "$want" != "$spec" ] && [ "$have" != "$want" ]; }; then
 fi
 # No build isolation: the build backend is the pinned setuptools of the venv, not whatever
 # release an isolated build environment would fetch today.
-.venv/bin/python -m pip install -q "${PIN[@]}" --no-build-isolation -e ".[dev]"
+# app: streamlit for `netdiff app` and its page tests
+.venv/bin/python -m pip install -q "${PIN[@]}" --no-build-isolation -e ".[dev,app]"
 echo "netdiff is set up: $(.venv/bin/netdiff --version)"

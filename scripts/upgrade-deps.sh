@@ -15,7 +15,7 @@ pip=("$scratch/venv/bin/python" -m pip)
 "${pip[@]}" install -q --upgrade pip setuptools
 # --upgrade-strategy eager: every dependency goes to its newest allowed release, not only netdiff's;
 # torch named in the same command so it stays TORCH_SPEC (a plain upgrade would pull a CUDA build)
-"${pip[@]}" install -q --upgrade --upgrade-strategy eager "${TORCH_SPEC:-torch==2.13.0}" -e ".[dev]"
+"${pip[@]}" install -q --upgrade --upgrade-strategy eager "${TORCH_SPEC:-torch==2.13.0}" -e ".[dev,app]"
 echo "resolved (newest allowed):"
 "${pip[@]}" freeze --exclude-editable | grep -iE "^(diffusers|transformers|peft|accelerate|numpy|scipy|scikit-learn|pandas)==" | sed 's/^/  /'
 log="$scratch/pytest.log"

@@ -25,6 +25,7 @@ COMMANDS = {
     "generate": "netdiff.cli.diffusion:generate_cmd",
     "batch": "netdiff.cli.batch:batch_cmd",
     "telemetry": "netdiff.cli.telemetry:telemetry_group",
+    "app": "netdiff.cli.app:app_cmd",
 }
 
 

@@ -41,6 +41,10 @@ MAX_LINK = 128                    # flows further back than this count as a new 
 SNAPSHOTS = 64                    # per class: states of the flows going on where a window starts
 SHRINK = 2.0                      # pseudo-rows: a layout's flow habits shrink towards its class's
 FIT_ROUNDS = 200                  # MM iterations of the choice model (converged well before)
+CALIBRATION_ROWS = 256            # walks that calibrate the chain: rows per image,
+CALIBRATION_IMAGES = 6            # images per class and round,
+CALIBRATION_ROUNDS = 10           # rounds (the shares settle within a few)
+CALIBRATION_SEED = 7919
 
 
 def port_columns(layout) -> dict[str, tuple[slice, slice]]:
@@ -156,11 +160,13 @@ class LayoutChain:
 
     @classmethod
     def fit(cls, images: list[np.ndarray], labels: list[str], layout=None,
-            streams: list | None = None) -> "LayoutChain":
+            streams: list | None = None, calibrate: bool = True) -> "LayoutChain":
         """Images (H, W) int8 of the training set and their classes (``layout``: the images'
         bit layout, default netdiffusion; it says where the ports are). ``streams``: one key per
         image; consecutive images with the same key are consecutive windows of one capture, and
-        row transitions and flow links run on across their edges (default: every image alone)."""
+        row transitions and flow links run on across their edges (default: every image alone).
+        ``calibrate``: scale the choice weights so that the chain's own walks match the training
+        rows' shares of new flows and of the most recent flow (``calibrate``)."""
         from netdiff.bits.layout import named_layout
 
         layout = layout or named_layout("netdiffusion", height=images[0].shape[0])
@@ -185,6 +191,7 @@ class LayoutChain:
         flips = np.zeros((len(classes), len(keys), N_STATES, 2))
         choices: list[list] = [[] for _ in classes]     # per class: (layout, options, chosen) rows
         snaps: list[list] = [[] for _ in classes]
+        counts = np.zeros((len(classes), 3), dtype=np.int64)    # rows with ports, new, most recent
         keys_of = list(range(len(images))) if streams is None else list(streams)
         if len(keys_of) != len(images):
             raise ValueError(f"{len(keys_of)} stream keys for {len(images)} images")
@@ -204,14 +211,23 @@ class LayoutChain:
             has = link >= 0
             np.add.at(links[c], (ids[has], link[has], rev[has].astype(np.intp)), 1)
             choices[c].append(_choices(ids, link, rev, states, chosen, flips[c]))
+            # what calibration matches: rows after the first window when the capture has more
+            # (a generated image starts among the flows going on, not at a capture's start)
+            seen = link[len(images[lo]) if hi - lo > 1 else 0:]
+            seen = seen[seen >= 0]
+            counts[c] += (len(seen), int((seen == 0).sum()), int((seen == 1).sum()))
             lo = hi
         weights = np.stack([fit_choices(*_join(rows), len(keys)) for rows in choices])
+        targets = {classes[c]: (new / n, last / n) for c, (n, new, last) in enumerate(counts) if n}
         going = np.full((len(classes), SNAPSHOTS, len(ports), MAX_LINK), -1, dtype=np.int8)
         for c, at in enumerate(snaps):
             # evenly over the class's window starts, the same ones every time
             for j, k in enumerate(np.linspace(0, len(at) - 1, min(len(at), SNAPSHOTS)).round().astype(int)):
                 going[c, j] = at[k]
-        return cls(vocab, classes, start, trans, links, layout.name, weights, flips, going)
+        chain = cls(vocab, classes, start, trans, links, layout.name, weights, flips, going)
+        if calibrate:
+            chain.calibrate(targets, ports)
+        return chain
 
     @classmethod
     def fit_dataset(cls, dataset) -> "LayoutChain":
@@ -252,13 +268,22 @@ class LayoutChain:
         DNS query is answered once, a Modbus poll goes on for the whole image."""
         if self.weights is None:
             return self._sample_links(cls, ids, generator, layout)
-        ports = port_columns(layout)
-        c = self.classes.index(cls)
-        weight, flip = self.weights[c], self.flips[c] + 1e-9     # a state never seen: either way
+        flows, _ = self._walk(self.classes.index(cls), ids, generator, port_columns(layout))
+        # directions against the flow's first row in the image
+        return [[(i, rev != f[0][1]) for i, rev in f] for f in flows if len(f) > 1]
+
+    def _walk(self, c: int, ids: np.ndarray, generator: torch.Generator, ports: dict,
+              weights: np.ndarray | None = None) -> tuple[list, np.ndarray]:
+        """The flow choice of every row: (flows as lists of (row, reversed against the flow's
+        first packet in the walk), per row the option taken: 0 a new flow, r the r-th most
+        recent flow of its transport, -1 no ports). ``weights``: the class's, unless given."""
+        weight = self.weights[c] if weights is None else weights
+        flip = self.flips[c] + 1e-9     # a state never seen: either way
         transport = [_transport(v, ports) for v in self.vocab]
         # per transport, most recent first: [flow index, packets, last reversed, its flow_state]
         recent: dict[str, list[list]] = {t: [] for t in ports}
         flows: list[list[tuple[int, bool]]] = []     # image rows, direction against the flow's first
+        taken = np.full(len(ids), -1, dtype=np.int64)
         # the image starts mid-capture, among the flows going on where one of the class's training
         # windows starts (from an empty start a Modbus image opened a quarter of its rows as new
         # flows, where real windows open 0.4%: they begin with the capture's polls running)
@@ -280,6 +305,7 @@ class LayoutChain:
             st = np.fromiter((f[3] for f in cand), dtype=np.intp, count=len(cand))
             w = np.concatenate([[weight[k, 0, 0]], weight[k, np.arange(1, len(cand) + 1), st]])
             pick = _draw(w, u[i, 0]) if w.sum() > 0 else 0
+            taken[i] = pick
             if pick == 0:
                 flows.append([(i, False)])
                 recent[t].insert(0, [len(flows) - 1, 1, False, flow_state(1, False)])
@@ -291,8 +317,47 @@ class LayoutChain:
             f[2] = rev
             f[3] = flow_state(f[1], rev)
             recent[t].insert(0, f)
-        # directions against the flow's first row in the image
-        return [[(i, rev != f[0][1]) for i, rev in f] for f in flows if len(f) > 1]
+        return flows, taken
+
+    def calibrate(self, targets: dict[str, tuple[float, float]], ports: dict, rows: int = CALIBRATION_ROWS,
+                  images: int = CALIBRATION_IMAGES, rounds: int = CALIBRATION_ROUNDS) -> dict:
+        """Scale each class's weight of a new flow and of going on with the most recent flow so
+        that the chain's own walks open new flows and go on with the last flow as often as the
+        training rows did (``targets``: class -> (new-flow share, most-recent share) of the rows
+        with ports). A choice model fitted row by row under-continues once it walks on its own
+        draws: each flow it opens too many is one more option for the next row (Modbus: 0.40 of
+        ported rows went on with the last flow, 0.49 in the training windows). Fixed seeds:
+        the same fit gives the same weights. Returns class -> (new, most recent) multipliers."""
+        out = {}
+        for cls, (t_new, t_last) in targets.items():
+            c = self.classes.index(cls)
+            base = self.weights[c].copy()
+            a = b = 1.0
+            for _ in range(rounds):
+                w = base.copy()
+                w[:, 0, 0] *= a
+                w[:, 1, :] *= b
+                new = last = n = 0
+                for s in range(images):
+                    g = torch.Generator().manual_seed(CALIBRATION_SEED + s)
+                    ids = self.sample_ids(cls, rows, g)
+                    _, taken = self._walk(c, ids, g, ports, w)
+                    has = taken >= 0
+                    n += int(has.sum())
+                    new += int((taken == 0).sum())
+                    last += int((taken == 1).sum())
+                if n == 0:
+                    break
+                # a Luce weight scales the odds of its option: step each by the odds ratio
+                a *= _odds_step(t_new, new / n)
+                b *= _odds_step(t_last, last / n)
+                a, b = float(np.clip(a, 0.02, 50.0)), float(np.clip(b, 0.02, 50.0))
+            self.weights[c, :, 0, 0] = base[:, 0, 0] * a
+            self.weights[c, :, 1, :] = base[:, 1, :] * b
+            out[cls] = (a, b)
+        # as saved: a loaded chain draws what this one does
+        self.weights = self.weights.astype(np.float32).astype(np.float64)
+        return out
 
     def _sample_links(self, cls: str, ids: np.ndarray, generator: torch.Generator, layout) -> list[list[tuple[int, bool]]]:
         """``sample_flows`` for files saved before flow states: links by layout alone."""
@@ -453,6 +518,13 @@ def _mm(options: np.ndarray, won: np.ndarray, prior: np.ndarray, shrink: float =
         if w[0] > 0:
             w = w / w[0]
     return w
+
+
+def _odds_step(target: float, got: float, eps: float = 1e-3) -> float:
+    """The factor that moves a share ``got`` to ``target`` when it scales the share's odds
+    (bounded: one step at most 4x either way)."""
+    t, g = np.clip([target, got], eps, 1 - eps)
+    return float(np.clip((t / (1 - t)) / (g / (1 - g)), 0.25, 4.0))
 
 
 def _draw(weights: np.ndarray, u: float) -> int:

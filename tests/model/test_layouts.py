@@ -174,3 +174,38 @@ def test_a_layout_file_with_tensors_of_the_wrong_shape_is_a_one_line_error(tmp_p
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(NetdiffError, match="damaged layout file.*weights has shape"):
         LayoutChain.load(tmp_path)
+
+
+def _bursts(rng: random.Random, n: int, clients: int = 5, burst: int = 6) -> list[bytes]:
+    """TCP connections that each send a burst of segments, then another one's turn (random)."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    ports = [rng.randrange(1024, 65535) for _ in range(clients)]
+    out = []
+    while len(out) < n:
+        p = rng.choice(ports)
+        for _ in range(rng.randint(1, 2 * burst)):
+            out.append(bytes(Ether() / IP(src="10.0.0.3", dst="10.0.0.9") / TCP(sport=p, dport=443, flags="PA") / b"d"))
+    return out[:n]
+
+
+def test_calibrated_walks_go_on_with_the_last_flow_as_the_capture_does():
+    """The chain's own walks open new flows and go on with the most recent flow as often as the
+    training rows after a capture's first window did (the fitted choice model alone drifts
+    once it walks on its own draws)."""
+    bits = encode(PacketBatch.from_packets(_bursts(random.Random(3), 512)), NETDIFFUSION)[0]
+    windows = [bits[32 * k: 32 * (k + 1)] for k in range(16)]
+    from netdiff.model.layouts import port_columns
+
+    chain = LayoutChain.fit(windows, ["web"] * 16, streams=[0] * 16)
+    link, *_ = flow_events(np.concatenate(windows[1:]), port_columns(NETDIFFUSION))
+    want_last = float(np.mean(link[link >= 0] == 1))
+    assert want_last > 0.6
+    got = []
+    for seed in range(8):
+        g = torch.Generator().manual_seed(100 + seed)
+        ids = chain.sample_ids("web", 256, g)
+        _, taken = chain._walk(0, ids, g, port_columns(NETDIFFUSION))
+        got.append(np.mean(taken[taken >= 0] == 1))
+    assert abs(np.mean(got) - want_last) < 0.05, (np.mean(got), want_last)
