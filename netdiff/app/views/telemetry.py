@@ -114,6 +114,9 @@ def _results(ws) -> None:
     st.dataframe([{"metric": k, "value": metrics[k]} for k in ("m", "autocorrelation_mse", "cross_correlation",
                   "discriminative_score", "predictive_score", "predictive_score_real") if metrics.get(k) is not None],
                  hide_index=True)
+    note = (metrics.get("discriminative") or {}).get("note")
+    if metrics.get("discriminative_score") is None and note:
+        st.caption(f"discriminative score: {note}")     # too few sequences: no score, not 0.5
     down = metrics.get("downstream")
     if down:
         st.markdown(f"**forecaster** (LSTM, window {down['window']}): trained on real or synthetic, "
