@@ -103,8 +103,8 @@ def _forecast_scores(pred, true, lo, span):
             "mape": float(np.mean(np.abs((p[nz] - y[nz]) / y[nz])) * 100) if nz.any() else None}
 
 
-def _anomaly_scores(train_errors, errors, labels, cfg):
-    """DBSCAN on log reconstruction errors, standardised and with eps taken from the detector's
+def _flag(train_errors, errors, cfg):
+    """(flagged windows, eps): DBSCAN on log reconstruction errors, standardised and with eps taken from the detector's
     own training windows (the 99th percentile of their k-nearest-neighbour distance), so no
     test label informs the threshold. Anomalies: outside the most populous cluster and above its
     median error (a dense group of anomalies forms its own cluster, still not the normal one)."""
@@ -125,6 +125,11 @@ def _anomaly_scores(train_errors, errors, labels, cfg):
         flagged = (found != main) & (z > np.median(z[found == main]))
     else:
         flagged = np.zeros(len(z), bool)
+    return flagged, eps
+
+
+def _anomaly_scores(train_errors, errors, labels, cfg):
+    flagged, eps = _flag(train_errors, errors, cfg)
     tp = int((flagged & labels).sum())
     precision = tp / max(int(flagged.sum()), 1)
     recall = tp / max(int(labels.sum()), 1)
@@ -132,7 +137,21 @@ def _anomaly_scores(train_errors, errors, labels, cfg):
     return {"precision": precision, "recall": recall, "f1": f1, "flagged": int(flagged.sum()), "eps": eps}
 
 
+def _trace_windows(seq: np.ndarray, length: int, size: int) -> tuple[np.ndarray, list[int]]:
+    """Every window of ``size`` steps of one sequence ending in its last ``TRACE_STEPS`` steps
+    (stride 1), and the step each ends at."""
+    start = np.arange(max(0, length - size - TRACE_STEPS + 1), length - size + 1)
+    return seq[start[:, None] + np.arange(size)[None, :]].astype(np.float32), (start + size - 1).tolist()
+
+
+TRACE_STEPS = 400         # steps of the held-out sequence the traces show
+
+
 def evaluate(real: TelemetryData, synth: TelemetryData, config: DownstreamConfig | dict | None = None) -> dict:
+    """Forecaster and anomaly detector trained on synthetic and on real (training) sequences,
+    tested on held-out real ones: their scores, and ``trace``: on the longest held-out sequence
+    (its last ``TRACE_STEPS`` steps, original units), the actual series, each forecaster's
+    one-step predictions, and where each detector flagged a window of it with spikes injected."""
     cfg = config if isinstance(config, DownstreamConfig) else merge_config(DownstreamConfig, config)
     names = [f for f in real.feature_names if real.feature_kinds[f] == "continuous"]
     if not names:
@@ -158,6 +177,11 @@ def evaluate(real: TelemetryData, synth: TelemetryData, config: DownstreamConfig
     if test_len.max() <= W:
         raise NetdiffError("held-out real sequences are shorter than the window")
     out = {"window": W, "features": names, "forecast": {}, "anomaly": {}}
+    j = int(np.argmax(test_len))
+    trace_x, steps = _trace_windows(test_x[j], int(test_len[j]), W + 1)
+    trace = {"feature_names": names, "step": steps,
+             "actual": (trace_x[:, -1] * span + lo).T.tolist(), "predicted": {}, "flagged": {}}
+    out["trace"] = trace
 
     # forecasting: windows of W + 1 (input W, target the last)
     test_w = _windows(test_x, test_len, W + 1, cfg.max_windows, rng)
@@ -171,6 +195,9 @@ def evaluate(real: TelemetryData, synth: TelemetryData, config: DownstreamConfig
         with torch.no_grad():
             pred = model(torch.from_numpy(test_w[:, :-1]).to(dev)).cpu().numpy()
         out["forecast"][name] = _forecast_scores(pred.astype(np.float64), test_w[:, -1].astype(np.float64), lo, span)
+        with torch.no_grad():
+            tp = model(torch.from_numpy(trace_x[:, :-1]).to(dev)).cpu().numpy()
+        trace["predicted"][name] = (tp * span + lo).T.tolist()
 
     # anomaly detection on windows of W with injected spikes
     test_a = _windows(test_x, test_len, W, cfg.max_windows, rng)
@@ -178,6 +205,16 @@ def evaluate(real: TelemetryData, synth: TelemetryData, config: DownstreamConfig
     spiked = test_a.copy()
     at = rng.integers(0, W, size=len(test_a))
     spiked[np.flatnonzero(labels), at[labels]] += cfg.anomaly_size
+    # the trace: windows of W ending at each traced step, spikes at a few of its steps
+    trace_a, a_steps = _trace_windows(test_x[j], int(test_len[j]), W)
+    spikes = np.flatnonzero(rng.random(len(trace_a)) < cfg.anomaly_fraction)
+    trace_spiked = trace_a.copy()
+    for s in spikes:                      # a spike at step s shows in every window holding it
+        for k in range(s, min(s + W, len(trace_a))):
+            trace_spiked[k, W - 1 - (k - s)] += cfg.anomaly_size
+    trace["anomaly_step"] = a_steps
+    trace["anomaly_series"] = (trace_spiked[:, -1] * span + lo).T.tolist()
+    trace["injected"] = [a_steps[s] for s in spikes]
     for name, (x, lengths) in sets.items():
         if lengths.max() < W:  # e.g. a synthetic set of short sequences: nothing to train on
             out["anomaly"][name] = None
@@ -191,6 +228,10 @@ def evaluate(real: TelemetryData, synth: TelemetryData, config: DownstreamConfig
         errors = ((rec - spiked) ** 2).mean(axis=(1, 2))
         train_errors = ((rec_train - win) ** 2).mean(axis=(1, 2))
         out["anomaly"][name] = _anomaly_scores(train_errors, errors, labels, cfg)
+        with torch.no_grad():
+            rec_trace = model(torch.from_numpy(trace_spiked).to(dev)).cpu().numpy()
+        flagged, _ = _flag(train_errors, ((rec_trace - trace_spiked) ** 2).mean(axis=(1, 2)), cfg)
+        trace["flagged"][name] = [a_steps[k] for k in np.flatnonzero(flagged)]
     out["anomaly"]["injected"] = int(labels.sum())
     out["test_sequences"] = int(n_test)
     return out

@@ -178,7 +178,10 @@ def test_telemetry_page_train_evaluate_and_plots(ws, page):
         assert any(saved["discriminative"]["note"] in c.value for c in at.caption)
     forecast = at.dataframe[1].value.set_index("trained on")
     assert {"mse", "rmse", "mae", "mape"} <= set(forecast.columns)
-    assert len(at.get("vega_lite_chart")) == 2                # real vs synthetic series and distribution
+    # real vs synthetic series and distribution; forecast, residuals, flagged anomalies
+    assert len(at.get("vega_lite_chart")) == 5
+    trace = saved["downstream"]["trace"]
+    assert set(trace["predicted"]) == {"real", "synthetic"} and len(trace["step"]) > 0
     assert [c for im in at.get("image") for c in im.captions] == ["series.png", "autocorrelation.png",
                                                                    "distributions.png"]
 

@@ -81,6 +81,21 @@ def test_downstream_tasks_report_both_trainings(tiny_data, tiny_config):
         assert f["rmse"] == pytest.approx(np.sqrt(f["mse"])) and f["mae"] > 0 and f["mape"] > 0
         a = rep["anomaly"][side]
         assert 0 <= a["precision"] <= 1 and 0 <= a["recall"] <= 1 and 0 <= a["f1"] <= 1
+    # the traces on the longest held-out sequence, in the data's own units
+    tr = rep["trace"]
+    n = len(tr["step"])
+    assert n > 0 and tr["step"] == list(range(tr["step"][0], tr["step"][0] + n))
+    assert [len(x) for x in tr["actual"]] == [n] * len(tr["feature_names"])
+    for side in ("synthetic", "real"):
+        assert [len(x) for x in tr["predicted"][side]] == [n] * len(tr["feature_names"])
+        assert set(tr["flagged"][side]) <= set(tr["anomaly_step"])
+    names = tr["feature_names"]
+    values = tiny_data.features[..., [tiny_data.feature_names.index(f) for f in names]][tiny_data.mask()]
+    assert np.isin(np.round(tr["actual"][0], 4), np.round(values[:, 0], 4)).all()
+    spiked = np.array(tr["anomaly_series"][0])
+    at = [tr["anomaly_step"].index(s) for s in tr["injected"]]
+    clean = np.delete(spiked, at)
+    assert np.isin(np.round(clean, 4), np.round(values[:, 0], 4)).all()
     with pytest.raises(NetdiffError, match="window"):
         downstream.evaluate(tiny_data, tiny_data, {**tiny_config["downstream"], "window": 40})  # longer than every real sequence
 

@@ -84,6 +84,38 @@ def _train(ws) -> None:
     ui.job_panel(ws, "telemetry")
 
 
+def _traces(trace: dict, feature: str) -> None:
+    """The downstream tasks on the longest held-out real sequence: actual vs each forecaster's
+    one-step predictions and their residuals; the series with spikes injected and the steps
+    each detector flagged."""
+    f = trace["feature_names"].index(feature)
+    step = pd.Index(trace["step"], name="step")
+    actual = pd.Series(trace["actual"][f], index=step)
+    pred = {f"trained on {k}": pd.Series(v[f], index=step) for k, v in trace["predicted"].items()}
+    st.markdown(f"**forecast of {feature}**, one step ahead on a held-out real sequence")
+    st.line_chart(pd.DataFrame({"actual": actual, **pred}))
+    st.markdown("**residuals** (predicted - actual)")
+    st.line_chart(pd.DataFrame({k: v - actual for k, v in pred.items()}))
+    rows = [{"step": s, "value": v, "mark": "series"} for s, v in zip(trace["anomaly_step"], trace["anomaly_series"][f])]
+    value = dict(zip(trace["anomaly_step"], trace["anomaly_series"][f]))
+    rows += [{"step": s, "value": value[s], "mark": "injected spike"} for s in trace["injected"]]
+    rows += [{"step": s, "value": value[s], "mark": f"flagged (trained on {k})"}
+             for k, steps in trace["flagged"].items() for s in steps]
+    st.markdown(f"**anomaly detector on {feature}**: spikes injected, the windows each detector "
+                "flagged (at the window's last step)")
+    st.vega_lite_chart(pd.DataFrame(rows), {
+        "layer": [{"mark": "line", "transform": [{"filter": "datum.mark == 'series'"}],
+                   "encoding": {"x": {"field": "step", "type": "quantitative"},
+                                "y": {"field": "value", "type": "quantitative"}}},
+                  {"mark": {"type": "point", "filled": True, "size": 60},
+                   "transform": [{"filter": "datum.mark != 'series'"}],
+                   "encoding": {"x": {"field": "step", "type": "quantitative"},
+                                "y": {"field": "value", "type": "quantitative"},
+                                "color": {"field": "mark", "type": "nominal"},
+                                "shape": {"field": "mark", "type": "nominal"}}}]},
+        width="stretch")
+
+
 def _results(ws) -> None:
     runs = [r for r in ws.folders(RUNS) if ws.path(r, "metrics.json").is_file()]
     if not runs:
@@ -127,6 +159,8 @@ def _results(ws) -> None:
                     "spikes injected into the real test windows)")
         st.dataframe([{"trained on": k, **(v or {"note": "sequences too short for the window"})}
                       for k, v in down["anomaly"].items() if k != "injected"], hide_index=True)
+        if down.get("trace") and feature in down["trace"]["feature_names"]:
+            _traces(down["trace"], feature)
     for fig in metrics.get("plots", []):
         st.image(str(ws.path(run, fig)), caption=fig)
 
