@@ -229,8 +229,14 @@ def read_rows(bits: np.ndarray, layout: Layout, rules: dict,
     r.problems["IP length above the MTU"] = gen_len > mtu
     udp_gen = r.f.get("udp_len:gen")
     if udp_gen is not None:
-        r.problems["UDP length disagrees with the IP length"] = (r.proto == rules["udp"].number) & \
-            (udp_gen != gen_len - ip_hl)
+        udp = r.proto == rules["udp"].number
+        r.problems["UDP length disagrees with the IP length"] = udp & (udp_gen != gen_len - ip_hl)
+        # Two length fields, and the IP one leaves no payload where the UDP one gives some: the
+        # model drew them apart (they agree on 0.2% of generated UDP rows, 99.4% of real ones) and
+        # an empty datagram is rare (none of 5,803 real UDP rows of the shared captures), so the
+        # UDP length is taken; trusting the IP length left 18% of generated DNS datagrams empty.
+        empty = udp & (gen_len <= ip_hl + l4_hl) & (udp_gen > l4_hl)
+        payload = np.where(empty, np.clip(udp_gen - l4_hl, 0, mtu - ip_hl - l4_hl), payload)
     proto_gen = np.where(v6, r.f.get("ipv6_nh:gen", r.proto), r.f.get("ipv4_proto:gen", r.proto))
     r.problems["IP protocol number disagrees with the transport section"] = proto_gen != r.proto
     r.payload_len = payload

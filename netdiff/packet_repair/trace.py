@@ -275,23 +275,24 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
         CR.run(rules, "trace.flow", state)
         E.apply_dependencies(tcp_rules, f, tcp, r.payload_len)
 
-    # 4. Fields the rules hold constant per direction (TTL, hop limit): the median of the
-    # generated values of that direction, clamped to the rule's range. DF: the majority.
+    # 4. Fields the rules hold constant per direction (per: direction; TTL, hop limit, DF, TOS,
+    # traffic class, flow label): the value the rule's ``hold`` names, clamped to its range.
     changed = np.zeros(n, dtype=bool)
     for proto, mask in (("ipv4", ~v6), ("ipv6", v6)):
         for fr in rules[proto].fields:
             if fr.per != "direction" or not mask.any():
                 continue
             col = rules[proto].column(fr.name)
-            med = group_median(fd[mask], f[col][mask], 2 * G)[fd]
+            if fr.hold == "first":
+                vals = f[col][mask]
+                held = vals[np.maximum(group_first(fd[mask], 2 * G), 0)][fd]
+            else:
+                held = group_median(fd[mask], f[col][mask], 2 * G)[fd]
             if fr.range is not None:
-                med = np.clip(med, *fr.range)
-            changed |= mask & (med != f[col])
-            f[col] = np.where(mask, med, f[col])
+                held = np.clip(held, *fr.range)
+            changed |= mask & (held != f[col])
+            f[col] = np.where(mask, held, f[col])
     report["rows_changed_ttl"] = int(changed.sum())
-    df = (np.bincount(fd, weights=f["ipv4_dfbit"].astype(float), minlength=2 * G) /
-          np.maximum(np.bincount(fd, minlength=2 * G), 1)) >= 0.5
-    f["ipv4_dfbit"] = df[fd].astype(np.int64)
 
     # 5. Addresses (compute: address): one client and one server endpoint per flow.
     CR.run(rules, "trace.endpoints", state)

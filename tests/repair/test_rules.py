@@ -121,6 +121,28 @@ def test_lengths_add_up(mixed_image, field, value):
     np.testing.assert_array_equal(v["udp_len"][udp], v["ipv4_tl"][udp] - 4 * v["ipv4_hl"][udp])
 
 
+def test_udp_length_stands_in_for_an_ip_length_that_leaves_no_payload(mixed_image):
+    """UDP rows whose IP length covers only the headers but whose UDP length says 8 + 40 carry
+    40 bytes; with both lengths saying no payload they carry none."""
+    bits = mixed_image.copy()
+    rows = _rows_with(bits, "udp_len")
+    assert len(rows) > 10
+    half = rows[: len(rows) // 2]
+    _set(bits, rows, "ipv4_tl", 28)
+    _set(bits, rows, "ipv4_hl", 5)
+    _set(bits, half, "udp_len", 48)
+    _set(bits, rows[len(rows) // 2:], "udp_len", 8)
+    res = _repaired_ok(bits)
+    _, v = fields_of(res.batch)
+    kept = np.asarray(res.rows)
+    udp = v["ipv4_proto"] == 17
+    from_half = np.isin(kept, half) & udp
+    rest = np.isin(kept, rows[len(rows) // 2:]) & udp
+    assert from_half.any() and rest.any()
+    assert (v["udp_len"][from_half] >= 48).all()        # a payload template may grow it, never drop it
+    assert (v["udp_len"][rest] - 8 < 48).all()
+
+
 def test_protocol_number_follows_the_filled_sections(mixed_image):
     bits = mixed_image.copy()
     rows = _rows_with(bits, "tcp_sprt")
@@ -248,6 +270,22 @@ def test_broken_rule_file_is_a_one_line_error(tmp_path):
     (tmp_path / "udp.yaml").write_text((tmp_path / "udp.yaml").read_text().replace(
         "{name: len, bits: 16", "{name: len, bits: 12"))
     with pytest.raises(NetdiffError, match="udp.yaml.*do not match the nPrint section udp"):
+        E.load_rules(tmp_path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("{name: dfbit, bits: 1, per: direction, hold: first", "field dfbit: hold must be one of median, first"),
+    ("{name: dfbit, bits: 1, per: flow, hold: median", "field dfbit: per must be direction, not 'flow'"),
+    ("{name: dfbit, bits: 1, hold: median", "field dfbit: hold must be one of median, first, with per: direction"),
+])
+def test_held_field_rules_are_checked(tmp_path, edit, message):
+    for p in E.rules_dir().glob("*.yaml"):
+        shutil.copy(p, tmp_path / p.name)
+    text = (tmp_path / "ipv4.yaml").read_text()
+    assert "{name: dfbit, bits: 1, per: direction, hold: first" in text
+    bad = edit.replace("hold: first", "hold: middle")
+    (tmp_path / "ipv4.yaml").write_text(text.replace("{name: dfbit, bits: 1, per: direction, hold: first", bad))
+    with pytest.raises(NetdiffError, match="ipv4.yaml.*" + message):
         E.load_rules(tmp_path)
 
 

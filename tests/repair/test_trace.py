@@ -146,6 +146,30 @@ def test_endpoints_ip_id_ttl(mixed_image):
     assert all(t >= 1 for v in ttl.values() for t in v)
 
 
+def test_held_fields_keep_the_first_rows_value(mixed_image):
+    """DF (``hold: first``): the direction of the one row generated with DF set keeps it on every
+    packet, though most of its rows had it clear (a majority vote would clear it); every other
+    direction keeps its first row's clear bit. TTL (``hold: median``) stays one per direction."""
+    bits = mixed_image.copy()
+    df = L.fields["ipv4_dfbit"].start
+    v4 = np.flatnonzero(bits[:, df] != -1)
+    bits[v4, df] = 0
+    bits[v4[0], df] = 1
+    res = repair(bits, L, seed=3)
+    pkts = _packets(res.batch)
+    raw_df = [bool(res.batch.packet(i)[20] & 0x40) if p["ver"] == 4 else None for i, p in enumerate(pkts)]
+    k = int(np.flatnonzero(np.asarray(res.rows) == v4[0])[0])
+    key = lambda p: (p["src"], p["dst"], p.get("sport"), p.get("dport"), p["proto"])
+    mine = [i for i, p in enumerate(pkts) if key(p) == key(pkts[k])]
+    assert len(mine) > 1
+    assert all(raw_df[i] for i in mine)
+    assert not any(raw_df[i] for i, p in enumerate(pkts) if p["ver"] == 4 and key(p) != key(pkts[k]))
+    ttl = defaultdict(set)
+    for p in pkts:
+        ttl[key(p)].add(p["ttl"])
+    assert all(len(v) == 1 for v in ttl.values())
+
+
 def test_default_pool_is_private():
     res = repair(random_bits(L, 5), L, seed=5)
     for p in _packets(res.batch):
