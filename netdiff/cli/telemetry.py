@@ -77,6 +77,10 @@ def telemetry_group():
 @click.option("--epochs", type=click.IntRange(min=0),
               help="Override the config's epoch count (timegan: passes over the windows in each of its 3 phases).")
 @click.option("--seed", type=int, help="Random seed (default: the config's, else 0).")
+@click.option("--feature-scaling", type=click.Choice(["quantile", "minmax"]),
+              help="doppelganger: scale continuous features by their distribution function mixed with min-max "
+                   "(quantile; heavy tails, exact zeros) or by min-max alone (minmax, the behaviour before it) "
+                   "[default: the config's, else quantile].")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads for torch (1 is often fastest for these small models on a shared box).")
 @click.option("--sample-output", type=click.Path(dir_okay=False),
@@ -85,7 +89,8 @@ def telemetry_group():
 @locks_output("output")
 @locks_output("sample_output", folder=False)
 def train_cmd(kind, data_path, sequence_key, time_column, time_format, attributes, features, categorical,
-              window, stride, rows_per_sequence, configs, output, epochs, seed, threads, sample_output, sample_count):
+              window, stride, rows_per_sequence, configs, output, epochs, seed, feature_scaling, threads, sample_output,
+              sample_count):
     """Fit a model on DATA and save it (model.safetensors + config.json) in OUTPUT."""
     from netdiff.errors import NetdiffError
     from netdiff.telemetry import api
@@ -96,11 +101,14 @@ def train_cmd(kind, data_path, sequence_key, time_column, time_format, attribute
         raise NetdiffError(f"--model {kind} needs --sample-output (SDV models are not saved: they only pickle)")
     if not sdv and not output:
         raise NetdiffError("--output (the model folder) is required")
+    if feature_scaling and kind != "doppelganger":
+        raise NetdiffError(f"--feature-scaling applies to --model doppelganger, not {kind}")
     cfg = load_configs(configs)
     roles = _roles(cfg, sequence_key, time_column, time_format, attributes, features, categorical, window, stride,
                    rows_per_sequence)
     _threads(threads)
-    model, data = api.train(kind, data_path, roles, cfg, None if sdv else output, seed=seed, epochs=epochs, log=_say)
+    model, data = api.train(kind, data_path, roles, cfg, None if sdv else output, seed=seed, epochs=epochs, log=_say,
+                            options={"feature_scaling": feature_scaling})
     secs = model.history.get("epoch_seconds") or []
     per = f", {sum(secs) / len(secs):.3f} s/epoch" if secs else ""
     phases = model.history.get("phase_seconds") or []

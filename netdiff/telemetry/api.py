@@ -19,9 +19,10 @@ def _say(log, notes):
 
 
 def train(kind: str, data_path, roles: ColumnRoles, config: dict, output, seed: int | None = None,
-          epochs: int | None = None, progress: bool | None = None, log=None):
+          epochs: int | None = None, progress: bool | None = None, log=None, options: dict | None = None):
     """Load ``data_path`` with ``roles``, fit model ``kind`` and save it to ``output``.
-    ``log(line)`` hears what was inferred from the file (features, time format, names)."""
+    ``log(line)`` hears what was inferred from the file (features, time format, names);
+    ``options`` override the config's section for ``kind`` (None values are ignored)."""
     cls = modelio.model_class(kind)
     loaded = load_table(data_path, roles)
     data, roles = loaded.data, loaded.roles
@@ -30,7 +31,7 @@ def train(kind: str, data_path, roles: ColumnRoles, config: dict, output, seed: 
         raise NetdiffError(f"{kind} needs several sequences and the data is {data.n}: "
                            + ("cut the one series with --window N [--stride S]" if not roles.sequence_key
                               else "give more data or cut it with --window N [--stride S]"))
-    options = dict(config.get(kind) or {})
+    options = {**(config.get(kind) or {}), **{k: v for k, v in (options or {}).items() if v is not None}}
     if seed is not None:
         options["seed"] = seed
     if epochs is not None:
@@ -44,10 +45,22 @@ def train(kind: str, data_path, roles: ColumnRoles, config: dict, output, seed: 
     return model, data
 
 
+def saved_roles(meta: dict) -> ColumnRoles:
+    """The column roles a model was trained with, from its saved metadata. Models saved before
+    time formats were made concrete at training hold ``auto``; their time column was read as
+    numbers when ``times.datetime`` is false, and ``auto`` now reads epoch-range numbers as
+    dates, so such a model gets ``number`` back (its time interpretation must not change)."""
+    roles = ColumnRoles.from_dict(meta["roles"])
+    times = meta.get("times")
+    if roles.time_column and roles.time_format == "auto" and times and not times.get("datetime"):
+        roles = dataclasses.replace(roles, time_format="number")
+    return roles
+
+
 def write_samples(model, count: int, output, seed: int = 0) -> TelemetryData:
     """Sample a model in memory and write the sequences in long form (CSV or Parquet)."""
     synth = model.generate(count, seed=seed)
-    roles = ColumnRoles.from_dict(model.meta["roles"])
+    roles = saved_roles(model.meta)
     write_frame(to_frame(synth, output_sequence_column(roles), roles.time_column), output)
     return synth
 
@@ -58,7 +71,7 @@ def generate(model_dir, count: int, output, seed: int = 0) -> TelemetryData:
 
 def roles_of_model(model_dir) -> ColumnRoles:
     meta, _ = modelio.read(model_dir)
-    return ColumnRoles.from_dict(meta["roles"])
+    return saved_roles(meta)
 
 
 def load_synthetic(path, roles: ColumnRoles, time_is_datetime: bool, log=None) -> Loaded:

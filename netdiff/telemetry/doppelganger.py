@@ -61,9 +61,23 @@ class DGConfig:
     critic_lr: float = 1e-3
     beta1: float = 0.5
     critic_steps: int = 1
+    # > 0: generation uses an exponential moving average of the generators' weights over the
+    # training steps, with this decay per step. WGAN training oscillates and the last step can
+    # land on a poor generator (fcc_mba, training seed 2: M 0.028, 0.005 averaged at 0.99), but
+    # the average also smooths the dynamics (autocorrelation error about 2x on device_data), so
+    # it is off by default (docs/telemetry.md has the figures)
+    generator_ema: float = 0.0
     self_norm: bool = True
+    # the generated per-sequence range [mid - half, mid + half] kept inside [0, 1] (half = sigmoid
+    # times min(mid, 1 - mid)); off, it may overshoot and the overshoot decodes to the column's
+    # extreme value. Models saved before this option were trained without it (``from_saved``).
+    bounded_range: bool = True
     gen_flags: str | bool = "auto"  # auto: on when training lengths differ
     log_columns: list = field(default_factory=list)
+    # "quantile": each continuous feature through its distribution function mixed with its min-max
+    # position (``quantile_weight`` of the former; see netdiff.telemetry.scaling), "minmax": min-max
+    feature_scaling: str = "quantile"
+    quantile_weight: float = 0.8
     dp: bool = False
     dp_noise_multiplier: float = 1.0
     dp_max_grad_norm: float = 1.0
@@ -79,6 +93,7 @@ class _Networks(nn.Module):
         self.addi_dim = 2 * n_cont if cfg.self_norm else 0
         self.step_dim = enc.feature_dim + (2 if flags else 0)
         self.steps, self.sample_len, self.flags = steps, cfg.sample_len, flags
+        self.bounded_range = cfg.bounded_range
         self.attr_noise, self.feat_noise = cfg.attribute_noise_dim, cfg.feature_noise_dim
         cond = self.attr_dim + self.addi_dim
 
@@ -114,6 +129,9 @@ class _Networks(nn.Module):
         if self.addi_dim:
             # The min/max generator sees the attributes but does not push gradients into them.
             addi = torch.sigmoid(self.addi_gen(torch.cat([attributes.detach(), z(n, self.attr_noise)], 1)))
+            if self.bounded_range:
+                mid = addi[:, :self.n_cont]
+                addi = torch.cat([mid, addi[:, self.n_cont:] * torch.minimum(mid, 1.0 - mid)], 1)
             cond = torch.cat([attributes, addi], 1)
         noise = z(n, self.steps, self.feat_noise)
         if self.lstm.num_layers == 1 and dev.type == "cpu":  # cuDNN's LSTM is the better one on GPU
@@ -486,13 +504,22 @@ class DoppelGANger:
         cfg = self.config
         if cfg.sample_len < 1:
             raise NetdiffError("doppelganger.sample_len must be >= 1")
-        self.encoder = Encoder.fit(data, cfg.log_columns)
+        self.encoder = Encoder.fit(data, cfg.log_columns, cfg.feature_scaling, cfg.quantile_weight)
         T = int(cfg.max_length or data.lengths.max())
         steps = math.ceil(T / cfg.sample_len)
         flags = (cfg.gen_flags is True or cfg.gen_flags == "true"
                  or (cfg.gen_flags == "auto" and len(np.unique(np.minimum(data.lengths, T))) > 1))
         self.max_length = T
         self.net = _Networks(cfg, self.encoder, len(self.encoder.continuous_feature_slots()), steps, flags).to(self.device)
+        if flags:
+            # Freshly initialised, the end flag wins about half of the steps and the first win ends
+            # the sequence: briefly trained models generated length-1 sequences (always, with no
+            # attributes to vary the flag logits). "Continue" starts ahead by the log odds of a
+            # training step continuing, so training starts from long sequences and shortens them.
+            mean_len = float(np.minimum(data.lengths, T).mean())
+            bias = self.net.feat_out.bias.view(cfg.sample_len, self.net.step_dim)
+            with torch.no_grad():
+                bias[:, -2] += math.log(max(mean_len - 1, 1.0))
 
     # ------------------------------------------------------------------ training
     def fit(self, data: TelemetryData, epochs: int | None = None, progress: bool | None = None):
@@ -516,6 +543,12 @@ class DoppelGANger:
         net.train()
         # the critics' real inputs for every sequence, made once: a batch is two row gathers
         real_all, cond_all = (t.contiguous() for t in net.critic_inputs(attrs, addi, feats))
+        if not 0.0 <= cfg.generator_ema < 1.0:
+            raise NetdiffError(f"doppelganger.generator_ema must be in [0, 1), not {cfg.generator_ema}")
+        # batch-norm running statistics are averaged with the weights they were measured under
+        averaged = [t for m in net.generators() for t in list(m.parameters()) + list(m.buffers())
+                    if t.is_floating_point()]
+        ema = [t.detach().clone() for t in averaged] if cfg.generator_ema and epochs else None
         for _ in tqdm(range(epochs), desc="doppelganger", disable=progress is False or None, leave=False):
             t0, c0 = time.perf_counter(), time.process_time()
             perm = torch.randperm(n, generator=g, device=self.device)
@@ -538,10 +571,18 @@ class DoppelGANger:
                 opt_g.zero_grad(set_to_none=True)
                 g_loss = self._generator_backward(critics, fake)
                 opt_g.step()
+                if ema is not None:
+                    with torch.no_grad():
+                        for e, t in zip(ema, averaged):
+                            e.lerp_(t, 1.0 - cfg.generator_ema)
             hist["epoch_seconds"].append(time.perf_counter() - t0)
             hist["epoch_cpu_seconds"].append(time.process_time() - c0)
             hist["critic_loss"].append(float(d_loss.detach()))
             hist["generator_loss"].append(float(g_loss.detach()))
+        if ema is not None:
+            with torch.no_grad():
+                for e, t in zip(ema, averaged):
+                    t.copy_(e)
         if dp:
             hist["dp"] = dp.report(epochs * batches * cfg.critic_steps)
         self.history = hist
@@ -653,7 +694,8 @@ class DoppelGANger:
 
     @classmethod
     def from_saved(cls, meta: dict, tensors: dict):
-        self = cls(meta["config"])
+        # options added later: absent from a folder saved before them, they take the old behaviour
+        self = cls({"bounded_range": False, "feature_scaling": "minmax", **meta["config"]})
         self.encoder = Encoder.from_dict(meta["encoder"])
         self.max_length, self.times, self.history = meta["max_length"], meta["times"], meta.get("history", {})
         self.net = _Networks(self.config, self.encoder, len(self.encoder.continuous_feature_slots()),

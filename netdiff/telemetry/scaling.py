@@ -1,8 +1,18 @@
 """Per-column encoding between ``TelemetryData`` and network tensors, saved with the model.
 
 Continuous columns are min-max scaled to [0, 1] (optionally after log1p, for counters that span
-orders of magnitude); categorical columns become one-hot blocks. ``Encoder.to_dict`` is plain
-JSON so a saved model carries its own scaling.
+orders of magnitude), or, for ``quantile`` scaling, placed at a mix of their probability under
+the training values' distribution function and their min-max position (``knot_positions``:
+``QUANTILE_KNOTS`` quantiles saved with the model); categorical columns become one-hot blocks.
+``Encoder.to_dict`` is plain JSON so a saved model carries its own scaling.
+
+Why the quantile map: a GAN's sigmoid outputs spread over [0, 1] far more easily than they
+squeeze into the bottom 2% of it, which is where min-max puts most values of a heavy-tailed
+load (device_data: the median sits at 0.006 of the range). Its inverse also brings a point
+mass back exactly: a feature that is 0 in 98% of the rows (fcc_mba's ping loss) is encoded
+in the middle of the zeros' interval, and everything generated inside that interval decodes
+to 0 again. The min-max share keeps resolution at the top, where a pure distribution
+function turns a small generator error into a large one in the original units.
 """
 from __future__ import annotations
 
@@ -24,6 +34,10 @@ class ColumnSpec:
     hi: float = 1.0
     log: bool = False
     categories: list | None = None
+    # quantile scaling: the values at probabilities 0, 1/(K-1), .., 1 (nondecreasing); None: min-max.
+    # Models saved before it existed have no such key and keep min-max.
+    quantiles: list | None = None
+    quantile_weight: float = 1.0  # see knot_positions
 
     @property
     def dim(self) -> int:
@@ -39,6 +53,9 @@ class ColumnSpec:
             np.put_along_axis(out, idx[..., None], valid[..., None].astype(np.float32), axis=-1)
             return out
         v = np.asarray(values, np.float64)
+        if self.quantiles is not None:
+            u = quantile_encode(v, np.asarray(self.quantiles, np.float64), self.quantile_weight)
+            return u.astype(np.float32)[..., None]
         if self.log:
             v = np.log1p(np.maximum(v, 0.0))
         span = self.hi - self.lo
@@ -49,15 +66,58 @@ class ColumnSpec:
         """(..., dim) -> codes (categorical, float) or values (continuous)."""
         if self.kind == "categorical":
             return np.argmax(block, axis=-1).astype(np.float64)
+        if self.quantiles is not None:
+            return quantile_decode(block[..., 0].astype(np.float64), np.asarray(self.quantiles, np.float64),
+                                   self.quantile_weight)
         v = self.lo + np.clip(block[..., 0].astype(np.float64), 0.0, 1.0) * (self.hi - self.lo)
         return np.expm1(v) if self.log else v
 
 
-def _fit_column(name, kind, values, log, categories=None) -> ColumnSpec:
+QUANTILE_KNOTS = 1001
+SCALINGS = ("minmax", "quantile")
+
+
+def knot_positions(q: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """Where knots ``q`` sit in [0, 1]: ``weight`` times their probability (evenly spaced) plus
+    ``1 - weight`` times their min-max position. Strictly increasing for weight > 0."""
+    p = np.linspace(0.0, 1.0, len(q))
+    span = q[-1] - q[0]
+    return weight * p + (1.0 - weight) * ((q - q[0]) / span if span > 0 else p)
+
+
+def quantile_encode(v: np.ndarray, q: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """Values -> [0, 1], piecewise linear through knots ``q`` at ``knot_positions``; a value
+    equal to a run of equal knots (a point mass) maps to the middle of that run. NaN stays NaN."""
+    pos = knot_positions(q, weight)
+    knots, first = np.unique(q, return_index=True)
+    last = np.r_[first[1:] - 1, len(q) - 1]
+    left, right = pos[first], pos[last]
+    if len(knots) == 1:
+        return np.where(np.isnan(v), np.nan, 0.5)
+    i = np.clip(np.searchsorted(knots, v, side="right") - 1, 0, len(knots) - 2)
+    with np.errstate(invalid="ignore"):
+        t = np.clip((v - knots[i]) / (knots[i + 1] - knots[i]), 0.0, 1.0)
+    u = right[i] + t * (left[i + 1] - right[i])
+    j = np.clip(np.searchsorted(knots, v, side="left"), 0, len(knots) - 1)
+    u = np.where(knots[j] == v, (left[j] + right[j]) / 2, u)
+    return np.where(np.isnan(v), np.nan, u)
+
+
+def quantile_decode(u: np.ndarray, q: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """Inverse of ``quantile_encode``: [0, 1] -> values; a point mass's whole interval maps to it."""
+    return np.interp(np.clip(u, 0.0, 1.0), knot_positions(q, weight), q)
+
+
+def _fit_column(name, kind, values, log, categories=None, scaling="minmax", weight=1.0) -> ColumnSpec:
     if kind == "categorical":
         return ColumnSpec(name, kind, categories=list(categories))
     v = np.asarray(values, np.float64)
     v = v[~np.isnan(v)]
+    if scaling == "quantile" and len(v):
+        # log1p is monotone, so a log column has the same distribution function: ``log`` stays off
+        q = np.quantile(v, np.linspace(0.0, 1.0, min(QUANTILE_KNOTS, max(2, len(v)))))
+        return ColumnSpec(name, kind, float(v.min()), float(v.max()), False, quantiles=q.tolist(),
+                          quantile_weight=weight)
     if log:
         if (v < 0).any():
             raise NetdiffError(f"column {name!r} has negative values: cannot log-scale it")
@@ -72,7 +132,14 @@ class Encoder:
     features: list[ColumnSpec]
 
     @classmethod
-    def fit(cls, data: TelemetryData, log_columns=()) -> "Encoder":
+    def fit(cls, data: TelemetryData, log_columns=(), feature_scaling: str = "minmax",
+            quantile_weight: float = 1.0) -> "Encoder":
+        """``feature_scaling`` ("minmax" or "quantile") applies to continuous features; attributes
+        are always min-max (one value per sequence: too few for a smooth distribution function)."""
+        if feature_scaling not in SCALINGS:
+            raise NetdiffError(f"feature scaling must be one of {', '.join(SCALINGS)}, not {feature_scaling!r}")
+        if not 0.0 < quantile_weight <= 1.0:  # above 1 the map stops being monotone
+            raise NetdiffError(f"quantile_weight must be in (0, 1], not {quantile_weight}")
         attrs = []
         for a in data.attribute_names:
             col = data.attributes[a]
@@ -86,7 +153,7 @@ class Encoder:
         for j, f in enumerate(data.feature_names):
             kind = data.feature_kinds[f]
             feats.append(_fit_column(f, kind, data.features[..., j][mask], f in log_columns,
-                                     data.feature_categories.get(f)))
+                                     data.feature_categories.get(f), feature_scaling, quantile_weight))
         return cls(attrs, feats)
 
     # ---- sizes and output groups (for per-group activations)

@@ -268,3 +268,16 @@ def test_fused_adam_matches_torch_adam():
         ref.step()
     for p, q in zip(a, b):
         assert torch.allclose(p, q)
+
+
+def test_no_attributes_briefly_trained_is_not_length_one(tiny_config):
+    """With no attributes nothing varied the random flag logits: every sequence ended at step 1."""
+    from netdiff.telemetry.data import ColumnRoles, from_long
+    from telemetry_helpers import make_long
+
+    roles = {"sequence_key": ["host"], "time_column": "ts", "features": ["load", "queue"]}
+    data = from_long(make_long(), ColumnRoles.from_dict(roles))
+    model = DoppelGANger(tiny_config["doppelganger"]).fit(data, progress=False)
+    assert model.net.flags and not model.net.attr_dim
+    synth = model.generate(40, seed=0)
+    assert synth.lengths.min() > 1 and synth.lengths.mean() >= data.lengths.mean()
