@@ -395,12 +395,18 @@ def _sequence_space(state: TraceState, pr):
 
 
 def sequence_numbers(state: TraceState, targets) -> None:
-    """``compute: sequence``: the direction's first generated number + what it sent before."""
+    """``compute: sequence``: the direction's first generated number (with priors: a random
+    one) + what it sent before."""
     f = state.r.f
     for pr, fr in targets:
         col = pr.column(fr.name)
         rows_p, syn, first_fd, seglen = _sequence_space(state, pr)
         isn = f[col][first_fd[np.maximum(state.fd, 0)]]
+        if state.priors is not None:
+            # Stacks pick initial sequence numbers at random (RFC 6528); the model's ISN bits
+            # reproduce the training flows' prefixes, which the judge reads (tcp_seq importance
+            # 0.17 -> 0.04 with a uniform draw per direction, docs/results.md stop 26).
+            isn = state.priors.rng.integers(0, 1 << fr.bits, size=len(first_fd))[np.maximum(state.fd, 0)]
         sent_before = group_excl_cumsum(state.fd, seglen)
         seq = np.where(syn, isn, isn + sent_before) & ((1 << fr.bits) - 1)
         f[col] = np.where(rows_p, seq, f[col])
@@ -408,7 +414,8 @@ def sequence_numbers(state: TraceState, targets) -> None:
 
 def acknowledgement_numbers(state: TraceState, targets) -> None:
     """``compute: acknowledgement``: the other side's first sequence number + what it sent
-    before this row; the generated value while the other side has not spoken. Runs after
+    before this row; where the other side sends nothing, the generated value (with priors: one
+    random value per direction). Runs after
     ``sequence_numbers``, whose value at a direction's first row is that direction's first
     number. Zero without ACK is the file's dependency, applied after this stage."""
     f, flow, direction = state.r.f, state.flow, state.direction
@@ -425,7 +432,12 @@ def acknowledgement_numbers(state: TraceState, targets) -> None:
         cum_other = np.where(direction == 0, group_excl_cumsum(flow, per_dir[1]),
                              group_excl_cumsum(flow, per_dir[0]))
         other_isn = np.where(other_first >= 0, f[pr.column(seq.name)][np.maximum(other_first, 0)], 0)
-        ack = np.where(other_first >= 0, (other_isn + cum_other) & ((1 << fr.bits) - 1), f[col])
+        silent = f[col]
+        if state.priors is not None:
+            # a peer that sends nothing in the capture leaves the number where it was: one
+            # random value per direction (its ISN is as random as any)
+            silent = state.priors.rng.integers(0, 1 << fr.bits, size=len(first_fd))[np.maximum(state.fd, 0)]
+        ack = np.where(other_first >= 0, (other_isn + cum_other) & ((1 << fr.bits) - 1), silent)
         f[col] = np.where(rows_p, ack, f[col])
 
 

@@ -52,7 +52,8 @@ def _packets(batch) -> list[dict]:
             p["dport"] = int.from_bytes(raw[l4 + 2:l4 + 4], "big")
             p["plen"] = total - hl - (8 if proto == 17 else (raw[l4 + 12] >> 4) * 4)
         if proto == 6:
-            p.update(flags=raw[l4 + 13], win=int.from_bytes(raw[l4 + 14:l4 + 16], "big"))
+            p.update(flags=raw[l4 + 13], win=int.from_bytes(raw[l4 + 14:l4 + 16], "big"),
+                     seq=int.from_bytes(raw[l4 + 4:l4 + 8], "big"), ack=int.from_bytes(raw[l4 + 8:l4 + 12], "big"))
         out.append(p)
     return out
 
@@ -181,6 +182,36 @@ def test_flows_keep_their_ports_and_hosts_one_ttl(sample_priors):
         ttl_by_host[p["src"]].add(p["ttl"])
     assert all(len(v) == 1 for v in ttl_by_host.values())
     assert len(by_client) == res.report["flows"]             # no two flows merged into one
+
+
+def test_priors_draw_initial_sequence_numbers(sample_priors):
+    """The image says every sequence and acknowledgement number is 0: without priors the flows
+    count up from 0; with priors each direction starts at its own random number (RFC 6528), and
+    a direction whose peer sends nothing acknowledges one number throughout."""
+    pri, _ = sample_priors
+    bits = _images()["random"].copy()
+    for name in ("tcp_seq", "tcp_ackn"):
+        sl = L.fields[name]
+        rows = np.any(bits[:, sl] != -1, axis=1)
+        bits[np.ix_(rows, np.arange(sl.start, sl.stop))] = 0
+
+    def firsts(batch):
+        first, acks, dirs = {}, defaultdict(set), set()
+        for p in _packets(batch):
+            if p["proto"] == 6:
+                d = (p["src"], p["sport"], p["dst"], p["dport"])
+                dirs.add(d)
+                first.setdefault(d, p["seq"])
+                if p["flags"] & 0x10:
+                    acks[d].add(p["ack"])
+        silent = {d: a for d, a in acks.items() if (d[2], d[3], d[0], d[1]) not in dirs}
+        return first, silent
+
+    plain, _ = firsts(repair(bits, L, seed=9, klass="web_tcp").batch)
+    drawn, silent = firsts(repair(bits, L, seed=9, priors=pri, klass="web_tcp").batch)
+    assert len(plain) > 3 and all(v == 0 for v in plain.values())
+    assert len(set(drawn.values())) == len(drawn) and max(drawn.values()) >= 1 << 24
+    assert silent and all(len(a) == 1 for a in silent.values())
 
 
 def test_same_seed_same_bytes(sample_priors):
