@@ -394,6 +394,12 @@ def _sequence_space(state: TraceState, pr):
     return rows_p, syn, first_fd, seglen
 
 
+def _random_per_direction(state: TraceState, bits: int, directions: int) -> np.ndarray:
+    """One uniform ``bits``-bit number per flow direction, from the priors' seeded generator,
+    spread over the rows."""
+    return state.priors.rng.integers(0, 1 << bits, size=directions)[np.maximum(state.fd, 0)]
+
+
 def sequence_numbers(state: TraceState, targets) -> None:
     """``compute: sequence``: the direction's first generated number (with priors: a random
     one) + what it sent before."""
@@ -406,7 +412,7 @@ def sequence_numbers(state: TraceState, targets) -> None:
             # Stacks pick initial sequence numbers at random (RFC 6528); the model's ISN bits
             # reproduce the training flows' prefixes, which the judge reads (tcp_seq importance
             # 0.17 -> 0.04 with a uniform draw per direction, docs/results.md stop 26).
-            isn = state.priors.rng.integers(0, 1 << fr.bits, size=len(first_fd))[np.maximum(state.fd, 0)]
+            isn = _random_per_direction(state, fr.bits, len(first_fd))
         sent_before = group_excl_cumsum(state.fd, seglen)
         seq = np.where(syn, isn, isn + sent_before) & ((1 << fr.bits) - 1)
         f[col] = np.where(rows_p, seq, f[col])
@@ -436,7 +442,7 @@ def acknowledgement_numbers(state: TraceState, targets) -> None:
         if state.priors is not None:
             # a peer that sends nothing in the capture leaves the number where it was: one
             # random value per direction (its ISN is as random as any)
-            silent = state.priors.rng.integers(0, 1 << fr.bits, size=len(first_fd))[np.maximum(state.fd, 0)]
+            silent = _random_per_direction(state, fr.bits, len(first_fd))
         ack = np.where(other_first >= 0, (other_isn + cum_other) & ((1 << fr.bits) - 1), silent)
         f[col] = np.where(rows_p, ack, f[col])
 
