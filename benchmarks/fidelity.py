@@ -5,7 +5,7 @@ against real traffic the model never saw, and read every number next to its floo
         [--config small|tiny|compact] [--steps N] [--train-minutes M] [--count 12] [--eval-count N]
         [--jobs N] [--seed 0] [--classes dns,ssh]
         [--levels in,unseen] [--threads 1] [--skip-train] [--max-packets-per-file N]
-        [--priors | --no-priors] [--no-compliance] [--figures]
+        [--priors | --no-priors] [--no-compliance] [--figures] [--restamped]
 
 Levels (each a train and a test folder of ``<class>/*.pcap`` under ``--work/<level>/``):
 
@@ -30,7 +30,9 @@ reproduced its training data exactly would score on held-out traffic. Beside it 
 on by default) the training side cut into captures of the generated images' height: the flow
 measures count flows per capture, so a generated capture of 128 packets cuts every longer flow
 where a whole real capture does not; that column shows how much of a distance the cut alone
-makes. Next to them, evaluate's
+makes; with ``--restamped`` those windows again with their timestamps drawn by the timing
+model, so the timing model's own share is told apart from the generator's structure. Next to
+them, evaluate's
 own calibration rows from the generated set's report: the column-marginal sampler (the naive
 baseline) and real vs real (evaluate's A/B split of the test side). Sample spread
 (netdiff.eval.spread) compares generated images of a class with each other, and the real
@@ -61,7 +63,12 @@ GEN, PRIORS, FLOOR, MARGINAL, REAL = ("generated", "generated + class priors", "
 # when whole flows are cut at the image's edge as every generated capture is (the flow measures
 # count flows per capture), so the window's share of a distance is told apart from the model's.
 WINDOWS = "real windows (train cut to image height)"
-REPORT_DIRS = {GEN: "generated", PRIORS: "generated_priors", FLOOR: "floor", WINDOWS: "real_windows"}
+# The same windows with every timestamp drawn anew by the timing model repair uses (each gap for
+# its packet's kind in the window's own flows), bytes and order kept: what the timing model alone
+# costs the flow measures, apart from the structure the generator draws (--restamped).
+RESTAMPED = "real windows re-stamped (timing model)"
+REPORT_DIRS = {GEN: "generated", PRIORS: "generated_priors", FLOOR: "floor", WINDOWS: "real_windows",
+               RESTAMPED: "real_windows_restamped"}
 TRAIN_STAMP = "bench_train.json"     # written into the model folder: what it was trained on
 DCR_UNITS = ("packets", "flows")      # generated pcaps hold 32-packet images; evaluate's 1024-row
 #                                       "images" unit would compare them with whole training files
@@ -85,6 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="repair worker processes (default: 1)")
     p.add_argument("--windows", action=argparse.BooleanOptionalAction, default=True,
                    help="also score the training side cut into captures of the image height (default: on)")
+    p.add_argument("--restamped", action="store_true",
+                   help="also score the real windows re-stamped by the timing model (needs --windows)")
     p.add_argument("--rows", type=int,
                    help="packets per generated image, a multiple of the config's height (default: the "
                         "config's height); flows can run across the windows of a taller image")
@@ -407,6 +416,32 @@ def cut_windows(train: Path, out: Path, rows: int) -> Path:
     return out
 
 
+def restamp(windows: Path, out: Path, timing_path: Path, seed: int) -> Path:
+    """Every capture under ``windows`` with its timestamps drawn anew by the timing model at
+    ``timing_path`` (the first packet keeps its time; each gap drawn for its packet's kind,
+    timing.gap_kinds over the capture's own flows, as repair draws them); bytes and order kept."""
+    import numpy as np
+
+    from netdiff.bits.codec import encode, flow_sides
+    from netdiff.bits.layout import NPRINT
+    from netdiff.io.pcap import read_capture
+    from netdiff.packet_repair.timing import TimingModel, gap_kinds
+
+    model = TimingModel.load(timing_path)
+    shutil.rmtree(out, ignore_errors=True)
+    for k, f in enumerate(sorted(windows.rglob("*.pcap"))):
+        batch, info = read_capture(f)
+        if len(batch) > 1:
+            _, p = encode(batch, NPRINT)
+            key, side = flow_sides(p)       # -1 for a packet not parsed: a gap of the class's own
+            gaps = model.gaps(len(batch) - 1, f.parent.name, seed + k, kinds=gap_kinds(key, sides=side))
+            t0 = int(batch.ts_sec[0]) * 10 ** 9 + int(batch.ts_nsec[0])
+            t = t0 + np.concatenate([[0], np.cumsum(np.rint(gaps * 1e9).astype(np.int64))])
+            batch.ts_sec, batch.ts_nsec = t // 10 ** 9, t % 10 ** 9
+        write_rows(batch, np.arange(len(batch)), info, out / f.parent.name / f.name)
+    return out
+
+
 # --- 3. sample spread ---------------------------------------------------------------------------
 
 def spreads(gen_images: Path, train_images: Path, classes: list[str], height: int, seed: int) -> dict:
@@ -508,8 +543,9 @@ def level_table(reports: dict, spread: dict, classes: list[str]) -> dict:
     # The floor's "synthetic" set is the training set itself, so its own DCR is 0 by construction;
     # the held-out real (test) records against the training set are the DCR floor.
     cols[FLOOR] = overall_metrics(reports[FLOOR], dcr_side="holdout")
-    if WINDOWS in reports:
-        cols[WINDOWS] = overall_metrics(reports[WINDOWS], dcr_side="holdout")
+    for name in (WINDOWS, RESTAMPED):
+        if name in reports:
+            cols[name] = overall_metrics(reports[name], dcr_side="holdout")
     cols[MARGINAL] = overall_metrics(cal["column_marginal"])
     cols[REAL] = overall_metrics(cal["real_vs_real"])
     # TSTR of real vs real is TRTR (trained on the test side's half A): its own row.
@@ -556,7 +592,8 @@ def fmt(x) -> str:
 
 def markdown_level(level: str, res: dict) -> str:
     table = res["table"]
-    cols = [c for c in (GEN, PRIORS, FLOOR, WINDOWS, MARGINAL, REAL, "generated / floor", "generated / real windows")
+    cols = [c for c in (GEN, PRIORS, FLOOR, WINDOWS, RESTAMPED, MARGINAL, REAL, "generated / floor",
+                        "generated / real windows")
             if any(c in v for v in table["overall"].values())]
     lines = [f"### {LEVELS[level]} (`{level}`)", "",
              f"config {res['model']['config']}, {res['model'].get('steps')} steps"
@@ -680,11 +717,13 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
     candidates = {GEN: pcaps[GEN], FLOOR: work / "train", **({PRIORS: pcaps[PRIORS]} if PRIORS in pcaps else {})}
     if args.windows:
         candidates[WINDOWS] = cut_windows(work / "train", work / "real_windows", args.rows or height)
+        if args.restamped:
+            candidates[RESTAMPED] = restamp(candidates[WINDOWS], work / "real_windows_restamped", timing, draw)
     for name, synth in candidates.items():
         out = work / "reports" / REPORT_DIRS[name]
         reports[name] = netdiff.evaluate(work / "test", synth, out, training=work / "train", seed=args.seed,
                                          figures=args.figures, compliance=args.compliance)
-        head = overall_metrics(reports[name], dcr_side="holdout" if name in (FLOOR, WINDOWS) else "synthetic")
+        head = overall_metrics(reports[name], dcr_side="holdout" if name in (FLOOR, WINDOWS, RESTAMPED) else "synthetic")
         phases.done(f"evaluate {name.split(' (')[0]}", ", ".join(
             f"{m} {fmt(head[m])}" for m in ("packet C2ST AUC", "TSTR macro-F1", "header-field JSD",
                                             "field MI distance", "flow size-duration JSD")))

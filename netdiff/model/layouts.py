@@ -73,15 +73,34 @@ def flow_links(image: np.ndarray, ports: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 SIZE_EDGES = np.array([2, 3, 4, 8])     # a flow's packets so far: 1, 2, 3, 4-7, 8 or more
-N_STATES = 2 * (len(SIZE_EDGES) + 1)    # x whether its last packet ran against its first
+N_BASE = 2 * (len(SIZE_EDGES) + 1)      # x whether its last packet ran against its first
+# x how late the flow is: rows since its last packet over its own pace (rows per packet so far,
+# + 1; a flow of one packet counts a pace of 1): on time, late, long overdue. Without it a flow
+# that had ended looked to the next row like one pausing, and went on again hundreds of rows
+# later: generated video-conferencing flows spanned 12 rows per packet where the captures' span
+# 2.6 (their packets come in bursts, then the flow ends), so at 1024 packets an image's flows
+# lasted 16 s where the captures' last 0.8 s. Files saved before it have N_BASE states.
+LATE_EDGES = (2.0, 6.0)
+N_STATES = N_BASE * (len(LATE_EDGES) + 1)
+LATE_ROWS = (1, 8, 20)      # rows since the last packet that put a flow of pace 1 in each bucket
 
 
-def flow_state(packets: int, last_reversed: bool) -> int:
-    """What a flow looks like to the next packet: how many packets it has, which way its last went."""
-    return 2 * sum(packets >= e for e in _EDGES) + int(last_reversed)
+def flow_state(packets: int, last_reversed: bool, late: int = 0) -> int:
+    """What a flow looks like to the next packet: how many packets it has, which way its last
+    went, how late it is (``lateness``)."""
+    return 2 * sum(packets >= e for e in _EDGES) + int(last_reversed) + N_BASE * late
+
+
+def lateness(rows_since: int, packets: int, span: int) -> int:
+    """0, 1 or 2: a flow whose last packet was ``rows_since`` rows ago and whose first ``span``
+    rows before its last, against ``LATE_EDGES``."""
+    pace = span / (packets - 1) if packets > 1 else 1.0
+    ratio = rows_since / (pace + 1.0)
+    return int(ratio > _LATE[0]) + int(ratio > _LATE[1])
 
 
 _EDGES = tuple(int(e) for e in SIZE_EDGES)      # plain ints: flow_state runs once per sampled row
+_LATE = tuple(float(e) for e in LATE_EDGES)
 STATE_PACKETS = (1,) + _EDGES                   # a flow with a state's packets (the bucket's least)
 
 
@@ -95,14 +114,18 @@ def flow_events(image: np.ndarray, ports: dict, every: int | None = None):
     rev = np.zeros(image.shape[0], dtype=bool)
     states: list[np.ndarray] = []
     chosen = np.full(image.shape[0], -1, dtype=np.int64)
-    # per transport, most recent first: [port key, first sport, packets, last reversed]
+    # per transport, most recent first: [port key, first sport, packets, last reversed, first row, last row]
     recent: dict[str, list[list]] = {t: [] for t in ports}
     snaps = []
+
+    def state(f, i):
+        return flow_state(f[2], f[3], lateness(i - f[5], f[2], f[5] - f[4]))
+
     for i, row in enumerate(image):
         if every and i and i % every == 0:
             snap = np.full((len(ports), MAX_LINK), -1, dtype=np.int8)
             for j, fl in enumerate(recent.values()):
-                st = [flow_state(f[2], f[3]) for f in fl[:MAX_LINK]]
+                st = [state(f, i) for f in fl[:MAX_LINK]]
                 snap[j, :len(st)] = st
             snaps.append(snap)
         t = _transport(row != ABSENT, ports)
@@ -112,20 +135,21 @@ def flow_events(image: np.ndarray, ports: dict, every: int | None = None):
         s, d = _bits_value(row[ports[t][0]]), _bits_value(row[ports[t][1]])
         key = (min(s, d), max(s, d))
         flows = recent[t]
-        states.append(np.array([flow_state(f[2], f[3]) for f in flows[:MAX_LINK]], dtype=np.int64))
+        states.append(np.array([state(f, i) for f in flows[:MAX_LINK]], dtype=np.int64))
         found = next((k for k, f in enumerate(flows) if f[0] == key), None)
         if found is None or found >= MAX_LINK:
             link[i] = 0
             if found is not None:
                 flows.pop(found)
-            flows.insert(0, [key, s, 1, False])
+            flows.insert(0, [key, s, 1, False, i, i])
         else:
             f = flows.pop(found)
             link[i] = found + 1
             rev[i] = s != f[1]
-            chosen[i] = flow_state(f[2], f[3])
+            chosen[i] = states[-1][found]
             f[2] += 1
             f[3] = bool(rev[i])
+            f[5] = i
             flows.insert(0, f)
     return link, rev, states, chosen, snaps
 
@@ -279,9 +303,11 @@ class LayoutChain:
         first packet in the walk), per row the option taken: 0 a new flow, r the r-th most
         recent flow of its transport, -1 no ports). ``weights``: the class's, unless given."""
         weight = self.weights[c] if weights is None else weights
+        timed = weight.shape[-1] > N_BASE       # files saved before lateness: its states without it
         flip = self.flips[c] + 1e-9     # a state never seen: either way
         transport = [_transport(v, ports) for v in self.vocab]
-        # per transport, most recent first: [flow index, packets, last reversed, its flow_state]
+        # per transport, most recent first: [flow index, packets, last reversed, flow_state
+        # without lateness, first row, last row]
         recent: dict[str, list[list]] = {t: [] for t in ports}
         flows: list[list[tuple[int, bool]]] = []     # image rows, direction against the flow's first
         taken = np.full(len(ids), -1, dtype=np.int64)
@@ -295,21 +321,28 @@ class LayoutChain:
             snap = going[have[min(int(pick_start * len(have)), len(have) - 1)]]
             for t, row in zip(ports, snap):
                 for state in row[row >= 0]:
+                    base, late = int(state) % N_BASE, int(state) // N_BASE
+                    n = STATE_PACKETS[base // 2]
+                    last = -LATE_ROWS[late]     # a pace of 1 row per packet, as late as the state says
                     flows.append([])
-                    recent[t].append([len(flows) - 1, STATE_PACKETS[state // 2], bool(state % 2), int(state)])
+                    recent[t].append([len(flows) - 1, n, bool(base % 2), base, last - (n - 1), last])
         u = torch.rand((len(ids), 2), generator=generator, dtype=torch.float64).numpy()
         for i, k in enumerate(ids):
             t = transport[k]
             if t is None:
                 continue
             cand = recent[t][:weight.shape[1] - 1]     # the file's own reach
-            st = np.fromiter((f[3] for f in cand), dtype=np.intp, count=len(cand))
+            if timed:
+                st = np.fromiter((f[3] + N_BASE * lateness(i - f[5], f[1], f[5] - f[4]) for f in cand),
+                                 dtype=np.intp, count=len(cand))
+            else:
+                st = np.fromiter((f[3] for f in cand), dtype=np.intp, count=len(cand))
             w = np.concatenate([[weight[k, 0, 0]], weight[k, np.arange(1, len(cand) + 1), st]])
             pick = _draw(w, u[i, 0]) if w.sum() > 0 else 0
             taken[i] = pick
             if pick == 0:
                 flows.append([(i, False)])
-                recent[t].insert(0, [len(flows) - 1, 1, False, flow_state(1, False)])
+                recent[t].insert(0, [len(flows) - 1, 1, False, flow_state(1, False), i, i])
                 continue
             f = recent[t].pop(pick - 1)
             rev = bool(f[2] ^ _draw(flip[k, st[pick - 1]], u[i, 1]))
@@ -317,6 +350,7 @@ class LayoutChain:
             f[1] += 1
             f[2] = rev
             f[3] = flow_state(f[1], rev)
+            f[5] = i
             recent[t].insert(0, f)
         return flows, taken
 
@@ -438,8 +472,9 @@ class LayoutChain:
         n_c, n_k = len(chain.classes), len(chain.vocab)
         expect = {"start": (chain.start, (n_c, n_k)), "trans": (chain.trans, (n_c, n_k, n_k))}
         if chain.weights is not None:
-            expect["weights"] = (chain.weights, (n_c, n_k, chain.weights.shape[2], N_STATES))
-            expect["flips"] = (chain.flips, (n_c, n_k, N_STATES, 2))
+            n_s = chain.weights.shape[-1] if chain.weights.shape[-1] in (N_BASE, N_STATES) else N_STATES
+            expect["weights"] = (chain.weights, (n_c, n_k, chain.weights.shape[2], n_s))
+            expect["flips"] = (chain.flips, (n_c, n_k, n_s, 2))
         if chain.going is not None:
             expect["going"] = (chain.going, (n_c,) + chain.going.shape[1:])
         for name, (arr, shape) in expect.items():
@@ -496,19 +531,25 @@ def fit_choices(layouts: np.ndarray, options: np.ndarray, taken: np.ndarray, n_l
 
 def _borrow_unseen(w: np.ndarray, avail: np.ndarray) -> np.ndarray:
     """State weights where a state was never there to choose (``avail`` 0) take the weight of the
-    nearest state that was: the nearest length of flow, shorter before longer, the same last
-    direction before the other. A flow longer than any the class showed goes on as the longest
+    nearest state that was: the nearest lateness, then the nearest length of flow, shorter before
+    longer, the same last direction before the other. A flow longer than any the class showed goes on as the longest
     it showed did; one the class never let go on (a DNS exchange answered) stays ended."""
     out = w.copy()
-    sizes = N_STATES // 2
-    seen = [(x, e) for x in range(sizes) for e in (0, 1) if avail[2 * x + e] > 0]
+    sizes, lates = N_BASE // 2, N_STATES // N_BASE
+
+    def code(late, size, d):
+        return late * N_BASE + 2 * size + d
+
+    seen = [(a, x, e) for a in range(lates) for x in range(sizes) for e in (0, 1) if avail[code(a, x, e)] > 0]
     if not seen:
         return out
-    for b in range(sizes):
-        for d in (0, 1):
-            if avail[2 * b + d] == 0:
-                x, e = min(seen, key=lambda s: (abs(s[0] - b), s[0] > b, s[1] != d))
-                out[2 * b + d] = w[2 * x + e]
+    for a in range(lates):
+        for b in range(sizes):
+            for d in (0, 1):
+                if avail[code(a, b, d)] == 0:
+                    # the same lateness first: how late a flow is says more than its length
+                    y, x, e = min(seen, key=lambda s: (abs(s[0] - a), abs(s[1] - b), s[1] > b, s[2] != d))
+                    out[code(a, b, d)] = w[code(y, x, e)]
     return out
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -55,6 +55,12 @@ _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 # --- what is learnt: read from the rule files ---------------------------------------------------
 
+# Whether a packet carries data, for a rule file's ``prior: payload: empty:``: "model" keeps the
+# generated choice (an empty payload stays empty where the class lists empty ones), "class" draws
+# it with the length from the class's distribution for the row's ``by`` values (zero included).
+EMPTY = ("model", "class")
+
+
 @dataclass(frozen=True)
 class Stat:
     name: str               # "ipv4.ttl", "tcp.server_port", "tcp.options", "stack.l3"
@@ -66,6 +72,7 @@ class Stat:
     per: str = "packet"     # packet, direction, flow, endpoint
     bits: int = 16
     weight: str = "packets"     # probabilities over packets or over flows
+    empty: str = "model"        # payload: who decides whether a packet carries data (EMPTY)
 
 
 def stats(rules: dict) -> list[Stat]:
@@ -96,8 +103,11 @@ def stats(rules: dict) -> list[Stat]:
                                    "(value, port, id)")
         pp = pr.prior
         if "payload" in pp:
+            empty = pp["payload"].get("empty", "model")
+            if empty not in EMPTY:
+                raise NetdiffError(f"{pr.path}: prior payload empty {empty!r}: one of {', '.join(EMPTY)}")
             out.append(Stat(f"{name}.payload", name, "payload", None, _by(pr, pp["payload"].get("by")),
-                            "packet", 16))
+                            "packet", 16, empty=empty))
         if "flags" in pp:
             out.append(Stat(f"{name}.flags", name, "flags", None, None, "packet",
                             len(pp["flags"]["fields"])))
@@ -904,19 +914,53 @@ class ClassPriors:
             if st.kind != "payload":
                 continue
             mask = self._mask(r, st.protocol)
+            if st.by and st.by[0] not in ("direction", "service"):
+                learnt = self.fields.get(st.name, {})
+                if learnt and not any(k.startswith(f"{st.by[0]}=") for k in learnt):
+                    # a file learnt before the lengths were split by this field: as it was learnt
+                    st = replace(st, by=st.by[1:] or None, empty="model")
+                elif st.empty == "class":
+                    self._draw_leading_flag(r, st, mask, direction, service)
             for combo, rows in _combos(self._cond(r, st, direction, service), mask):
                 d = self._dist_for(st, combo)
                 if d is None:
                     continue
                 cur = r.payload_len
-                fill = rows[(cur[rows] > 0) | (not d.listed(0))]
-                drawn = d.sample(self.rng, len(fill), minimum=1) if len(fill) else None
+                if st.empty == "class":
+                    fill = rows
+                    drawn = d.sample(self.rng, len(fill)) if len(fill) else None
+                else:
+                    fill = rows[(cur[rows] > 0) | (not d.listed(0))]
+                    drawn = d.sample(self.rng, len(fill), minimum=1) if len(fill) else None
                 if drawn is None:
                     continue
                 new = cur.copy()
                 new[fill] = drawn
                 r.payload_len = np.clip(new, 0, np.maximum(room, 0))
                 self.changed[st.name] += int((r.payload_len[fill] != cur[fill]).sum())
+
+    def _draw_leading_flag(self, r, st: Stat, mask: np.ndarray, direction, service) -> None:
+        """``empty: class`` with lengths learnt by a one-bit field first (TCP's PSH): the field is
+        drawn with them, at the class's share for the row's other ``by`` values (the finest level
+        where both of its values were learnt: a level keeps a distribution only when it has
+        enough packets, so one value missing there says nothing), so that data, PSH and length
+        come from the class together. The model's PSH was
+        far from its class's (SSH: 27-37% of generated segments, 92% of real ones), and lengths
+        drawn by the model's PSH left most generated SSH segments empty (real: 9%)."""
+        col = self.rules[st.protocol].column(st.by[0])
+        rest = self._cond(r, st, direction, service)[1:]
+        for combo, rows in _combos(rest, mask):
+            for depth in range(len(combo), -1, -1):
+                n = [self.fields.get(st.name, {}).get(_cond_key(st.by[:depth + 1], (v,) + combo[:depth]), {})
+                     .get("n", 0) for v in (0, 1)]
+                if min(n) > 0:
+                    break
+            if min(n) == 0:
+                continue        # the class learnt one value only: the model's bit stands
+            new = r.f[col].copy()
+            new[rows] = (self.rng.random(len(rows)) < n[1] / sum(n)).astype(new.dtype)
+            self.changed[f"{st.protocol}.{st.by[0]}"] += int((new[rows] != r.f[col][rows]).sum())
+            r.f[col] = new
 
     def flags(self, r) -> None:
         """Flag combinations the class never shows (given the SYN/ACK/FIN/RST the trace set):

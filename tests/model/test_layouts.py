@@ -11,7 +11,7 @@ import torch
 from netdiff.bits.codec import encode
 from netdiff.bits.layout import NETDIFFUSION
 from netdiff.io.pcap import PacketBatch
-from netdiff.model.layouts import LayoutChain, flow_events, flow_state, port_columns
+from netdiff.model.layouts import N_BASE, N_STATES, LayoutChain, flow_events, flow_state, port_columns
 
 
 def _exchanges(rng: random.Random, n: int) -> list[bytes]:
@@ -157,19 +157,26 @@ def test_an_image_starts_among_the_flows_going_on():
         assert 3 <= len(flows) <= 5 and sum(len(f) for f in flows) >= 30, flows
 
 
-def test_a_layout_file_with_tensors_of_the_wrong_shape_is_a_one_line_error(tmp_path):
-    import pytest
+def _saved(tmp_path) -> tuple:
+    """A chain fitted on the DNS images and saved in ``tmp_path``: (its file, the file's metadata,
+    its tensors), to edit and save again."""
     from safetensors import safe_open
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
-    from netdiff.errors import NetdiffError
-
-    chain = LayoutChain.fit(_images(), ["dns"] * 6)
-    chain.save(tmp_path)
+    LayoutChain.fit(_images(), ["dns"] * 6).save(tmp_path)
     path = tmp_path / "layouts.safetensors"
     with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata()
-    tensors = load_file(str(path))
+    return path, meta, load_file(str(path))
+
+
+def test_a_layout_file_with_tensors_of_the_wrong_shape_is_a_one_line_error(tmp_path):
+    import pytest
+    from safetensors.numpy import save_file
+
+    from netdiff.errors import NetdiffError
+
+    path, meta, tensors = _saved(tmp_path)
     tensors["weights"] = tensors["weights"][:, :, :, :3].copy()
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(NetdiffError, match="damaged layout file.*weights has shape"):
@@ -211,3 +218,79 @@ def test_calibrated_walks_go_on_with_the_last_flow_as_the_capture_does():
             flow_of[[i for i, _ in f]] = j
         got.append(np.mean(flow_of[1:] == flow_of[:-1]))     # one transport: the last flow
     assert abs(np.mean(got) - want_last) < 0.05, (np.mean(got), want_last)
+
+
+def _two_at_a_time(rng: random.Random, n: int) -> list[bytes]:
+    """TCP connections, two open at a time, packets dealt between them at random; each sends
+    3 to 10 packets and ends, and a new one opens in its place (none ever comes back)."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    def fresh():
+        return [rng.randrange(1024, 65535), rng.randint(3, 10)]
+
+    open_, out = [fresh(), fresh()], []
+    while len(out) < n:
+        c = open_[rng.randrange(2)]
+        out.append(bytes(Ether() / IP(src="10.0.0.3", dst="10.0.0.9") / TCP(sport=c[0], dport=443, flags="PA") / b"d"))
+        c[1] -= 1
+        if c[1] == 0:
+            open_[open_.index(c)] = fresh()
+    return out[:n]
+
+
+def _rows_per_packet(flows) -> float:
+    """Mean over flows of two or more packets: rows from its first to its last, per packet."""
+    return float(np.mean([(f[-1][0] - f[0][0] + 1) / len(f) for f in flows if len(f) > 1]))
+
+
+def test_flows_that_ended_do_not_come_back():
+    """A flow is judged by how late it is against its own pace: connections that send a few
+    packets and end are not picked up again hundreds of rows later, so a generated flow spans
+    about as many rows as a training one. Without lateness (the states of files saved before
+    it) the same data gives flows spread over the image."""
+    bits = encode(PacketBatch.from_packets(_two_at_a_time(random.Random(11), 1024)), NETDIFFUSION)[0]
+    windows = [bits[32 * k: 32 * (k + 1)] for k in range(32)]
+    chain = LayoutChain.fit(windows, ["web"] * 32, streams=[0] * 32)
+    assert chain.weights.shape[-1] == N_STATES
+    link, *_ = flow_events(bits, port_columns(NETDIFFUSION))
+    real = []
+    recent: list[list] = []
+    for i, k in enumerate(link):
+        if k == 0:
+            recent.insert(0, [(i, False)])
+        else:
+            f = recent.pop(k - 1)
+            f.append((i, False))
+            recent.insert(0, f)
+    real = _rows_per_packet(recent)
+    untimed = LayoutChain.fit(windows, ["web"] * 32, streams=[0] * 32)
+    base = np.arange(N_BASE)        # the states of a file saved before lateness: on time only
+    untimed.weights, untimed.flips = untimed.weights[..., base], untimed.flips[:, :, base]
+    untimed.going = np.where(untimed.going >= N_BASE, untimed.going % N_BASE, untimed.going).astype(np.int8)
+    got = {}
+    for name, c in (("timed", chain), ("untimed", untimed)):
+        spans = []
+        for seed in range(4):
+            g = torch.Generator().manual_seed(seed)
+            ids = c.sample_ids("web", 512, g)
+            spans.append(_rows_per_packet(c.sample_flows("web", ids, g, NETDIFFUSION)))
+        got[name] = float(np.mean(spans))
+    assert got["timed"] < 1.5 * real, (got, real)
+    assert got["untimed"] > 5 * got["timed"], (got, real)
+
+
+def test_a_file_saved_before_lateness_loads_and_walks(tmp_path):
+    from safetensors.numpy import save_file
+
+    path, meta, tensors = _saved(tmp_path)
+    tensors["weights"] = tensors["weights"][..., :N_BASE].copy()
+    tensors["flips"] = tensors["flips"][:, :, :N_BASE].copy()
+    tensors["going"] = np.where(tensors["going"] >= N_BASE, tensors["going"] % N_BASE, tensors["going"]).astype(np.int8)
+    save_file(tensors, str(path), metadata=meta)
+    old = LayoutChain.load(tmp_path)
+    assert old.weights.shape[-1] == N_BASE
+    g = torch.Generator().manual_seed(3)
+    ids = old.sample_ids("dns", 64, g)
+    flows = old.sample_flows("dns", ids, g, NETDIFFUSION)
+    assert flows and all(len(f) >= 2 for f in flows)

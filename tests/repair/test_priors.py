@@ -236,7 +236,8 @@ def _payload_plausible(pri, cls: str, proto: str, lengths: np.ndarray) -> np.nda
 def test_values_the_class_shows_are_kept(sample_priors, sample_images):
     """A converted sample image already looks like its class: priors change nothing but the IP
     ID behaviour (drawn per host from the class's shares) and the payload lengths (drawn for
-    every packet that carries data, from the lengths the class shows)."""
+    every datagram that carries data, and for every TCP segment with its PSH bit, from what the
+    class shows)."""
     pri, _ = sample_priors
     from netdiff.bits.layout import NETDIFFUSION
     from repair_helpers import fields_of
@@ -244,17 +245,21 @@ def test_values_the_class_shows_are_kept(sample_priors, sample_images):
     for cls, bits in sample_images.items():
         a = repair(bits, NETDIFFUSION, seed=0)
         b = repair(bits, NETDIFFUSION, seed=0, priors=pri, klass=cls)
-        assert set(b.report["priors"]["changed"]) <= {"ipv4.id", "tcp.payload", "udp.payload", "icmp.payload"}, \
-            b.report["priors"]
+        # PSH drawn anew can land beside a FIN where the class never shows FIN+PSH: tcp.flags moves it
+        assert set(b.report["priors"]["changed"]) <= {"ipv4.id", "tcp.payload", "tcp.psh", "tcp.flags",
+                                                      "udp.payload", "icmp.payload"}, b.report["priors"]
         _, va = fields_of(a.batch)
         _, vb = fields_of(b.batch)
         for k in ("tcp_sprt", "tcp_dprt", "udp_sport", "udp_dport", "ipv4_ttl", "tcp_wsize",
-                  "tcp_ackf", "tcp_psh", "tcp_opt"):
+                  "tcp_ackf", "tcp_opt"):
             if k in va:
                 np.testing.assert_array_equal(va[k], vb[k], err_msg=f"{cls} {k}")
         pa = np.asarray([p.get("plen", -1) for p in _packets(a.batch)])
         pb = np.asarray([p.get("plen", -1) for p in _packets(b.batch)])
-        assert np.array_equal(pa == 0, pb == 0), cls         # data or not: the model's choice
+        udp = np.asarray([p["proto"] == 17 for p in _packets(b.batch)])
+        assert np.array_equal(pa[udp] == 0, pb[udp] == 0), cls         # data or not: the model's choice
+        psh = np.asarray([p["proto"] == 6 and bool(p["flags"] & 8) for p in _packets(b.batch)])
+        assert (pb[psh] > 0).all(), cls           # the class's PSH segments all carry data
         for proto, number in (("tcp", 6), ("udp", 17)):
             rows = np.asarray([p["proto"] == number for p in _packets(b.batch)]) & (pb > 0)
             if rows.any():
@@ -276,6 +281,82 @@ def test_payload_lengths_follow_the_class(sample_priors):
             assert (plen == 0).any() and (plen > 0).any()
         assert _payload_plausible(pri, cls, proto, plen[plen > 0]).all()
         assert res.report["priors"]["changed"][f"{proto}.payload"] > 0
+
+
+def test_whether_a_segment_carries_data_is_the_classs(sample_priors, sample_images):
+    """TCP (``empty: class`` in tcp.yaml): PSH, data and length are drawn together from the class,
+    whatever the image says. A web capture's image whose PSH bits are all cleared (a model that
+    never sets PSH) comes out with the capture's share of PSH segments, every one carrying data,
+    and its share of empty segments without PSH. The model put data on 67-75% of its ACK-only segments where the
+    shared captures' are 67-100% empty, and PSH on 27-37% of SSH segments (the captures: 92%)."""
+    from netdiff.bits.layout import NETDIFFUSION
+
+    pri, _ = sample_priors
+    bits = sample_images["web_tcp"]
+
+    cp = pri.for_class("web_tcp", seed=0)
+    services = {int(c.split("service=")[1]) for c in pri.classes["web_tcp"]["fields"]["tcp.payload"] if "service=" in c}
+
+    def shares(batch):
+        pk = [p for p in _packets(batch) if p["proto"] == 6 and not p["flags"] & 7]   # no SYN/RST/FIN
+        psh = np.asarray([bool(p["flags"] & 8) for p in pk])
+        plen = np.asarray([p["plen"] for p in pk])
+        # what the class gives a segment without PSH, for its direction (0: to the server) and service
+        p0 = [cp.dist("tcp.payload", f"psh=0|direction={int(p['sport'] in services)}|"
+                                     f"service={p['dport'] if p['dport'] in services else p['sport']}").prob(np.array([0]))[0]
+              for p, ph in zip(pk, psh) if not ph]
+        return psh.mean(), np.mean(plen[~psh] == 0), plen[psh], float(np.mean(p0))
+
+    real_psh, real_empty, _, _ = shares(repair(bits, NETDIFFUSION, seed=0).batch)
+    assert 0.1 < real_psh < 0.9 and 0.2 < real_empty < 0.95, (real_psh, real_empty)
+    odd = bits.copy()
+    odd[:, NETDIFFUSION.fields["tcp_psh"]] = np.where(odd[:, NETDIFFUSION.fields["tcp_psh"]] == -1, -1, 0)
+    res = repair(odd, NETDIFFUSION, seed=0, priors=pri, klass="web_tcp")
+    got_psh, got_empty, psh_lengths, want_empty = shares(res.batch)
+    assert abs(got_psh - real_psh) < 0.1, (got_psh, real_psh)
+    assert abs(got_empty - want_empty) < 0.1, (got_empty, want_empty)
+    assert (psh_lengths > 0).all()
+    assert res.report["priors"]["changed"]["tcp.psh"] > 0
+    # without the class drawing it, the same image keeps no PSH at all
+    assert shares(repair(odd, NETDIFFUSION, seed=0).batch)[0] == 0
+
+
+def test_priors_learnt_before_psh_split_the_lengths_still_draw_them(sample_captures, tmp_path, monkeypatch):
+    """A field_priors.json learnt when tcp.yaml said ``payload: {by: [direction, service]}`` (stop
+    26 and before, kept in model folders) draws TCP lengths as it did: the model decides data or
+    not, the class how much."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for p in E.rules_dir().glob("*.yaml"):
+        shutil.copy(p, rules / p.name)
+    text = (rules / "tcp.yaml").read_text()
+    assert "payload: {by: [psh, direction, service], empty: class}" in text
+    (rules / "tcp.yaml").write_text(text.replace("payload: {by: [psh, direction, service], empty: class}",
+                                                 "payload: {by: [direction, service]}"))
+    monkeypatch.setenv(E.RULES_ENV, str(rules))
+    pcap2img(sample_captures, tmp_path / "old", layout=named_layout("netdiffusion", height=256))
+    monkeypatch.delenv(E.RULES_ENV)
+    old = FieldPriors.load(tmp_path / "old" / PRIORS_FILE)
+    assert not any(k.startswith("psh=") for k in old.classes["web_tcp"]["fields"]["tcp.payload"])
+    bits = _images()["random"]
+    plain = repair(bits, L, seed=2)
+    res = repair(bits, L, seed=2, priors=old, klass="web_tcp")
+    assert res.report["priors"]["changed"]["tcp.payload"] > 0
+    assert "tcp.psh" not in res.report["priors"]["changed"]
+    pa = np.asarray([p["plen"] for p in _packets(plain.batch) if p["proto"] == 6])
+    pb = np.asarray([p["plen"] for p in _packets(res.batch) if p["proto"] == 6])
+    assert len(pb) > 20 and _payload_plausible(old, "web_tcp", "tcp", pb[pb > 0]).all()
+    assert (pb > 0).sum() >= 0.8 * (pa > 0).sum()       # data where the image says so
+
+
+def test_an_unknown_payload_empty_mode_is_a_one_line_error(tmp_path, monkeypatch):
+    for p in E.rules_dir().glob("*.yaml"):
+        shutil.copy(p, tmp_path / p.name)
+    text = (tmp_path / "tcp.yaml").read_text().replace("empty: class", "empty: sometimes")
+    (tmp_path / "tcp.yaml").write_text(text)
+    monkeypatch.setenv(E.RULES_ENV, str(tmp_path))
+    with pytest.raises(NetdiffError, match=r"tcp.yaml: prior payload empty 'sometimes': one of model, class"):
+        PR.stats(E.load_rules())
 
 
 def test_priors_accept_a_path_a_dict_or_the_object(sample_priors, tmp_path):
