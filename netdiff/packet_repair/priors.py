@@ -943,10 +943,10 @@ class ClassPriors:
         """``empty: class`` with lengths learnt by a one-bit field first (TCP's PSH): the field is
         drawn with them, at the class's share for the row's other ``by`` values (the finest level
         where both of its values were learnt: a level keeps a distribution only when it has
-        enough packets, so one value missing there says nothing), so that data, PSH and length
-        come from the class together. The model's PSH was
-        far from its class's (SSH: 27-37% of generated segments, 92% of real ones), and lengths
-        drawn by the model's PSH left most generated SSH segments empty (real: 9%)."""
+        enough packets, so one value missing there says nothing; at the top level it says the
+        class shows only the other), so that data, PSH and length come from the class together.
+        The model's PSH was far from its class's (SSH: 27-37% of generated segments, 92% of real
+        ones), and lengths drawn by the model's PSH left most generated SSH segments empty (real: 9%)."""
         col = self.rules[st.protocol].column(st.by[0])
         rest = self._cond(r, st, direction, service)[1:]
         for combo, rows in _combos(rest, mask):
@@ -955,8 +955,8 @@ class ClassPriors:
                      .get("n", 0) for v in (0, 1)]
                 if min(n) > 0:
                     break
-            if min(n) == 0:
-                continue        # the class learnt one value only: the model's bit stands
+            if sum(n) == 0:
+                continue        # nothing learnt for this protocol: the model's bit stands
             new = r.f[col].copy()
             new[rows] = (self.rng.random(len(rows)) < n[1] / sum(n)).astype(new.dtype)
             self.changed[f"{st.protocol}.{st.by[0]}"] += int((new[rows] != r.f[col][rows]).sum())
