@@ -123,6 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--levels: unknown {', '.join(bad)} (choose from {', '.join(LEVELS)})")
     if args.count < 1 or args.threads < 1 or args.jobs < 1 or (args.eval_count is not None and args.eval_count < 1):
         p.error("--count, --eval-count, --jobs and --threads must be at least 1")
+    if args.restamped and not args.windows:
+        p.error("--restamped re-stamps the real windows: drop --no-windows")
     return args
 
 

@@ -532,8 +532,9 @@ def fit_choices(layouts: np.ndarray, options: np.ndarray, taken: np.ndarray, n_l
 def _borrow_unseen(w: np.ndarray, avail: np.ndarray) -> np.ndarray:
     """State weights where a state was never there to choose (``avail`` 0) take the weight of the
     nearest state that was: the nearest lateness, then the nearest length of flow, shorter before
-    longer, the same last direction before the other. A flow longer than any the class showed goes on as the longest
-    it showed did; one the class never let go on (a DNS exchange answered) stays ended."""
+    longer, the same last direction before the other. A flow longer than any the class showed
+    goes on as the longest it showed did; one the class never let go on (a DNS exchange
+    answered) stays ended."""
     out = w.copy()
     sizes, lates = N_BASE // 2, N_STATES // N_BASE
 
