@@ -420,27 +420,28 @@ def cut_windows(train: Path, out: Path, rows: int) -> Path:
 
 def restamp(windows: Path, out: Path, timing_path: Path, seed: int) -> Path:
     """Every capture under ``windows`` with its timestamps drawn anew by the timing model at
-    ``timing_path`` (the first packet keeps its time; each gap drawn for its packet's kind,
-    timing.gap_kinds over the capture's own flows, as repair draws them); bytes and order kept."""
+    ``timing_path`` (the first packet keeps its time; ``TimingModel.arrival_ns`` over the
+    capture's own flows, as repair draws them); bytes kept, packets written in time order."""
     import numpy as np
 
     from netdiff.bits.codec import encode, flow_sides
     from netdiff.bits.layout import NPRINT
     from netdiff.io.pcap import read_capture
-    from netdiff.packet_repair.timing import TimingModel, gap_kinds
+    from netdiff.packet_repair.timing import TimingModel
 
     model = TimingModel.load(timing_path)
     shutil.rmtree(out, ignore_errors=True)
     for k, f in enumerate(sorted(windows.rglob("*.pcap"))):
         batch, info = read_capture(f)
+        order = np.arange(len(batch))
         if len(batch) > 1:
             _, p = encode(batch, NPRINT)
             key, side = flow_sides(p)       # -1 for a packet not parsed: a gap of the class's own
-            gaps = model.gaps(len(batch) - 1, f.parent.name, seed + k, kinds=gap_kinds(key, sides=side))
             t0 = int(batch.ts_sec[0]) * 10 ** 9 + int(batch.ts_nsec[0])
-            t = t0 + np.concatenate([[0], np.cumsum(np.rint(gaps * 1e9).astype(np.int64))])
+            t = t0 + model.arrival_ns(key, side, f.parent.name, seed + k)
             batch.ts_sec, batch.ts_nsec = t // 10 ** 9, t % 10 ** 9
-        write_rows(batch, np.arange(len(batch)), info, out / f.parent.name / f.name)
+            order = np.lexsort((order, t))
+        write_rows(batch, order, info, out / f.parent.name / f.name)
     return out
 
 

@@ -25,7 +25,7 @@ from netdiff.image.reader import quantize
 from netdiff.io.pcap import PacketBatch
 from netdiff.packet_repair.addresses import AddressPool
 from netdiff.packet_repair.priors import FieldPriors
-from netdiff.packet_repair.timing import TimingModel, gap_kinds, timestamps
+from netdiff.packet_repair.timing import TimingModel
 
 __all__ = ["quantize", "repair", "RepairResult", "TimingModel", "FieldPriors", "FIELD_GROUPS",
            "check_rows"]
@@ -131,17 +131,22 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
 
     # 4. Time: gaps from the learnt model, in image row order, each drawn for what its packet does
     # in the traced flows (timing.KINDS: opens one, follows its own, goes back to another, opens
-    # one after every earlier flow has ended; the middle two also by whether it answers).
+    # one after every earlier flow has ended; the middle two also by whether it answers); short
+    # flows then keep their own clock (timing.SHORT_MAX), so packets are written in time order.
     model = timing if timing is not None else TimingModel()
-    ts_sec, ts_nsec = timestamps(model.gaps(n - 1, klass, seed, kinds=gap_kinds(t["flow"], sides=t["direction"])), START_NS)
+    arrival = START_NS + model.arrival_ns(t["flow"], t["direction"], klass, seed)
+    order = np.lexsort((np.arange(n), arrival))
+    if (order != np.arange(n)).any():
+        trace.ids_in_time_order(r, rules, order)
 
     # 5. Bytes, lengths, checksums.
-    batch = rows.build(r, rules, ts_sec, ts_nsec, body, body_len, trace.macs(r))
+    batch = rows.build(r, rules, arrival // 10 ** 9, arrival % 10 ** 9, body, body_len, trace.macs(r))
+    batch = batch.take(order)
 
     # 6. Report: what changed, and how much of the generated content survived per field group.
     out_bits, parsed = encode(batch, layout)
     unreadable = int((parsed.reason != 0).sum())
-    before = bits[r.index]
+    before = bits[r.index[order]]
     kept = {}
     per_field = {}
     if unreadable == 0:
@@ -184,6 +189,7 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
         "kept_share": kept,
         "kept_share_per_field": per_field,
         "unreadable_packets": unreadable,
+        "packets_moved_in_time": int((order != np.arange(n)).sum()),
         "timing": "learnt model" + (f" (class {klass})" if klass else "") if timing is not None
                   else "default log-uniform 10 us..100 ms (no timing model given)",
         "addresses": address_pool or "private ranges (default pool)",
@@ -192,4 +198,4 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     if priors is not None:
         report["priors"] = cp.report() if cp is not None else \
             f"class {klass!r} is not in the priors (classes: {', '.join(sorted(priors.classes))}); not applied"
-    return RepairResult(batch=batch, report=report, rows=r.index.copy())
+    return RepairResult(batch=batch, report=report, rows=r.index[order])

@@ -34,9 +34,9 @@ from netdiff.io.atomic import atomic_write_text
 
 N_QUANTILES = 101
 MIN_GAP = 1e-9
-FORMAT = "netdiff-timing/4"
-# /1: even quantiles only; /2: no kinds; /3: no turned kinds
-READS = ("netdiff-timing/1", "netdiff-timing/2", "netdiff-timing/3", FORMAT)
+FORMAT = "netdiff-timing/5"
+# /1: even quantiles only; /2: no kinds; /3: no turned kinds; /4: no short flows
+READS = ("netdiff-timing/1", "netdiff-timing/2", "netdiff-timing/3", "netdiff-timing/4", FORMAT)
 # The packet after a gap: opens a flow while an earlier one goes on, follows its own flow's last
 # packet, goes back to another flow, or opens a flow after every earlier one has ended; "same" and
 # "other" when it runs the way its flow's last packet ran, "same_turn" and "other_turn" when it
@@ -46,21 +46,25 @@ KINDS = ("new", "same", "other", "break", "same_turn", "other_turn")
 # a file learnt before a kind existed draws its gaps from the kind it was counted in then
 FALLBACK = {"break": "new", "same_turn": "same", "other_turn": "other"}
 MIN_KIND = 8
+SHORT_MAX = 4        # a flow of at most this many packets (in a block, in an image) is short
+SHORT_BLOCK = 1024   # captures are read in blocks of this many packets to learn short flows
 
 
 class TimingModel:
     def __init__(self, classes: dict[str, dict] | None = None):
         # class -> {"q": [log10 quantiles], "p": [their probabilities, 0..1; absent: N_QUANTILES
-        # even ones], "p_zero": float, "count": int, "kinds": {kind: the same without "kinds"}}
+        # even ones], "p_zero": float, "count": int, "kinds": {kind: the same without "kinds"},
+        # "short": {short_cell(...): the same}}
         self.classes: dict[str, dict] = classes or {}
 
     # --- learning -------------------------------------------------------------------------------
     @classmethod
     def learn(cls, gaps_by_class: dict[str, list[np.ndarray]],
-              kinds_by_class: dict[str, list[np.ndarray]] | None = None) -> "TimingModel":
+              kinds_by_class: dict[str, list[np.ndarray]] | None = None,
+              short_by_class: dict[str, list[np.ndarray]] | None = None) -> "TimingModel":
         """``{class: [inter-arrival seconds of capture 1, of capture 2, ...]}`` -> model.
         ``kinds_by_class``: the same shape, each gap's kind (an index into ``KINDS``, -1 unknown:
-        ``gap_kinds``)."""
+        ``gap_kinds``). ``short_by_class``: ``{class: [short_flow_gaps of a block, ...]}``."""
         model = cls()
         for klass, arrays in gaps_by_class.items():
             gaps = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) \
@@ -83,6 +87,10 @@ class TimingModel:
                         by_kind[name] = _quantiles(gaps[mine])
                 if by_kind:
                     entry["kinds"] = by_kind
+            if short_by_class and short_by_class.get(klass):
+                short = _short_cells(np.concatenate(short_by_class[klass]))
+                if short:
+                    entry["short"] = short
             model.classes[str(klass)] = entry
         if not model.classes:
             raise NetdiffError("timing model: no inter-arrival times to learn from")
@@ -124,8 +132,9 @@ class TimingModel:
             raise NetdiffError(f"{path}: 'classes' is not a mapping")
         for k, c in classes.items():
             kinds = c.get("kinds", {}) if isinstance(c, dict) else None
-            if not isinstance(kinds, dict) or set(kinds) - set(KINDS) \
-                    or not all(_well_formed(e) for e in [c, *kinds.values()]):
+            short = c.get("short", {}) if isinstance(c, dict) else None
+            if not isinstance(kinds, dict) or set(kinds) - set(KINDS) or not isinstance(short, dict) \
+                    or not all(_well_formed(e) for e in [c, *kinds.values(), *short.values()]):
                 raise NetdiffError(f"{path}: class {k!r} is malformed")
         return cls(doc["classes"])
 
@@ -161,6 +170,49 @@ class TimingModel:
         out[zero] = 0.0
         return out
 
+    def arrival_ns(self, flows: np.ndarray, sides: np.ndarray, klass: str | None = None,
+                   seed: int = 0) -> np.ndarray:
+        """(n,) int64 arrival time of each packet, in ns after the first, for packets in row
+        order whose flow keys are ``flows`` (-1: not parsed) and directions ``sides``. The row
+        clock (``gaps`` for each packet's kind) places every packet; the later packets of a short
+        flow (at most ``SHORT_MAX`` packets here) are then placed at their previous packet's time
+        plus a gap of the class's short flows, when the class has learnt them. Times grow along
+        every flow, not always down the rows: sort by them to write a capture."""
+        f = np.asarray(flows, dtype=np.int64).ravel()
+        side = np.asarray(sides).ravel()
+        n = len(f)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        gaps = self.gaps(n - 1, klass, seed, kinds=gap_kinds(f, sides=side))
+        t = np.concatenate([[0], np.cumsum(np.rint(gaps * 1e9).astype(np.int64))])
+        short = self.classes.get(klass, {}).get("short") if klass is not None else None
+        if not short:
+            return t
+        prev, size = _previous_in_flow(f)
+        later = np.flatnonzero((prev >= 0) & (size <= SHORT_MAX))
+        if not len(later):
+            return t
+        turn = side[later] != side[prev[later]]
+        keys = [_short_key(short, int(s), bool(u), int(d)) for s, u, d in
+                zip(size[later], turn, _row_bucket(later - prev[later]))]
+        rng = np.random.default_rng([seed, 5])
+        u, z = rng.random(len(later)), rng.random(len(later))
+        own = np.zeros(n, dtype=np.int64)
+        placed = np.zeros(n, dtype=bool)
+        keys = np.asarray(keys, dtype=object)
+        for key in sorted(set(keys.tolist()) - {None}):
+            m = keys == key
+            table = short[key]
+            q = np.asarray(table["q"], dtype=np.float64)
+            p = np.asarray(table.get("p", np.linspace(0, 1, len(q))), dtype=np.float64)
+            g = np.where(z[m] < table["p_zero"], 0.0, 10.0 ** np.interp(u[m], p, q))
+            own[later[m]] = np.rint(g * 1e9).astype(np.int64)
+            placed[later[m]] = True
+        # rows in order: a packet's previous one in its flow is already where it belongs
+        for r in later[placed[later]]:
+            t[r] = t[prev[r]] + own[r]
+        return t
+
     def _pooled(self) -> dict:
         if not self.classes:
             return DEFAULT_CLASS
@@ -178,6 +230,76 @@ def _quantiles(gaps: np.ndarray) -> dict:
     q = (np.quantile(np.log10(np.maximum(pos, MIN_GAP)), p) if len(pos) else np.full(len(p), -6.0))
     return {"q": [round(float(x), 6) for x in q], "p": [round(float(x), 9) for x in p],
             "p_zero": float(1 - len(pos) / len(gaps)), "count": int(len(gaps))}
+
+
+def short_flow_gaps(flows: np.ndarray, sides: np.ndarray, times_ns: np.ndarray) -> np.ndarray:
+    """(m, 4) float64, one row per later packet of a flow with at most ``SHORT_MAX`` packets
+    among ``flows`` (a block of a capture, in order): the flow's packets, 1 where the packet
+    runs against its flow's previous one, the log2 bucket of how many rows back that one is
+    (``_row_bucket``), and the gap to it in seconds."""
+    f = np.asarray(flows, dtype=np.int64).ravel()
+    t = np.asarray(times_ns, dtype=np.int64).ravel()
+    side = np.asarray(sides).ravel()
+    if not (len(f) == len(t) == len(side)):
+        raise ValueError(f"{len(f)} flows, {len(side)} sides, {len(t)} times")
+    prev, size = _previous_in_flow(f)
+    later = np.flatnonzero((prev >= 0) & (size <= SHORT_MAX))
+    gap = (t[later] - t[prev[later]]) / 1e9
+    ok = gap >= 0
+    later, gap = later[ok], gap[ok]
+    return np.stack([size[later], side[later] != side[prev[later]], _row_bucket(later - prev[later]),
+                     gap], axis=1).astype(np.float64) if len(later) else np.zeros((0, 4))
+
+
+def short_cell(size: int, turn: bool | None = None, bucket: int | None = None) -> str:
+    """Key of a short-flow gap table: a flow of ``size`` packets, the packet turning or not,
+    its flow's previous packet ``bucket`` (log2) rows back; coarser without the last ones."""
+    parts = [f"n{size}"] + ([] if turn is None else ["turn" if turn else "same"]) + \
+        ([] if bucket is None else [f"d{bucket}"])
+    return " ".join(parts)
+
+
+def _short_cells(rows: np.ndarray) -> dict:
+    """Quantile tables of ``short_flow_gaps`` rows, for every cell and its coarser ones seen at
+    least ``MIN_KIND`` times."""
+    out = {}
+    size, turn, bucket, gap = rows[:, 0].astype(int), rows[:, 1] > 0, rows[:, 2].astype(int), rows[:, 3]
+    keys = [(s, None, None) for s in np.unique(size)]
+    keys += [(s, bool(u), None) for s, u in set(zip(size.tolist(), turn.tolist()))]
+    keys += [(s, bool(u), b) for s, u, b in set(zip(size.tolist(), turn.tolist(), bucket.tolist()))]
+    for s, u, b in sorted(keys, key=lambda k: (k[0], k[1] is not None, k[1] or False, -1 if k[2] is None else k[2])):
+        m = size == s
+        if u is not None:
+            m &= turn == u
+        if b is not None:
+            m &= bucket == b
+        if m.sum() >= MIN_KIND:
+            out[short_cell(int(s), u, b)] = _quantiles(gap[m])
+    return out
+
+
+def _short_key(short: dict, size: int, turn: bool, bucket: int) -> str | None:
+    """The finest table of ``short`` for a packet (None: the class learnt none for its size)."""
+    for key in (short_cell(size, turn, bucket), short_cell(size, turn), short_cell(size)):
+        if key in short:
+            return key
+    return None
+
+
+def _previous_in_flow(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each packet's previous packet of its flow (-1: none, or a key of -1) and its flow's size."""
+    n = len(f)
+    order = np.lexsort((np.arange(n), f))
+    prev = np.full(n, -1, dtype=np.int64)
+    same = (f[order][1:] == f[order][:-1]) & (f[order][1:] >= 0)
+    prev[order[1:][same]] = order[:-1][same]
+    _, inv, counts = np.unique(f, return_inverse=True, return_counts=True)
+    return prev, counts[inv.reshape(-1)]
+
+
+def _row_bucket(distance: np.ndarray) -> np.ndarray:
+    """log2 bucket of a distance in rows: 1 -> 0, 2-3 -> 1, 4-7 -> 2, ..."""
+    return np.floor(np.log2(np.maximum(np.asarray(distance, dtype=np.float64), 1))).astype(np.int64)
 
 
 def _well_formed(c) -> bool:
@@ -248,9 +370,3 @@ def quantile_levels(n: int) -> np.ndarray:
 # Used when no model is given: log-uniform between 10 us and 100 ms (a neutral, documented
 # default; learn a model from the training captures for realistic timing).
 DEFAULT_CLASS = {"q": list(np.linspace(-5.0, -1.0, N_QUANTILES)), "p_zero": 0.0}
-
-
-def timestamps(gaps: np.ndarray, start_ns: int = 1_700_000_000 * 10 ** 9) -> tuple[np.ndarray, np.ndarray]:
-    """(ts_sec, ts_nsec) of packets whose first is at ``start_ns`` and whose gaps follow."""
-    t = start_ns + np.concatenate([[0], np.cumsum(np.rint(np.asarray(gaps) * 1e9).astype(np.int64))])
-    return t // 10 ** 9, t % 10 ** 9

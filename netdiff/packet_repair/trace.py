@@ -469,6 +469,24 @@ def id_per_host(state: TraceState, targets) -> None:
             f[col] = state.priors.ip_ids(host, f[col])
 
 
+def ids_in_time_order(r: Rows, rules: dict, order: np.ndarray) -> None:
+    """Deal every host's per-host counted fields (``compute: id_per_host``) again down ``order``
+    (the packets' time order, which short flows' own clocks make differ from the rows): the
+    values a host sends stay the same, its k-th packet in time gets the k-th in rows."""
+    n = len(r)
+    host_key = r.src.view(np.dtype((np.void, 16))).reshape(-1)
+    _, host = np.unique(host_key, return_inverse=True)
+    host = host.reshape(-1)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    by_row = np.lexsort((np.arange(n), host))
+    by_time = np.lexsort((rank, host))
+    for pr, fr in CR.targets(rules, "id_per_host"):
+        col = pr.column(fr.name)
+        values = r.f[col].copy()
+        r.f[col][by_time] = values[by_row]
+
+
 def walk_option_areas(state: TraceState, targets) -> None:
     """``compute: options``: each option area walked with its protocol's grammar, with the
     flags ``only_with`` names as the trace settled them; rows changed in ``state.changed``."""

@@ -36,6 +36,7 @@ class ConvertSummary:
     outputs: list[str] = field(default_factory=list)
     gaps: dict = field(default_factory=dict)             # class -> [inter-arrival seconds arrays]
     gap_kinds: dict = field(default_factory=dict)        # class -> [their kinds, timing.gap_kinds]
+    short_gaps: dict = field(default_factory=dict)       # class -> [timing.short_flow_gaps of a block]
     priors: object = None                                # PriorsLearner fed with every image
     classes: set = field(default_factory=set)            # classes that got at least one image
 
@@ -167,7 +168,7 @@ def _learn_timing(summary: ConvertSummary, out_dir: Path) -> None:
     learned: set = set()
     if summary.gaps:
         try:
-            model = TimingModel.learn(summary.gaps, summary.gap_kinds)
+            model = TimingModel.learn(summary.gaps, summary.gap_kinds, summary.short_gaps)
         except NetdiffError:
             model = None
         if model is not None:
@@ -184,7 +185,7 @@ def _learn_timing(summary: ConvertSummary, out_dir: Path) -> None:
 def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: str, per_image: int,
                  keep_payload: bool, max_images: int | None, min_packets: int,
                  summary: ConvertSummary) -> None:
-    from netdiff.packet_repair.timing import gap_kinds
+    from netdiff.packet_repair.timing import SHORT_BLOCK, gap_kinds, short_flow_gaps
 
     reader = CaptureReader(path)
     source = {"path": str(path), "name": path.name, "sha256": _sha256(path),
@@ -193,6 +194,21 @@ def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: s
     made = 0
     skipped_pending: list[tuple[int, str]] = []
     flows_seen: set = set()          # windows follow each other: a flow goes on across their edges
+    block: list[tuple] = []          # (flow, side, ns) of packets in capture order, not yet learnt
+
+    def learn_short(flow, side, ns, final: bool) -> None:
+        # short flows are judged in blocks of the capture, whatever the image height
+        block.append((flow, side, ns))
+        f, sd, t = (np.concatenate(c) for c in zip(*block))
+        block.clear()
+        while len(f) >= SHORT_BLOCK or (final and len(f) > 1):
+            cut = min(SHORT_BLOCK, len(f))
+            got = short_flow_gaps(f[:cut], sd[:cut], t[:cut])
+            if len(got):
+                summary.short_gaps.setdefault(klass, []).append(got)
+            f, sd, t = f[cut:], sd[cut:], t[cut:]
+        if len(f):
+            block.append((f, sd, t))
 
     def emit(rows: _Rows, tag: str, k: int, extra: dict) -> bool:
         nonlocal made, skipped_pending
@@ -206,6 +222,9 @@ def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: s
                        keep_payload=keep_payload, ts_precision=reader.info.ts_precision)
         sc.write(sc.sidecar_path(png), doc)
         skipped_pending = []
+        if group in ("file", "window"):
+            learn_short(rows.flow, rows.side,
+                        rows.batch.ts_sec.astype(np.int64) * 1_000_000_000 + rows.batch.ts_nsec, final=False)
         if len(rows.batch) > 1:
             t = rows.batch.ts_sec * 1_000_000_000 + rows.batch.ts_nsec
             summary.gaps.setdefault(klass, []).append(np.diff(t) / 1e9)
@@ -250,6 +269,9 @@ def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: s
         rest = _Rows.concat(pending) if pending else None
         if rest is not None and len(rest.batch):
             emit(rest, "", k, {})
+        if block:
+            learn_short(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64),
+                        final=True)
     else:
         batches = list(reader)
         batch = PacketBatch.concat(batches)
@@ -257,6 +279,9 @@ def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: s
         rows, p = _encode_chunk(batch, layout, keep_payload)
         note_skips(batch, p)
         labels = flow_labels(batch, p)
+        if len(batch) > 1:      # images hold one flow each: short flows are learnt in capture order
+            learn_short(rows.flow, rows.side, batch.ts_sec.astype(np.int64) * 1_000_000_000 + batch.ts_nsec,
+                        final=True)
         order = np.argsort(labels, kind="stable")
         bounds = np.flatnonzero(np.diff(labels[order])) + 1
         for f, idx in enumerate(np.split(order, bounds)):

@@ -7,7 +7,7 @@ from netdiff.bits.layout import NETDIFFUSION as L, named_layout
 from netdiff.errors import ImageError, NetdiffError
 from netdiff.image.codec import bits_to_rgb
 from netdiff.packet_repair import TimingModel, quantize, repair
-from netdiff.packet_repair.timing import KINDS, gap_kinds
+from netdiff.packet_repair.timing import KINDS, gap_kinds, short_flow_gaps
 from netdiff.packet_repair.addresses import AddressPool, parse_pool
 from netdiff.packet_repair.perturb import random_bits
 
@@ -202,7 +202,8 @@ def test_pcap2img_learns_kinds_and_repair_stamps_flows_with_them(tmp_path):
     wrpcap(str(tmp_path / "cap" / "dns" / "x.pcap"), pkts)
     netdiff.pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=72))
     doc = json.loads((tmp_path / "img" / "timing.json").read_text())
-    assert doc["format"] == "netdiff-timing/4"
+    assert doc["format"] == "netdiff-timing/5"
+    assert "short" not in doc["classes"]["dns"]        # six packets a flow: none is short
     kinds = doc["classes"]["dns"]["kinds"]
     # every packet inside an exchange answers the one before it
     assert kinds["break"]["count"] == 11 and kinds["same_turn"]["count"] == 60
@@ -221,6 +222,96 @@ def test_pcap2img_learns_kinds_and_repair_stamps_flows_with_them(tmp_path):
     from netdiff.bits.codec import flow_keys, parse
     new_flow = gap_kinds(flow_keys(parse(batch))) == 3
     assert (big == new_flow).all()
+
+
+def test_short_flow_gaps_by_hand():
+    """Flows 7 (two packets, the second an answer three rows on), 8 (five packets: not short) and
+    9 (one packet); a key of -1 is no flow."""
+    flows = np.array([7, 8, 8, 7, 8, 9, 8, 8, -1, -1])
+    sides = np.array([0, 0, 1, 1, 0, 0, 1, 0, 0, 0])
+    ns = np.arange(10) * 1_000_000 + np.array([0, 0, 0, 500_000_000, 0, 0, 0, 0, 0, 0])
+    got = short_flow_gaps(flows, sides, ns)
+    assert got.tolist() == [[2, 1, 1, 0.503]]          # 3 rows back: log2 bucket 1
+
+
+def _bursty_capture(path, pairs=12, retry=3.0):
+    """UDP 'retries': two packets of one flow ``retry`` s apart, with 3 or 30 packets of a busy
+    flow between them (so the rows between say nothing about the time)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    pkts, t = [], 1_700_000_000.0
+
+    def add(src, sport, when):
+        p = Ether() / IP(src=src, dst="10.0.0.9") / UDP(sport=sport, dport=6881) / (b"x" * 20)
+        p.time = when
+        pkts.append(p)
+
+    for k in range(pairs):
+        between = 3 if k % 2 else 30
+        add("10.0.1.1", 50000 + k, t)
+        for j in range(between):
+            add("10.0.2.2", 40000, t + retry * (j + 1) / (between + 1))
+        add("10.0.1.1", 50000 + k, t + retry)
+        t += retry + 0.5
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrpcap(str(path), pkts)
+
+
+def test_short_flows_keep_their_own_clock(tmp_path):
+    """pcap2img learns the gaps inside short flows; a repaired image places a short flow's second
+    packet its own gap after the first, whatever the rows between, and writes packets in time
+    order. The same file without its short-flow tables times them by the rows between."""
+    import netdiff
+    from netdiff.bits.codec import flow_keys, parse
+    from netdiff.bits.fields import header_bytes, read_field
+    from netdiff.io.pcap import read_capture
+
+    _bursty_capture(tmp_path / "cap" / "bt" / "x.pcap")
+    netdiff.pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=512))
+    doc = json.loads((tmp_path / "img" / "timing.json").read_text())
+    short = doc["classes"]["bt"]["short"]
+    assert short["n2 same"]["count"] == 12
+    png = next((tmp_path / "img" / "bt").glob("*.png"))
+    bare = tmp_path / "bare.png"
+    bare.write_bytes(png.read_bytes())                       # no sidecar: repaired, not restored
+
+    def durations(timing):
+        out = tmp_path / "out.pcap"
+        netdiff.img2pcap(bare, out, timing=timing, seed=3)
+        batch, _ = read_capture(out)
+        ts = batch.ts_sec + batch.ts_nsec / 1e9
+        assert (np.diff(ts) >= 0).all()
+        p = parse(batch)
+        keys = flow_keys(p)
+        # each host's IP IDs still count up one by one in the order the packets are written
+        ip = header_bytes(p.window, p.l3)
+        src, ipid = read_field(ip, "ipv4_src"), read_field(ip, "ipv4_id")
+        for h in np.unique(src):
+            assert (np.diff(ipid[src == h]) % 65536 == 1).all()
+        ids, counts = np.unique(keys, return_counts=True)
+        return np.array([np.ptp(ts[keys == k]) for k in ids[counts == 2]])
+
+    own = durations(TimingModel.load(tmp_path / "img" / "timing.json"))
+    assert len(own) == 12 and np.allclose(own, 3.0, atol=1e-3)
+    for c in doc["classes"].values():
+        c.pop("short")
+    doc["format"] = "netdiff-timing/4"
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    rows = durations(TimingModel.load(tmp_path / "old.json"))
+    assert len(rows) == 12 and np.abs(rows - 3.0).max() > 0.5
+
+
+def test_a_timing_file_without_short_flows_stamps_down_the_rows():
+    """Without short-flow tables, arrival times are the row clock: the gaps ``gaps`` draws, summed
+    down the rows (what repair wrote before short flows had a clock of their own)."""
+    m = TimingModel.learn({"x": [np.geomspace(1e-4, 1, 50)]})
+    flows = np.array([1, 2, 1, 3, 2, 1])
+    sides = np.array([0, 0, 1, 0, 1, 0])
+    got = m.arrival_ns(flows, sides, "x", seed=4)
+    want = np.concatenate([[0], np.cumsum(np.rint(m.gaps(5, "x", 4, kinds=gap_kinds(flows, sides=sides)) * 1e9))])
+    assert got.tolist() == want.astype(np.int64).tolist()
 
 
 def test_timing_from_sidecars(tmp_path):
@@ -250,7 +341,8 @@ def test_timing_bad_files(tmp_path):
     for bad in ({"q": [1, 2, 3], "p": [0, 0.7, 0.5], "p_zero": 0}, {"q": "abc", "p_zero": 0},
                 {"q": [1, 2], "p": [0, "x"], "p_zero": 0}, {"q": [1, 2], "p": [0, 1]}, [1, 2],
                 {**good, "kinds": {"bogus": good}}, {**good, "kinds": {"new": {"q": [1], "p_zero": 0}}},
-                {**good, "kinds": [good]}):
+                {**good, "kinds": [good]}, {**good, "short": [good]},
+                {**good, "short": {"n2": {"q": [1], "p_zero": 0}}}):
         (tmp_path / "b.json").write_text(json.dumps({"format": "netdiff-timing/3", "classes": {"x": bad}}))
         with pytest.raises(NetdiffError, match="malformed"):
             TimingModel.load(tmp_path / "b.json")
