@@ -65,7 +65,7 @@ EMPTY = ("model", "class")
 class Stat:
     name: str               # "ipv4.ttl", "tcp.server_port", "tcp.options", "stack.l3"
     protocol: str           # rule file ("" for stack statistics)
-    kind: str               # value, port, id, payload, flags, options, option_value, stack
+    kind: str               # value, port, id, payload, repeat, flags, options, option_value, stack
     field: str | None = None
     by: tuple | None = None     # learnt apart per: "direction", "service" (the flow's server
                                 # port) or a field of the same protocol; several = nested
@@ -106,8 +106,17 @@ def stats(rules: dict) -> list[Stat]:
             empty = pp["payload"].get("empty", "model")
             if empty not in EMPTY:
                 raise NetdiffError(f"{pr.path}: prior payload empty {empty!r}: one of {', '.join(EMPTY)}")
-            out.append(Stat(f"{name}.payload", name, "payload", None, _by(pr, pp["payload"].get("by")),
-                            "packet", 16, empty=empty))
+            by = _by(pr, pp["payload"].get("by"))
+            out.append(Stat(f"{name}.payload", name, "payload", None, by, "packet", 16, empty=empty))
+            repeat = pp["payload"].get("repeat", False)
+            if not isinstance(repeat, bool):
+                raise NetdiffError(f"{pr.path}: prior payload repeat {repeat!r}: true or false")
+            if repeat:
+                # by the flow's direction and service only: a header field (PSH) of the packet
+                # says nothing about whether its length is the one before
+                out.append(Stat(f"{name}.payload_repeat", name, "repeat", None,
+                                tuple(b for b in by or () if b in ("direction", "service")) or None,
+                                "packet", 1))
         if "flags" in pp:
             out.append(Stat(f"{name}.flags", name, "flags", None, None, "packet",
                             len(pp["flags"]["fields"])))
@@ -135,6 +144,23 @@ def _by(pr, by) -> tuple | None:
         raise NetdiffError(f"{pr.path}: prior by {by!r}: each must be 'direction', 'service' or a "
                            "field of the protocol")
     return names
+
+
+def _previous_data(flow: np.ndarray, direction: np.ndarray, payload: np.ndarray,
+                   mask: np.ndarray) -> np.ndarray:
+    """Per row: the row before it in its flow and direction that carries data, for rows of
+    ``mask`` that carry data themselves (-1: none, or not such a row)."""
+    n = len(payload)
+    idx = np.flatnonzero(mask & (payload > 0))
+    prev = np.full(n, -1, dtype=np.int64)
+    if len(idx) < 2:
+        return prev
+    key = np.asarray(flow)[idx].astype(np.uint64) * np.uint64(2) + np.asarray(direction)[idx].astype(np.uint64)
+    order = np.lexsort((idx, key))
+    s, k = idx[order], key[order]
+    same = k[1:] == k[:-1]
+    prev[s[1:][same]] = s[:-1][same]
+    return prev
 
 
 def _cond_key(by: tuple | None, v) -> str:
@@ -488,6 +514,11 @@ class PriorsLearner:
                           v.server_port if st.field == "server_port" else v.client_port, fh)
             elif st.kind == "payload":
                 self._add(klass, st, mask, cond, v.payload, fh)
+            elif st.kind == "repeat":
+                prev = _previous_data(v.flow_hash, v.direction, v.payload, mask)
+                has = prev >= 0
+                self._add(klass, st, has, cond,
+                          (v.payload == v.payload[np.maximum(prev, 0)]).astype(np.int64), fh)
             elif st.kind == "flags":
                 code = np.zeros(n, dtype=np.int64)
                 for nm in pr.prior["flags"]["fields"]:
@@ -901,7 +932,8 @@ class ClassPriors:
                 client_f[dup] = np.clip(v, lo, hi)
         return server_f, client_f
 
-    def payload(self, r, direction: np.ndarray, room: np.ndarray, service: np.ndarray | None = None) -> None:
+    def payload(self, r, direction: np.ndarray, room: np.ndarray, service: np.ndarray | None = None,
+                flow: np.ndarray | None = None) -> None:
         """Payload lengths: the model decides whether a packet carries data, the class how much.
         Every non-empty payload gets a length drawn from the class's lengths for its direction and
         service (within the MTU); an empty one stays empty where the class lists empty payloads
@@ -909,7 +941,42 @@ class ClassPriors:
         datagram). The model's own lengths are right in magnitude at best: their dependence on
         port, direction and flags is a fraction of the real one (NMI packet length x source port
         0.06 vs 0.35 on the held-back flows), and a model's 16-bit length is noisy in its low bits.
-        ``service``: each row's server port (conditions that name "service")."""
+        ``service``: each row's server port (conditions that name "service"). ``flow``: each
+        row's flow, for ``repeat`` (then a data packet keeps the length of its flow direction's
+        previous data packet at the class's share: a retry resends its packet, RTP and bulk TCP
+        send one size again and again; drawn one by one, the two packets of a BitTorrent retry
+        had different lengths, 73 bytes at the median where the captures' repeat 58)."""
+        self._payload_lengths(r, direction, room, service)
+        if flow is not None:
+            for st in self.stats:
+                if st.kind == "repeat":
+                    self._repeat(r, st, flow, direction, room, service)
+
+    def _repeat(self, r, st: Stat, flow, direction, room, service) -> None:
+        prev = _previous_data(flow, direction, r.payload_len, self._mask(r, st.protocol))
+        share = np.zeros(len(r))
+        for combo, rows in _combos(self._cond(r, st, direction, service), prev >= 0):
+            d = self._dist_for(st, combo)
+            if d is not None:
+                share[rows] = d.prob(np.ones(len(rows), dtype=np.int64))
+        again = (prev >= 0) & (self.rng.random(len(r)) < share)
+        if not again.any():
+            return
+        # a run of repeats keeps the length of the packet before the run: follow the links back
+        # (pointer jumping, each pass doubles the reach) to the first packet that is no repeat
+        chain = np.flatnonzero(again)
+        target = np.where(again, prev, np.arange(len(r)))
+        while True:
+            nxt = target[target]
+            if (nxt == target).all():
+                break
+            target = nxt
+        new = r.payload_len.copy()
+        new[chain] = np.minimum(r.payload_len[target[chain]], np.maximum(room[chain], 0))
+        self.changed[st.name] += int((new != r.payload_len).sum())
+        r.payload_len = new
+
+    def _payload_lengths(self, r, direction: np.ndarray, room: np.ndarray, service) -> None:
         for st in self.stats:
             if st.kind != "payload":
                 continue

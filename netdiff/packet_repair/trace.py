@@ -256,7 +256,7 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     report["rows_changed_ports"] = int(changed_ports.sum())
     fd = flow * 2 + direction                       # (flow, direction) group
     if priors is not None:
-        priors.payload(r, direction, mtu - ip_hl - l4_hl, service=server_port)
+        priors.payload(r, direction, mtu - ip_hl - l4_hl, service=server_port, flow=flow)
     # The payload each row's ports call for (payload templates); a length no content of that
     # port's dissector accepts grows to its template's, before sequence numbers count it.
     r.template, r.payload_len = PL.choose(PL.payload_table(rules), r.proto, sport, dport,

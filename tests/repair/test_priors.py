@@ -237,7 +237,7 @@ def test_values_the_class_shows_are_kept(sample_priors, sample_images):
     """A converted sample image already looks like its class: priors change nothing but the IP
     ID behaviour (drawn per host from the class's shares) and the payload lengths (drawn for
     every datagram that carries data, and for every TCP segment with its PSH bit, from what the
-    class shows)."""
+    class shows; some then repeat their flow direction's last one, at the class's share)."""
     pri, _ = sample_priors
     from netdiff.bits.layout import NETDIFFUSION
     from repair_helpers import fields_of
@@ -247,7 +247,8 @@ def test_values_the_class_shows_are_kept(sample_priors, sample_images):
         b = repair(bits, NETDIFFUSION, seed=0, priors=pri, klass=cls)
         # PSH drawn anew can land beside a FIN where the class never shows FIN+PSH: tcp.flags moves it
         assert set(b.report["priors"]["changed"]) <= {"ipv4.id", "tcp.payload", "tcp.psh", "tcp.flags",
-                                                      "udp.payload", "icmp.payload"}, b.report["priors"]
+                                                      "udp.payload", "icmp.payload", "tcp.payload_repeat",
+                                                      "udp.payload_repeat"}, b.report["priors"]
         _, va = fields_of(a.batch)
         _, vb = fields_of(b.batch)
         for k in ("tcp_sprt", "tcp_dprt", "udp_sport", "udp_dport", "ipv4_ttl", "tcp_wsize",
@@ -330,9 +331,9 @@ def test_priors_learnt_before_psh_split_the_lengths_still_draw_them(sample_captu
     for p in E.rules_dir().glob("*.yaml"):
         shutil.copy(p, rules / p.name)
     text = (rules / "tcp.yaml").read_text()
-    assert "payload: {by: [psh, direction, service], empty: class}" in text
-    (rules / "tcp.yaml").write_text(text.replace("payload: {by: [psh, direction, service], empty: class}",
-                                                 "payload: {by: [direction, service]}"))
+    now = "payload: {by: [psh, direction, service], empty: class, repeat: true}"
+    assert now in text
+    (rules / "tcp.yaml").write_text(text.replace(now, "payload: {by: [direction, service]}"))
     monkeypatch.setenv(E.RULES_ENV, str(rules))
     pcap2img(sample_captures, tmp_path / "old", layout=named_layout("netdiffusion", height=256))
     monkeypatch.delenv(E.RULES_ENV)
@@ -343,6 +344,7 @@ def test_priors_learnt_before_psh_split_the_lengths_still_draw_them(sample_captu
     res = repair(bits, L, seed=2, priors=old, klass="web_tcp")
     assert res.report["priors"]["changed"]["tcp.payload"] > 0
     assert "tcp.psh" not in res.report["priors"]["changed"]
+    assert "tcp.payload_repeat" not in res.report["priors"]["changed"]     # nor repeats
     pa = np.asarray([p["plen"] for p in _packets(plain.batch) if p["proto"] == 6])
     pb = np.asarray([p["plen"] for p in _packets(res.batch) if p["proto"] == 6])
     assert len(pb) > 20 and _payload_plausible(old, "web_tcp", "tcp", pb[pb > 0]).all()
@@ -540,3 +542,54 @@ def test_service_conditions_are_kept_for_the_busiest_services_only(tmp_path):
     assert len(services) == PR.MAX_SERVICES
     assert set(range(20000, 20010)) <= services
     assert all(ttl[k]["values"] for k in ttl)
+
+
+def _udp_flows(path, same_length: bool, flows: int = 40, seed: int = 0):
+    """UDP flows of four datagrams one way: each flow one length (a retry resends its datagram)
+    or every datagram its own."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    rng = np.random.default_rng(seed)
+    pkts, t = [], 1_700_000_000.0
+    for f in range(flows):
+        size = int(rng.integers(20, 400))
+        for _ in range(4):
+            p = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=40000 + f, dport=6881) / (b"x" * size)
+            p.time = t
+            pkts.append(p)
+            t += 0.01
+            if not same_length:
+                size = int(rng.integers(20, 400))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrpcap(str(path), pkts)
+
+
+def test_a_flow_repeats_its_lengths_as_often_as_the_class_does(tmp_path):
+    """Learnt: the share of datagrams with the length of their flow direction's previous one
+    (1 for a class of retries, about 0 where every datagram differs). Repaired from the class's
+    own image with its priors, lengths drawn one by one would differ within a flow; with the
+    repeats each flow of the retry class keeps one length, and the other class's flows do not."""
+    _udp_flows(tmp_path / "cap" / "retry" / "a.pcap", same_length=True)
+    _udp_flows(tmp_path / "cap" / "varied" / "a.pcap", same_length=False)
+    pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=160))
+    pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
+    share = {c: pri.for_class(c, seed=0).dist("udp.payload_repeat", "direction=0").prob(np.array([1]))[0]
+             for c in ("retry", "varied")}
+    assert share["retry"] == 1.0 and share["varied"] < 0.05
+    for cls in ("retry", "varied"):
+        png = next((tmp_path / "img" / cls).glob("*.png"))
+        bare = tmp_path / f"{cls}.png"
+        bare.write_bytes(png.read_bytes())          # no sidecar: repaired, not restored
+        img2pcap(bare, tmp_path / f"{cls}.pcap", priors=pri, seed=1)
+        batch, _ = read_capture(tmp_path / f"{cls}.pcap")
+        by_flow = defaultdict(set)
+        for p in _packets(batch):
+            by_flow[p["sport"], p["dport"]].add(p["plen"])
+        kinds = [len(v) for v in by_flow.values()]
+        assert len(kinds) >= 30
+        if cls == "retry":
+            assert max(kinds) == 1
+        else:
+            assert np.mean(kinds) > 2.5
