@@ -959,6 +959,8 @@ class ClassPriors:
             d = self._dist_for(st, combo)
             if d is not None:
                 share[rows] = d.prob(np.ones(len(rows), dtype=np.int64))
+        if not share.any():         # nothing learnt (a file from before repeats): no draw either
+            return
         again = (prev >= 0) & (self.rng.random(len(r)) < share)
         if not again.any():
             return
