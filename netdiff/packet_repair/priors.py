@@ -150,16 +150,14 @@ def _previous_data(flow: np.ndarray, direction: np.ndarray, payload: np.ndarray,
                    mask: np.ndarray) -> np.ndarray:
     """Per row: the row before it in its flow and direction that carries data, for rows of
     ``mask`` that carry data themselves (-1: none, or not such a row)."""
-    n = len(payload)
+    from netdiff.packet_repair.trace import group_previous
+
     idx = np.flatnonzero(mask & (payload > 0))
-    prev = np.full(n, -1, dtype=np.int64)
-    if len(idx) < 2:
-        return prev
-    key = np.asarray(flow)[idx].astype(np.uint64) * np.uint64(2) + np.asarray(direction)[idx].astype(np.uint64)
-    order = np.lexsort((idx, key))
-    s, k = idx[order], key[order]
-    same = k[1:] == k[:-1]
-    prev[s[1:][same]] = s[:-1][same]
+    prev = np.full(len(payload), -1, dtype=np.int64)
+    # dense flow ids first: keys may be 64-bit hashes (learning), which times two would overflow
+    _, dense = np.unique(np.asarray(flow)[idx], return_inverse=True)
+    before = group_previous(dense.reshape(-1) * 2 + np.asarray(direction)[idx].astype(np.int64))
+    prev[idx] = np.where(before >= 0, idx[np.maximum(before, 0)], -1)
     return prev
 
 

@@ -192,25 +192,29 @@ class TimingModel:
         later = np.flatnonzero((prev >= 0) & (size <= SHORT_MAX))
         if not len(later):
             return t
-        turn = side[later] != side[prev[later]]
-        keys = [_short_key(short, int(s), bool(u), int(d)) for s, u, d in
-                zip(size[later], turn, _row_bucket(later - prev[later]))]
+        # one table per (packets, turn, rows back) seen here, the finest the class learnt
+        cell = np.stack([size[later], side[later] != side[prev[later]], _row_bucket(later - prev[later])], axis=1)
+        combos, which = np.unique(cell, axis=0, return_inverse=True)
+        tables = [_short_key(short, int(a), bool(b), int(c)) for a, b, c in combos]
         rng = np.random.default_rng([seed, 5])
         u, z = rng.random(len(later)), rng.random(len(later))
-        own = np.zeros(n, dtype=np.int64)
-        placed = np.zeros(n, dtype=bool)
-        keys = np.asarray(keys, dtype=object)
-        for key in sorted(set(keys.tolist()) - {None}):
-            m = keys == key
+        own = np.zeros(len(later), dtype=np.int64)
+        placed = np.zeros(len(later), dtype=bool)
+        for j, key in enumerate(tables):
+            if key is None:
+                continue
+            m = which.reshape(-1) == j
             table = short[key]
             q = np.asarray(table["q"], dtype=np.float64)
             p = np.asarray(table.get("p", np.linspace(0, 1, len(q))), dtype=np.float64)
             g = np.where(z[m] < table["p_zero"], 0.0, 10.0 ** np.interp(u[m], p, q))
-            own[later[m]] = np.rint(g * 1e9).astype(np.int64)
-            placed[later[m]] = True
-        # rows in order: a packet's previous one in its flow is already where it belongs
-        for r in later[placed[later]]:
-            t[r] = t[prev[r]] + own[r]
+            own[m] = np.rint(g * 1e9).astype(np.int64)
+            placed[m] = True
+        rows, back, own = later[placed], prev[later[placed]], own[placed]
+        # a short flow has at most SHORT_MAX - 1 later packets: each pass places one more of them
+        # after a previous packet that already sits where it belongs
+        for _ in range(SHORT_MAX - 1):
+            t[rows] = t[back] + own
         return t
 
     def _pooled(self) -> dict:
@@ -288,13 +292,10 @@ def _short_key(short: dict, size: int, turn: bool, bucket: int) -> str | None:
 
 def _previous_in_flow(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each packet's previous packet of its flow (-1: none, or a key of -1) and its flow's size."""
-    n = len(f)
-    order = np.lexsort((np.arange(n), f))
-    prev = np.full(n, -1, dtype=np.int64)
-    same = (f[order][1:] == f[order][:-1]) & (f[order][1:] >= 0)
-    prev[order[1:][same]] = order[:-1][same]
+    from netdiff.packet_repair.trace import group_previous
+
     _, inv, counts = np.unique(f, return_inverse=True, return_counts=True)
-    return prev, counts[inv.reshape(-1)]
+    return group_previous(f), counts[inv.reshape(-1)]
 
 
 def _row_bucket(distance: np.ndarray) -> np.ndarray:
@@ -348,10 +349,9 @@ def gap_kinds(flows: np.ndarray, seen: set | None = None, sides: np.ndarray | No
     side = np.asarray(sides).ravel()
     if len(side) != len(f):
         raise ValueError(f"{len(side)} sides for {len(f)} packets")
-    order = np.lexsort((np.arange(len(f)), f))       # by flow, then in order
-    prev = np.full(len(f), -1, dtype=np.int64)
-    same = f[order][1:] == f[order][:-1]
-    prev[order[1:][same]] = order[:-1][same]
+    from netdiff.packet_repair.trace import group_previous
+
+    prev = group_previous(f)
     turned = (prev[1:] >= 0) & (side[1:] != side[np.maximum(prev[1:], 0)])
     return np.where(turned & (kinds == 1), 4, np.where(turned & (kinds == 2), 5, kinds))
 

@@ -55,6 +55,21 @@ def group_excl_cumsum(g: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def group_previous(g: np.ndarray) -> np.ndarray:
+    """Per row: the row before it in its group (-1: the group's first row, or a negative group id:
+    no group)."""
+    g = np.asarray(g)
+    n = len(g)
+    prev = np.full(n, -1, dtype=np.int64)
+    if n < 2:
+        return prev
+    order = np.lexsort((np.arange(n), g))
+    gs = g[order]
+    same = (gs[1:] == gs[:-1]) & (gs[1:] >= 0)
+    prev[order[1:][same]] = order[:-1][same]
+    return prev
+
+
 def group_first(g: np.ndarray, size: int) -> np.ndarray:
     """Index of the first row of each group (-1 for empty groups)."""
     first = np.full(size, -1, dtype=np.int64)
