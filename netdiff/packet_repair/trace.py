@@ -315,9 +315,7 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
         raise NetdiffError("no rule file computes the addresses (compute: address)")
 
     # 6. Per-host fields (compute: id_per_host: IP ID counts per sending host).
-    host_key = r.src.view(np.dtype((np.void, 16))).reshape(-1)
-    _, host = np.unique(host_key, return_inverse=True)
-    host = host.reshape(-1)
+    host = sending_hosts(r)
     nh = int(host.max()) + 1 if n else 0
     state.host = host
     if priors is not None:      # per-direction and per-host fields the class never shows
@@ -484,14 +482,18 @@ def id_per_host(state: TraceState, targets) -> None:
             f[col] = state.priors.ip_ids(host, f[col])
 
 
+def sending_hosts(r: Rows) -> np.ndarray:
+    """(n,) dense id of each row's source address."""
+    _, host = np.unique(r.src.view(np.dtype((np.void, 16))).reshape(-1), return_inverse=True)
+    return host.reshape(-1)
+
+
 def ids_in_time_order(r: Rows, rules: dict, order: np.ndarray) -> None:
     """Deal every host's per-host counted fields (``compute: id_per_host``) again down ``order``
     (the packets' time order, which short flows' own clocks make differ from the rows): the
     values a host sends stay the same, its k-th packet in time gets the k-th in rows."""
     n = len(r)
-    host_key = r.src.view(np.dtype((np.void, 16))).reshape(-1)
-    _, host = np.unique(host_key, return_inverse=True)
-    host = host.reshape(-1)
+    host = sending_hosts(r)
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     by_row = np.lexsort((np.arange(n), host))
