@@ -51,6 +51,15 @@ STACK_WEIGHT = 0.1          # stack score bonus: decides rows whose sections are
 ID_BEHAVIOURS = ("increment", "zero", "random")
 _VALUE_BITS = 20            # accumulator keys: 44 bits of flow hash, 20 bits of value
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+# ``by: flow_size``: how many packets the row's flow has among FLOW_SIZE_ROWS consecutive packets
+# (the tallest generated image), in buckets 1, 2, 3-7, 8 or more. Lengths drawn by direction and
+# service alone gave every flow its class's mix: at 1024 packets a generated video-conferencing
+# flow of 8+ packets carried 346 bytes a packet at the median, 8+-packet flows of the captures
+# 359 and shorter ones 118-134, and BitTorrent's one-packet flows carried up to 286 bytes a packet
+# where the captures' carry 58-125 (docs/results.md, stop 29).
+FLOW_SIZE_EDGES = (2, 3, 8)
+FLOW_SIZE_ROWS = 1024
+CONDITIONS = ("direction", "service", "flow_size")      # ``by`` names that are not fields
 
 
 # --- what is learnt: read from the rule files ---------------------------------------------------
@@ -68,7 +77,8 @@ class Stat:
     kind: str               # value, port, id, payload, repeat, flags, options, option_value, stack
     field: str | None = None
     by: tuple | None = None     # learnt apart per: "direction", "service" (the flow's server
-                                # port) or a field of the same protocol; several = nested
+                                # port), "flow_size" (FLOW_SIZE_EDGES) or a field of the same
+                                # protocol; several = nested
     per: str = "packet"     # packet, direction, flow, endpoint
     bits: int = 16
     weight: str = "packets"     # probabilities over packets or over flows
@@ -112,10 +122,10 @@ def stats(rules: dict) -> list[Stat]:
             if not isinstance(repeat, bool):
                 raise NetdiffError(f"{pr.path}: prior payload repeat {repeat!r}: true or false")
             if repeat:
-                # by the flow's direction and service only: a header field (PSH) of the packet
-                # says nothing about whether its length is the one before
+                # by the flow's conditions only: a header field (PSH) of the packet says nothing
+                # about whether its length is the one before
                 out.append(Stat(f"{name}.payload_repeat", name, "repeat", None,
-                                tuple(b for b in by or () if b in ("direction", "service")) or None,
+                                tuple(b for b in by or () if b in CONDITIONS) or None,
                                 "packet", 1))
         if "flags" in pp:
             out.append(Stat(f"{name}.flags", name, "flags", None, None, "packet",
@@ -139,11 +149,30 @@ def _by(pr, by) -> tuple | None:
         return None
     names = (by,) if isinstance(by, str) else tuple(by) if isinstance(by, list) else None
     fields = {f.name for f in pr.fields}
-    if not names or not all(isinstance(b, str) and (b in ("direction", "service") or b in fields)
-                            for b in names):
-        raise NetdiffError(f"{pr.path}: prior by {by!r}: each must be 'direction', 'service' or a "
-                           "field of the protocol")
+    if not names or not all(isinstance(b, str) and (b in CONDITIONS or b in fields) for b in names):
+        raise NetdiffError(f"{pr.path}: prior by {by!r}: each must be 'direction', 'service', "
+                           "'flow_size' or a field of the protocol")
     return names
+
+
+def flow_sizes(flow: np.ndarray, rows: int = FLOW_SIZE_ROWS) -> np.ndarray:
+    """(n,) int64 bucket (0: 1 packet, 1: 2, 2: 3-7, 3: 8 or more; FLOW_SIZE_EDGES) of the
+    packets each row's flow (any integer key per row) has within its block of ``rows``
+    consecutive rows."""
+    f = np.asarray(flow).ravel()
+    if not len(f):
+        return np.zeros(0, dtype=np.int64)
+    _, dense = np.unique(f, return_inverse=True)
+    key = np.arange(len(f), dtype=np.int64) // rows * (int(dense.max()) + 1) + dense.reshape(-1)
+    _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+    return np.searchsorted(FLOW_SIZE_EDGES, counts[inv.reshape(-1)], side="right").astype(np.int64)
+
+
+def _learnt_by(st: Stat, learnt: dict) -> Stat:
+    """A statistic as a file learnt it: one learnt before flow sizes split it draws as it did."""
+    if st.by and "flow_size" in st.by and learnt and not any("flow_size=" in k for k in learnt):
+        return replace(st, by=tuple(b for b in st.by if b != "flow_size") or None)
+    return st
 
 
 def _previous_data(flow: np.ndarray, direction: np.ndarray, payload: np.ndarray,
@@ -215,6 +244,7 @@ class _View:
     server_port: np.ndarray
     client_port: np.ndarray
     pair: np.ndarray        # hash of the ordered (source, destination) address pair
+    flow_size: np.ndarray   # flow_sizes of the rows
 
 
 def _headers(batch) -> dict | None:
@@ -282,7 +312,7 @@ def _view(h: dict, rules: dict) -> _View:
     client_port = np.where(c_a, pa, pb)
     return _View(g=g, l3=l3, l4=l4, version=version, proto=proto, payload=h["payload"],
                  flow_hash=flow_hash, direction=direction, server_port=server_port,
-                 client_port=client_port, pair=_hash(sh, sl, dh, dl))
+                 client_port=client_port, pair=_hash(sh, sl, dh, dl), flow_size=flow_sizes(flow))
 
 
 def option_kinds(vals: np.ndarray, optlen: np.ndarray, grammar) -> tuple[np.ndarray, np.ndarray]:
@@ -504,7 +534,8 @@ class PriorsLearner:
             cond = None
             if st.by:
                 cond = [v.direction if b == "direction" else v.server_port if b == "service"
-                        else read_field(src, pr.column(b)) for b in st.by]
+                        else v.flow_size if b == "flow_size" else read_field(src, pr.column(b))
+                        for b in st.by]
             if st.kind == "value":
                 self._add(klass, st, mask, cond, read_field(src, pr.column(st.field)), fh)
             elif st.kind == "port":
@@ -829,9 +860,10 @@ class ClassPriors:
         self.threshold = threshold
         self.levels = levels
         self.rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x9F1E1D])
-        self.stats = stats(rules)
+        self.stats = [_learnt_by(st, fields.get(st.name, {})) for st in stats(rules)]
         self.by_name = {s.name: s for s in self.stats}
         self.changed: Counter = Counter()
+        self._sizes: tuple | None = None        # (flow array, its flow_sizes)
         self.l3 = E.layer_protocols(rules, 3)
         self.l4 = E.layer_protocols(rules, 4)
 
@@ -944,7 +976,7 @@ class ClassPriors:
         previous data packet at the class's share: a retry resends its packet, RTP and bulk TCP
         send one size again and again; drawn one by one, the two packets of a BitTorrent retry
         had different lengths, 73 bytes at the median where the captures' repeat 58)."""
-        self._payload_lengths(r, direction, room, service)
+        self._payload_lengths(r, direction, room, service, flow)
         if flow is not None:
             for st in self.stats:
                 if st.kind == "repeat":
@@ -953,7 +985,7 @@ class ClassPriors:
     def _repeat(self, r, st: Stat, flow, direction, room, service) -> None:
         prev = _previous_data(flow, direction, r.payload_len, self._mask(r, st.protocol))
         share = np.zeros(len(r))
-        for combo, rows in _combos(self._cond(r, st, direction, service), prev >= 0):
+        for combo, rows in _combos(self._cond(r, st, direction, service, flow), prev >= 0):
             d = self._dist_for(st, combo)
             if d is not None:
                 share[rows] = d.prob(np.ones(len(rows), dtype=np.int64))
@@ -976,19 +1008,19 @@ class ClassPriors:
         self.changed[st.name] += int((new != r.payload_len).sum())
         r.payload_len = new
 
-    def _payload_lengths(self, r, direction: np.ndarray, room: np.ndarray, service) -> None:
+    def _payload_lengths(self, r, direction: np.ndarray, room: np.ndarray, service, flow=None) -> None:
         for st in self.stats:
             if st.kind != "payload":
                 continue
             mask = self._mask(r, st.protocol)
-            if st.by and st.by[0] not in ("direction", "service"):
+            if st.by and st.by[0] not in CONDITIONS:
                 learnt = self.fields.get(st.name, {})
                 if learnt and not any(k.startswith(f"{st.by[0]}=") for k in learnt):
                     # a file learnt before the lengths were split by this field: as it was learnt
                     st = replace(st, by=st.by[1:] or None, empty="model")
                 elif st.empty == "class":
-                    self._draw_leading_flag(r, st, mask, direction, service)
-            for combo, rows in _combos(self._cond(r, st, direction, service), mask):
+                    self._draw_leading_flag(r, st, mask, direction, service, flow)
+            for combo, rows in _combos(self._cond(r, st, direction, service, flow), mask):
                 d = self._dist_for(st, combo)
                 if d is None:
                     continue
@@ -1006,7 +1038,7 @@ class ClassPriors:
                 r.payload_len = np.clip(new, 0, np.maximum(room, 0))
                 self.changed[st.name] += int((r.payload_len[fill] != cur[fill]).sum())
 
-    def _draw_leading_flag(self, r, st: Stat, mask: np.ndarray, direction, service) -> None:
+    def _draw_leading_flag(self, r, st: Stat, mask: np.ndarray, direction, service, flow=None) -> None:
         """``empty: class`` with lengths learnt by a one-bit field first (TCP's PSH): the field is
         drawn with them, at the class's share for the row's other ``by`` values (the finest level
         where both of its values were learnt: a level keeps a distribution only when it has
@@ -1015,7 +1047,7 @@ class ClassPriors:
         The model's PSH was far from its class's (SSH: 27-37% of generated segments, 92% of real
         ones), and lengths drawn by the model's PSH left most generated SSH segments empty (real: 9%)."""
         col = self.rules[st.protocol].column(st.by[0])
-        rest = self._cond(r, st, direction, service)[1:]
+        rest = self._cond(r, st, direction, service, flow)[1:]
         for combo, rows in _combos(rest, mask):
             for depth in range(len(combo), -1, -1):
                 n = [self.fields.get(st.name, {}).get(_cond_key(st.by[:depth + 1], (v,) + combo[:depth]), {})
@@ -1097,14 +1129,22 @@ class ClassPriors:
             # fields that mean nothing without a flag (the urgent pointer) follow the new flags
             E.apply_dependencies(pr, r.f, mask, r.payload_len)
 
-    def _cond(self, r, st: Stat, direction: np.ndarray, service: np.ndarray | None = None) -> list:
-        """The arrays of ``st.by`` over the rows (no service known: -1, never learnt)."""
+    def _cond(self, r, st: Stat, direction: np.ndarray, service: np.ndarray | None = None,
+              flow: np.ndarray | None = None) -> list:
+        """The arrays of ``st.by`` over the rows (no service or flow known: -1, never learnt)."""
         out = []
         for b in st.by or ():
             if b == "direction":
                 out.append(direction)
             elif b == "service":
                 out.append(np.full(len(r), -1, dtype=np.int64) if service is None else service)
+            elif b == "flow_size":
+                if flow is None:
+                    out.append(np.full(len(r), -1, dtype=np.int64))
+                    continue
+                if self._sizes is None or self._sizes[0] is not flow:     # once per repair, not per statistic
+                    self._sizes = (flow, flow_sizes(flow))
+                out.append(self._sizes[1])
             else:
                 out.append(r.f[self.rules[st.protocol].column(b)])
         return out
@@ -1160,7 +1200,7 @@ class ClassPriors:
             if not mask.any() or col not in r.f:
                 continue
             group = self._group(st, n, flow, direction, host)
-            for combo, rows in _combos(self._cond(r, st, direction, service), mask):
+            for combo, rows in _combos(self._cond(r, st, direction, service, flow), mask):
                 d = self._dist_for(st, combo)
                 if d is None:
                     continue
@@ -1228,7 +1268,7 @@ class ClassPriors:
             fits = np.minimum(optlen + mtu - ip_hl - l4_hl - r.payload_len, g.max_bytes)
             kinds, _ = option_kinds(vals, optlen, g)
             lay = layout_keys(kinds)            # compared as keys; strings only for the class's
-            cond = self._cond(r, st, direction, service)
+            cond = self._cond(r, st, direction, service, flow)
             group = self._group(st, n, flow, direction, np.zeros(n, dtype=np.int64))
             known = {k.kind: k for k in g.kinds}
 

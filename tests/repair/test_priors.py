@@ -298,14 +298,28 @@ def test_whether_a_segment_carries_data_is_the_classs(sample_priors, sample_imag
     cp = pri.for_class("web_tcp", seed=0)
     services = {int(c.split("service=")[1]) for c in pri.classes["web_tcp"]["fields"]["tcp.payload"] if "service=" in c}
 
+    def empty_share(p, size) -> float:
+        """What the class gives a segment without PSH, for its direction (0: to the server), its
+        flow's size and service: the finest level learnt."""
+        direction = int(p["sport"] in services)
+        service = p["dport"] if p["dport"] in services else p["sport"]
+        for key in (f"psh=0|direction={direction}|flow_size={size}|service={service}",
+                    f"psh=0|direction={direction}|flow_size={size}", f"psh=0|direction={direction}", "psh=0"):
+            d = cp.dist("tcp.payload", key)
+            if d is not None:
+                return d.prob(np.array([0]))[0]
+        raise AssertionError(f"no psh=0 lengths learnt for {p}")
+
     def shares(batch):
-        pk = [p for p in _packets(batch) if p["proto"] == 6 and not p["flags"] & 7]   # no SYN/RST/FIN
+        every = _packets(batch)
+        tcp = [p for p in every if p["proto"] == 6]
+        # one image of TCP segments only: its rows are these packets, one block of flow sizes
+        sizes = PR.flow_sizes(np.array([min(p["sport"], p["dport"]) << 16 | max(p["sport"], p["dport"]) for p in tcp]))
+        keep = [k for k, p in enumerate(tcp) if not p["flags"] & 7]     # no SYN/RST/FIN
+        pk = [tcp[k] for k in keep]
         psh = np.asarray([bool(p["flags"] & 8) for p in pk])
         plen = np.asarray([p["plen"] for p in pk])
-        # what the class gives a segment without PSH, for its direction (0: to the server) and service
-        p0 = [cp.dist("tcp.payload", f"psh=0|direction={int(p['sport'] in services)}|"
-                                     f"service={p['dport'] if p['dport'] in services else p['sport']}").prob(np.array([0]))[0]
-              for p, ph in zip(pk, psh) if not ph]
+        p0 = [empty_share(tcp[k], sizes[k]) for k, ph in zip(keep, psh) if not ph]
         return psh.mean(), np.mean(plen[~psh] == 0), plen[psh], float(np.mean(p0))
 
     real_psh, real_empty, _, _ = shares(repair(bits, NETDIFFUSION, seed=0).batch)
@@ -331,7 +345,7 @@ def test_priors_learnt_before_psh_split_the_lengths_still_draw_them(sample_captu
     for p in E.rules_dir().glob("*.yaml"):
         shutil.copy(p, rules / p.name)
     text = (rules / "tcp.yaml").read_text()
-    now = "payload: {by: [psh, direction, service], empty: class, repeat: true}"
+    now = "payload: {by: [psh, direction, flow_size, service], empty: class, repeat: true}"
     assert now in text
     (rules / "tcp.yaml").write_text(text.replace(now, "payload: {by: [direction, service]}"))
     monkeypatch.setenv(E.RULES_ENV, str(rules))
@@ -593,3 +607,85 @@ def test_a_flow_repeats_its_lengths_as_often_as_the_class_does(tmp_path):
             assert max(kinds) == 1
         else:
             assert np.mean(kinds) > 2.5
+
+
+def test_flow_sizes_by_hand():
+    """Buckets 1, 2, 3-7, 8+ of the packets a row's flow has within its block of rows."""
+    flow = np.array([5, 7, 5, 9, 9, 9, 4, 4, 4, 4, 4, 4, 4, 4])
+    assert PR.flow_sizes(flow).tolist() == [1, 0, 1, 2, 2, 2] + [3] * 8
+    # blocks of 4 rows: flow 9 has one packet in the first and two in the second, flow 4 four
+    # in the third and two in the last
+    assert PR.flow_sizes(flow, rows=4).tolist() == [1, 0, 1, 0, 1, 1, 1, 1, 2, 2, 2, 2, 1, 1]
+
+
+def _sized_flows(path, flows: int = 24, seed: int = 0):
+    """UDP flows to one service: two-datagram exchanges of 20-40 bytes and eight-datagram
+    transfers of 800-1000, every datagram its own length, the two kinds interleaved."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    rng = np.random.default_rng(seed)
+    pkts, t = [], 1_700_000_000.0
+    for f in range(flows):
+        short = f % 2 == 0
+        for k in range(2 if short else 8):
+            size = int(rng.integers(20, 40) if short else rng.integers(800, 1000))
+            fwd = k % 2 == 0
+            ip = IP(src="10.0.0.1", dst="10.0.0.2") if fwd else IP(src="10.0.0.2", dst="10.0.0.1")
+            udp = UDP(sport=40000 + f, dport=7000) if fwd else UDP(sport=7000, dport=40000 + f)
+            p = Ether() / ip / udp / (b"x" * size)
+            p.time = t
+            pkts.append(p)
+            t += 0.01
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrpcap(str(path), pkts)
+
+
+def test_lengths_follow_the_size_of_their_flow(tmp_path):
+    """Learnt by flow size (``by: [direction, flow_size, service]`` in udp.yaml): a class whose
+    two-packet exchanges carry 20-40 bytes and whose eight-packet transfers 800-1000 to the same
+    service and in the same directions. Repaired from the class's own image with its priors, a
+    generated exchange draws short lengths and a transfer long ones; by direction and service
+    alone each would draw from both."""
+    _sized_flows(tmp_path / "cap" / "sized" / "a.pcap")
+    pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=160))
+    pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
+    keys = pri.classes["sized"]["fields"]["udp.payload"]
+    assert "direction=0|flow_size=1" in keys and "direction=0|flow_size=3" in keys
+    png = next((tmp_path / "img" / "sized").glob("*.png"))
+    bare = tmp_path / "sized.png"
+    bare.write_bytes(png.read_bytes())          # no sidecar: repaired, not restored
+    img2pcap(bare, tmp_path / "sized.pcap", priors=pri, seed=1)
+    batch, _ = read_capture(tmp_path / "sized.pcap")
+    by_flow = defaultdict(list)
+    for p in _packets(batch):
+        by_flow[min(p["sport"], p["dport"]), max(p["sport"], p["dport"])].append(p["plen"])
+    short = [x for v in by_flow.values() if len(v) == 2 for x in v]
+    long_ = [x for v in by_flow.values() if len(v) >= 8 for x in v]
+    assert len(short) >= 16 and len(long_) >= 64
+    assert max(short) < 40 <= 800 <= min(long_)
+
+
+def test_priors_learnt_before_flow_sizes_draw_as_they_were_learnt(sample_captures, tmp_path, monkeypatch):
+    """A field_priors.json learnt when the rule files did not split lengths by flow size (stop 28
+    and before) keeps its service conditions: the lengths are drawn by PSH, direction and service."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for p in E.rules_dir().glob("*.yaml"):
+        shutil.copy(p, rules / p.name)
+    for name, now in (("tcp.yaml", "[psh, direction, flow_size, service]"), ("udp.yaml", "[direction, flow_size, service]")):
+        text = (rules / name).read_text()
+        assert now in text
+        (rules / name).write_text(text.replace(now, now.replace(" flow_size,", "")))
+    monkeypatch.setenv(E.RULES_ENV, str(rules))
+    pcap2img(sample_captures, tmp_path / "old", layout=named_layout("netdiffusion", height=256))
+    monkeypatch.delenv(E.RULES_ENV)
+    old = FieldPriors.load(tmp_path / "old" / PRIORS_FILE)
+    learnt = old.classes["web_tcp"]["fields"]["tcp.payload"]
+    assert any("service=" in k for k in learnt) and not any("flow_size=" in k for k in learnt)
+    cp = old.for_class("web_tcp", seed=0)
+    assert cp.by_name["tcp.payload"].by == ("psh", "direction", "service")
+    assert cp.by_name["tcp.payload_repeat"].by == ("direction", "service")
+    res = repair(_images()["random"], L, seed=2, priors=old, klass="web_tcp")
+    assert res.report["priors"]["changed"]["tcp.payload"] > 0
