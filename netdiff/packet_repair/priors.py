@@ -21,7 +21,7 @@ plausible values (the model's output stays visible) and replaces the others: wit
 plausible value of the same group (a host's TTL, a flow direction's window) or with one draw
 per group from the class's plausible values, deterministic with the seed. Payload lengths are
 the exception (``ClassPriors.payload``): the model decides whether a packet carries data, the
-class's lengths for its direction and service how much.
+class's lengths for its direction, its flow's size and its service how much.
 """
 from __future__ import annotations
 
@@ -53,10 +53,9 @@ _VALUE_BITS = 20            # accumulator keys: 44 bits of flow hash, 20 bits of
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 # ``by: flow_size``: how many packets the row's flow has among FLOW_SIZE_ROWS consecutive packets
 # (the tallest generated image), in buckets 1, 2, 3-7, 8 or more. Lengths drawn by direction and
-# service alone gave every flow its class's mix: at 1024 packets a generated video-conferencing
-# flow of 8+ packets carried 346 bytes a packet at the median, 8+-packet flows of the captures
-# 359 and shorter ones 118-134, and BitTorrent's one-packet flows carried up to 286 bytes a packet
-# where the captures' carry 58-125 (docs/results.md, stop 29).
+# service alone gave every flow its class's mix: at 1024 packets generated video-conferencing
+# flows of 2 and 3-7 packets carried 534 and 513 bytes a packet at the median where the
+# captures' carry 134 (docs/results.md, stop 29).
 FLOW_SIZE_EDGES = (2, 3, 8)
 FLOW_SIZE_ROWS = 1024
 CONDITIONS = ("direction", "service", "flow_size")      # ``by`` names that are not fields
