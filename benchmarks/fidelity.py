@@ -532,6 +532,7 @@ def class_metrics(section: dict, cls: str) -> dict:
         "TSTR F1": _get(section, "tstr", "per_class", cls),
         "header-field JSD": _get(section, "decoded_field_jsd", "per_class", cls),
         "field MI distance": _get(section, "mutual_information_distance", "per_class", cls),
+        "flow size-duration JSD": _get(section, "mutual_information_distance", "flow_size_duration_per_class", cls),
         "inter-arrival EMD (log10 s)": _get(section, "fidelity", "per_class", cls, "inter_arrival", "emd_log10_s"),
     }
 

@@ -310,12 +310,14 @@ def markdown(report: dict) -> str:
     for label, get in rows:
         lines.append(f"| {label} | {get(report)} | {get(rr)} | {get(cm)} |")
     lines += ["", f"TRTR macro-F1 (trained and tested on real halves): {_f(report['trtr']['overall'])}.", ""]
-    lines += ["## Per class", "", "| class | JSD | C2ST AUC | MI distance | TSTR F1 | TRTR F1 |",
-              "|---|---|---|---|---|---|"]
+    lines += ["## Per class", "", "| class | JSD | C2ST AUC | MI distance | flow size-duration JSD | "
+              "TSTR F1 | TRTR F1 |", "|---|---|---|---|---|---|---|"]
+    mi = report["mutual_information_distance"]
     for c in report["classes"]:
         lines.append(f"| {c} | {_f(report['jsd']['per_class'].get(c), 4)} | "
                      f"{_f(report['c2st_auc']['per_class'].get(c))} | "
-                     f"{_f(report['mutual_information_distance']['per_class'].get(c))} | "
+                     f"{_f(mi['per_class'].get(c))} | "
+                     f"{_f(mi.get('flow_size_duration_per_class', {}).get(c), 4)} | "
                      f"{_f(report['tstr'].get('per_class', {}).get(c))} | "
                      f"{_f(report['trtr'].get('per_class', {}).get(c))} |")
     lines += ["", "## What gives synthetic packets away", "",

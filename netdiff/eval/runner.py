@@ -87,7 +87,8 @@ def compare(real: TrafficSet, synth: TrafficSet, real_flows, synth_flows, rng, s
         rf_c, sf_c = real_flows[real_flows["label"] == c], synth_flows[synth_flows["label"] == c]
         f_c, n_c, t_c = one(rr, sr, rf_c, sf_c)
         tf_c = C.c2st(flow_matrix(rf_c), flow_matrix(sf_c), rng, seed) if len(rf_c) and len(sf_c) else None
-        per_class[name] = {"fidelity": f_c, "nmi": n_c, "c2st": t_c, "c2st_flows": tf_c}
+        per_class[name] = {"fidelity": f_c, "nmi": n_c, "c2st": t_c, "c2st_flows": tf_c,
+                           "flow_joint": MI.flow_joint(rf_c, sf_c)}
     return {"fidelity": fid, "nmi": nmi, "c2st": test, "c2st_flows": flow_test,
             "flow_joint": MI.flow_joint(real_flows, synth_flows), "per_class": per_class}
 
@@ -114,7 +115,9 @@ def _keyed(result: dict) -> dict:
             "overall": result["nmi"]["distance"],
             "per_class": {c: v["nmi"]["distance"] for c, v in pc.items()},
             "worst_pairs": result["nmi"].get("worst_pairs", []),
-            "flow_size_duration": result["flow_joint"]},
+            "flow_size_duration": result["flow_joint"],
+            # pooled, a class with many flows weighs more: per class says which class's flows are off
+            "flow_size_duration_per_class": {c: v["flow_joint"]["size_duration_jsd"] for c, v in pc.items()}},
     }
 
 

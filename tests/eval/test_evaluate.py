@@ -76,6 +76,25 @@ def test_report_files_hold_the_keys_and_figures(held_back):
     assert "JSD" in summary_line(rep)
 
 
+def test_flow_size_duration_is_scored_per_class_too(held_back, splits):
+    from netdiff.eval.flows import flow_table
+    from netdiff.eval.mutual_info import flow_joint
+
+    out, rep = held_back
+    per = rep["mutual_information_distance"]["flow_size_duration_per_class"]
+    assert set(per) == {"dns", "voip", "quic", "tls_web"}
+    real, synth = load_dir(splits["real"]), load_dir(splits["other"])
+    rf, sf = flow_table(real), flow_table(synth)
+    for name, got in per.items():
+        alone = flow_joint(rf[rf["label"] == real.classes.index(name)],
+                           sf[sf["label"] == synth.classes.index(name)])["size_duration_jsd"]
+        assert (got is None and alone is None) or got == pytest.approx(alone), name
+    assert per["dns"] is not None       # dns has flows enough on both sides
+    table = (out / "report.md").read_text().split("## Per class")[1]
+    assert "flow size-duration JSD" in table.splitlines()[2]
+    assert f"{per['dns']:.4f}" in next(line for line in table.splitlines() if line.startswith("| dns |"))
+
+
 def test_held_back_real_looks_real(held_back):
     _, rep = held_back
     cm = rep["calibration"]["column_marginal"]

@@ -667,6 +667,56 @@ def test_lengths_follow_the_size_of_their_flow(tmp_path):
     assert max(short) < 40 <= 800 <= min(long_)
 
 
+def _exchanges_and_lone_queries(path, lone_bytes):
+    """UDP to one service: 24 two-datagram exchanges of 20-40 bytes and three queries no answer
+    follows, of ``lone_bytes`` bytes each."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    rng = np.random.default_rng(3)
+    clients = rng.choice(np.arange(49152, 65536), size=27, replace=False)
+    pkts, t = [], 1_700_000_000.0
+    for f in range(27):
+        lone = f % 9 == 4
+        for k in range(1 if lone else 2):
+            size = lone_bytes[f // 9] if lone else int(rng.integers(20, 40))
+            fwd = k == 0
+            ip = IP(src="10.0.0.1", dst="10.0.0.2") if fwd else IP(src="10.0.0.2", dst="10.0.0.1")
+            c = int(clients[f])
+            udp = UDP(sport=c, dport=7000) if fwd else UDP(sport=7000, dport=c)
+            p = Ether() / ip / udp / (b"x" * size)
+            p.time = t
+            pkts.append(p)
+            t += 0.01
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrpcap(str(path), pkts)
+
+
+def test_a_level_with_nothing_to_draw_falls_back_to_a_coarser_one(tmp_path):
+    """The class's lone queries (three, of 21, 29 and 37 bytes) are too few for their flow size's
+    level to list a length or hold quantiles. A generated image whose lone queries carry 1400
+    bytes gets lengths drawn from the direction's level (20-40 bytes), not its own 1400 kept."""
+    _exchanges_and_lone_queries(tmp_path / "good" / "lone" / "a.pcap", (21, 29, 37))
+    _exchanges_and_lone_queries(tmp_path / "bad" / "lone" / "a.pcap", (1400, 1400, 1400))
+    layout = named_layout("netdiffusion", height=64)
+    pcap2img(tmp_path / "good", tmp_path / "img", layout=layout)
+    pcap2img(tmp_path / "bad", tmp_path / "img_bad", layout=layout)
+    pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
+    lone = pri.classes["lone"]["fields"]["udp.payload"]["direction=0|flow_size=0"]
+    assert lone["n"] == 3 and lone["values"] == [] and "q" not in lone
+    bare = tmp_path / "bad.png"
+    bare.write_bytes(next((tmp_path / "img_bad" / "lone").glob("*.png")).read_bytes())
+    img2pcap(bare, tmp_path / "out.pcap", priors=pri, seed=1)
+    batch, _ = read_capture(tmp_path / "out.pcap")
+    by_flow = defaultdict(list)
+    for p in _packets(batch):
+        by_flow[min(p["sport"], p["dport"]), max(p["sport"], p["dport"])].append(p["plen"])
+    lone_lengths = [v[0] for v in by_flow.values() if len(v) == 1]
+    assert len(lone_lengths) == 3
+    assert max(lone_lengths) < 100
+
+
 def test_priors_learnt_before_flow_sizes_draw_as_they_were_learnt(sample_captures, tmp_path, monkeypatch):
     """A field_priors.json learnt when the rule files did not split lengths by flow size (stop 28
     and before) keeps its service conditions: the lengths are drawn by PSH, direction and service."""
