@@ -118,32 +118,37 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     pool = AddressPool(address_pool, seed)
     t = trace.repair_trace(r, rules, pool, keep_addresses=address_pool is None, priors=cp)
 
-    # 3. Option areas (compute: options; legal kinds depend on the flags the trace settled),
-    # ICMP rest of header (compute: icmp_rest), bodies.
-    state = trace.TraceState(r, rules)
+    # 3. Option areas (compute: options; legal kinds depend on the flags the trace settled).
+    state = trace.TraceState(r, rules, flow=t["flow"], direction=t["direction"],
+                             n_flows=int(t["flows"]), seed=seed, priors=cp)
     CR.run(rules, "options", state)
     opt_changed = dict(state.changed)
     if cp is not None:          # option layouts and values the class never shows
         for p, m in cp.options(r, t["flow"], t["direction"], service=t["server_port"]).items():
             opt_changed[p] = opt_changed.get(p, False) | m
-    CR.run(rules, "bodies", state)
-    body, body_len = bodies.bodies(r, rules, layout.payload_bytes)
 
     # 4. Time: gaps from the learnt model, in image row order, each drawn for what its packet does
     # in the traced flows (timing.KINDS: opens one, follows its own, goes back to another, opens
     # one after every earlier flow has ended; the middle two also by whether it answers); short
     # flows then keep their own clock (timing.SHORT_MAX), so packets are written in time order.
+    # Then what depends on the times: option clocks (compute: timestamps).
     model = timing if timing is not None else TimingModel()
     arrival = START_NS + model.arrival_ns(t["flow"], t["direction"], klass, seed)
     order = np.lexsort((np.arange(n), arrival))
     if (order != np.arange(n)).any():
         trace.ids_in_time_order(r, rules, order)
+    state.arrival = arrival
+    CR.run(rules, "time", state)
 
-    # 5. Bytes, lengths, checksums.
+    # 5. ICMP rest of header (compute: icmp_rest), bodies.
+    CR.run(rules, "bodies", state)
+    body, body_len = bodies.bodies(r, rules, layout.payload_bytes)
+
+    # 6. Bytes, lengths, checksums.
     batch = rows.build(r, rules, arrival // 10 ** 9, arrival % 10 ** 9, body, body_len, trace.macs(r))
     batch = batch.take(order)
 
-    # 6. Report: what changed, and how much of the generated content survived per field group.
+    # 7. Report: what changed, and how much of the generated content survived per field group.
     out_bits, parsed = encode(batch, layout)
     unreadable = int((parsed.reason != 0).sum())
     before = bits[r.index[order]]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 PHASES = ("value", "length", "checksum")
 # Where repair runs computations, in pipeline order; each stage's phase is never earlier than
 # the previous stage's (tests/repair/test_rules_registry.py holds that).
-STAGES = ("rows", "trace.flow", "trace.endpoints", "trace.hosts", "options", "bodies",
+STAGES = ("rows", "trace.flow", "trace.endpoints", "trace.hosts", "options", "time", "bodies",
           "build.lengths", "build.checksums")
 
 
@@ -66,6 +66,11 @@ REGISTRY: dict[str, Computation] = {c.name: c for c in (
     Computation("options", "value", "options", "netdiff.packet_repair.trace:walk_option_areas",
                 "the option area walked with the file's option grammar (engine.walk_options) "
                 "once the trace has settled the flags only_with refers to"),
+    Computation("timestamps", "value", "time", "netdiff.packet_repair.trace:option_clocks",
+                "an option's clock and echo once every packet has its time (RFC 7323 TCP "
+                "timestamps): TSval a clock per flow direction from a random start, one tick a "
+                "millisecond; TSecr the other direction's latest TSval before it (0 without ACK "
+                "or before the other side has sent one)"),
     Computation("icmp_rest", "value", "bodies", "netdiff.packet_repair.bodies:rest_of_header",
                 "the 32-bit rest of header by the type's `rest` (id_seq kept, unused zero, mtu, "
                 "pointer, gateway)"),
@@ -96,8 +101,11 @@ def computation(name: str) -> Computation | None:
 
 
 def targets(rules: dict, name: str) -> list:
-    """(protocol rules, field rule) of every field whose rule file names ``name``."""
-    return [(pr, fr) for pr in rules.values() for fr in pr.fields if fr.compute == name]
+    """(protocol rules, field rule or option kind) of every field and option kind whose rule
+    file names ``name``."""
+    return [(pr, fr) for pr in rules.values() for fr in pr.fields if fr.compute == name] + \
+        [(pr, k) for pr in rules.values() if pr.options is not None for k in pr.options.kinds
+         if k.compute == name]
 
 
 def run(rules: dict, stage: str, state) -> None:

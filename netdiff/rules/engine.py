@@ -56,7 +56,8 @@ SCHEMA = {
                 "check": LEAF, "per": LEAF, "hold": LEAF, "prior": {"kind": LEAF, "by": LEAF, "per": LEAF}}],
     "options": {"max_bytes": LEAF, "align": LEAF,
                 "kinds": [{"kind": LEAF, "name": LEAF, "length": LEAF, "only_with": LEAF,
-                           "value": {"bits": LEAF, "values": LEAF, "range": LEAF}}]},
+                           "value": {"bits": LEAF, "values": LEAF, "range": LEAF}, "compute": LEAF,
+                           "echo_with": LEAF}]},
     "flags": {"fields": LEAF, "legal": LEAF},
     "session": {"open": {"flag": LEAF, "client": LEAF, "server": LEAF}, "established": LEAF,
                 "close": LEAF, "reset": LEAF, "no_payload": LEAF, "answer_clears": LEAF},
@@ -217,11 +218,14 @@ class OptionKind(_Recorder):
     value_bits: int = 0
     value_values: tuple[int, ...] | None = None
     value_range: tuple[int, int] | None = None
+    compute: str | None = None        # a registered computation fills the option's value
+    echo_with: str | None = None      # a flag field without which the option echoes nothing
     used: set = field(default_factory=set, repr=False)
     where: str = field(default="options.kinds[].", repr=False)
     KEYS: ClassVar[dict[str, str]] = {"kind": "kind", "name": "name", "lengths": "length",
                                       "only_with": "only_with", "value_bits": "value.bits",
-                                      "value_values": "value.values", "value_range": "value.range"}
+                                      "value_values": "value.values", "value_range": "value.range",
+                                      "compute": "compute", "echo_with": "echo_with"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -364,7 +368,8 @@ def _parse(path: Path) -> ProtocolRules:
                     lengths=tuple(int(x) for x in (ln if isinstance(ln, list) else [ln])),
                     only_with=k.get("only_with"), value_bits=int(v.get("bits", 0)),
                     value_values=tuple(v["values"]) if "values" in v else None,
-                    value_range=tuple(v["range"]) if "range" in v else None, used=used))
+                    value_range=tuple(v["range"]) if "range" in v else None,
+                    compute=k.get("compute"), echo_with=k.get("echo_with"), used=used))
             options = OptionGrammar(int(o["max_bytes"]), int(o.get("align", 1)), tuple(kinds),
                                     used=used)
         except (KeyError, TypeError, ValueError) as e:
@@ -376,6 +381,11 @@ def _parse(path: Path) -> ProtocolRules:
                 _bad(path, f"option {k.name} ({k.kind}): name or kind number listed twice")
             if k.only_with is not None and k.only_with not in names:
                 _bad(path, f"option {k.name}: only_with {k.only_with!r} is not a field")
+            if k.echo_with is not None and k.echo_with not in names:
+                _bad(path, f"option {k.name}: echo_with {k.echo_with!r} is not a field")
+            if k.compute is not None and CR.computation(k.compute) is None:
+                _bad(path, f"option {k.name}: unknown compute {k.compute!r} "
+                           f"(registered in netdiff/rules/compute.py: {', '.join(CR.REGISTRY)})")
     for d in doc.get("dependencies", ()):
         kinds_ = [k for k in DEPENDENCY_KINDS if k in d]
         if d.get("field") not in names or len(kinds_) != 1:

@@ -237,8 +237,8 @@ def test_checksum_block_is_read_by_repair_and_validate(tmp_path, monkeypatch):
 USER_TIMEOUT = b"\x1c\x04\x01\x2c"      # RFC 5482 user timeout: kind 28, length 4, 300 s
 ONE_EDIT = {
     "ipv4.yaml": [("{name: ttl, bits: 8, range: [1, 255]", "{name: ttl, bits: 8, range: [100, 120]")],
-    "tcp.yaml": [("    - {kind: 8, name: timestamps, length: 10}",
-                  "    - {kind: 8, name: timestamps, length: 10}\n"
+    "tcp.yaml": [("    - {kind: 8, name: timestamps, length: 10, compute: timestamps, echo_with: ackf}",
+                  "    - {kind: 8, name: timestamps, length: 10, compute: timestamps, echo_with: ackf}\n"
                   "    - {kind: 28, name: user_timeout, length: 4}")],
 }
 
