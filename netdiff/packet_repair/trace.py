@@ -525,60 +525,61 @@ CLOCK_HZ = 1000      # RFC 7323 5.4 asks for 1 ms to 1 s a tick; Linux and the s
 def option_clocks(state: TraceState, targets) -> None:
     """``compute: timestamps`` on an option kind of 10 bytes (RFC 7323): its first four value
     bytes a clock per flow direction, ``CLOCK_HZ`` ticks a second of the rows' arrival times from
-    the direction's first generated value (with priors: a random one, as stacks that randomise
-    the clock's offset per connection do); its last four the other direction's latest clock
-    value sent before it, zero where the kind's ``echo_with`` flag is clear or the other side has
-    sent none. Rows are taken in time order (ties in row order); a row that holds the kind twice
-    gets both filled."""
-    r, flow, direction = state.r, state.flow, state.direction
-    rank = np.empty(len(r), dtype=np.int64)
-    rank[np.lexsort((np.arange(len(r)), state.arrival))] = np.arange(len(r))
+    the direction's first generated value (with priors: a random one, as stacks that offset the
+    clock per connection do); its last four the other direction's latest clock value sent before
+    it, zero where the kind's ``echo_with`` flag is clear or the other side has sent none. Rows
+    are taken in time order (ties in row order); a row that holds the kind twice gets both."""
+    from netdiff.packet_repair.priors import option_kinds
+
+    r, n = state.r, len(state.r)
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.lexsort((np.arange(n), state.arrival))] = np.arange(n)
     rng = np.random.default_rng([int(state.seed) & 0xFFFFFFFF, 0x75A1])
     for pr, kind in targets:
         attr = "ip" if pr.layer == 3 else pr.section
         opt, optlen = getattr(r, f"{attr}_opt"), getattr(r, f"{attr}_optlen")
-        at = _option_offsets(opt, optlen, kind.kind, max(kind.lengths))
-        if not at:
+        size = max(kind.lengths)
+        kinds, starts = option_kinds(opt, optlen, pr.options)
+        at_r, at_c = np.nonzero(kinds == kind.kind)
+        at_o = starts[at_r, at_c].astype(np.int64)
+        ok = (opt[at_r, np.minimum(at_o + 1, opt.shape[1] - 1)] == size) & (at_o + size <= optlen[at_r])
+        at_r, at_o = at_r[ok], at_o[ok]
+        if not len(at_r):
             continue
-        at.sort(key=lambda ro: (rank[ro[0]], ro[1]))
-        echo = np.ones(len(r), dtype=bool) if kind.echo_with is None else \
-            r.f[pr.column(kind.echo_with)] == 1
-        key = flow.astype(np.int64) * 2 + direction
-        start = rng.integers(0, 1 << 32, size=2 * state.n_flows, dtype=np.int64)
-        first = np.full(2 * state.n_flows, -1, dtype=np.int64)
-        last = np.full(2 * state.n_flows, -1, dtype=np.int64)
-        for i, o in at:
-            k = int(key[i])
-            if first[k] < 0:
-                first[k] = int(state.arrival[i])
-                if state.priors is None:
-                    start[k] = int.from_bytes(opt[i, o + 2:o + 6].tobytes(), "big")
-            val = (int(start[k]) + (int(state.arrival[i]) - int(first[k])) * CLOCK_HZ // 10 ** 9) & 0xFFFFFFFF
-            peer = int(last[k ^ 1]) if echo[i] else -1
-            opt[i, o + 2:o + 6] = np.frombuffer(val.to_bytes(4, "big"), dtype=np.uint8)
-            opt[i, o + 6:o + 10] = np.frombuffer(max(peer, 0).to_bytes(4, "big"), dtype=np.uint8)
-            last[k] = val
-
-
-def _option_offsets(opt: np.ndarray, optlen: np.ndarray, kind: int, length: int) -> list:
-    """(row, byte offset) of every option ``kind`` of ``length`` bytes in the option areas (kinds
-    0 and 1 are one byte; the others carry their length in their second byte)."""
-    out = []
-    for i in np.flatnonzero(optlen > 0).tolist():
-        j, end = 0, int(optlen[i])
-        while j < end:
-            k = int(opt[i, j])
-            if k == 0:
-                break
-            if k == 1:
-                j += 1
-                continue
-            if j + 1 >= end or int(opt[i, j + 1]) < 2:
-                break
-            if k == kind and int(opt[i, j + 1]) == length and j + length <= end:
-                out.append((i, j))
-            j += int(opt[i, j + 1])
-    return out
+        first_o = np.full(n, opt.shape[1], dtype=np.int64)
+        np.minimum.at(first_o, at_r, at_o)
+        rows = np.unique(at_r)
+        rows = rows[np.argsort(rank[rows], kind="stable")]          # time order
+        key = state.flow[rows].astype(np.int64) * 2 + state.direction[rows]
+        t = state.arrival[rows].astype(np.int64)
+        uk, first = np.unique(key, return_index=True)
+        k_i = np.searchsorted(uk, key)
+        if state.priors is None:
+            o = first_o[rows[first]]
+            start = np.zeros(len(uk), dtype=np.int64)
+            for b in range(4):
+                start = (start << 8) | opt[rows[first], o + 2 + b].astype(np.int64)
+        else:
+            start = rng.integers(0, 1 << 32, size=2 * state.n_flows, dtype=np.int64)[uk]
+        val = (start[k_i] + (t - t[first][k_i]) * CLOCK_HZ // 10 ** 9) & 0xFFFFFFFF
+        # the peer's latest value: rows by flow, then time; per direction the last row so far
+        by = np.lexsort((np.arange(len(rows)), state.flow[rows]))
+        fl, side = state.flow[rows][by], state.direction[rows][by]
+        pos = np.arange(len(rows))
+        head = np.r_[0, np.flatnonzero(np.diff(fl)) + 1]
+        flow_head = np.repeat(head, np.diff(np.r_[head, len(rows)]))
+        last = [np.maximum.accumulate(np.where(side == d, pos, -1)) for d in (0, 1)]
+        peer = np.where(side == 0, last[1], last[0])
+        echo = np.zeros(len(rows), dtype=np.int64)
+        echo[by] = np.where(peer >= flow_head, val[by][np.maximum(peer, 0)], 0)
+        if kind.echo_with is not None:
+            echo = np.where(r.f[pr.column(kind.echo_with)][rows] == 1, echo, 0)
+        tsval, tsecr = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        tsval[rows], tsecr[rows] = val, echo
+        for b in range(4):
+            shift = 8 * (3 - b)
+            opt[at_r, at_o + 2 + b] = (tsval[at_r] >> shift) & 0xFF
+            opt[at_r, at_o + 6 + b] = (tsecr[at_r] >> shift) & 0xFF
 
 
 def _addresses(r: Rows, flow, G, direction, client_port, server_port, pool: AddressPool,
