@@ -619,28 +619,34 @@ def test_flow_sizes_by_hand():
     assert PR.flow_sizes(flow, rows=4).tolist() == [1, 0, 1, 0, 1, 1, 1, 1, 2, 2, 2, 2, 1, 1]
 
 
-def _sized_flows(path, flows: int = 24, seed: int = 0):
-    """UDP flows to one service: two-datagram exchanges of 20-40 bytes and eight-datagram
-    transfers of 800-1000, every datagram its own length, the two kinds interleaved."""
+def _udp_flows(path, sizes: list[list[int]], clients: list[int]):
+    """UDP flows to port 7000, one after another: flow f's datagrams of ``sizes[f]`` bytes, the
+    first from client port ``clients[f]`` and the next ones turning back and forth."""
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap
 
-    rng = np.random.default_rng(seed)
     pkts, t = [], 1_700_000_000.0
-    for f in range(flows):
-        short = f % 2 == 0
-        for k in range(2 if short else 8):
-            size = int(rng.integers(20, 40) if short else rng.integers(800, 1000))
+    for sz, c in zip(sizes, clients):
+        for k, size in enumerate(sz):
             fwd = k % 2 == 0
             ip = IP(src="10.0.0.1", dst="10.0.0.2") if fwd else IP(src="10.0.0.2", dst="10.0.0.1")
-            udp = UDP(sport=40000 + f, dport=7000) if fwd else UDP(sport=7000, dport=40000 + f)
-            p = Ether() / ip / udp / (b"x" * size)
+            udp = UDP(sport=int(c), dport=7000) if fwd else UDP(sport=7000, dport=int(c))
+            p = Ether() / ip / udp / (b"x" * int(size))
             p.time = t
             pkts.append(p)
             t += 0.01
     path.parent.mkdir(parents=True, exist_ok=True)
     wrpcap(str(path), pkts)
+
+
+def _sized_flows(path, flows: int = 24, seed: int = 0):
+    """UDP flows to one service: two-datagram exchanges of 20-40 bytes and eight-datagram
+    transfers of 800-1000, every datagram its own length, the two kinds interleaved."""
+    rng = np.random.default_rng(seed)
+    sizes = [[int(rng.integers(20, 40) if f % 2 == 0 else rng.integers(800, 1000))
+              for _ in range(2 if f % 2 == 0 else 8)] for f in range(flows)]
+    _udp_flows(path, sizes, [40000 + f for f in range(flows)])
 
 
 def test_lengths_follow_the_size_of_their_flow(tmp_path):
@@ -671,27 +677,11 @@ def test_lengths_follow_the_size_of_their_flow(tmp_path):
 def _exchanges_and_lone_queries(path, lone_bytes):
     """UDP to one service: 24 two-datagram exchanges of 20-40 bytes and three queries no answer
     follows, of ``lone_bytes`` bytes each."""
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
-
     rng = np.random.default_rng(3)
     clients = rng.choice(np.arange(49152, 65536), size=27, replace=False)
-    pkts, t = [], 1_700_000_000.0
-    for f in range(27):
-        lone = f % 9 == 4
-        for k in range(1 if lone else 2):
-            size = lone_bytes[f // 9] if lone else int(rng.integers(20, 40))
-            fwd = k == 0
-            ip = IP(src="10.0.0.1", dst="10.0.0.2") if fwd else IP(src="10.0.0.2", dst="10.0.0.1")
-            c = int(clients[f])
-            udp = UDP(sport=c, dport=7000) if fwd else UDP(sport=7000, dport=c)
-            p = Ether() / ip / udp / (b"x" * size)
-            p.time = t
-            pkts.append(p)
-            t += 0.01
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wrpcap(str(path), pkts)
+    sizes = [[lone_bytes[f // 9]] if f % 9 == 4 else [int(rng.integers(20, 40)) for _ in range(2)]
+             for f in range(27)]
+    _udp_flows(path, sizes, list(clients))
 
 
 def test_a_level_with_nothing_to_draw_falls_back_to_a_coarser_one(tmp_path):
