@@ -619,7 +619,7 @@ def test_flow_sizes_by_hand():
     assert PR.flow_sizes(flow, rows=4).tolist() == [1, 0, 1, 0, 1, 1, 1, 1, 2, 2, 2, 2, 1, 1]
 
 
-def _udp_flows(path, sizes: list[list[int]], clients: list[int]):
+def _udp_exchanges(path, sizes: list[list[int]], clients: list[int]):
     """UDP flows to port 7000, one after another: flow f's datagrams of ``sizes[f]`` bytes, the
     first from client port ``clients[f]`` and the next ones turning back and forth."""
     from scapy.layers.inet import IP, UDP
@@ -646,7 +646,7 @@ def _sized_flows(path, flows: int = 24, seed: int = 0):
     rng = np.random.default_rng(seed)
     sizes = [[int(rng.integers(20, 40) if f % 2 == 0 else rng.integers(800, 1000))
               for _ in range(2 if f % 2 == 0 else 8)] for f in range(flows)]
-    _udp_flows(path, sizes, [40000 + f for f in range(flows)])
+    _udp_exchanges(path, sizes, [40000 + f for f in range(flows)])
 
 
 def test_lengths_follow_the_size_of_their_flow(tmp_path):
@@ -681,7 +681,7 @@ def _exchanges_and_lone_queries(path, lone_bytes):
     clients = rng.choice(np.arange(49152, 65536), size=27, replace=False)
     sizes = [[lone_bytes[f // 9]] if f % 9 == 4 else [int(rng.integers(20, 40)) for _ in range(2)]
              for f in range(27)]
-    _udp_flows(path, sizes, list(clients))
+    _udp_exchanges(path, sizes, list(clients))
 
 
 def test_a_level_with_nothing_to_draw_falls_back_to_a_coarser_one(tmp_path):
