@@ -344,9 +344,10 @@ def _parse(path: Path) -> ProtocolRules:
             _bad(path, f"field {fr.name}: hold must be one of {', '.join(HOLDS)}, with per: direction")
         if fr.values is not None and any(v < 0 or v >= 1 << fr.bits for v in fr.values):
             _bad(path, f"field {fr.name}: a legal value does not fit {fr.bits} bits")
-        if fr.compute is not None and CR.computation(fr.compute) is None:
-            _bad(path, f"field {fr.name}: unknown compute {fr.compute!r} "
-                       f"(registered in netdiff/rules/compute.py: {', '.join(CR.REGISTRY)})")
+        if fr.compute is not None and getattr(CR.computation(fr.compute), "option", True):
+            _bad(path, f"field {fr.name}: unknown compute {fr.compute!r} (field computations in "
+                       f"netdiff/rules/compute.py: "
+                       f"{', '.join(c.name for c in CR.REGISTRY.values() if not c.option)})")
         rules.append(fr)
         pos += fr.bits
     expected = [(n, w) for n, w in SECTIONS[section]]
@@ -383,9 +384,10 @@ def _parse(path: Path) -> ProtocolRules:
                 _bad(path, f"option {k.name}: only_with {k.only_with!r} is not a field")
             if k.echo_with is not None and k.echo_with not in names:
                 _bad(path, f"option {k.name}: echo_with {k.echo_with!r} is not a field")
-            if k.compute is not None and CR.computation(k.compute) is None:
-                _bad(path, f"option {k.name}: unknown compute {k.compute!r} "
-                           f"(registered in netdiff/rules/compute.py: {', '.join(CR.REGISTRY)})")
+            if k.compute is not None and not getattr(CR.computation(k.compute), "option", False):
+                _bad(path, f"option {k.name}: unknown compute {k.compute!r} (option computations "
+                           f"in netdiff/rules/compute.py: "
+                           f"{', '.join(c.name for c in CR.REGISTRY.values() if c.option)})")
     for d in doc.get("dependencies", ()):
         kinds_ = [k for k in DEPENDENCY_KINDS if k in d]
         if d.get("field") not in names or len(kinds_) != 1:

@@ -81,8 +81,16 @@ def test_without_the_computation_the_generated_values_stay(sample_images, tmp_pa
 
 @pytest.mark.parametrize("new,expect", [
     ("compute: timestampz, echo_with: ackf}", "option timestamps: unknown compute 'timestampz'"),
+    ("compute: sequence, echo_with: ackf}", "option timestamps: unknown compute 'sequence' (option computations"),
     ("compute: timestamps, echo_with: ack}", "option timestamps: echo_with 'ack' is not a field"),
 ])
 def test_bad_option_computation_is_a_one_line_error(tmp_path, new, expect):
     msg = load_error(tmp_path, {"tcp.yaml": [("compute: timestamps, echo_with: ackf}", new)]})
     assert "tcp.yaml" in msg and expect in msg and "\n" not in msg, msg
+
+
+def test_a_field_cannot_name_an_option_computation(tmp_path):
+    msg = load_error(tmp_path, {"tcp.yaml": [("{name: seq, bits: 32, compute: sequence}",
+                                              "{name: seq, bits: 32, compute: timestamps}")]})
+    assert "tcp.yaml" in msg and "field seq: unknown compute 'timestamps' (field computations" in msg
+    assert "\n" not in msg
