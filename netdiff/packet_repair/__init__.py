@@ -137,7 +137,7 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     order = np.lexsort((np.arange(n), arrival))
     if (order != np.arange(n)).any():
         trace.ids_in_time_order(r, rules, order)
-    state.arrival = arrival
+    state.arrival, state.order = arrival, order
     CR.run(rules, "time", state)
 
     # 5. ICMP rest of header (compute: icmp_rest), bodies.

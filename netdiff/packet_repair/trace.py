@@ -117,6 +117,7 @@ class TraceState:
     host: np.ndarray | None = None          # sending host per row (after the addresses)
     changed: dict = field(default_factory=dict)     # protocol -> rows an option walk changed
     arrival: np.ndarray | None = None       # each row's time in ns (stage "time" on)
+    order: np.ndarray | None = None         # rows in time order, ties in row order (the same)
     seed: int = 0
 
 
@@ -533,12 +534,12 @@ def option_clocks(state: TraceState, targets) -> None:
 
     r, n = state.r, len(state.r)
     rank = np.empty(n, dtype=np.int64)
-    rank[np.lexsort((np.arange(n), state.arrival))] = np.arange(n)
+    rank[state.order] = np.arange(n)
     rng = np.random.default_rng([int(state.seed) & 0xFFFFFFFF, 0x75A1])
     for pr, kind in targets:
         attr = "ip" if pr.layer == 3 else pr.section
         opt, optlen = getattr(r, f"{attr}_opt"), getattr(r, f"{attr}_optlen")
-        size = max(kind.lengths)
+        size = kind.lengths[0]          # the load checked it is the computation's one length
         kinds, starts = option_kinds(opt, optlen, pr.options)
         at_r, at_c = np.nonzero(kinds == kind.kind)
         at_o = starts[at_r, at_c].astype(np.int64)

@@ -36,6 +36,7 @@ class Computation:
     target: str | None      # "module:function(state, targets)"; None: inline at ``stage``
     doc: str
     option: bool = False    # named by option kinds (targets (rules, OptionKind)), not by fields
+    option_length: int = 0  # the one total length such a kind must have (the bytes it writes)
 
     def function(self):
         """The callable ``target`` names (imported on first use: rules/ sits below repair)."""
@@ -71,7 +72,7 @@ REGISTRY: dict[str, Computation] = {c.name: c for c in (
                 "an option's clock and echo once every packet has its time (RFC 7323 TCP "
                 "timestamps): TSval a clock per flow direction from its first generated value "
                 "(with priors a random one), one tick a millisecond; TSecr the other direction's latest TSval before it (0 without ACK "
-                "or before the other side has sent one)", option=True),
+                "or before the other side has sent one)", option=True, option_length=10),
     Computation("icmp_rest", "value", "bodies", "netdiff.packet_repair.bodies:rest_of_header",
                 "the 32-bit rest of header by the type's `rest` (id_seq kept, unused zero, mtu, "
                 "pointer, gateway)"),

@@ -344,7 +344,7 @@ def _parse(path: Path) -> ProtocolRules:
             _bad(path, f"field {fr.name}: hold must be one of {', '.join(HOLDS)}, with per: direction")
         if fr.values is not None and any(v < 0 or v >= 1 << fr.bits for v in fr.values):
             _bad(path, f"field {fr.name}: a legal value does not fit {fr.bits} bits")
-        if fr.compute is not None and getattr(CR.computation(fr.compute), "option", True):
+        if fr.compute is not None and (CR.computation(fr.compute) is None or CR.computation(fr.compute).option):
             _bad(path, f"field {fr.name}: unknown compute {fr.compute!r} (field computations in "
                        f"netdiff/rules/compute.py: "
                        f"{', '.join(c.name for c in CR.REGISTRY.values() if not c.option)})")
@@ -384,10 +384,15 @@ def _parse(path: Path) -> ProtocolRules:
                 _bad(path, f"option {k.name}: only_with {k.only_with!r} is not a field")
             if k.echo_with is not None and k.echo_with not in names:
                 _bad(path, f"option {k.name}: echo_with {k.echo_with!r} is not a field")
-            if k.compute is not None and not getattr(CR.computation(k.compute), "option", False):
-                _bad(path, f"option {k.name}: unknown compute {k.compute!r} (option computations "
-                           f"in netdiff/rules/compute.py: "
-                           f"{', '.join(c.name for c in CR.REGISTRY.values() if c.option)})")
+            if k.compute is not None:
+                c = CR.computation(k.compute)
+                if c is None or not c.option:
+                    _bad(path, f"option {k.name}: unknown compute {k.compute!r} (option computations "
+                               f"in netdiff/rules/compute.py: "
+                               f"{', '.join(c.name for c in CR.REGISTRY.values() if c.option)})")
+                if c.option_length and k.lengths != (c.option_length,):
+                    _bad(path, f"option {k.name}: compute {k.compute} writes an option of "
+                               f"{c.option_length} bytes, not {'/'.join(map(str, k.lengths))}")
     for d in doc.get("dependencies", ()):
         kinds_ = [k for k in DEPENDENCY_KINDS if k in d]
         if d.get("field") not in names or len(kinds_) != 1:

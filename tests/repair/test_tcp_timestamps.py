@@ -94,3 +94,11 @@ def test_a_field_cannot_name_an_option_computation(tmp_path):
                                               "{name: seq, bits: 32, compute: timestamps}")]})
     assert "tcp.yaml" in msg and "field seq: unknown compute 'timestamps' (field computations" in msg
     assert "\n" not in msg
+
+
+def test_an_option_computation_on_an_option_of_another_length_is_refused(tmp_path):
+    """``compute: timestamps`` writes ten bytes: on the four-byte MSS it would write past it."""
+    msg = load_error(tmp_path, {"tcp.yaml": [("{kind: 2, name: mss, length: 4, only_with: syn,",
+                                              "{kind: 2, name: mss, length: 4, compute: timestamps, only_with: syn,")]})
+    assert "tcp.yaml" in msg and "option mss: compute timestamps writes an option of 10 bytes, not 4" in msg
+    assert "\n" not in msg
