@@ -41,8 +41,9 @@ MAX_LINK = 128                    # flows further back than this count as a new 
 SNAPSHOTS = 64                    # per class: states of the flows going on where a window starts
 SHRINK = 2.0                      # pseudo-rows: a layout's flow habits shrink towards its class's
 FIT_ROUNDS = 200                  # MM iterations of the choice model (converged well before)
-CALIBRATION_ROWS = 256            # walks that calibrate the chain: rows per image,
-CALIBRATION_IMAGES = 6            # images per class and round,
+CALIBRATION_ROWS = 1024           # walks that calibrate the chain: rows per image (a flow
+                                  # that comes back 100 rows later is cut off by 256-row walks),
+CALIBRATION_IMAGES = 3            # images per class and round,
 CALIBRATION_ROUNDS = 10           # rounds (the shares settle within a few)
 CALIBRATION_SEED = 7919
 FAR = 8                           # going back past the 8th most recent flow: "far back"
@@ -74,15 +75,21 @@ def flow_links(image: np.ndarray, ports: dict) -> tuple[np.ndarray, np.ndarray]:
 
 SIZE_EDGES = np.array([2, 3, 4, 8])     # a flow's packets so far: 1, 2, 3, 4-7, 8 or more
 N_BASE = 2 * (len(SIZE_EDGES) + 1)      # x whether its last packet ran against its first
-# x how late the flow is: rows since its last packet over its own pace (rows per packet so far,
-# + 1; a flow of one packet counts a pace of 1): on time, late, long overdue. Without it a flow
-# that had ended looked to the next row like one pausing, and went on again hundreds of rows
-# later: generated video-conferencing flows spanned 12 rows per packet where the captures' span
-# 2.6 (their packets come in bursts, then the flow ends), so at 1024 packets an image's flows
-# lasted 16 s where the captures' last 0.8 s. Files saved before it have N_BASE states.
-LATE_EDGES = (2.0, 6.0)
+# x how late the flow is: rows since its last packet, at most LATE_EDGES[0], at most
+# LATE_EDGES[1], more (on time, late, long overdue). Without it a flow that had ended looked to
+# the next row like one pausing, and went on again hundreds of rows later: generated
+# video-conferencing flows spanned 12 rows per packet where the captures' span 2.6 (their packets
+# come in bursts, then the flow ends), so at 1024 packets an image's flows lasted 16 s where the
+# captures' last 0.8 s. Counted in rows, not against the flow's own pace (files saved from stop 27
+# to 30: rows since over rows per packet so far + 1, edges PACE_EDGES): a flow whose packets had
+# drifted apart was on time at its own slow pace, so generated long flows kept spreading
+# (BitTorrent's flows of 8+ packets over 442 rows in 1024-row walks, its windows' over 213).
+# Files saved before lateness have N_BASE states.
+LATE_EDGES = (8, 40)
+PACE_EDGES = (2.0, 6.0)
 N_STATES = N_BASE * (len(LATE_EDGES) + 1)
-LATE_ROWS = (1, 8, 20)      # rows since the last packet that put a flow of pace 1 in each bucket
+LATE_ROWS = (1, 9, 41)      # the least rows since the last packet in each bucket
+PACE_ROWS = (1, 8, 20)      # the same for a flow of pace 1, by PACE_EDGES
 
 
 def flow_state(packets: int, last_reversed: bool, late: int = 0) -> int:
@@ -92,15 +99,23 @@ def flow_state(packets: int, last_reversed: bool, late: int = 0) -> int:
 
 
 def lateness(rows_since: int, packets: int, span: int) -> int:
-    """0, 1 or 2: a flow whose last packet was ``rows_since`` rows ago and whose first ``span``
-    rows before its last, against ``LATE_EDGES``."""
+    """0, 1 or 2: a flow whose last packet was ``rows_since`` rows ago, against ``LATE_EDGES``
+    (``packets`` and ``span``, the rows from its first packet to its last, are for
+    ``lateness_by_pace``'s files)."""
+    return int(rows_since > _LATE[0]) + int(rows_since > _LATE[1])
+
+
+def lateness_by_pace(rows_since: int, packets: int, span: int) -> int:
+    """Lateness as layout files saved from stop 27 to 30 count it: rows since the last packet
+    over the flow's own pace (rows per packet so far, + 1), against ``PACE_EDGES``."""
     pace = span / (packets - 1) if packets > 1 else 1.0
     ratio = rows_since / (pace + 1.0)
-    return int(ratio > _LATE[0]) + int(ratio > _LATE[1])
+    return int(ratio > _PACE[0]) + int(ratio > _PACE[1])
 
 
 _EDGES = tuple(int(e) for e in SIZE_EDGES)      # plain ints: flow_state runs once per sampled row
-_LATE = tuple(float(e) for e in LATE_EDGES)
+_LATE = tuple(int(e) for e in LATE_EDGES)
+_PACE = tuple(float(e) for e in PACE_EDGES)
 STATE_PACKETS = (1,) + _EDGES                   # a flow with a state's packets (the bucket's least)
 
 
@@ -162,7 +177,7 @@ class LayoutChain:
     def __init__(self, vocab: np.ndarray, classes: list[str], start: np.ndarray, trans: np.ndarray,
                  links: np.ndarray | None = None, layout_name: str = "netdiffusion",
                  weights: np.ndarray | None = None, flips: np.ndarray | None = None,
-                 going: np.ndarray | None = None):
+                 going: np.ndarray | None = None, late_by: str = "rows"):
         self.vocab = np.asarray(vocab, dtype=bool)
         self.classes = list(classes)
         self.start = np.asarray(start, dtype=np.float64)       # (C, K)
@@ -182,6 +197,11 @@ class LayoutChain:
         # going (C, SNAPSHOTS, transports, MAX_LINK) int8: states of the flows going on where a
         # training window starts within its capture (-1: none), the flows an image starts among
         self.going = None if going is None else np.asarray(going, dtype=np.int8)
+        # how the states count lateness: "rows" (``lateness``) or, files saved from stop 27 to
+        # 30, "pace" (``lateness_by_pace``)
+        if late_by not in ("rows", "pace"):
+            raise ValueError(f"lateness by {late_by!r}")
+        self.late_by = late_by
 
     @classmethod
     def fit(cls, images: list[np.ndarray], labels: list[str], layout=None,
@@ -191,7 +211,8 @@ class LayoutChain:
         image; consecutive images with the same key are consecutive windows of one capture, and
         row transitions and flow links run on across their edges (default: every image alone).
         ``calibrate``: scale the choice weights so that the chain's own walks match the training
-        rows' shares of new flows, of the most recent flow and of going far back (``calibrate``)."""
+        rows' shares of new flows, of the most recent flow, of going far back and of going on with
+        long-overdue flows (``calibrate``)."""
         from netdiff.bits.layout import named_layout
 
         layout = layout or named_layout("netdiffusion", height=images[0].shape[0])
@@ -216,7 +237,7 @@ class LayoutChain:
         flips = np.zeros((len(classes), len(keys), N_STATES, 2))
         choices: list[list] = [[] for _ in classes]     # per class: (layout, options, chosen) rows
         snaps: list[list] = [[] for _ in classes]
-        counts = np.zeros((len(classes), 4), dtype=np.int64)    # rows with ports, new, most recent, far
+        counts = np.zeros((len(classes), 5), dtype=np.int64)    # rows with ports, new, most recent, far, overdue
         keys_of = list(range(len(images))) if streams is None else list(streams)
         if len(keys_of) != len(images):
             raise ValueError(f"{len(keys_of)} stream keys for {len(images)} images")
@@ -238,12 +259,16 @@ class LayoutChain:
             choices[c].append(_choices(ids, link, rev, states, chosen, flips[c]))
             # what calibration matches: rows after the first window when the capture has more
             # (a generated image starts among the flows going on, not at a capture's start)
-            seen = link[len(images[lo]) if hi - lo > 1 else 0:]
+            skip = len(images[lo]) if hi - lo > 1 else 0
+            seen, state = link[skip:], chosen[skip:]
+            overdue = (seen > 0) & (state // N_BASE == N_STATES // N_BASE - 1)
             seen = seen[seen >= 0]
-            counts[c] += (len(seen), int((seen == 0).sum()), int((seen == 1).sum()), int((seen > FAR).sum()))
+            counts[c] += (len(seen), int((seen == 0).sum()), int((seen == 1).sum()), int((seen > FAR).sum()),
+                          int(overdue.sum()))
             lo = hi
         weights = np.stack([fit_choices(*_join(rows), len(keys)) for rows in choices])
-        targets = {classes[c]: (new / n, last / n, far / n) for c, (n, new, last, far) in enumerate(counts) if n}
+        targets = {classes[c]: (new / n, last / n, far / n, late / n)
+                   for c, (n, new, last, far, late) in enumerate(counts) if n}
         going = np.full((len(classes), SNAPSHOTS, len(ports), MAX_LINK), -1, dtype=np.int8)
         for c, at in enumerate(snaps):
             # evenly over the class's window starts, the same ones every time
@@ -293,17 +318,19 @@ class LayoutChain:
         DNS query is answered once, a Modbus poll goes on for the whole image."""
         if self.weights is None:
             return self._sample_links(cls, ids, generator, layout)
-        flows, _ = self._walk(self.classes.index(cls), ids, generator, port_columns(layout))
+        flows, *_ = self._walk(self.classes.index(cls), ids, generator, port_columns(layout))
         # directions against the flow's first row in the image
         return [[(i, rev != f[0][1]) for i, rev in f] for f in flows if len(f) > 1]
 
     def _walk(self, c: int, ids: np.ndarray, generator: torch.Generator, ports: dict,
-              weights: np.ndarray | None = None) -> tuple[list, np.ndarray]:
+              weights: np.ndarray | None = None) -> tuple[list, np.ndarray, np.ndarray]:
         """The flow choice of every row: (flows as lists of (row, reversed against the flow's
         first packet in the walk), per row the option taken: 0 a new flow, r the r-th most
-        recent flow of its transport, -1 no ports). ``weights``: the class's, unless given."""
+        recent flow of its transport, -1 no ports; per row whether the flow it went on with was
+        long overdue, lateness's last bucket). ``weights``: the class's, unless given."""
         weight = self.weights[c] if weights is None else weights
         timed = weight.shape[-1] > N_BASE       # files saved before lateness: its states without it
+        late_of, late_rows = (lateness, LATE_ROWS) if self.late_by == "rows" else (lateness_by_pace, PACE_ROWS)
         flip = self.flips[c] + 1e-9     # a state never seen: either way
         transport = [_transport(v, ports) for v in self.vocab]
         # per transport, most recent first: [flow index, packets, last reversed, flow_state
@@ -311,6 +338,8 @@ class LayoutChain:
         recent: dict[str, list[list]] = {t: [] for t in ports}
         flows: list[list[tuple[int, bool]]] = []     # image rows, direction against the flow's first
         taken = np.full(len(ids), -1, dtype=np.int64)
+        overdue = np.zeros(len(ids), dtype=bool)
+        last_bucket = N_STATES // N_BASE - 1
         # the image starts mid-capture, among the flows going on where one of the class's training
         # windows starts (from an empty start a Modbus image opened a quarter of its rows as new
         # flows, where real windows open 0.4%: they begin with the capture's polls running)
@@ -323,7 +352,7 @@ class LayoutChain:
                 for state in row[row >= 0]:
                     base, late = int(state) % N_BASE, int(state) // N_BASE
                     n = STATE_PACKETS[base // 2]
-                    last = -LATE_ROWS[late]     # a pace of 1 row per packet, as late as the state says
+                    last = -late_rows[late]     # a pace of 1 row per packet, as late as the state says
                     flows.append([])
                     recent[t].append([len(flows) - 1, n, bool(base % 2), base, last - (n - 1), last])
         u = torch.rand((len(ids), 2), generator=generator, dtype=torch.float64).numpy()
@@ -333,7 +362,7 @@ class LayoutChain:
                 continue
             cand = recent[t][:weight.shape[1] - 1]     # the file's own reach
             if timed:
-                st = np.fromiter((f[3] + N_BASE * lateness(i - f[5], f[1], f[5] - f[4]) for f in cand),
+                st = np.fromiter((f[3] + N_BASE * late_of(i - f[5], f[1], f[5] - f[4]) for f in cand),
                                  dtype=np.intp, count=len(cand))
             else:
                 st = np.fromiter((f[3] for f in cand), dtype=np.intp, count=len(cand))
@@ -345,6 +374,7 @@ class LayoutChain:
                 recent[t].insert(0, [len(flows) - 1, 1, False, flow_state(1, False), i, i])
                 continue
             f = recent[t].pop(pick - 1)
+            overdue[i] = timed and st[pick - 1] // N_BASE == last_bucket
             rev = bool(f[2] ^ _draw(flip[k, st[pick - 1]], u[i, 1]))
             flows[f[0]].append((i, rev))
             f[1] += 1
@@ -352,51 +382,62 @@ class LayoutChain:
             f[3] = flow_state(f[1], rev)
             f[5] = i
             recent[t].insert(0, f)
-        return flows, taken
+        return flows, taken, overdue
 
-    def calibrate(self, targets: dict[str, tuple[float, float, float]], ports: dict, rows: int = CALIBRATION_ROWS,
-                  images: int = CALIBRATION_IMAGES, rounds: int = CALIBRATION_ROUNDS) -> dict:
-        """Scale each class's weight of a new flow, of going on with the most recent flow and of
-        going back past the ``FAR``-th most recent so that the chain's own walks do each as often
-        as the training rows did (``targets``: class -> (new-flow, most-recent, far-back shares)
-        of the rows with ports). A choice model fitted row by row under-continues once it walks on its own
+    def calibrate(self, targets: dict[str, tuple[float, float, float, float]], ports: dict,
+                  rows: int = CALIBRATION_ROWS, images: int = CALIBRATION_IMAGES,
+                  rounds: int = CALIBRATION_ROUNDS) -> dict:
+        """Scale each class's weight of a new flow, of going on with the most recent flow, of
+        going back past the ``FAR``-th most recent and of going on with a long-overdue flow
+        (lateness's last bucket) so that the chain's own walks do each as often as the training
+        rows did (``targets``: class -> (new-flow, most-recent, far-back, overdue shares) of the
+        rows with ports). A choice model fitted row by row under-continues once it walks on its own
         draws: each flow it opens too many is one more option for the next row (Modbus: 0.40 of
         ported rows went on with the last flow, 0.49 in the training windows). Fixed seeds:
         the same fit gives the same weights. Going back far spreads a flow's packets over the
         capture: video streaming went back past the 8th flow on 15% of rows where the captures
-        did on 4%, and its flows lasted 20 s where the captures' last 0.3 s. Returns class ->
-        (new, most recent, far back) multipliers."""
+        did on 4%, and its flows lasted 20 s where the captures' last 0.3 s. Overdue flows are
+        retries and the ends of pauses (BitTorrent's SYNs again 3 s, about 100 rows, later: 18%
+        of its rows); matched as a share, the walks neither drop them nor spread every flow.
+        Returns class -> (new, most recent, far back, overdue) multipliers."""
         out = {}
-        for cls, (t_new, t_last, t_far) in targets.items():
+        overdue_states = np.arange(N_STATES) // N_BASE == N_STATES // N_BASE - 1
+        for cls, (t_new, t_last, t_far, t_late) in targets.items():
             c = self.classes.index(cls)
             base = self.weights[c].copy()
-            a = b = d = 1.0
+            a = b = d = e = 1.0
             for _ in range(rounds):
                 w = base.copy()
                 w[:, 0, 0] *= a
                 w[:, 1, :] *= b
                 w[:, FAR + 1:, :] *= d
-                new = last = far = n = 0
+                w[:, 1:, overdue_states] *= e
+                new = last = far = late = n = 0
                 for s in range(images):
                     g = torch.Generator().manual_seed(CALIBRATION_SEED + s)
                     ids = self.sample_ids(cls, rows, g)
-                    _, taken = self._walk(c, ids, g, ports, w)
+                    _, taken, overdue = self._walk(c, ids, g, ports, w)
                     has = taken >= 0
                     n += int(has.sum())
                     new += int((taken == 0).sum())
                     last += int((taken == 1).sum())
                     far += int((taken > FAR).sum())
+                    late += int(overdue.sum())
                 if n == 0:
                     break
                 # a Luce weight scales the odds of its option: step each by the odds ratio
                 a *= _odds_step(t_new, new / n)
                 b *= _odds_step(t_last, last / n)
                 d *= _odds_step(t_far, far / n)
-                a, b, d = (float(np.clip(x, 0.02, 50.0)) for x in (a, b, d))
-            self.weights[c, :, 0, 0] = base[:, 0, 0] * a
-            self.weights[c, :, 1, :] = base[:, 1, :] * b
-            self.weights[c, :, FAR + 1:, :] = base[:, FAR + 1:, :] * d
-            out[cls] = (a, b, d)
+                e *= _odds_step(t_late, late / n)
+                a, b, d, e = (float(np.clip(x, 0.02, 50.0)) for x in (a, b, d, e))
+            w = base.copy()
+            w[:, 0, 0] *= a
+            w[:, 1, :] *= b
+            w[:, FAR + 1:, :] *= d
+            w[:, 1:, overdue_states] *= e
+            self.weights[c] = w
+            out[cls] = (a, b, d, e)
         # as saved: a loaded chain draws what this one does
         self.weights = self.weights.astype(np.float32).astype(np.float64)
         return out
@@ -431,7 +472,7 @@ class LayoutChain:
         # one metadata key: safetensors writes a metadata map in an order that varies between
         # processes, and a resumed training must write the same bytes as a straight one
         meta = json.dumps({"classes": self.classes, "width": int(self.vocab.shape[1]),
-                           "layout": self.layout_name}, sort_keys=True)
+                           "layout": self.layout_name, "late_by": self.late_by}, sort_keys=True)
         tensors = {"vocab": np.packbits(self.vocab, axis=1), "start": self.start.astype(np.float32),
                    "trans": self.trans.astype(np.float32), "links": self.links.astype(np.float32)}
         if self.weights is not None:
@@ -467,7 +508,8 @@ class LayoutChain:
                       if {"weights", "flips"} <= names else [None] * 2)     # saved before flow states
             chain = cls(vocab, meta["classes"], f.get_tensor("start"), f.get_tensor("trans"),
                         links, meta.get("layout", "netdiffusion"), *states,
-                        f.get_tensor("going") if "going" in names else None)
+                        f.get_tensor("going") if "going" in names else None,
+                        meta.get("late_by", "pace"))
         # tensors of the wrong shape would fail only when an image is sampled, deep in a loop
         n_c, n_k = len(chain.classes), len(chain.vocab)
         expect = {"start": (chain.start, (n_c, n_k)), "trans": (chain.trans, (n_c, n_k, n_k))}

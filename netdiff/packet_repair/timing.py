@@ -34,9 +34,11 @@ from netdiff.io.atomic import atomic_write_text
 
 N_QUANTILES = 101
 MIN_GAP = 1e-9
-FORMAT = "netdiff-timing/5"
-# /1: even quantiles only; /2: no kinds; /3: no turned kinds; /4: no short flows
-READS = ("netdiff-timing/1", "netdiff-timing/2", "netdiff-timing/3", "netdiff-timing/4", FORMAT)
+FORMAT = "netdiff-timing/6"
+# /1: even quantiles only; /2: no kinds; /3: no turned kinds; /4: no short flows; /5: short
+# flows by gap to the previous packet (read without them: their tables mean something else)
+READS = ("netdiff-timing/1", "netdiff-timing/2", "netdiff-timing/3", "netdiff-timing/4",
+         "netdiff-timing/5", FORMAT)
 # The packet after a gap: opens a flow while an earlier one goes on, follows its own flow's last
 # packet, goes back to another flow, or opens a flow after every earlier one has ended; "same" and
 # "other" when it runs the way its flow's last packet ran, "same_turn" and "other_turn" when it
@@ -54,7 +56,7 @@ class TimingModel:
     def __init__(self, classes: dict[str, dict] | None = None):
         # class -> {"q": [log10 quantiles], "p": [their probabilities, 0..1; absent: N_QUANTILES
         # even ones], "p_zero": float, "count": int, "kinds": {kind: the same without "kinds"},
-        # "short": {short_cell(...): the same}}
+        # "short": {short_cell(...): the same, of offsets from the flow's first packet}}
         self.classes: dict[str, dict] = classes or {}
 
     # --- learning -------------------------------------------------------------------------------
@@ -64,7 +66,7 @@ class TimingModel:
               short_by_class: dict[str, list[np.ndarray]] | None = None) -> "TimingModel":
         """``{class: [inter-arrival seconds of capture 1, of capture 2, ...]}`` -> model.
         ``kinds_by_class``: the same shape, each gap's kind (an index into ``KINDS``, -1 unknown:
-        ``gap_kinds``). ``short_by_class``: ``{class: [short_flow_gaps of a block, ...]}``."""
+        ``gap_kinds``). ``short_by_class``: ``{class: [short_flow_offsets of a block, ...]}``."""
         model = cls()
         for klass, arrays in gaps_by_class.items():
             gaps = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) \
@@ -136,6 +138,9 @@ class TimingModel:
             if not isinstance(kinds, dict) or set(kinds) - set(KINDS) or not isinstance(short, dict) \
                     or not all(_well_formed(e) for e in [c, *kinds.values(), *short.values()]):
                 raise NetdiffError(f"{path}: class {k!r} is malformed")
+        if doc["format"] != FORMAT:
+            for c in classes.values():
+                c.pop("short", None)
         return cls(doc["classes"])
 
     # --- sampling -------------------------------------------------------------------------------
@@ -188,14 +193,15 @@ class TimingModel:
         short = self.classes.get(klass, {}).get("short") if klass is not None else None
         if not short:
             return t
-        prev, size = _previous_in_flow(f)
+        prev, first, position, size = _places_in_flow(f)
         later = np.flatnonzero((prev >= 0) & (size <= SHORT_MAX))
         if not len(later):
             return t
-        # one table per (packets, turn, rows back) seen here, the finest the class learnt
-        cell = np.stack([size[later], side[later] != side[prev[later]], _row_bucket(later - prev[later])], axis=1)
+        # one table per (packets, place, turn, rows since the first) seen here, the finest learnt
+        cell = np.stack([size[later], position[later], side[later] != side[prev[later]],
+                         _row_bucket(later - first[later])], axis=1)
         combos, which = np.unique(cell, axis=0, return_inverse=True)
-        tables = [_short_key(short, int(a), bool(b), int(c)) for a, b, c in combos]
+        tables = [_short_key(short, *(int(x) for x in combo)) for combo in combos]
         rng = np.random.default_rng([seed, 5])
         u, z = rng.random(len(later)), rng.random(len(later))
         own = np.zeros(len(later), dtype=np.int64)
@@ -210,11 +216,14 @@ class TimingModel:
             g = np.where(z[m] < table["p_zero"], 0.0, 10.0 ** np.interp(u[m], p, q))
             own[m] = np.rint(g * 1e9).astype(np.int64)
             placed[m] = True
-        rows, back, own = later[placed], prev[later[placed]], own[placed]
-        # a short flow has at most SHORT_MAX - 1 later packets: each pass places one more of them
-        # after a previous packet that already sits where it belongs
-        for _ in range(SHORT_MAX - 1):
-            t[rows] = t[back] + own
+        # each later packet at its own offset from the flow's first (a retry timer fixes when the
+        # last retry goes, whenever the one between went: BitTorrent's three tries at 0, 0.5-1.5
+        # and 3 s), never before the packet ahead of it; place by place, so that one sits where
+        # it belongs
+        rows = later[placed]
+        for k in range(1, SHORT_MAX):
+            r = rows[position[rows] == k]
+            t[r] = np.maximum(t[first[r]] + own[placed][position[rows] == k], t[prev[r]])
         return t
 
     def _pooled(self) -> dict:
@@ -236,66 +245,79 @@ def _quantiles(gaps: np.ndarray) -> dict:
             "p_zero": float(1 - len(pos) / len(gaps)), "count": int(len(gaps))}
 
 
-def short_flow_gaps(flows: np.ndarray, sides: np.ndarray, times_ns: np.ndarray) -> np.ndarray:
-    """(m, 4) float64, one row per later packet of a flow with at most ``SHORT_MAX`` packets
-    among ``flows`` (a block of a capture, in order): the flow's packets, 1 where the packet
-    runs against its flow's previous one, the log2 bucket of how many rows back that one is
-    (``_row_bucket``), and the gap to it in seconds."""
+def short_flow_offsets(flows: np.ndarray, sides: np.ndarray, times_ns: np.ndarray) -> np.ndarray:
+    """(m, 5) float64, one row per later packet of a flow with at most ``SHORT_MAX`` packets
+    among ``flows`` (a block of a capture, in order): the flow's packets, the packet's place in
+    it (1 the second), 1 where it runs against its flow's previous packet, the log2 bucket of how
+    many rows after the flow's first packet it comes (``_row_bucket``), and its time after that
+    first packet in seconds."""
     f = np.asarray(flows, dtype=np.int64).ravel()
     t = np.asarray(times_ns, dtype=np.int64).ravel()
     side = np.asarray(sides).ravel()
     if not (len(f) == len(t) == len(side)):
         raise ValueError(f"{len(f)} flows, {len(side)} sides, {len(t)} times")
-    prev, size = _previous_in_flow(f)
+    prev, first, position, size = _places_in_flow(f)
     later = np.flatnonzero((prev >= 0) & (size <= SHORT_MAX))
-    gap = (t[later] - t[prev[later]]) / 1e9
-    ok = gap >= 0
-    later, gap = later[ok], gap[ok]
-    return np.stack([size[later], side[later] != side[prev[later]], _row_bucket(later - prev[later]),
-                     gap], axis=1).astype(np.float64) if len(later) else np.zeros((0, 4))
+    since = (t[later] - t[first[later]]) / 1e9
+    ok = since >= 0
+    later, since = later[ok], since[ok]
+    return np.stack([size[later], position[later], side[later] != side[prev[later]],
+                     _row_bucket(later - first[later]), since], axis=1).astype(np.float64) \
+        if len(later) else np.zeros((0, 5))
 
 
-def short_cell(size: int, turn: bool | None = None, bucket: int | None = None) -> str:
-    """Key of a short-flow gap table: a flow of ``size`` packets, the packet turning or not,
-    its flow's previous packet ``bucket`` (log2) rows back; coarser without the last ones."""
-    parts = [f"n{size}"] + ([] if turn is None else ["turn" if turn else "same"]) + \
+def short_cell(size: int, position: int, turn: bool | None = None, bucket: int | None = None) -> str:
+    """Key of a short-flow table: the packet at ``position`` (1: the second) of a flow of
+    ``size`` packets, turning against the packet before it or not, ``bucket`` (log2) rows after
+    the flow's first packet; coarser without the last ones."""
+    parts = [f"n{size}", f"k{position}"] + ([] if turn is None else ["turn" if turn else "same"]) + \
         ([] if bucket is None else [f"d{bucket}"])
     return " ".join(parts)
 
 
 def _short_cells(rows: np.ndarray) -> dict:
-    """Quantile tables of ``short_flow_gaps`` rows, for every cell and its coarser ones seen at
+    """Quantile tables of ``short_flow_offsets`` rows, for every cell and its coarser ones seen at
     least ``MIN_KIND`` times."""
     out = {}
-    size, turn, bucket, gap = rows[:, 0].astype(int), rows[:, 1] > 0, rows[:, 2].astype(int), rows[:, 3]
-    keys = [(s, None, None) for s in np.unique(size)]
-    keys += [(s, bool(u), None) for s, u in set(zip(size.tolist(), turn.tolist()))]
-    keys += [(s, bool(u), b) for s, u, b in set(zip(size.tolist(), turn.tolist(), bucket.tolist()))]
-    for s, u, b in sorted(keys, key=lambda k: (k[0], k[1] is not None, k[1] or False, -1 if k[2] is None else k[2])):
-        m = size == s
+    size, place, turn, bucket = (rows[:, i].astype(int) for i in range(4))
+    since = rows[:, 4]
+    cells = set()
+    for s, k, u, b in zip(size.tolist(), place.tolist(), turn.tolist(), bucket.tolist()):
+        cells |= {(s, k, None, None), (s, k, bool(u), None), (s, k, bool(u), b)}
+    for s, k, u, b in sorted(cells, key=lambda c: (c[0], c[1], c[2] is not None, c[2] or False,
+                                                  -1 if c[3] is None else c[3])):
+        m = (size == s) & (place == k)
         if u is not None:
-            m &= turn == u
+            m &= turn == int(u)
         if b is not None:
             m &= bucket == b
         if m.sum() >= MIN_KIND:
-            out[short_cell(int(s), u, b)] = _quantiles(gap[m])
+            out[short_cell(s, k, u, b)] = _quantiles(since[m])
     return out
 
 
-def _short_key(short: dict, size: int, turn: bool, bucket: int) -> str | None:
-    """The finest table of ``short`` for a packet (None: the class learnt none for its size)."""
-    for key in (short_cell(size, turn, bucket), short_cell(size, turn), short_cell(size)):
+def _short_key(short: dict, size: int, position: int, turn: int, bucket: int) -> str | None:
+    """The finest table of ``short`` for a packet (None: the class learnt none for its place)."""
+    for key in (short_cell(size, position, bool(turn), bucket), short_cell(size, position, bool(turn)),
+                short_cell(size, position)):
         if key in short:
             return key
     return None
 
 
-def _previous_in_flow(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each packet's previous packet of its flow (-1: none, or a key of -1) and its flow's size."""
+def _places_in_flow(f: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per packet: the previous packet of its flow (-1: none, or a key of -1), its flow's first
+    packet, its place in the flow (0 the first) and its flow's size."""
     from netdiff.packet_repair.trace import group_previous
 
     _, inv, counts = np.unique(f, return_inverse=True, return_counts=True)
-    return group_previous(f), counts[inv.reshape(-1)]
+    inv = inv.reshape(-1)
+    order = np.lexsort((np.arange(len(f)), inv))
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    position = np.empty(len(f), dtype=np.int64)
+    position[order] = np.arange(len(f)) - np.repeat(starts, counts)
+    first = order[starts][inv]
+    return group_previous(f), first, position, counts[inv]
 
 
 def _row_bucket(distance: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ class ConvertSummary:
     outputs: list[str] = field(default_factory=list)
     gaps: dict = field(default_factory=dict)             # class -> [inter-arrival seconds arrays]
     gap_kinds: dict = field(default_factory=dict)        # class -> [their kinds, timing.gap_kinds]
-    short_gaps: dict = field(default_factory=dict)       # class -> [timing.short_flow_gaps of a block]
+    short_gaps: dict = field(default_factory=dict)       # class -> [timing.short_flow_offsets of a block]
     priors: object = None                                # PriorsLearner fed with every image
     classes: set = field(default_factory=set)            # classes that got at least one image
 
@@ -185,7 +185,7 @@ def _learn_timing(summary: ConvertSummary, out_dir: Path) -> None:
 def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: str, per_image: int,
                  keep_payload: bool, max_images: int | None, min_packets: int,
                  summary: ConvertSummary) -> None:
-    from netdiff.packet_repair.timing import SHORT_BLOCK, gap_kinds, short_flow_gaps
+    from netdiff.packet_repair.timing import SHORT_BLOCK, gap_kinds, short_flow_offsets
 
     reader = CaptureReader(path)
     source = {"path": str(path), "name": path.name, "sha256": _sha256(path),
@@ -203,7 +203,7 @@ def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: s
         block.clear()
         while len(f) >= SHORT_BLOCK or (final and len(f) > 1):
             cut = min(SHORT_BLOCK, len(f))
-            got = short_flow_gaps(f[:cut], sd[:cut], t[:cut])
+            got = short_flow_offsets(f[:cut], sd[:cut], t[:cut])
             if len(got):
                 summary.short_gaps.setdefault(klass, []).append(got)
             f, sd, t = f[cut:], sd[cut:], t[cut:]

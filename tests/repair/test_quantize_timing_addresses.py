@@ -7,7 +7,7 @@ from netdiff.bits.layout import NETDIFFUSION as L, named_layout
 from netdiff.errors import ImageError, NetdiffError
 from netdiff.image.codec import bits_to_rgb
 from netdiff.packet_repair import TimingModel, quantize, repair
-from netdiff.packet_repair.timing import KINDS, gap_kinds, short_flow_gaps
+from netdiff.packet_repair.timing import KINDS, gap_kinds, short_flow_offsets
 from netdiff.packet_repair.addresses import AddressPool, parse_pool
 from netdiff.packet_repair.perturb import random_bits
 
@@ -202,7 +202,7 @@ def test_pcap2img_learns_kinds_and_repair_stamps_flows_with_them(tmp_path):
     wrpcap(str(tmp_path / "cap" / "dns" / "x.pcap"), pkts)
     netdiff.pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=72))
     doc = json.loads((tmp_path / "img" / "timing.json").read_text())
-    assert doc["format"] == "netdiff-timing/5"
+    assert doc["format"] == "netdiff-timing/6"
     assert "short" not in doc["classes"]["dns"]        # six packets a flow: none is short
     kinds = doc["classes"]["dns"]["kinds"]
     # every packet inside an exchange answers the one before it
@@ -224,29 +224,42 @@ def test_pcap2img_learns_kinds_and_repair_stamps_flows_with_them(tmp_path):
     assert (big == new_flow).all()
 
 
-def test_short_flow_gaps_by_hand():
-    """Flows 7 (two packets, the second an answer three rows on), 8 (five packets: not short) and
-    9 (one packet); a key of -1 is no flow."""
-    flows = np.array([7, 8, 8, 7, 8, 9, 8, 8, -1, -1])
-    sides = np.array([0, 0, 1, 1, 0, 0, 1, 0, 0, 0])
-    ns = np.arange(10) * 1_000_000 + np.array([0, 0, 0, 500_000_000, 0, 0, 0, 0, 0, 0])
-    got = short_flow_gaps(flows, sides, ns)
-    assert got.tolist() == [[2, 1, 1, 0.503]]          # 3 rows back: log2 bucket 1
+def test_short_flow_offsets_by_hand():
+    """Flows 7 (two packets, the second an answer three rows on), 8 (five packets: not short), 9
+    (one packet) and 6 (three packets one way, rows 9, 10 and 14); a key of -1 is no flow.
+    Offsets count from the flow's first packet, rows too."""
+    flows = np.array([7, 8, 8, 7, 8, 9, 8, 8, -1, 6, 6, -1, -1, -1, 6])
+    sides = np.array([0, 0, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 0, 1])
+    ns = np.arange(15) * 1_000_000 + np.array([0, 0, 0, 500_000_000] + [0] * 10 + [2_000_000_000])
+    got = short_flow_offsets(flows, sides, ns)
+    assert got.tolist() == [[2, 1, 1, 1, 0.503],        # 3 rows after the first: log2 bucket 1
+                            [3, 1, 0, 0, 0.001],
+                            [3, 2, 0, 2, 2.005]]        # 5 rows after the first: bucket 2
+
+
+def _write_udp_to_6881(path, sends) -> None:
+    """A capture of 20-byte UDP datagrams to 10.0.0.9:6881, one per (time, source, source port)
+    of ``sends``, in time order."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    pkts = []
+    for when, src, sport in sorted(sends):
+        p = Ether() / IP(src=src, dst="10.0.0.9") / UDP(sport=sport, dport=6881) / (b"x" * 20)
+        p.time = when
+        pkts.append(p)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrpcap(str(path), pkts)
 
 
 def _bursty_capture(path, pairs=12, retry=3.0):
     """UDP 'retries': two packets of one flow ``retry`` s apart, with 3 or 30 packets of a busy
     flow between them (so the rows between say nothing about the time)."""
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
-
-    pkts, t = [], 1_700_000_000.0
+    sends, t = [], 1_700_000_000.0
 
     def add(src, sport, when):
-        p = Ether() / IP(src=src, dst="10.0.0.9") / UDP(sport=sport, dport=6881) / (b"x" * 20)
-        p.time = when
-        pkts.append(p)
+        sends.append((when, src, sport))
 
     for k in range(pairs):
         between = 3 if k % 2 else 30
@@ -255,8 +268,7 @@ def _bursty_capture(path, pairs=12, retry=3.0):
             add("10.0.2.2", 40000, t + retry * (j + 1) / (between + 1))
         add("10.0.1.1", 50000 + k, t + retry)
         t += retry + 0.5
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wrpcap(str(path), pkts)
+    _write_udp_to_6881(path, sends)
 
 
 def test_short_flows_keep_their_own_clock(tmp_path):
@@ -272,7 +284,7 @@ def test_short_flows_keep_their_own_clock(tmp_path):
     netdiff.pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=512))
     doc = json.loads((tmp_path / "img" / "timing.json").read_text())
     short = doc["classes"]["bt"]["short"]
-    assert short["n2 same"]["count"] == 12
+    assert short["n2 k1 same"]["count"] == 12
     png = next((tmp_path / "img" / "bt").glob("*.png"))
     bare = tmp_path / "bare.png"
     bare.write_bytes(png.read_bytes())                       # no sidecar: repaired, not restored
@@ -301,6 +313,61 @@ def test_short_flows_keep_their_own_clock(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(doc))
     rows = durations(TimingModel.load(tmp_path / "old.json"))
     assert len(rows) == 12 and np.abs(rows - 3.0).max() > 0.5
+
+
+def _retry_capture(path, flows=12):
+    """Three tries per flow, one way: at 0, at 0.5, 1 or 1.5 s, and at 3 s (a retry timer fixes
+    the last whenever the middle went), a busy flow's 3 or 30 packets between each two."""
+    sends, t = [], 1_700_000_000.0
+    for k in range(flows):
+        middle = (0.5, 1.0, 1.5)[k % 3]
+        between = 3 if k % 2 else 30
+        sends += [(w, "10.0.1.1", 50000 + k) for w in (t, t + middle, t + 3.0)]
+        sends += [(t + 3.0 * (j + 1) / (2 * between + 2), "10.0.2.2", 40000) for j in range(2 * between + 1)]
+        t += 3.5
+    _write_udp_to_6881(path, sends)
+
+
+def test_short_flows_keep_their_timers(tmp_path):
+    """A short flow's later packets are placed at offsets from its first, learnt by their place
+    in the flow: three tries at 0, 0.5-1.5 and 3 s come back 3 s long every time, with the middle
+    one between (drawn gap by gap, as timing files /5 did, the two gaps were independent and the
+    flows lasted 1-5 s)."""
+    import netdiff
+    from netdiff.bits.codec import flow_keys, parse
+    from netdiff.io.pcap import read_capture
+
+    _retry_capture(tmp_path / "cap" / "bt" / "x.pcap")
+    netdiff.pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=1024))
+    short = json.loads((tmp_path / "img" / "timing.json").read_text())["classes"]["bt"]["short"]
+    assert short["n3 k1 same"]["count"] == short["n3 k2 same"]["count"] == 12
+    png = next((tmp_path / "img" / "bt").glob("*.png"))
+    bare = tmp_path / "bare.png"
+    bare.write_bytes(png.read_bytes())                       # no sidecar: repaired, not restored
+    timing = TimingModel.load(tmp_path / "img" / "timing.json")
+    for seed in range(3):
+        netdiff.img2pcap(bare, tmp_path / "out.pcap", timing=timing, seed=seed)
+        batch, _ = read_capture(tmp_path / "out.pcap")
+        ts = batch.ts_sec + batch.ts_nsec / 1e9
+        keys = flow_keys(parse(batch))
+        ids, counts = np.unique(keys, return_counts=True)
+        tries = [ts[keys == k] - ts[keys == k][0] for k in ids[counts == 3]]
+        assert len(tries) == 12
+        assert np.allclose([t[2] for t in tries], 3.0, atol=1e-3)
+        assert all(0.5 - 1e-3 <= t[1] <= 1.5 + 1e-3 for t in tries)
+
+
+def test_a_timing_file_of_short_gaps_loads_without_them(tmp_path):
+    """Files /5 kept short flows' gaps to the previous packet under the same key: read as offsets
+    they would place packets wrongly, so they are left out (the row clock times those packets)."""
+    m = TimingModel.learn({"x": [np.geomspace(1e-4, 1, 50)]},
+                          short_by_class={"x": [np.array([[2, 1, 0, 1, 0.5]] * 10)]})
+    m.save(tmp_path / "t.json")
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert "n2 k1" in TimingModel.load(tmp_path / "t.json").classes["x"]["short"]
+    doc["format"] = "netdiff-timing/5"
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    assert "short" not in TimingModel.load(tmp_path / "t.json").classes["x"]
 
 
 def test_a_timing_file_without_short_flows_stamps_down_the_rows():
@@ -342,7 +409,7 @@ def test_timing_bad_files(tmp_path):
                 {"q": [1, 2], "p": [0, "x"], "p_zero": 0}, {"q": [1, 2], "p": [0, 1]}, [1, 2],
                 {**good, "kinds": {"bogus": good}}, {**good, "kinds": {"new": {"q": [1], "p_zero": 0}}},
                 {**good, "kinds": [good]}, {**good, "short": [good]},
-                {**good, "short": {"n2": {"q": [1], "p_zero": 0}}}):
+                {**good, "short": {"n2 k1": {"q": [1], "p_zero": 0}}}):
         (tmp_path / "b.json").write_text(json.dumps({"format": "netdiff-timing/3", "classes": {"x": bad}}))
         with pytest.raises(NetdiffError, match="malformed"):
             TimingModel.load(tmp_path / "b.json")
