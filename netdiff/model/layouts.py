@@ -406,12 +406,17 @@ class LayoutChain:
             c = self.classes.index(cls)
             base = self.weights[c].copy()
             a = b = d = e = 1.0
-            for _ in range(rounds):
+
+            def scaled() -> np.ndarray:
                 w = base.copy()
                 w[:, 0, 0] *= a
                 w[:, 1, :] *= b
                 w[:, FAR + 1:, :] *= d
                 w[:, 1:, overdue_states] *= e
+                return w
+
+            for _ in range(rounds):
+                w = scaled()
                 new = last = far = late = n = 0
                 for s in range(images):
                     g = torch.Generator().manual_seed(CALIBRATION_SEED + s)
@@ -431,12 +436,7 @@ class LayoutChain:
                 d *= _odds_step(t_far, far / n)
                 e *= _odds_step(t_late, late / n)
                 a, b, d, e = (float(np.clip(x, 0.02, 50.0)) for x in (a, b, d, e))
-            w = base.copy()
-            w[:, 0, 0] *= a
-            w[:, 1, :] *= b
-            w[:, FAR + 1:, :] *= d
-            w[:, 1:, overdue_states] *= e
-            self.weights[c] = w
+            self.weights[c] = scaled()
             out[cls] = (a, b, d, e)
         # as saved: a loaded chain draws what this one does
         self.weights = self.weights.astype(np.float32).astype(np.float64)

@@ -220,10 +220,11 @@ class TimingModel:
         # last retry goes, whenever the one between went: BitTorrent's three tries at 0, 0.5-1.5
         # and 3 s), never before the packet ahead of it; place by place, so that one sits where
         # it belongs
-        rows = later[placed]
+        rows, own = later[placed], own[placed]
         for k in range(1, SHORT_MAX):
-            r = rows[position[rows] == k]
-            t[r] = np.maximum(t[first[r]] + own[placed][position[rows] == k], t[prev[r]])
+            m = position[rows] == k
+            r = rows[m]
+            t[r] = np.maximum(t[first[r]] + own[m], t[prev[r]])
         return t
 
     def _pooled(self) -> dict:
@@ -306,18 +307,18 @@ def _short_key(short: dict, size: int, position: int, turn: int, bucket: int) ->
 
 
 def _places_in_flow(f: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per packet: the previous packet of its flow (-1: none, or a key of -1), its flow's first
-    packet, its place in the flow (0 the first) and its flow's size."""
-    from netdiff.packet_repair.trace import group_previous
-
+    """Per packet: the previous packet of its flow (-1: none, or a key of -1: no flow), its flow's
+    first packet, its place in the flow (0 the first) and its flow's size."""
     _, inv, counts = np.unique(f, return_inverse=True, return_counts=True)
     inv = inv.reshape(-1)
-    order = np.lexsort((np.arange(len(f)), inv))
+    order = np.lexsort((np.arange(len(f)), inv))      # each flow's packets together, in order
     starts = np.r_[0, np.cumsum(counts)[:-1]]
     position = np.empty(len(f), dtype=np.int64)
     position[order] = np.arange(len(f)) - np.repeat(starts, counts)
-    first = order[starts][inv]
-    return group_previous(f), first, position, counts[inv]
+    prev = np.full(len(f), -1, dtype=np.int64)
+    later = (position[order] > 0) & (f[order] >= 0)
+    prev[order[later]] = order[np.flatnonzero(later) - 1]
+    return prev, order[starts][inv], position, counts[inv]
 
 
 def _row_bucket(distance: np.ndarray) -> np.ndarray:
