@@ -331,13 +331,14 @@ def refit_layouts(images: Path, model: Path) -> None:
     trained: a reused network gets it refitted with the current code, in seconds."""
     from netdiff.model.config import ModelConfig
     from netdiff.model.data import ImageDataset
-    from netdiff.model.layouts import LAYOUTS_FILE, LayoutChain
+    from netdiff.model.flow_chain import FlowChain
+    from netdiff.model.layouts import LAYOUTS_FILE
 
     if not (model / LAYOUTS_FILE).is_file():
         return          # a Gaussian model has no structure stage
     doc = json.loads((model / "netdiff_model.json").read_text())
     cfg = ModelConfig.from_dict(doc["config"], source=str(model))
-    LayoutChain.fit_dataset(ImageDataset(images, cfg.image)).save(model)
+    FlowChain.fit_dataset(ImageDataset(images, cfg.image)).save(model)
 
 
 def priors_file(images: Path) -> Path | None:

@@ -345,9 +345,9 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
             chain, present, canon, member, chunk_flows = bundle.layouts, [], [], [], []
             for b, sd in enumerate(chunk):
                 g = torch.Generator("cpu").manual_seed(sd + 2_000_003)
-                ids = chain.sample_ids(cls, windows * first[0], g)
+                ids, flows = chain.sample_structure(cls, windows * first[0], g, layout)
                 present.append(chain.vocab[ids].reshape(windows, first[0], -1))
-                chunk_flows.append(chain.sample_flows(cls, ids, g, layout))
+                chunk_flows.append(flows)
                 c, m = tie_pairs(chunk_flows[-1], layout)
                 offset = b * windows * first[0] * layout.width     # image b's first pixel in the batch
                 canon.append(c + offset)

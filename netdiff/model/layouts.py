@@ -22,7 +22,10 @@ docs/diffusion.md "Row layouts"). So masked models generate in two stages, struc
 3. the masked model fills the values with those absent pixels revealed and the present ones
    hidden (``netdiff.model.masked``; training hides pixels the same way for part of each batch).
 
-Saved as ``layouts.safetensors`` in the model folder.
+Saved as ``layouts.safetensors`` in the model folder. Model folders written since stop 32 hold a
+``netdiff.model.flow_chain.FlowChain`` there instead (each row's flow drawn before its layout);
+this chain reads, walks and ties the flows of folders saved before, and its flow states, choice
+fitting and port ties serve both.
 """
 from __future__ import annotations
 
@@ -55,15 +58,46 @@ def port_columns(layout) -> dict[str, tuple[slice, slice]]:
             if s in layout.fields and d in layout.fields}
 
 
-def _transport(present_row: np.ndarray, ports: dict) -> str | None:
+def row_transport(present_row: np.ndarray, ports: dict) -> str | None:
+    """The transport whose source port columns a row's present-pixel map holds, or None."""
     for t, (s, _) in ports.items():
         if present_row[s].all():
             return t
     return None
 
 
-def _bits_value(bits: np.ndarray) -> int:
+def bits_value(bits: np.ndarray) -> int:
+    """The unsigned number a row of bit pixels spells, most significant first."""
     return int("".join("1" if b == 1 else "0" for b in bits), 2)
+
+
+def layout_vocabulary(images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(K, W) bool: the distinct row layouts (present-pixel maps) of ``images`` in order of first
+    appearance, and each image's rows as indices into them."""
+    index: dict[bytes, int] = {}
+    seqs = []
+    for im in images:
+        present = np.packbits(np.asarray(im) != ABSENT, axis=1)
+        seqs.append(np.array([index.setdefault(r.tobytes(), len(index)) for r in present], dtype=np.intp))
+    width = images[0].shape[1]
+    vocab = np.zeros((len(index), width), dtype=bool)
+    for key, k in index.items():
+        vocab[k] = np.unpackbits(np.frombuffer(key, dtype=np.uint8))[:width].astype(bool)
+    return vocab, seqs
+
+
+def capture_spans(labels: list[str], streams: list | None):
+    """(lo, hi) per capture: images lo..hi-1 are one capture's consecutive windows (the same
+    stream key and class one after another; ``streams`` None: every image alone)."""
+    keys = list(range(len(labels))) if streams is None else list(streams)
+    if len(keys) != len(labels):
+        raise ValueError(f"{len(keys)} stream keys for {len(labels)} images")
+    lo = 0
+    for hi in range(1, len(labels) + 1):
+        if hi < len(labels) and keys[hi] == keys[lo] and labels[hi] == labels[lo]:
+            continue
+        yield lo, hi
+        lo = hi
 
 
 def flow_links(image: np.ndarray, ports: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -143,11 +177,11 @@ def flow_events(image: np.ndarray, ports: dict, every: int | None = None):
                 st = [state(f, i) for f in fl[:MAX_LINK]]
                 snap[j, :len(st)] = st
             snaps.append(snap)
-        t = _transport(row != ABSENT, ports)
+        t = row_transport(row != ABSENT, ports)
         if t is None:
             states.append(np.zeros(0, dtype=np.int64))
             continue
-        s, d = _bits_value(row[ports[t][0]]), _bits_value(row[ports[t][1]])
+        s, d = bits_value(row[ports[t][0]]), bits_value(row[ports[t][1]])
         key = (min(s, d), max(s, d))
         flows = recent[t]
         states.append(np.array([state(f, i) for f in flows[:MAX_LINK]], dtype=np.int64))
@@ -218,33 +252,17 @@ class LayoutChain:
         layout = layout or named_layout("netdiffusion", height=images[0].shape[0])
         ports = port_columns(layout)
         classes = sorted(set(labels))
-        keys: dict[bytes, int] = {}
-        seqs = []
-        for im in images:
-            present = np.packbits(np.asarray(im) != ABSENT, axis=1)
-            ids = []
-            for row in present:
-                ids.append(keys.setdefault(row.tobytes(), len(keys)))
-            seqs.append(ids)
-        width = images[0].shape[1]
-        vocab = np.zeros((len(keys), width), dtype=bool)
-        for key, k in keys.items():
-            vocab[k] = np.unpackbits(np.frombuffer(key, dtype=np.uint8))[:width].astype(bool)
+        vocab, seqs = layout_vocabulary(images)
+        n_k = len(vocab)
         c_index = {c: i for i, c in enumerate(classes)}
-        start = np.zeros((len(classes), len(keys)))
-        trans = np.zeros((len(classes), len(keys), len(keys)))
-        links = np.zeros((len(classes), len(keys), MAX_LINK + 1, 2))
-        flips = np.zeros((len(classes), len(keys), N_STATES, 2))
+        start = np.zeros((len(classes), n_k))
+        trans = np.zeros((len(classes), n_k, n_k))
+        links = np.zeros((len(classes), n_k, MAX_LINK + 1, 2))
+        flips = np.zeros((len(classes), n_k, N_STATES, 2))
         choices: list[list] = [[] for _ in classes]     # per class: (layout, options, chosen) rows
         snaps: list[list] = [[] for _ in classes]
         counts = np.zeros((len(classes), 5), dtype=np.int64)    # rows with ports, new, most recent, far, overdue
-        keys_of = list(range(len(images))) if streams is None else list(streams)
-        if len(keys_of) != len(images):
-            raise ValueError(f"{len(keys_of)} stream keys for {len(images)} images")
-        lo = 0
-        for hi in range(1, len(images) + 1):
-            if hi < len(images) and keys_of[hi] == keys_of[lo] and labels[hi] == labels[lo]:
-                continue
+        for lo, hi in capture_spans(labels, streams):
             # images lo..hi-1: one capture's consecutive windows
             c = c_index[labels[lo]]
             for ids in seqs[lo:hi]:
@@ -265,8 +283,7 @@ class LayoutChain:
             seen = seen[seen >= 0]
             counts[c] += (len(seen), int((seen == 0).sum()), int((seen == 1).sum()), int((seen > FAR).sum()),
                           int(overdue.sum()))
-            lo = hi
-        weights = np.stack([fit_choices(*_join(rows), len(keys)) for rows in choices])
+        weights = np.stack([fit_choices(*_join(rows), n_k) for rows in choices])
         targets = {classes[c]: (new / n, last / n, far / n, late / n)
                    for c, (n, new, last, far, late) in enumerate(counts) if n}
         going = np.full((len(classes), SNAPSHOTS, len(ports), MAX_LINK), -1, dtype=np.int8)
@@ -293,13 +310,20 @@ class LayoutChain:
         image's own generator (the same draws for the same seed)."""
         return self.vocab[self.sample_ids(cls, rows, generator)]
 
+    def sample_structure(self, cls: str, rows: int, generator: torch.Generator, layout
+                         ) -> tuple[np.ndarray, list[list[tuple[int, bool]]]]:
+        """One image's row layout ids (into ``vocab``) and flows (``sample_flows``), from the
+        image's own generator: the interface ``netdiff.model.flow_chain.FlowChain`` shares."""
+        ids = self.sample_ids(cls, rows, generator)
+        return ids, self.sample_flows(cls, ids, generator, layout)
+
     def sample_ids(self, cls: str, rows: int, generator: torch.Generator) -> np.ndarray:
         if cls not in self.classes:
             raise KeyError(cls)
         c = self.classes.index(cls)
         u = torch.rand(rows, generator=generator, dtype=torch.float64).numpy()
         ids = np.empty(rows, dtype=np.intp)
-        ids[0] = _draw(self.start[c], u[0])
+        ids[0] = draw_index(self.start[c], u[0])
         # a layout last seen at the end of an image: go on from the class's start distribution
         nxt = np.where(self.trans[c].sum(1, keepdims=True) > 0, self.trans[c], self.start[c][None])
         cdf = np.cumsum(nxt, axis=1)
@@ -332,7 +356,7 @@ class LayoutChain:
         timed = weight.shape[-1] > N_BASE       # files saved before lateness: its states without it
         late_of, late_rows = (lateness, LATE_ROWS) if self.late_by == "rows" else (lateness_by_pace, PACE_ROWS)
         flip = self.flips[c] + 1e-9     # a state never seen: either way
-        transport = [_transport(v, ports) for v in self.vocab]
+        transport = [row_transport(v, ports) for v in self.vocab]
         # per transport, most recent first: [flow index, packets, last reversed, flow_state
         # without lateness, first row, last row]
         recent: dict[str, list[list]] = {t: [] for t in ports}
@@ -367,7 +391,7 @@ class LayoutChain:
             else:
                 st = np.fromiter((f[3] for f in cand), dtype=np.intp, count=len(cand))
             w = np.concatenate([[weight[k, 0, 0]], weight[k, np.arange(1, len(cand) + 1), st]])
-            pick = _draw(w, u[i, 0]) if w.sum() > 0 else 0
+            pick = draw_index(w, u[i, 0]) if w.sum() > 0 else 0
             taken[i] = pick
             if pick == 0:
                 flows.append([(i, False)])
@@ -375,7 +399,7 @@ class LayoutChain:
                 continue
             f = recent[t].pop(pick - 1)
             overdue[i] = timed and st[pick - 1] // N_BASE == last_bucket
-            rev = bool(f[2] ^ _draw(flip[k, st[pick - 1]], u[i, 1]))
+            rev = bool(f[2] ^ draw_index(flip[k, st[pick - 1]], u[i, 1]))
             flows[f[0]].append((i, rev))
             f[1] += 1
             f[2] = rev
@@ -431,10 +455,10 @@ class LayoutChain:
                 if n == 0:
                     break
                 # a Luce weight scales the odds of its option: step each by the odds ratio
-                a *= _odds_step(t_new, new / n)
-                b *= _odds_step(t_last, last / n)
-                d *= _odds_step(t_far, far / n)
-                e *= _odds_step(t_late, late / n)
+                a *= odds_step(t_new, new / n)
+                b *= odds_step(t_last, last / n)
+                d *= odds_step(t_far, far / n)
+                e *= odds_step(t_late, late / n)
                 a, b, d, e = (float(np.clip(x, 0.02, 50.0)) for x in (a, b, d, e))
             self.weights[c] = scaled()
             out[cls] = (a, b, d, e)
@@ -450,11 +474,11 @@ class LayoutChain:
         recent: dict[str, list[int]] = {t: [] for t in ports}       # flow indices, most recent first
         flows: list[list[tuple[int, bool]]] = []
         for i, k in enumerate(ids):
-            t = _transport(self.vocab[k], ports)
+            t = row_transport(self.vocab[k], ports)
             if t is None:
                 continue
             w = self.links[c, k].ravel()
-            pick = _draw(w, u[i]) if w.sum() > 0 else 0
+            pick = draw_index(w, u[i]) if w.sum() > 0 else 0
             r, rev = divmod(pick, 2)
             # a link to a flow this image does not have (yet) starts a new one
             if r == 0 or r > len(recent[t]):
@@ -559,19 +583,19 @@ def fit_choices(layouts: np.ndarray, options: np.ndarray, taken: np.ndarray, n_l
     by_state = np.where(options > 0, 1 + options % N_STATES, options)
     # maximum likelihood here (no pseudo-rows): a state never gone on with weighs 0, where a
     # small weight on each of a hundred answered flows added up to more than a new flow
-    w_state = _mm(by_state, by_state[rows, taken], np.ones(1 + N_STATES), shrink=0.0)
-    w_state[1:] = _borrow_unseen(w_state[1:], np.bincount(by_state[by_state > 0] - 1, minlength=N_STATES))
+    w_state = fit_luce(by_state, by_state[rows, taken], np.ones(1 + N_STATES), shrink=0.0)
+    w_state[1:] = borrow_unseen(w_state[1:], np.bincount(by_state[by_state > 0] - 1, minlength=N_STATES))
     prior = np.concatenate([[1.0], np.zeros(N_STATES - 1), np.tile(w_state[1:], MAX_LINK)])
     won = options[rows, taken]
-    pooled = _mm(options, won, prior)
+    pooled = fit_luce(options, won, prior)
     out = np.empty((n_layouts, n_opt))
     for k in range(n_layouts):
         mask = layouts == k
-        out[k] = _mm(options[mask], won[mask], pooled) if mask.any() else pooled
+        out[k] = fit_luce(options[mask], won[mask], pooled) if mask.any() else pooled
     return out.reshape(n_layouts, MAX_LINK + 1, N_STATES)
 
 
-def _borrow_unseen(w: np.ndarray, avail: np.ndarray) -> np.ndarray:
+def borrow_unseen(w: np.ndarray, avail: np.ndarray) -> np.ndarray:
     """State weights where a state was never there to choose (``avail`` 0) take the weight of the
     nearest state that was: the nearest lateness, then the nearest length of flow, shorter before
     longer, the same last direction before the other. A flow longer than any the class showed
@@ -596,7 +620,7 @@ def _borrow_unseen(w: np.ndarray, avail: np.ndarray) -> np.ndarray:
     return out
 
 
-def _mm(options: np.ndarray, won: np.ndarray, prior: np.ndarray, shrink: float = SHRINK) -> np.ndarray:
+def fit_luce(options: np.ndarray, won: np.ndarray, prior: np.ndarray, shrink: float = SHRINK) -> np.ndarray:
     """Choice weights of options coded 0..len(prior)-1 (-1: no option), option 0 fixed at 1."""
     wins = np.bincount(won, minlength=len(prior)).astype(np.float64)
     valid = options >= 0
@@ -612,14 +636,15 @@ def _mm(options: np.ndarray, won: np.ndarray, prior: np.ndarray, shrink: float =
     return w
 
 
-def _odds_step(target: float, got: float, eps: float = 1e-3) -> float:
+def odds_step(target: float, got: float, eps: float = 1e-3) -> float:
     """The factor that moves a share ``got`` to ``target`` when it scales the share's odds
     (bounded: one step at most 4x either way)."""
     t, g = np.clip([target, got], eps, 1 - eps)
     return float(np.clip((t / (1 - t)) / (g / (1 - g)), 0.25, 4.0))
 
 
-def _draw(weights: np.ndarray, u: float) -> int:
+def draw_index(weights: np.ndarray, u: float) -> int:
+    """The index a uniform ``u`` picks from non-negative ``weights`` (their sum above 0)."""
     cdf = np.cumsum(weights)
     return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(weights) - 1))
 
@@ -639,16 +664,16 @@ def separate_flows(image: np.ndarray, flows: list[list[tuple[int, bool]]], layou
             member[row] = (f[0][0], rev)
     groups: dict[int, list[tuple[int, bool]]] = {}
     for row in range(image.shape[0]):
-        if _transport(image[row] != ABSENT, ports) is None:
+        if row_transport(image[row] != ABSENT, ports) is None:
             continue
         first, rev = member.get(row, (row, False))
         groups.setdefault(first, []).append((row, rev))
     used: dict[str, set] = {t: set() for t in ports}
     moved = 0
     for first in sorted(groups):
-        t = _transport(image[first] != ABSENT, ports)
+        t = row_transport(image[first] != ABSENT, ports)
         s_cols, d_cols = ports[t]
-        s, d = _bits_value(image[first, s_cols]), _bits_value(image[first, d_cols])
+        s, d = bits_value(image[first, s_cols]), bits_value(image[first, d_cols])
         hi_is_src = s >= d
         lo, hi = min(s, d), max(s, d)
         if (lo, hi) in used[t]:

@@ -35,7 +35,7 @@ class ModelBundle:
     classes: list[str] = field(default_factory=list)   # empty: any class name (a foreign base)
     source: str = ""
     kind: str = "netdiff"     # "netdiff" or "diffusers"
-    layouts: Any = None       # masked models: LayoutChain (row layouts per class), else None
+    layouts: Any = None       # masked models: FlowChain / LayoutChain (row layouts and flows per class), else None
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -108,7 +108,7 @@ def load_model(source, config: ModelConfig | None = None, torch_dtype=None) -> M
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
-    from netdiff.model.layouts import LayoutChain
+    from netdiff.model.flow_chain import load_structure
     from netdiff.model.ternary import TernaryAutoencoder
 
     src = str(source)
@@ -126,7 +126,7 @@ def load_model(source, config: ModelConfig | None = None, torch_dtype=None) -> M
             autoencoder=TernaryAutoencoder.from_pretrained(path / "autoencoder"),
             scheduler=_scheduler_class(cfg).from_pretrained(path / "scheduler"),
             config=cfg, classes=list(doc.get("classes", [])), source=str(path.resolve()), kind="netdiff",
-            layouts=LayoutChain.load(path))
+            layouts=load_structure(path))
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise NetdiffError(f"{path}: neither a netdiff model folder ({MODEL_JSON}) nor a diffusers "

@@ -163,10 +163,10 @@ def main(args: TrainBaseArgs) -> T.TrainResult:
     if accelerator.is_main_process:
         layouts = None
         if cfg.image.space == "masked":
-            from netdiff.model.layouts import LayoutChain
+            from netdiff.model.flow_chain import FlowChain
 
-            # the structure stage of sampling: which rows are which stacks, per class
-            layouts = LayoutChain.fit_dataset(dataset)
+            # the structure stage of sampling: which rows are which flows and stacks, per class
+            layouts = FlowChain.fit_dataset(dataset)
         bundle = ModelBundle(unet=accelerator.unwrap_model(unet).eval(),
                              text_encoder=accelerator.unwrap_model(text_encoder).eval(),
                              tokenizer=tokenizer, autoencoder=autoencoder, scheduler=noise_scheduler,

@@ -107,8 +107,8 @@ def test_distinct_flows_keep_distinct_ports():
     ports = port_columns(NETDIFFUSION)["udp"]
 
     def pair(row):
-        from netdiff.model.layouts import _bits_value
-        return _bits_value(image[row, ports[0]]), _bits_value(image[row, ports[1]])
+        from netdiff.model.layouts import bits_value
+        return bits_value(image[row, ports[0]]), bits_value(image[row, ports[1]])
 
     # rows 0/2 and 1/3 are two exchanges: give the second the first's ports
     image[1] = image[0]

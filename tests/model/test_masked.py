@@ -110,8 +110,10 @@ def test_generated_rows_follow_their_drawn_layout(trained):
     from netdiff.model.generate import generate
     from netdiff.model.store import load_model
 
+    from netdiff.model.flow_chain import FlowChain
+
     chain = load_model(trained).layouts
-    assert chain is not None
+    assert isinstance(chain, FlowChain)      # train-base saves the flows-first chain
     vocab = {row.tobytes() for row in chain.vocab}
     bits = generate(trained, "web_tcp", 2, 0, None, steps=4, progress=False).bits
     rows = [(b != -1)[r].tobytes() for b in bits for r in range(b.shape[0])]
@@ -214,3 +216,29 @@ def test_layout_chain_counts_flows_over_a_captures_windows(tmp_path, make_tcp_fl
     assert joined.links.sum() == alone.links.sum() == 64
     # transitions run across the edge too: 63 between 64 rows, against 2 x 31
     assert (joined.trans.sum(), alone.trans.sum()) == (63, 62)
+
+
+def test_a_model_saved_with_a_layout_chain_generates_as_it_did(trained, img_dir, tmp_path):
+    """Model folders saved before stop 32 hold a ``LayoutChain``: they load it and generate with it,
+    its layouts and flow ties drawn exactly as its own ``sample_ids`` and ``sample_flows`` draw
+    them."""
+    import shutil
+
+    from netdiff.bits.layout import NETDIFFUSION
+    from netdiff.model.generate import generate
+    from netdiff.model.layouts import LayoutChain
+    from netdiff.model.store import load_model
+
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    images = [load_bits(p, 1088) for p in find_pngs(img_dir)]
+    chain = LayoutChain.fit(images, [p.parent.name for p in find_pngs(img_dir)])
+    chain.save(old)
+    assert isinstance(load_model(old).layouts, LayoutChain)
+    bits = generate(old, "web_tcp", 2, 0, None, steps=4, progress=False).bits
+    vocab = {row.tobytes() for row in chain.vocab}
+    assert all((b != -1)[r].tobytes() in vocab for b in bits for r in range(b.shape[0]))
+    g = torch.Generator().manual_seed(0 + 2_000_003)      # image 0's structure stream (generate)
+    ids = chain.sample_ids("web_tcp", 32, g)
+    assert np.array_equal(bits[0] != -1, chain.vocab[ids])
+    assert len(_port_pairs(bits[0])) <= 4

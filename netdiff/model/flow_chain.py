@@ -1,0 +1,439 @@
+"""Flows first: the structure stage of masked sampling, each row's flow drawn before its layout.
+
+``netdiff.model.layouts.LayoutChain`` (model folders saved until stop 31) draws every row's layout
+from a Markov chain first and then the flow the row goes on with, among the flows of the layout's
+transport. A row's layout then decides whether a flow can go on: where the chain drew a TCP row
+and no TCP flow was due, the row opened a flow that nothing answered (BitTorrent's walks: 19-23%
+of TCP flows had one packet, its captures 3%, a third of them opened on ACK rows, which never open
+a flow in the captures). Here a row first chooses what it is:
+
+1. a new flow, a row without ports (ICMP, or no packet: the end of a capture), or one of the
+   recent flows of any transport (at most ``MAX_LINK``, most recent first), each option with a
+   weight (Luce's choice model): a new flow weighs 1, a row without ports a weight per the
+   previous row's layout, a flow ``weights[its last layout, recency, state]`` (state:
+   ``layouts.flow_state``, its packets so far, the direction of its last, how late it is);
+2. then its layout: a new flow's from the layouts flows open with after the previous row's, a
+   flow's next from its own last layout and whether it turns (a SYN is answered by a SYN-ACK, a
+   connection with timestamps keeps them), a row without ports' from the previous row's.
+
+Fitted at train-base time from the training images (counts and choice weights, no field value,
+no packet), then calibrated on its own walks like ``LayoutChain`` (the shares of rows that open a
+flow, go on with the most recent, go back past the ``FAR``-th, go on with a long-overdue flow).
+Saved as ``layouts.safetensors`` with ``order: flows`` in its metadata; ``load_structure`` reads
+either kind.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from netdiff.io.atomic import atomic_path
+from netdiff.model.layouts import (CALIBRATION_IMAGES, CALIBRATION_ROWS, CALIBRATION_SEED, FAR,
+                                   LATE_EDGES, LATE_ROWS, LAYOUTS_FILE, MAX_LINK, N_BASE, N_STATES, SNAPSHOTS,
+                                   STATE_PACKETS, LayoutChain, bits_value, borrow_unseen, capture_spans,
+                                   draw_index, fit_luce, flow_state, lateness, layout_vocabulary, odds_step,
+                                   port_columns, row_transport)
+
+ORDER = "flows"
+LAYOUT_PSEUDO = 0.5         # pseudo-rows towards the class's layouts of the kind, whatever came before
+# Calibration steps by a power of the odds ratio: at full steps the shares of video conferencing's
+# walks swung between 0.37 and 0.96 of rows going on with the most recent flow from one round to
+# the next (a flow that goes on keeps the next row to itself); at 0.4 they settle within 16 rounds.
+CALIBRATION_DAMPING = 0.4
+CALIBRATION_ROUNDS = 16
+_LAST_BUCKET = N_STATES // N_BASE - 1
+
+
+class FlowChain:
+    """``vocab`` (K, W) bool: the present pixels of each distinct row layout. Per class (C):
+    ``weights`` (C, K, MAX_LINK + 1, N_STATES) a flow's choice weight by its last layout, recency
+    (index 0 unused) and state; ``portless`` (C, K + 1) a row without ports' weight after each
+    layout (index K: an image's first row); ``opening`` (C, K + 1, K) counts of the layout a new
+    flow opens with after each layout; ``next_layout`` (C, K, 2, K) counts of a flow's next layout
+    after its last, direction kept / turned; ``portless_layout`` (C, K + 1, K) the same for rows
+    without ports; ``flips`` (C, K, N_STATES, 2) counts of keeping / turning a flow's direction by
+    its last layout and state; ``going`` (C, SNAPSHOTS, MAX_LINK, 2) the (state, last layout) of
+    the flows going on where a training window starts, most recent first (-1 past the last), and
+    ``going_prev`` (C, SNAPSHOTS) the layout of the row before (-1: no such start)."""
+
+    order = ORDER
+
+    def __init__(self, vocab, classes, weights, portless, opening, next_layout, portless_layout, flips,
+                 going, going_prev, layout_name: str = "netdiffusion"):
+        self.vocab = np.asarray(vocab, dtype=bool)
+        self.classes = list(classes)
+        # float32 as saved, so that a loaded chain draws what the fitted one did
+        self.weights = np.asarray(weights, dtype=np.float32).astype(np.float64)
+        self.portless = np.asarray(portless, dtype=np.float32).astype(np.float64)
+        self.opening = np.asarray(opening, dtype=np.float64)
+        self.next_layout = np.asarray(next_layout, dtype=np.float64)
+        self.portless_layout = np.asarray(portless_layout, dtype=np.float64)
+        self.flips = np.asarray(flips, dtype=np.float64)
+        self.going = np.asarray(going, dtype=np.int16)
+        self.going_prev = np.asarray(going_prev, dtype=np.int16)
+        self.layout_name = layout_name
+
+    # -- fitting ---------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, images: list[np.ndarray], labels: list[str], layout=None, streams: list | None = None,
+            calibrate: bool = True) -> "FlowChain":
+        """Images (H, W) int8 of the training set and their classes; ``layout`` their bit layout
+        (default netdiffusion); ``streams`` one key per image, consecutive images with the same
+        key being consecutive windows of one capture (default: every image alone)."""
+        from netdiff.bits.layout import named_layout
+
+        layout = layout or named_layout("netdiffusion", height=images[0].shape[0])
+        ports = port_columns(layout)
+        classes = sorted(set(labels))
+        vocab, layout_ids = layout_vocabulary(images)
+        n_c, n_k = len(classes), len(vocab)
+        counts = _Counts(n_c, n_k)
+        choices: list[list] = [[] for _ in classes]
+        targets = np.zeros((n_c, 5))     # rows, new, most recent, far back, overdue
+        snaps: list[list] = [[] for _ in classes]
+        transport = [row_transport(v, ports) for v in vocab]
+        for lo, hi in capture_spans(labels, streams):
+            c = classes.index(labels[lo])
+            rows = np.concatenate([np.asarray(im) for im in images[lo:hi]])
+            ids = np.concatenate(layout_ids[lo:hi])
+            # what calibration matches: rows after the first window when the capture has more (a
+            # generated image starts among the flows going on, not at a capture's start)
+            skip = len(images[lo]) if hi - lo > 1 else 0
+            choices[c].append(_capture_choices(rows, ids, transport, ports, len(images[lo]), skip, c,
+                                               counts, targets[c], snaps[c]))
+        weights = np.zeros((n_c, n_k, MAX_LINK + 1, N_STATES))
+        portless = np.zeros((n_c, n_k + 1))
+        for c in range(n_c):
+            portless[c], weights[c] = fit_flow_choices(*_join(choices[c]), n_k)
+        going = np.full((n_c, SNAPSHOTS, MAX_LINK, 2), -1, dtype=np.int16)
+        going_prev = np.full((n_c, SNAPSHOTS), -1, dtype=np.int16)
+        for c, at in enumerate(snaps):
+            # evenly over the class's window starts, the same ones every time
+            for j, k in enumerate(np.linspace(0, len(at) - 1, min(len(at), SNAPSHOTS)).round().astype(int)):
+                prev, flows = at[k]
+                going_prev[c, j] = prev
+                if flows:
+                    going[c, j, :len(flows)] = flows
+        chain = cls(vocab, classes, weights, portless, counts.opening, counts.next_layout,
+                    counts.portless_layout, counts.flips, going, going_prev, layout.name)
+        if calibrate:
+            chain.calibrate({classes[c]: tuple(t[1:] / t[0]) for c, t in enumerate(targets) if t[0]})
+        return chain
+
+    @classmethod
+    def fit_dataset(cls, dataset) -> "FlowChain":
+        """Fit on an ``ImageDataset`` (netdiff.model.data): its windows, classes and streams."""
+        from netdiff.bits.layout import named_layout
+
+        return cls.fit([e.bits for e in dataset.examples], [e.cls for e in dataset.examples],
+                       named_layout(dataset.image.layout, height=dataset.image.height),
+                       streams=dataset.stream_keys())
+
+    # -- sampling --------------------------------------------------------------------------------
+
+    def sample_structure(self, cls: str, rows: int, generator: torch.Generator, layout=None
+                         ) -> tuple[np.ndarray, list[list[tuple[int, bool]]]]:
+        """One image of class ``cls``: its rows' layout ids (into ``vocab``) and its flows, lists
+        of (row, reversed against the flow's first row) with two rows or more (a flow of one needs
+        no tie). Randomness from the image's own generator (the same draws for the same seed);
+        ``layout`` is for ``LayoutChain``'s interface (the ports were read at fit time)."""
+        if cls not in self.classes:
+            raise KeyError(cls)
+        ids, flows, _, _ = self._walk(self.classes.index(cls), rows, generator)
+        return ids, [[(i, rev != f[0][1]) for i, rev in f] for f in flows if len(f) > 1]
+
+    def sample(self, cls: str, rows: int, generator: torch.Generator) -> np.ndarray:
+        """(rows, W) bool present-pixel map for one image of class ``cls``."""
+        return self.vocab[self.sample_structure(cls, rows, generator)[0]]
+
+    def _walk(self, c: int, rows: int, generator: torch.Generator, weights: np.ndarray | None = None,
+              portless_scale: float = 1.0):
+        """(layout ids, flows as lists of (row, reversed against the flow's first packet), per row
+        the option taken (0 a new flow, r the r-th most recent flow, -1 a row without ports), per
+        row whether the flow it went on with was long overdue). ``weights``, ``portless_scale``:
+        the class's weights scaled (calibration)."""
+        n_k = len(self.vocab)
+        weight = self.weights[c] if weights is None else weights
+        # a class without rows without ports never draws one
+        portless = np.where(self.portless_layout[c].sum(1) > 0, self.portless[c] * portless_scale, 0.0)
+        flip = self.flips[c] + 1e-9     # a state never seen: either way
+        opening = _with_pseudo(self.opening[c])
+        portless_layout = _with_pseudo(self.portless_layout[c])
+        # per flow, most recent first: [flow index, packets, last reversed, flow_state without
+        # lateness, first row, last row, last layout]
+        recent: list[list] = []
+        flows: list[list[tuple[int, bool]]] = []
+        # the image starts mid-capture, among the flows going on where one of the class's training
+        # windows starts
+        pick_start = float(torch.rand(1, generator=generator, dtype=torch.float64))
+        have = np.flatnonzero(self.going_prev[c] >= 0)
+        prev = n_k
+        if len(have):
+            j = have[min(int(pick_start * len(have)), len(have) - 1)]
+            prev = int(self.going_prev[c, j])
+            for state, last_layout in self.going[c, j][self.going[c, j, :, 0] >= 0]:
+                base, late = int(state) % N_BASE, int(state) // N_BASE
+                n = STATE_PACKETS[base // 2]
+                last = -LATE_ROWS[late]     # a pace of 1 row per packet, as late as the state says
+                flows.append([])
+                recent.append([len(flows) - 1, n, bool(base % 2), base, last - (n - 1), last, int(last_layout)])
+        ids = np.empty(rows, dtype=np.intp)
+        taken = np.full(rows, -1, dtype=np.int64)
+        overdue = np.zeros(rows, dtype=bool)
+        u = torch.rand((rows, 3), generator=generator, dtype=torch.float64).numpy()
+        reach = weight.shape[1] - 1
+        late_0, late_1 = LATE_EDGES
+        for i in range(rows):
+            cand = recent[:reach]
+            # ``lateness`` inlined: this runs for every recent flow on every row
+            st = np.array([f[3] + N_BASE * ((i - f[5] > late_0) + (i - f[5] > late_1)) for f in cand], dtype=np.intp)
+            last_of = np.array([f[6] for f in cand], dtype=np.intp)
+            w = np.concatenate([[1.0, portless[prev]], weight[last_of, np.arange(1, len(cand) + 1), st]])
+            pick = draw_index(w, u[i, 0])
+            if pick == 1:
+                k = draw_index(portless_layout[prev], u[i, 2])
+            elif pick == 0:
+                taken[i] = 0
+                k = draw_index(opening[prev], u[i, 2])
+                flows.append([(i, False)])
+                recent.insert(0, [len(flows) - 1, 1, False, flow_state(1, False), i, i, k])
+            else:
+                j = pick - 2
+                taken[i] = j + 1
+                f = recent.pop(j)
+                overdue[i] = st[j] // N_BASE == _LAST_BUCKET
+                turned = draw_index(flip[f[6], st[j]], u[i, 1])
+                rev = bool(f[2] ^ turned)
+                nxt = self.next_layout[c, f[6], turned]
+                # a layout never followed this way: the flow keeps its own
+                k = draw_index(nxt, u[i, 2]) if nxt.sum() > 0 else f[6]
+                flows[f[0]].append((i, rev))
+                f[1] += 1
+                f[2] = rev
+                f[3] = flow_state(f[1], rev)
+                f[5] = i
+                f[6] = k
+                recent.insert(0, f)
+            ids[i] = k
+            prev = k
+        return ids, flows, taken, overdue
+
+    def calibrate(self, targets: dict[str, tuple[float, float, float, float]], rows: int = CALIBRATION_ROWS,
+                  images: int = CALIBRATION_IMAGES, rounds: int = CALIBRATION_ROUNDS) -> dict:
+        """Scale each class's weight of a new flow, of going on with the most recent flow, of going
+        back past the ``FAR``-th most recent and of going on with a long-overdue flow so that the
+        chain's own walks do each as often as the training rows did (``targets``: class -> those
+        shares of the rows with ports); see ``LayoutChain.calibrate`` for why. A new flow weighs
+        1, so its scale divides every other weight. Returns class -> the four multipliers."""
+        out = {}
+        overdue_states = np.arange(N_STATES) // N_BASE == _LAST_BUCKET
+        for name, (t_new, t_last, t_far, t_late) in targets.items():
+            c = self.classes.index(name)
+            base = self.weights[c].copy()
+            a = b = d = e = 1.0
+
+            def scaled() -> np.ndarray:
+                w = base / a
+                w[:, 1, :] *= b
+                w[:, FAR + 1:, :] *= d
+                w[:, 1:, overdue_states] *= e
+                return w
+
+            for _ in range(rounds):
+                w = scaled()
+                new = last = far = late = n = 0
+                for s in range(images):
+                    g = torch.Generator().manual_seed(CALIBRATION_SEED + s)
+                    _, _, taken, overdue = self._walk(c, rows, g, w, 1.0 / a)
+                    n += int((taken >= 0).sum())
+                    new += int((taken == 0).sum())
+                    last += int((taken == 1).sum())
+                    far += int((taken > FAR).sum())
+                    late += int(overdue.sum())
+                if n == 0:
+                    break
+                steps = [odds_step(t, x / n) ** CALIBRATION_DAMPING
+                         for t, x in ((t_new, new), (t_last, last), (t_far, far), (t_late, late))]
+                a, b, d, e = (float(np.clip(x * s, 0.02, 50.0)) for x, s in zip((a, b, d, e), steps))
+            self.weights[c] = scaled()
+            self.portless[c] = self.portless[c] / a
+            out[name] = (a, b, d, e)
+        # as saved: a loaded chain draws what this one does
+        self.weights = self.weights.astype(np.float32).astype(np.float64)
+        self.portless = self.portless.astype(np.float32).astype(np.float64)
+        return out
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def save(self, folder) -> None:
+        from safetensors.numpy import save_file
+
+        meta = json.dumps({"classes": self.classes, "width": int(self.vocab.shape[1]),
+                           "layout": self.layout_name, "order": ORDER}, sort_keys=True)
+        tensors = {"vocab": np.packbits(self.vocab, axis=1), "weights": self.weights.astype(np.float32),
+                   "portless": self.portless.astype(np.float32), "opening": self.opening.astype(np.float32),
+                   "next_layout": self.next_layout.astype(np.float32),
+                   "portless_layout": self.portless_layout.astype(np.float32),
+                   "flips": self.flips.astype(np.float32), "going": self.going.astype(np.int16),
+                   "going_prev": self.going_prev.astype(np.int16)}
+        with atomic_path(Path(folder) / LAYOUTS_FILE) as tmp:
+            save_file(tensors, str(tmp), metadata={"netdiff": meta})
+
+    @classmethod
+    def read(cls, path: Path, f, meta: dict) -> "FlowChain":
+        """From an open safetensors file ``f`` whose metadata is ``meta`` (``load_structure``)."""
+        vocab = np.unpackbits(f.get_tensor("vocab"), axis=1)[:, :meta["width"]].astype(bool)
+        names = ("weights", "portless", "opening", "next_layout", "portless_layout", "flips", "going", "going_prev")
+        chain = cls(vocab, meta["classes"], *(f.get_tensor(n) for n in names), meta.get("layout", "netdiffusion"))
+        n_c, n_k = len(chain.classes), len(vocab)
+        snaps = chain.going.shape[1] if chain.going.ndim == 4 else -1
+        expect = {"weights": (chain.weights, (n_c, n_k, chain.weights.shape[2], N_STATES)),
+                  "portless": (chain.portless, (n_c, n_k + 1)), "opening": (chain.opening, (n_c, n_k + 1, n_k)),
+                  "next_layout": (chain.next_layout, (n_c, n_k, 2, n_k)),
+                  "portless_layout": (chain.portless_layout, (n_c, n_k + 1, n_k)),
+                  "flips": (chain.flips, (n_c, n_k, N_STATES, 2)),
+                  "going": (chain.going, (n_c, snaps, chain.going.shape[2] if snaps >= 0 else -1, 2)),
+                  "going_prev": (chain.going_prev, (n_c, snaps))}
+        for name, (arr, shape) in expect.items():
+            if arr.shape != shape:
+                raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
+        # layout ids past the vocabulary would fail only when an image is sampled, deep in a loop
+        if chain.going.size and (chain.going[..., 1].max() >= n_k or chain.going_prev.max() >= n_k):
+            raise ValueError("going names a layout the file does not have")
+        return chain
+
+
+def load_structure(folder) -> "FlowChain | LayoutChain | None":
+    """The structure stage saved in a model folder: a ``FlowChain`` (``order: flows``), a
+    ``LayoutChain`` (files saved before it), or None when the folder has none."""
+    from safetensors import safe_open
+
+    path = Path(folder) / LAYOUTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = json.loads(f.metadata()["netdiff"])
+            if meta.get("order") == ORDER:
+                return FlowChain.read(path, f, meta)
+    except Exception as e:      # safetensors' own errors, a missing key, bad metadata
+        from netdiff.errors import NetdiffError
+
+        raise NetdiffError(f"{path}: damaged layout file ({str(e).splitlines()[0]}); "
+                           "train the model again") from None
+    return LayoutChain.load(folder)
+
+
+class _Counts:
+    """Layout counts of one fit, per class."""
+
+    def __init__(self, n_c: int, n_k: int):
+        self.opening = np.zeros((n_c, n_k + 1, n_k))
+        self.next_layout = np.zeros((n_c, n_k, 2, n_k))
+        self.portless_layout = np.zeros((n_c, n_k + 1, n_k))
+        self.flips = np.zeros((n_c, n_k, N_STATES, 2))
+
+
+def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: dict, window: int, skip: int,
+                     c: int, counts: _Counts, targets: np.ndarray, snaps: list) -> tuple:
+    """One capture's rows (its windows joined) as choices: (previous layouts, option codes (rows,
+    MAX_LINK + 2; -1 none), index of the option taken). Option 0 is a new flow, 1 a row without
+    ports, 2 + j the (j + 1)-th most recent flow, coded 2 + (its last layout * (MAX_LINK + 1) +
+    j + 1) * N_STATES + its state. Adds the capture's layout counts to ``counts``, its calibration
+    counts after ``skip`` rows to ``targets`` and a snapshot of the flows going on before every
+    ``window``-th row to ``snaps``."""
+    n_k = counts.flips.shape[1]
+    recent: list[list] = []     # [port key, first source port, packets, last reversed, first row, last row, last layout]
+    prevs = np.empty(len(rows), dtype=np.intp)
+    opts = np.full((len(rows), MAX_LINK + 2), -1, dtype=np.int64)
+    won = np.empty(len(rows), dtype=np.int64)
+    for i, row in enumerate(rows):
+        prev = int(ids[i - 1]) if i else n_k
+        prevs[i] = prev
+        if i and i % window == 0:
+            snaps.append((prev, [(_state(f, i), f[6]) for f in recent[:MAX_LINK]]))
+        cand = recent[:MAX_LINK]
+        states = [_state(f, i) for f in cand]
+        opts[i, 0] = 0
+        opts[i, 1] = 1
+        for j, (f, s) in enumerate(zip(cand, states)):
+            opts[i, 2 + j] = 2 + (f[6] * (MAX_LINK + 1) + j + 1) * N_STATES + s
+        k = int(ids[i])
+        t = transport[k]
+        if t is None:
+            won[i] = 1
+            counts.portless_layout[c, prev, k] += 1
+            continue
+        s, d = bits_value(row[ports[t][0]]), bits_value(row[ports[t][1]])
+        key = (t, min(s, d), max(s, d))
+        found = next((j for j, f in enumerate(recent) if f[0] == key), None)
+        if found is None or found >= MAX_LINK:
+            if found is not None:
+                recent.pop(found)
+            recent.insert(0, [key, s, 1, False, i, i, k])
+            won[i] = 0
+            counts.opening[c, prev, k] += 1
+            if i >= skip:
+                targets += (1, 1, 0, 0, 0)
+            continue
+        f = recent.pop(found)
+        rev = s != f[1]
+        turned = int(rev != f[3])
+        counts.flips[c, f[6], states[found], turned] += 1
+        counts.next_layout[c, f[6], turned, k] += 1
+        won[i] = 2 + found
+        if i >= skip:
+            targets += (1, 0, int(found == 0), int(found + 1 > FAR), int(states[found] // N_BASE == _LAST_BUCKET))
+        f[2] += 1
+        f[3] = rev
+        f[5] = i
+        f[6] = k
+        recent.insert(0, f)
+    return prevs, opts, won
+
+
+def _state(f: list, i: int) -> int:
+    return flow_state(f[2], f[3], lateness(i - f[5], f[2], f[5] - f[4]))
+
+
+def _join(parts: list[tuple]) -> tuple:
+    if not parts:
+        return (np.zeros(0, dtype=np.intp), np.zeros((0, MAX_LINK + 2), dtype=np.int64),
+                np.zeros(0, dtype=np.int64))
+    return tuple(np.concatenate(x) for x in zip(*parts))
+
+
+def fit_flow_choices(prevs: np.ndarray, options: np.ndarray, taken: np.ndarray, n_layouts: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """One class's choice weights: ((n_layouts + 1,) a row without ports' weight after each layout,
+    (n_layouts, MAX_LINK + 1, N_STATES) a flow's by its last layout, recency and state), a new
+    flow weighing 1. ``options`` as ``_capture_choices`` codes them, with option 1 (no ports)
+    taken to mean the previous row's layout (``prevs``). Fitted by Hunter's MM iterations (Ann.
+    Statist. 32, 2004) at three levels, each with pseudo-rows of the level above: a flow's state
+    at any recency and last layout (maximum likelihood: a state never gone on with weighs 0), then
+    recency and state, then per last layout."""
+    per_flow = (MAX_LINK + 1) * N_STATES
+    off = 1 + (n_layouts + 1)       # 0 new flow, 1 + previous layout: no ports, then the flows
+    rows = np.arange(len(taken))
+    flow = options >= 2
+    code = np.where(flow, off + (options - 2), options)
+    code[:, 1] = 1 + prevs
+    by_state = np.where(flow, off + (options - 2) % N_STATES, code)
+    w1 = fit_luce(by_state, by_state[rows, taken], np.ones(off + N_STATES), shrink=0.0)
+    w1[off:] = borrow_unseen(w1[off:], np.bincount(by_state[flow] - off, minlength=N_STATES))
+    by_recency = np.where(flow, off + (options - 2) % per_flow, code)
+    prior = np.concatenate([w1[:off], np.tile(w1[off:], MAX_LINK + 1)])
+    w2 = fit_luce(by_recency, by_recency[rows, taken], prior)
+    w3 = fit_luce(code, code[rows, taken], np.concatenate([w2[:off], np.tile(w2[off:], n_layouts)]))
+    return w3[1:off], w3[off:].reshape(n_layouts, MAX_LINK + 1, N_STATES)
+
+
+def _with_pseudo(counts: np.ndarray) -> np.ndarray:
+    """Layout counts after each previous layout, with ``LAYOUT_PSEUDO`` rows of the kind's layouts
+    whatever came before (a layout never seen before another can still follow it)."""
+    total = counts.sum(0, keepdims=True)
+    return counts + LAYOUT_PSEUDO * total / max(float(total.sum()), 1.0)

@@ -1,0 +1,217 @@
+"""The flows-first structure stage (netdiff.model.flow_chain): each row's flow drawn before its
+layout, so that flows open on the layouts flows open with and keep their own; and the habits the
+layout chain learnt (answers, flows going on, flows that end, retries) kept."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from netdiff.bits.codec import encode
+from netdiff.bits.layout import NETDIFFUSION
+from netdiff.io.pcap import PacketBatch
+from netdiff.model.flow_chain import FlowChain, load_structure
+from netdiff.model.layouts import LayoutChain, port_columns, row_transport
+from tests.model.test_layouts import (_bursts, _flows_of, _images, _polls, _rows_per_packet, _tries_and_bulk,
+                                      _two_at_a_time_windows)
+
+
+def _walk(chain, cls: str, rows: int, seed: int):
+    return chain.sample_structure(cls, rows, torch.Generator().manual_seed(seed), NETDIFFUSION)
+
+
+def _windows(bits: np.ndarray, rows: int = 32) -> list[np.ndarray]:
+    return [bits[rows * k: rows * (k + 1)] for k in range(len(bits) // rows)]
+
+
+def test_answered_flows_are_not_answered_again():
+    chain = FlowChain.fit(_images(), ["dns"] * 6)
+    sizes = []
+    for seed in range(8):
+        _, flows = _walk(chain, "dns", 64, seed)
+        sizes += [len(f) for f in flows]
+    assert sizes and sum(1 for n in sizes if n == 2) / len(sizes) >= 0.9, sizes
+
+
+def test_a_saved_chain_draws_what_the_fitted_one_does(tmp_path):
+    chain = FlowChain.fit(_images(), ["dns"] * 6)
+    chain.save(tmp_path)
+    again = load_structure(tmp_path)
+    assert isinstance(again, FlowChain)
+    for name in ("weights", "portless", "opening", "next_layout", "flips", "going", "going_prev"):
+        assert np.array_equal(getattr(chain, name), getattr(again, name)), name
+    a, b = _walk(chain, "dns", 64, 5), _walk(again, "dns", 64, 5)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    assert _walk(chain, "dns", 64, 6)[1] != a[1]
+    with pytest.raises(KeyError):
+        _walk(chain, "web", 8, 0)
+
+
+def test_a_folder_saved_before_reads_as_a_layout_chain(tmp_path):
+    LayoutChain.fit(_images(), ["dns"] * 6).save(tmp_path)
+    assert isinstance(load_structure(tmp_path), LayoutChain)
+    assert load_structure(tmp_path / "absent") is None
+
+
+def test_a_damaged_flow_chain_file_is_a_one_line_error(tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    from netdiff.errors import NetdiffError
+
+    FlowChain.fit(_images(), ["dns"] * 6).save(tmp_path)
+    path = tmp_path / "layouts.safetensors"
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["opening"] = tensors["opening"][:, :-1].copy()
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(NetdiffError, match="damaged layout file.*opening has shape"):
+        load_structure(tmp_path)
+    tensors = load_file(str(path))
+    del tensors["going"]
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(NetdiffError, match="damaged layout file"):
+        load_structure(tmp_path)
+    path.write_bytes(b"\x10\x00\x00\x00garbage")
+    with pytest.raises(NetdiffError, match="damaged layout file"):
+        load_structure(tmp_path)
+
+
+def test_an_image_starts_among_the_flows_going_on():
+    bits = encode(PacketBatch.from_packets(_polls(random.Random(5), 128)), NETDIFFUSION)[0]
+    chain = FlowChain.fit(_windows(bits), ["modbus"] * 4, streams=[0] * 4)
+    assert (chain.going_prev[0] >= 0).sum() == 3
+    assert ((chain.going[0, :3, :, 0] >= 0).sum(1) == 4).all()
+    for seed in range(4):
+        _, flows = _walk(chain, "modbus", 32, seed)
+        assert 3 <= len(flows) <= 5 and sum(len(f) for f in flows) >= 30, flows
+
+
+def test_calibrated_walks_go_on_with_the_last_flow_as_the_capture_does():
+    bits = encode(PacketBatch.from_packets(_bursts(random.Random(3), 512)), NETDIFFUSION)[0]
+    windows = _windows(bits)
+    chain = FlowChain.fit(windows, ["web"] * 16, streams=[0] * 16)
+    real = np.full(len(bits) - 32, -1)
+    for j, f in enumerate(_flows_of(bits[32:])):
+        real[[i for i, _ in f]] = j
+    want = float(np.mean(real[1:] == real[:-1]))
+    assert want > 0.6
+    got = []
+    for seed in range(8):
+        _, flows = _walk(chain, "web", 256, 100 + seed)
+        flow_of = np.arange(256) + 1000
+        for j, f in enumerate(flows):
+            flow_of[[i for i, _ in f]] = j
+        got.append(np.mean(flow_of[1:] == flow_of[:-1]))
+    assert abs(np.mean(got) - want) < 0.05, (np.mean(got), want)
+
+
+def test_flows_that_ended_do_not_come_back():
+    windows = _two_at_a_time_windows()
+    chain = FlowChain.fit(windows, ["web"] * 32, streams=[0] * 32)
+    real = _rows_per_packet(_flows_of(np.concatenate(windows)))
+    spans = [_rows_per_packet(_walk(chain, "web", 512, seed)[1]) for seed in range(4)]
+    assert np.mean(spans) < 1.5 * real, (spans, real)
+
+
+def test_retries_come_back_and_the_bulk_stays_one_flow():
+    bits = encode(PacketBatch.from_packets(_tries_and_bulk(random.Random(5), 4096)), NETDIFFUSION)[0]
+    windows = _windows(bits)
+    chain = FlowChain.fit(windows, ["bt"] * len(windows), streams=[0] * len(windows))
+
+    def retries(flows):
+        return sum(1 for f in flows if len(f) == 2 and f[1][0] - f[0][0] >= 30)
+
+    real = _flows_of(bits[1024:2048])
+    for seed in range(4):
+        _, flows = _walk(chain, "bt", 1024, seed)
+        assert retries(flows) >= 0.8 * retries(real), (seed, retries(flows), retries(real))
+        assert max(len(f) for f in flows) >= 0.9 * max(len(f) for f in real), seed
+
+
+_TS_SYN = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]   # 20 bytes
+_TS = [("NOP", None), ("NOP", None), ("Timestamp", (2, 1))]                                        # 12 bytes
+
+
+def _connections(rng: random.Random, n: int) -> list[bytes]:
+    """TCP connections, three open at a time, each a SYN, a SYN-ACK and 4 to 12 data segments
+    either way; half of them negotiate timestamps (options of 20 bytes on the handshake, 12 on
+    every segment after), half do not (4 bytes of MSS on the handshake, none after). DNS
+    exchanges in between (a UDP query and its answer) on about one row in six."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+
+    def fresh():
+        return {"port": rng.randrange(1024, 65535), "ts": rng.random() < 0.5, "sent": 0,
+                "length": 2 + rng.randint(4, 12)}
+
+    def segment(c):
+        k = c["sent"]
+        back = k == 1 or (k > 1 and rng.random() < 0.5)
+        if k == 0:
+            flags, opts = "S", _TS_SYN if c["ts"] else [("MSS", 1460)]
+        elif k == 1:
+            flags, opts = "SA", _TS_SYN if c["ts"] else [("MSS", 1460)]
+        else:
+            flags, opts = "PA", _TS if c["ts"] else []
+        ip = IP(src="10.0.0.9", dst="10.0.0.3") if back else IP(src="10.0.0.3", dst="10.0.0.9")
+        sport, dport = (443, c["port"]) if back else (c["port"], 443)
+        c["sent"] += 1
+        return bytes(Ether() / ip / TCP(sport=sport, dport=dport, flags=flags, options=opts) / (b"d" if k > 1 else b""))
+
+    open_, out = [fresh() for _ in range(3)], []
+    while len(out) < n:
+        if rng.random() < 0.08:
+            p = rng.randrange(1024, 65535)
+            out.append(bytes(Ether() / IP(src="10.0.0.3", dst="10.0.0.53") / UDP(sport=p, dport=53) / b"q"))
+            out.append(bytes(Ether() / IP(src="10.0.0.53", dst="10.0.0.3") / UDP(sport=53, dport=p) / b"a"))
+            continue
+        j = rng.randrange(3)
+        out.append(segment(open_[j]))
+        if open_[j]["sent"] == open_[j]["length"]:
+            open_[j] = fresh()
+    return out[:n]
+
+
+def _option_bytes(vocab_row: np.ndarray) -> int:
+    return int(vocab_row[NETDIFFUSION.fields["tcp_opt"]].sum()) // 8
+
+
+def _tcp_habits(chain, cls: str, seeds: range, rows: int = 512) -> tuple[float, float]:
+    """(share of TCP flows whose rows mix the two kinds of connection, share of TCP rows in a
+    flow of one) over the chain's walks."""
+    ports = port_columns(NETDIFFUSION)
+    mixed = flows_tcp = single = rows_tcp = 0
+    for seed in seeds:
+        ids, flows = _walk(chain, cls, rows, seed)
+        tcp = np.array([row_transport(chain.vocab[k], ports) == "tcp" for k in ids])
+        in_flow = np.zeros(rows, dtype=bool)
+        for f in flows:
+            r = [i for i, _ in f]
+            in_flow[r] = True
+            if not tcp[r[0]]:
+                continue
+            kinds = {_option_bytes(chain.vocab[ids[i]]) in (20, 12) for i in r}
+            flows_tcp += 1
+            mixed += len(kinds) > 1
+        rows_tcp += int(tcp.sum())
+        single += int((tcp & ~in_flow).sum())
+    return mixed / max(flows_tcp, 1), single / max(rows_tcp, 1)
+
+
+def test_a_connection_keeps_its_options_and_flows_open_on_opening_rows():
+    """A row's flow is drawn before its layout, so a connection that negotiated timestamps carries
+    them on every segment and one that did not carries none, and TCP rows seldom stand in flows of
+    one (every training connection has 6 packets or more). The layout chain (layouts first, then
+    the flow among those of the layout's transport) mixes the two kinds in 83% of its TCP flows
+    over these walks (flows first: none)."""
+    bits = encode(PacketBatch.from_packets(_connections(random.Random(7), 2048)), NETDIFFUSION)[0]
+    windows = _windows(bits)
+    labels, streams = ["web"] * len(windows), [0] * len(windows)
+    flows_first = _tcp_habits(FlowChain.fit(windows, labels, streams=streams), "web", range(4))
+    layouts_first = _tcp_habits(LayoutChain.fit(windows, labels, streams=streams), "web", range(4))
+    assert flows_first[0] < 0.02 and flows_first[1] < 0.03, flows_first
+    assert layouts_first[0] > 10 * max(flows_first[0], 0.01), (layouts_first, flows_first)
