@@ -35,7 +35,7 @@ from netdiff.model.layouts import (CALIBRATION_IMAGES, CALIBRATION_ROWS, CALIBRA
                                    LATE_EDGES, LATE_ROWS, LAYOUTS_FILE, MAX_LINK, N_BASE, N_STATES, SNAPSHOTS,
                                    STATE_PACKETS, LayoutChain, bits_value, borrow_unseen, capture_spans,
                                    draw_index, fit_luce, flow_state, lateness, layout_vocabulary, odds_step,
-                                   port_columns, row_transport)
+                                   port_columns, row_transport, scale_going_on, walk_counts)
 
 ORDER = "flows"
 LAYOUT_PSEUDO = 0.5         # pseudo-rows towards the class's layouts of the kind, whatever came before
@@ -230,36 +230,24 @@ class FlowChain:
         shares of the rows with ports); see ``LayoutChain.calibrate`` for why. A new flow weighs
         1, so its scale divides every other weight. Returns class -> the four multipliers."""
         out = {}
-        overdue_states = np.arange(N_STATES) // N_BASE == _LAST_BUCKET
         for name, (t_new, t_last, t_far, t_late) in targets.items():
             c = self.classes.index(name)
             base = self.weights[c].copy()
             a = b = d = e = 1.0
-
-            def scaled() -> np.ndarray:
-                w = base / a
-                w[:, 1, :] *= b
-                w[:, FAR + 1:, :] *= d
-                w[:, 1:, overdue_states] *= e
-                return w
-
             for _ in range(rounds):
-                w = scaled()
-                new = last = far = late = n = 0
+                w = scale_going_on(base / a, b, d, e)
+                got = np.zeros(5, dtype=np.int64)
                 for s in range(images):
                     g = torch.Generator().manual_seed(CALIBRATION_SEED + s)
                     _, _, taken, overdue = self._walk(c, rows, g, w, 1.0 / a)
-                    n += int((taken >= 0).sum())
-                    new += int((taken == 0).sum())
-                    last += int((taken == 1).sum())
-                    far += int((taken > FAR).sum())
-                    late += int(overdue.sum())
+                    got += walk_counts(taken, overdue)
+                n, new, last, far, late = (int(x) for x in got)
                 if n == 0:
                     break
                 steps = [odds_step(t, x / n) ** CALIBRATION_DAMPING
                          for t, x in ((t_new, new), (t_last, last), (t_far, far), (t_late, late))]
                 a, b, d, e = (float(np.clip(x * s, 0.02, 50.0)) for x, s in zip((a, b, d, e), steps))
-            self.weights[c] = scaled()
+            self.weights[c] = scale_going_on(base / a, b, d, e)
             self.portless[c] = self.portless[c] / a
             out[name] = (a, b, d, e)
         # as saved: a loaded chain draws what this one does

@@ -296,15 +296,6 @@ class LayoutChain:
             chain.calibrate(targets, ports)
         return chain
 
-    @classmethod
-    def fit_dataset(cls, dataset) -> "LayoutChain":
-        """Fit on an ``ImageDataset`` (netdiff.model.data): its windows, classes and streams."""
-        from netdiff.bits.layout import named_layout
-
-        return cls.fit([e.bits for e in dataset.examples], [e.cls for e in dataset.examples],
-                       named_layout(dataset.image.layout, height=dataset.image.height),
-                       streams=dataset.stream_keys())
-
     def sample(self, cls: str, rows: int, generator: torch.Generator) -> np.ndarray:
         """(rows, W) bool present-pixel map for one image of class ``cls``; randomness from the
         image's own generator (the same draws for the same seed)."""
@@ -425,7 +416,6 @@ class LayoutChain:
         of its rows); matched as a share, the walks neither drop them nor spread every flow.
         Returns class -> (new, most recent, far back, overdue) multipliers."""
         out = {}
-        overdue_states = np.arange(N_STATES) // N_BASE == N_STATES // N_BASE - 1
         for cls, (t_new, t_last, t_far, t_late) in targets.items():
             c = self.classes.index(cls)
             base = self.weights[c].copy()
@@ -434,24 +424,17 @@ class LayoutChain:
             def scaled() -> np.ndarray:
                 w = base.copy()
                 w[:, 0, 0] *= a
-                w[:, 1, :] *= b
-                w[:, FAR + 1:, :] *= d
-                w[:, 1:, overdue_states] *= e
-                return w
+                return scale_going_on(w, b, d, e)
 
             for _ in range(rounds):
                 w = scaled()
-                new = last = far = late = n = 0
+                got = np.zeros(5, dtype=np.int64)
                 for s in range(images):
                     g = torch.Generator().manual_seed(CALIBRATION_SEED + s)
                     ids = self.sample_ids(cls, rows, g)
                     _, taken, overdue = self._walk(c, ids, g, ports, w)
-                    has = taken >= 0
-                    n += int(has.sum())
-                    new += int((taken == 0).sum())
-                    last += int((taken == 1).sum())
-                    far += int((taken > FAR).sum())
-                    late += int(overdue.sum())
+                    got += walk_counts(taken, overdue)
+                n, new, last, far, late = (int(x) for x in got)
                 if n == 0:
                     break
                 # a Luce weight scales the odds of its option: step each by the odds ratio
@@ -547,6 +530,24 @@ class LayoutChain:
             if arr.shape != shape or (name == "going" and arr.ndim != 4):
                 raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
         return chain
+
+
+def scale_going_on(w: np.ndarray, last: float, far: float, overdue: float) -> np.ndarray:
+    """Choice weights (layouts, MAX_LINK + 1, N_STATES) with going on with the most recent flow
+    scaled by ``last``, going back past the ``FAR``-th by ``far`` and going on with a long-overdue
+    flow (lateness's last bucket) by ``overdue``, in place; returns ``w``."""
+    w[:, 1, :] *= last
+    w[:, FAR + 1:, :] *= far
+    w[:, 1:, np.arange(w.shape[-1]) // N_BASE == N_STATES // N_BASE - 1] *= overdue
+    return w
+
+
+def walk_counts(taken: np.ndarray, overdue: np.ndarray) -> np.ndarray:
+    """What calibration counts in one walk (``taken``: per row the option taken, 0 a new flow, r
+    the r-th most recent, -1 no ports; ``overdue``: whether it went on with a long-overdue flow):
+    rows with ports, new flows, the most recent flow, flows past the ``FAR``-th, overdue flows."""
+    return np.array([(taken >= 0).sum(), (taken == 0).sum(), (taken == 1).sum(), (taken > FAR).sum(),
+                     overdue.sum()], dtype=np.int64)
 
 
 def _choices(ids, link, rev, states, chosen, flips) -> tuple:
