@@ -163,6 +163,7 @@ class FlowChain:
         flip = self.flips[c] + 1e-9     # a state never seen: either way
         opening = _with_pseudo(self.opening[c])
         portless_layout = _with_pseudo(self.portless_layout[c])
+        new_weight = 1.0 if opening.sum() > 0 else 0.0     # a class whose rows never have ports
         # per flow, most recent first: [flow index, packets, last reversed, flow_state without
         # lateness, first row, last row, last layout]
         recent: list[list] = []
@@ -192,7 +193,7 @@ class FlowChain:
             # ``lateness`` inlined: this runs for every recent flow on every row
             st = np.array([f[3] + N_BASE * ((i - f[5] > late_0) + (i - f[5] > late_1)) for f in cand], dtype=np.intp)
             last_of = np.array([f[6] for f in cand], dtype=np.intp)
-            w = np.concatenate([[1.0, portless[prev]], weight[last_of, np.arange(1, len(cand) + 1), st]])
+            w = np.concatenate([[new_weight, portless[prev]], weight[last_of, np.arange(1, len(cand) + 1), st]])
             pick = draw_index(w, u[i, 0])
             if pick == 1:
                 k = draw_index(portless_layout[prev], u[i, 2])
@@ -201,6 +202,8 @@ class FlowChain:
                 k = draw_index(opening[prev], u[i, 2])
                 flows.append([(i, False)])
                 recent.insert(0, [len(flows) - 1, 1, False, flow_state(1, False), i, i, k])
+                if len(recent) > reach:
+                    recent.pop()        # past the reach a flow only falls further back
             else:
                 j = pick - 2
                 taken[i] = j + 1

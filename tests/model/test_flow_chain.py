@@ -215,3 +215,19 @@ def test_a_connection_keeps_its_options_and_flows_open_on_opening_rows():
     layouts_first = _tcp_habits(LayoutChain.fit(windows, labels, streams=streams), "web", range(4))
     assert flows_first[0] < 0.02 and flows_first[1] < 0.03, flows_first
     assert layouts_first[0] > 10 * max(flows_first[0], 0.01), (layouts_first, flows_first)
+
+
+def test_a_class_without_ports_draws_only_rows_without_ports():
+    """ICMP echo only: no row opens a flow (there is no layout to open one with)."""
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.l2 import Ether
+
+    pings = [bytes(Ether() / IP(src="10.0.0.3", dst="10.0.0.9") / ICMP(type=8 - 8 * (k % 2), seq=k // 2))
+             for k in range(64)]
+    bits = encode(PacketBatch.from_packets(pings), NETDIFFUSION)[0]
+    chain = FlowChain.fit(_windows(bits), ["icmp"] * 2, streams=[0, 0])
+    ports = port_columns(NETDIFFUSION)
+    for seed in range(3):
+        ids, flows = _walk(chain, "icmp", 64, seed)
+        assert flows == []
+        assert all(row_transport(chain.vocab[k], ports) is None and chain.vocab[k].any() for k in ids)
