@@ -349,7 +349,16 @@ def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, repor
     first_s2c = np.full(G, n, dtype=np.int64)
     np.minimum.at(first_s2c, flow[s2c], idx[s2c])
     pos_first = first[flow] == idx
-    client_open = hs & (pos_first | ((direction == 0) & (idx < first_s2c[flow])))
+    # Before the server's first row the client can only retry its SYN. A flow the server sends
+    # no row of was captured on the client's side only (messaging's shared captures: 84% of its
+    # TCP flows, 60% of its TCP packets): it opens with its first row and the SYN retries the
+    # image gave it straight after; from its first other row on it is established. Every row of
+    # such a flow was a SYN retry with no payload before.
+    plain = (f[col(opening["flag"])] == 0) & ~pos_first
+    first_plain = np.full(G, n, dtype=np.int64)
+    np.minimum.at(first_plain, flow[plain], idx[plain])
+    opens_until = np.where(first_s2c < n, first_s2c, first_plain)
+    client_open = hs & (pos_first | ((direction == 0) & (idx < opens_until[flow])))
     server_open = hs & (idx == first_s2c[flow])
     other = tcp & ~client_open & ~server_open
     for k in setting:
