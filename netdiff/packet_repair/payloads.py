@@ -93,7 +93,8 @@ def choose(table: PayloadTable, proto: np.ndarray, sport: np.ndarray, dport: np.
         # SNMP then kpasswd, SMUX then NDPS, DNS reading a 5000/udp fill): the row carries none.
         owns = [(serves[:, np.where(rows, port, 0)] != NONE).any(axis=0) if len(serves)
                 else np.zeros(n, dtype=bool) for port in (lo, hi)]
-        both = rows & owns[0] & owns[1]
+        # One port on both ends (SIP 5060 -> 5060, T.38 2944 -> 2944) is one dissector: its message.
+        both = rows & owns[0] & owns[1] & (lo != hi)
         length = np.where(both, 0, length)
         for port in (lo, hi):
             for layer in serves:
