@@ -23,10 +23,11 @@ Levels (each a train and a test folder of ``<class>/*.pcap`` under ``--work/<lev
 
 Per level: pcap2img the training side (netdiffusion layout, the config's height), train-base,
 ``--count`` images per class (``--mix train``: as many images in all, shared out in proportion
-to the classes' packets on the training side, at least ``MIN_MIX_IMAGES`` each), img2pcap with the training side's timing model (and, with
-``--priors`` when img2pcap takes a ``priors=`` argument, a second set repaired with the class
-field priors written next to timing.json), then ``netdiff.evaluate`` of each generated set
-against the test side, with the training side as the memorisation reference. The floor is the
+to the classes' packets on the training side, at least ``MIN_MIX_IMAGES`` each), img2pcap with
+the training side's timing model (and, with ``--priors`` when img2pcap takes a ``priors=``
+argument, a second set repaired with the class field priors written next to timing.json), then
+``netdiff.evaluate`` of each generated set against the test side, with the training side as the
+memorisation reference. The floor is the
 real training side evaluated the same way against the test side: what a generator that
 reproduced its training data exactly would score on held-out traffic. Beside it (``--windows``,
 on by default) the training side cut into captures of the generated images' height: the flow
@@ -622,8 +623,7 @@ def markdown_level(level: str, res: dict) -> str:
                 if res.get("mix", "uniform") == "uniform" else
                 f"{sum(res['counts'].values())} images of {res.get('rows', '?')} packets at the training mix "
                 f"({', '.join(f'{c} {n}' for c, n in res['counts'].items())})")
-             + f""
-             f"{' (' + format(res['images_per_s'], '.2f') + ' images/s on ' + str(res.get('generate_device')) + ')' if res.get('images_per_s') else ''}"
+             + f"{' (' + format(res['images_per_s'], '.2f') + ' images/s on ' + str(res.get('generate_device')) + ')' if res.get('images_per_s') else ''}"
              f"{', the first ' + str(res['evaluated_per_class']) + ' per class repaired and evaluated' if res.get('evaluated_per_class', res['count']) < res['count'] else ''}"
              f", seed {res['seed']}; test side {res['packets']['test']} packets, training side "
              f"{res['packets']['train']} packets", "",

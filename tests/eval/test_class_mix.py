@@ -2,28 +2,18 @@
 packets, so that the pooled measures compare a generated set with the floor at the same class mix."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _fidelity():
-    spec = importlib.util.spec_from_file_location("fidelity_bench", REPO / "benchmarks" / "fidelity.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import benchmark_module
 
 
 def test_uniform_mix_is_count_per_class():
-    B = _fidelity()
+    B = benchmark_module("fidelity")
     assert B.image_counts({"a": 10, "b": 1000}, 12, "uniform") == {"a": 12, "b": 12}
 
 
 def test_training_mix_follows_the_packets_and_keeps_the_total():
     """The unseen split of the shared captures: 120 images in all; each class's count within one
     image of its share, and never under two (the sample spread compares two images)."""
-    B = _fidelity()
+    B = benchmark_module("fidelity")
     packets = {"bittorrent": 1648, "dns": 3133, "ics_modbus": 2257, "messaging": 2203, "quic": 1341,
                "ssh": 3000, "tls_web": 2904, "video_conferencing": 3431, "video_streaming": 2082,
                "voip": 1776}
@@ -36,7 +26,7 @@ def test_training_mix_follows_the_packets_and_keeps_the_total():
 
 
 def test_training_mix_gives_a_rare_class_two_images():
-    B = _fidelity()
+    B = benchmark_module("fidelity")
     # shares 0.83, 0.17, 0.0001 of 12 images: 10, 2, 0; the rare class's two come from the big one
     assert B.image_counts({"big": 100_000, "rare": 10, "mid": 20_000}, 4, "train") == \
         {"big": 8, "mid": 2, "rare": 2}

@@ -3,9 +3,6 @@ bytes kept and every flow's packets in their order (short flows keep their own c
 different flows may change places), so the flow measures show what the timing model alone costs."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 from netdiff.bits.codec import flow_keys, parse
@@ -14,14 +11,7 @@ from netdiff.io.pcap import read_capture
 from netdiff.pipeline.conversions import pcap2img
 from netdiff.packet_repair.timing import SHORT_MAX, TimingModel
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _fidelity():
-    spec = importlib.util.spec_from_file_location("fidelity_bench", REPO / "benchmarks" / "fidelity.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import benchmark_module
 
 
 def _times(batch) -> np.ndarray:
@@ -29,7 +19,7 @@ def _times(batch) -> np.ndarray:
 
 
 def test_restamped_windows_keep_bytes_and_draw_gaps_by_kind(sample_captures, tmp_path):
-    fid = _fidelity()
+    fid = benchmark_module("fidelity")
     images = tmp_path / "images"
     pcap2img(sample_captures, images, layout=named_layout("netdiffusion", height=32))
     windows = fid.cut_windows(sample_captures, tmp_path / "windows", 64)

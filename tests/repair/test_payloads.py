@@ -2,7 +2,6 @@
 computed lengths, the rule files' format, and tshark's verdict on a seeded sample of ports."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 
 import numpy as np
@@ -11,17 +10,10 @@ import pytest
 from netdiff.errors import NetdiffError
 from netdiff.packet_repair import payloads as PL
 from netdiff.rules import engine as E
-from tests.conftest import REPO
+from tests.conftest import benchmark_module
 
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None,
                                   reason="tshark not installed (Debian package 'tshark')")
-
-
-def _sweep_module():
-    spec = importlib.util.spec_from_file_location("port_sweep", REPO / "benchmarks" / "port_sweep.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _messages(port: int, proto: int, lengths, sport: int = 50000):
@@ -115,7 +107,7 @@ def test_seeded_port_sample_passes_every_dissector(tmp_path):
     """Property: packets on a seeded sample of ports (every templated or measured port, 400
     others per transport), as source and destination, with lengths repair can produce, repaired
     by netdiff: tshark finds no malformed packet, expert error or bad checksum."""
-    sweep = _sweep_module()
+    sweep = benchmark_module("port_sweep")
     rng = np.random.default_rng(13)
     templated = {x: sorted({p for t in E.load_payloads() if x in t.transports for p in t.ports})
                  for x in sweep.TRANSPORTS}
@@ -142,7 +134,7 @@ def test_seeded_sample_of_templated_port_pairs_passes(tmp_path):
     """Property: packets between two templated ports (a seeded sample of 3,000 pairs per
     transport, each way, short and long lengths) pass every dissector; the whole set is
     benchmarks/port_sweep.py --pairs."""
-    sweep = _sweep_module()
+    sweep = benchmark_module("port_sweep")
     rng = np.random.default_rng(29)
     templates = E.load_payloads()
     for name, proto in sweep.TRANSPORTS.items():
@@ -172,7 +164,7 @@ def test_xmpp_element_takes_the_length():
 
 @needs_tshark
 def test_xmpp_messages_pass_tshark_either_way(tmp_path):
-    sweep = _sweep_module()
+    sweep = benchmark_module("port_sweep")
     lengths = np.array([1, 3, 7, 8, 33, 257, 1001, sweep.MAX_PAYLOAD["tcp"]])
     sport, dport, length = sweep.both_ways([5222], lengths)
     batch, _ = sweep.repaired(sweep.raw_packets(6, sport, dport, length), 0)
@@ -196,7 +188,7 @@ def test_one_port_on_both_ends_carries_its_message():
 def test_every_templated_port_to_itself_passes_tshark(tmp_path):
     """Property: every templated port as both source and destination, at a short and a long
     length (seeded), repaired: tshark finds no malformed packet, expert error or bad checksum."""
-    sweep = _sweep_module()
+    sweep = benchmark_module("port_sweep")
     rng = np.random.default_rng(29)
     for name, proto in sweep.TRANSPORTS.items():
         ports = np.array(sorted({p for t in E.load_payloads() if name in t.transports for p in t.ports}))
