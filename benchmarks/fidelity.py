@@ -100,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mix", choices=MIXES, default="uniform",
                    help="uniform: --count images of every class; train: --count times the classes in "
                         "all, each class's share its share of the training side's packets (the mix "
-                        "of the floor and the real windows)")
+                        "of the floor and the real windows), at least two a class")
     p.add_argument("--eval-count", type=int, default=None,
                    help="repair and evaluate only the first N generated images of each class (default: all)")
     p.add_argument("--train-minutes", type=float, default=None,
@@ -141,6 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--count, --eval-count, --jobs and --threads must be at least 1")
     if args.restamped and not args.windows:
         p.error("--restamped re-stamps the real windows: drop --no-windows")
+    if args.mix == "train" and args.eval_count is not None:
+        p.error("--eval-count keeps the first N images of every class, which undoes --mix train")
     return args
 
 
@@ -823,6 +825,7 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"fidelity benchmark: {len(classes)} classes from {args.data}, config {args.config}, "
           f"steps {args.steps or 'config default'}, {args.count} images per class"
+          + (" on average, at the training mix" if args.mix == "train" else "")
           + (f" of {args.rows} packets" if args.rows else "") + f", seed {args.seed}, "
           f"{args.threads} thread(s)"
           + (f", first {args.max_packets_per_file} packets of every capture" if args.max_packets_per_file else ""),

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
 
 
 def benchmark_module(name: str):
@@ -16,7 +17,6 @@ def benchmark_module(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-SHARED = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

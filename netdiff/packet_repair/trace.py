@@ -350,10 +350,10 @@ def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, repor
     np.minimum.at(first_s2c, flow[s2c], idx[s2c])
     pos_first = first[flow] == idx
     # Before the server's first row the client can only retry its SYN. A flow the server sends
-    # no row of was captured on the client's side only (messaging's shared captures: 84% of its
-    # TCP flows, 60% of its TCP packets): it opens with its first row and the SYN retries the
-    # image gave it straight after; from its first other row on it is established. Every row of
-    # such a flow was a SYN retry with no payload before.
+    # no row of was captured on the client's side only (as most of the shared messaging
+    # captures' TCP flows are): nothing says the handshake failed, so it opens with its first
+    # row and the SYN retries the image gave it straight after, and is established from its
+    # first other row on.
     plain = (f[col(opening["flag"])] == 0) & ~pos_first
     first_plain = np.full(G, n, dtype=np.int64)
     np.minimum.at(first_plain, flow[plain], idx[plain])

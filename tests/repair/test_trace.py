@@ -257,21 +257,24 @@ def test_generated_addresses_are_kept_when_the_layout_has_them(sample_captures):
 
 
 def _one_sided_and_answered(path):
-    """Two TCP connections to 5222: one captured on the client's side only (SYN, ACK, then
-    segments with data, nothing from the server, as messaging's shared captures hold most of
-    theirs), and one whose client retries its SYN once before the server answers."""
+    """Two TCP connections to 5201 (a port with no payload template): one captured on the
+    client's side only (a SYN, its retry, an ACK, segments with data, a stray SYN later, nothing
+    from the server, as most of messaging's shared captures hold their connections), and one
+    whose client retries its SYN once before the server answers."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap
 
     c, s = IP(src="10.0.0.1", dst="10.0.0.2"), IP(src="10.0.0.2", dst="10.0.0.1")
-    one = [TCP(sport=40000, dport=5222, flags="S"), TCP(sport=40000, dport=5222, flags="A")]
-    one += [TCP(sport=40000, dport=5222, flags="PA") / (b"x" * n) for n in (4, 262, 37, 3, 90)]
-    one += [TCP(sport=40000, dport=5222, flags="A")]
-    two = [c / TCP(sport=40001, dport=5222, flags="S"), c / TCP(sport=40001, dport=5222, flags="S"),
-           s / TCP(sport=5222, dport=40001, flags="SA"), c / TCP(sport=40001, dport=5222, flags="A"),
-           c / TCP(sport=40001, dport=5222, flags="PA") / (b"y" * 50),
-           s / TCP(sport=5222, dport=40001, flags="PA") / (b"z" * 80)]
+    one = [TCP(sport=40000, dport=5201, flags="S"), TCP(sport=40000, dport=5201, flags="S"),
+           TCP(sport=40000, dport=5201, flags="A")]
+    one += [TCP(sport=40000, dport=5201, flags="PA") / (b"x" * n) for n in (4, 262, 37)]
+    one += [TCP(sport=40000, dport=5201, flags="S")]
+    one += [TCP(sport=40000, dport=5201, flags="PA") / (b"x" * n) for n in (3, 90)]
+    two = [c / TCP(sport=40001, dport=5201, flags="S"), c / TCP(sport=40001, dport=5201, flags="S"),
+           s / TCP(sport=5201, dport=40001, flags="SA"), c / TCP(sport=40001, dport=5201, flags="A"),
+           c / TCP(sport=40001, dport=5201, flags="PA") / (b"y" * 50),
+           s / TCP(sport=5201, dport=40001, flags="PA") / (b"z" * 80)]
     pkts = [Ether() / c / p for p in one] + [Ether() / p for p in two]
     for k, p in enumerate(pkts):
         p.time = 1_700_000_000.0 + k * 0.01
@@ -279,9 +282,10 @@ def _one_sided_and_answered(path):
 
 
 def test_a_flow_captured_on_one_side_keeps_its_data(tmp_path):
-    """A connection the server sends nothing in opens with one SYN and goes on established, its
-    data kept (before: every row a SYN retry with no payload); a client that retries its SYN
-    before the server answers still does."""
+    """A connection the server sends nothing in opens with its SYN and the retry straight after
+    it and goes on established, its data kept and the stray SYN later an ACK (before: every row
+    a SYN retry with no payload); a client that retries its SYN before the server answers still
+    does."""
     from netdiff.bits.codec import encode
     from netdiff.io.pcap import read_capture
 
@@ -291,8 +295,9 @@ def test_a_flow_captured_on_one_side_keeps_its_data(tmp_path):
     flows = defaultdict(list)
     for p in _packets(repair(bits, L, seed=0).batch):
         flows[min(p["sport"], p["dport"]), max(p["sport"], p["dport"])].append(p)
-    one, two = flows[5222, 40000], flows[5222, 40001]
-    assert [p["flags"] & 2 for p in one] == [2] + [0] * 7
-    assert sum(p["plen"] > 0 for p in one) == 5 and all(p["flags"] & 16 for p in one[1:])
+    one, two = flows[5201, 40000], flows[5201, 40001]
+    assert [p["flags"] & 2 for p in one] == [2, 2] + [0] * 7
+    assert [p["plen"] for p in one] == [0, 0, 0, 4, 262, 37, 0, 3, 90]
+    assert all(p["flags"] & 16 for p in one[2:])
     assert [p["flags"] & 0x12 for p in two[:3]] == [0x02, 0x02, 0x12]
     _check_tcp(one + two)
