@@ -27,9 +27,9 @@ to the classes' packets on the training side, at least ``MIN_MIX_IMAGES`` each),
 the training side's timing model (and, with ``--priors`` when img2pcap takes a ``priors=``
 argument, a second set repaired with the class field priors written next to timing.json), then
 ``netdiff.evaluate`` of each generated set against the test side, with the training side as the
-memorisation reference. The floor is the
-real training side evaluated the same way against the test side: what a generator that
-reproduced its training data exactly would score on held-out traffic. Beside it (``--windows``,
+memorisation reference. The floor is the real training side evaluated the same way against the
+test side: what a generator that reproduced its training data exactly would score on held-out
+traffic. Beside it (``--windows``,
 on by default) the training side cut into captures of the generated images' height: the flow
 measures count flows per capture, so a generated capture of 128 packets cuts every longer flow
 where a whole real capture does not; that column shows how much of a distance the cut alone
@@ -623,8 +623,7 @@ def markdown_level(level: str, res: dict) -> str:
              f"{' in ' + str(res['model']['seconds']) + ' s on ' + str(res['model'].get('device')) if res['model'].get('seconds') else ''}, "
              + (f"{res['count']} images of {res.get('rows', '?')} packets per class"
                 if res.get("mix", "uniform") == "uniform" else
-                f"{sum(res['counts'].values())} images of {res.get('rows', '?')} packets at the training mix "
-                f"({', '.join(f'{c} {n}' for c, n in res['counts'].items())})")
+                f"images of {res.get('rows', '?')} packets, {mix_text(res['counts'])}")
              + f"{' (' + format(res['images_per_s'], '.2f') + ' images/s on ' + str(res.get('generate_device')) + ')' if res.get('images_per_s') else ''}"
              f"{', the first ' + str(res['evaluated_per_class']) + ' per class repaired and evaluated' if res.get('evaluated_per_class', res['count']) < res['count'] else ''}"
              f", seed {res['seed']}; test side {res['packets']['test']} packets, training side "
@@ -688,6 +687,11 @@ def image_counts(train_packets: dict[str, int], count: int, mix: str) -> dict[st
     return {c: MIN_MIX_IMAGES + int(k) for c, k in zip(classes, n)}
 
 
+def mix_text(counts: dict[str, int]) -> str:
+    """'120 at the training mix (bittorrent 8, dns 16, ...)'."""
+    return f"{sum(counts.values())} at the training mix ({', '.join(f'{c} {n}' for c, n in counts.items())})"
+
+
 def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
     import netdiff
     from netdiff.bits.layout import named_layout
@@ -741,8 +745,7 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
                                 height=args.rows)
     gen_s = time.perf_counter() - t0
     rate = sum(counts.values()) / gen_s
-    made_what = f"{args.count} x {len(kept)} classes" if args.mix == "uniform" else \
-        f"{sum(counts.values())} at the training mix ({', '.join(f'{c} {n}' for c, n in counts.items())})"
+    made_what = f"{args.count} x {len(kept)} classes" if args.mix == "uniform" else mix_text(counts)
     phases.done("generate", f"{made_what}, {args.rows or height} packets each, "
                 f"{rate:.2f} images/s on {made.device} (model loads included)")
 
