@@ -59,7 +59,7 @@ SCHEMA = {
                            "value": {"bits": LEAF, "values": LEAF, "range": LEAF}, "compute": LEAF,
                            "echo_with": LEAF}]},
     "flags": {"fields": LEAF, "legal": LEAF},
-    "session": {"open": {"flag": LEAF, "client": LEAF, "server": LEAF}, "established": LEAF,
+    "session": {"open": {"flag": LEAF, "client": LEAF, "server": LEAF, "refused": LEAF}, "established": LEAF,
                 "close": LEAF, "reset": LEAF, "no_payload": LEAF, "answer_clears": LEAF},
     "dependencies": [{"field": LEAF, "zero_unless": LEAF, "within_payload": LEAF, "requires": LEAF,
                       "requires_payload": LEAF, "check": LEAF}],
@@ -439,7 +439,8 @@ def _session(path, s, bits: dict) -> dict | None:
     if s is None:
         return None
     o = s.get("open") or {}
-    names = [o.get("flag"), *o.get("client", ()), *o.get("server", ()), *s.get("established", ()),
+    names = [o.get("flag"), *o.get("client", ()), *o.get("server", ()), *o.get("refused", ()),
+             *s.get("established", ()),
              s.get("close"), s.get("reset"), *s.get("no_payload", ()), *s.get("answer_clears", ())]
     for nm in names:
         if bits.get(nm) != 1:

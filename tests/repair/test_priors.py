@@ -619,6 +619,16 @@ def test_flow_sizes_by_hand():
     assert PR.flow_sizes(flow, rows=4).tolist() == [1, 0, 1, 0, 1, 1, 1, 1, 2, 2, 2, 2, 1, 1]
 
 
+def test_flow_roles_by_hand():
+    """0 a flow one way only within its block, 1 the side that sent a two-way flow's first row
+    there, 2 the side that answered."""
+    flow = np.array([5, 7, 7, 5, 7, 9, 9, 5])
+    direction = np.array([0, 1, 0, 1, 0, 0, 0, 1])
+    assert PR.flow_roles(flow, direction).tolist() == [1, 1, 2, 2, 2, 0, 0, 2]
+    # blocks of 4 rows: flows 5 and 7 go both ways in the first; in the second each goes one way
+    assert PR.flow_roles(flow, direction, rows=4).tolist() == [1, 1, 2, 2, 0, 0, 0, 0]
+
+
 def _udp_exchanges(path, sizes: list[list[int]], clients: list[int]):
     """UDP flows to port 7000, one after another: flow f's datagrams of ``sizes[f]`` bytes, the
     first from client port ``clients[f]`` and the next ones turning back and forth."""
@@ -650,7 +660,7 @@ def _sized_flows(path, flows: int = 24, seed: int = 0):
 
 
 def test_lengths_follow_the_size_of_their_flow(tmp_path):
-    """Learnt by flow size (``by: [direction, flow_size, service]`` in udp.yaml): a class whose
+    """Learnt by flow size (``by: [direction, role, flow_size, service]`` in udp.yaml): a class whose
     two-packet exchanges carry 20-40 bytes and whose eight-packet transfers 800-1000 to the same
     service and in the same directions. Repaired from the class's own image with its priors, a
     generated exchange draws short lengths and a transfer long ones; by direction and service
@@ -659,7 +669,7 @@ def test_lengths_follow_the_size_of_their_flow(tmp_path):
     pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=160))
     pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
     keys = pri.classes["sized"]["fields"]["udp.payload"]
-    assert "direction=0|flow_size=1" in keys and "direction=0|flow_size=3" in keys
+    assert "direction=0|role=1|flow_size=1" in keys and "direction=0|role=1|flow_size=3" in keys
     png = next((tmp_path / "img" / "sized").glob("*.png"))
     bare = tmp_path / "sized.png"
     bare.write_bytes(png.read_bytes())          # no sidecar: repaired, not restored
@@ -672,6 +682,58 @@ def test_lengths_follow_the_size_of_their_flow(tmp_path):
     long_ = [x for v in by_flow.values() if len(v) >= 8 for x in v]
     assert len(short) >= 16 and len(long_) >= 64
     assert max(short) < 40 <= 800 <= min(long_)
+
+
+def _peers(path, seed: int = 0):
+    """UDP between random port pairs, as peer-to-peer hosts talk: 40 flows of two 30-byte
+    datagrams nothing answers (retries) and 40 exchanges of a 30-40 byte query and a 400-500
+    byte answer, each begun from either port, the two kinds interleaved."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    rng = np.random.default_rng(seed)
+    ports = rng.choice(np.arange(10000, 60000), size=160, replace=False)
+    pkts, t = [], 1_700_000_000.0
+    for f in range(80):
+        a, b = int(ports[2 * f]), int(ports[2 * f + 1])
+        if f % 2 == 0:
+            sizes = [(a, b, 30), (a, b, 30)]
+        else:
+            sizes = [(a, b, int(rng.integers(30, 41))), (b, a, int(rng.integers(400, 501)))]
+        for sp, dp, n in sizes:
+            ip = IP(src="10.0.0.1", dst="10.0.0.2") if sp == a else IP(src="10.0.0.2", dst="10.0.0.1")
+            p = Ether() / ip / UDP(sport=sp, dport=dp) / (b"x" * n)
+            p.time = t
+            pkts.append(p)
+            t += 0.01
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrpcap(str(path), pkts)
+
+
+def test_answers_draw_the_lengths_of_answers(tmp_path):
+    """Learnt by role (``by: [direction, role, ...]`` in udp.yaml): between random ports the
+    client side (the higher port) says nothing about who asked, so by direction alone an answer
+    drew a retry's 30 bytes about as often as an answer's 400-500 (BitTorrent's answered
+    two-datagram flows carried 116 bytes where the captures' carry 567). Repaired from the
+    class's own image with its priors, every answer draws an answer's length and every retry a
+    retry's."""
+    _peers(tmp_path / "cap" / "peers" / "a.pcap")
+    pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=160))
+    pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
+    keys = pri.classes["peers"]["fields"]["udp.payload"]
+    assert {"direction=0|role=0", "direction=0|role=2", "direction=1|role=0", "direction=1|role=2"} <= set(keys)
+    bare = tmp_path / "peers.png"
+    bare.write_bytes(next((tmp_path / "img" / "peers").glob("*.png")).read_bytes())
+    img2pcap(bare, tmp_path / "peers.pcap", priors=pri, seed=1)
+    batch, _ = read_capture(tmp_path / "peers.pcap")
+    by_flow = defaultdict(list)
+    for p in _packets(batch):
+        by_flow[min(p["sport"], p["dport"]), max(p["sport"], p["dport"])].append(p)
+    retries = [p["plen"] for v in by_flow.values() if len({q["sport"] for q in v}) == 1 for p in v]
+    answers = [v[1]["plen"] for v in by_flow.values() if len({q["sport"] for q in v}) == 2]
+    assert len(retries) == 80 and len(answers) == 40
+    assert max(retries) < 100 and min(answers) >= 300
 
 
 def _exchanges_and_lone_queries(path, lone_bytes):
@@ -694,7 +756,7 @@ def test_a_level_with_nothing_to_draw_falls_back_to_a_coarser_one(tmp_path):
     pcap2img(tmp_path / "good", tmp_path / "img", layout=layout)
     pcap2img(tmp_path / "bad", tmp_path / "img_bad", layout=layout)
     pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
-    lone = pri.classes["lone"]["fields"]["udp.payload"]["direction=0|flow_size=0"]
+    lone = pri.classes["lone"]["fields"]["udp.payload"]["direction=0|role=0|flow_size=0"]
     assert lone["n"] == 3 and lone["values"] == [] and "q" not in lone
     bare = tmp_path / "bad.png"
     bare.write_bytes(next((tmp_path / "img_bad" / "lone").glob("*.png")).read_bytes())
@@ -715,16 +777,29 @@ def test_priors_learnt_before_flow_sizes_draw_as_they_were_learnt(sample_capture
     rules.mkdir()
     for p in E.rules_dir().glob("*.yaml"):
         shutil.copy(p, rules / p.name)
-    for name, now in (("tcp.yaml", "[psh, direction, flow_size, service]"), ("udp.yaml", "[direction, flow_size, service]")):
+    for name, now in (("tcp.yaml", "[psh, direction, flow_size, service]"),
+                      ("udp.yaml", "[direction, role, flow_size, service]")):
         text = (rules / name).read_text()
         assert now in text
-        (rules / name).write_text(text.replace(now, now.replace(" flow_size,", "")))
+        (rules / name).write_text(text.replace(now, now.replace(" flow_size,", "").replace(" role,", "")))
     monkeypatch.setenv(E.RULES_ENV, str(rules))
     pcap2img(sample_captures, tmp_path / "old", layout=named_layout("netdiffusion", height=256))
     monkeypatch.delenv(E.RULES_ENV)
     old = FieldPriors.load(tmp_path / "old" / PRIORS_FILE)
     learnt = old.classes["web_tcp"]["fields"]["tcp.payload"]
     assert any("service=" in k for k in learnt) and not any("flow_size=" in k for k in learnt)
+    assert not any("role=" in k for k in old.classes["dns_udp"]["fields"]["udp.payload"])
+    assert old.for_class("dns_udp", seed=0).by_name["udp.payload"].by == ("direction", "service")
+    # learnt by flow size but not yet by role (stops 29-33): drawn by direction, flow size, service
+    mid_rules = tmp_path / "mid_rules"       # another folder: rule files are read once per folder
+    shutil.copytree(rules, mid_rules)
+    (mid_rules / "udp.yaml").write_text((rules / "udp.yaml").read_text().replace(
+        "[direction, service]", "[direction, flow_size, service]"))
+    monkeypatch.setenv(E.RULES_ENV, str(mid_rules))
+    pcap2img(sample_captures, tmp_path / "mid", layout=named_layout("netdiffusion", height=256))
+    monkeypatch.delenv(E.RULES_ENV)
+    mid = FieldPriors.load(tmp_path / "mid" / PRIORS_FILE)
+    assert mid.for_class("dns_udp", seed=0).by_name["udp.payload"].by == ("direction", "flow_size", "service")
     cp = old.for_class("web_tcp", seed=0)
     assert cp.by_name["tcp.payload"].by == ("psh", "direction", "service")
     assert cp.by_name["tcp.payload_repeat"].by == ("direction", "service")

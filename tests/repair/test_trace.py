@@ -84,7 +84,10 @@ def _check_tcp(pkts):
         if any(p["flags"] & 2 for p in fp):
             assert fp[0]["flags"] & 0x12 == 0x02
             first_other = next((p for p in fp if (p["src"], p["sport"]) != (fp[0]["src"], fp[0]["sport"])), None)
-            if first_other is not None:
+            if first_other is not None and first_other is fp[-1] and first_other["flags"] & 4:
+                # a refused connection: RST-ACK with sequence number zero, nothing after it
+                assert first_other["flags"] & 0x16 == 0x14 and first_other["seq"] == 0
+            elif first_other is not None:
                 assert first_other["flags"] & 0x12 == 0x12
         # RST only as the last packet
         for p in fp[:-1]:
@@ -301,3 +304,45 @@ def test_a_flow_captured_on_one_side_keeps_its_data(tmp_path):
     assert all(p["flags"] & 16 for p in one[2:])
     assert [p["flags"] & 0x12 for p in two[:3]] == [0x02, 0x02, 0x12]
     _check_tcp(one + two)
+
+
+def _refused_and_reset(path):
+    """Two TCP connections to 5201: one the server refuses (SYN, RST-ACK), one it accepts and
+    resets after an exchange of data."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    c, s = IP(src="10.0.0.1", dst="10.0.0.2"), IP(src="10.0.0.2", dst="10.0.0.1")
+    refused = [c / TCP(sport=40002, dport=5201, flags="S", seq=1000),
+               s / TCP(sport=5201, dport=40002, flags="RA", seq=0, ack=1001)]
+    reset = [c / TCP(sport=40003, dport=5201, flags="S"), s / TCP(sport=5201, dport=40003, flags="SA"),
+             c / TCP(sport=40003, dport=5201, flags="A"),
+             c / TCP(sport=40003, dport=5201, flags="PA") / (b"y" * 50),
+             s / TCP(sport=5201, dport=40003, flags="R")]
+    pkts = [Ether() / p for p in refused + reset]
+    for k, p in enumerate(pkts):
+        p.time = 1_700_000_000.0 + k * 0.01
+    wrpcap(str(path), pkts)
+
+
+def test_a_refused_connection_is_answered_with_a_reset(tmp_path):
+    """A server's first row that resets and ends its flow refuses the SYN: RST-ACK, sequence
+    number zero, acknowledging the SYN (before: a SYN-ACK nothing followed, 6% of BitTorrent's
+    flows). A reset after the server accepted stays the flow's last row after a SYN-ACK."""
+    from netdiff.bits.codec import encode
+    from netdiff.io.pcap import read_capture
+
+    _refused_and_reset(tmp_path / "a.pcap")
+    batch, _ = read_capture(tmp_path / "a.pcap")
+    bits, _ = encode(batch, L)
+    flows = defaultdict(list)
+    for p in _packets(repair(bits, L, seed=0).batch):
+        flows[min(p["sport"], p["dport"]), max(p["sport"], p["dport"])].append(p)
+    refused, reset = flows[5201, 40002], flows[5201, 40003]
+    assert [p["flags"] & 0x17 for p in refused] == [0x02, 0x14]
+    assert refused[1]["seq"] == 0 and refused[1]["ack"] == (refused[0]["seq"] + 1) % 2 ** 32
+    assert refused[1]["plen"] == 0
+    assert [p["flags"] & 0x16 for p in reset] == [0x02, 0x12, 0x10, 0x10, 0x14]
+    assert reset[-1]["seq"] != 0
+    _check_tcp(refused + reset)
