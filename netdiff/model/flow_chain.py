@@ -11,7 +11,8 @@ a flow in the captures). Here a row first chooses what it is:
    recent flows of any transport (at most ``MAX_LINK``, most recent first), each option with a
    weight (Luce's choice model): a new flow weighs 1, a row without ports a weight per the
    previous row's layout, a flow ``weights[its last layout, recency, state]`` (state:
-   ``layouts.flow_state``, its packets so far, the direction of its last, how late it is);
+   ``chain_state``, its packets so far, the direction of its last and whether it ever turned,
+   how late it is);
 2. then its layout: a new flow's from the layouts flows open with after the previous row's, a
    flow's next from its own last layout and whether it turns (a SYN is answered by a SYN-ACK, a
    connection with timestamps keeps them), a row without ports' from the previous row's.
@@ -19,8 +20,9 @@ a flow in the captures). Here a row first chooses what it is:
 Fitted at train-base time from the training images (counts and choice weights, no field value,
 no packet), then calibrated on its own walks like ``LayoutChain`` (the shares of rows that open a
 flow, go on with the most recent, go back past the ``FAR``-th, go on with a long-overdue flow).
-Saved as ``layouts.safetensors`` with ``order: flows`` in its metadata; ``load_structure`` reads
-either kind.
+Saved as ``layouts.safetensors`` with ``order: flows`` and ``states: turns`` in its metadata;
+``load_structure`` reads either kind, and files saved before ``states`` (stops 32-33, states by
+``layouts.flow_state``) draw as they did.
 """
 from __future__ import annotations
 
@@ -32,29 +34,40 @@ import torch
 
 from netdiff.io.atomic import atomic_path
 from netdiff.model.layouts import (CALIBRATION_IMAGES, CALIBRATION_ROWS, CALIBRATION_SEED, FAR,
-                                   LATE_EDGES, LATE_ROWS, LAYOUTS_FILE, MAX_LINK, N_BASE, N_STATES, SNAPSHOTS,
-                                   STATE_PACKETS, LayoutChain, bits_value, borrow_unseen, capture_spans,
+                                   LATE_EDGES, LATE_ROWS, LAYOUTS_FILE, MAX_LINK, N_BASE, N_STATES, SIZE_EDGES,
+                                   SNAPSHOTS, STATE_PACKETS, LayoutChain, bits_value, borrow_unseen, capture_spans,
                                    draw_index, fit_luce, flow_state, lateness, layout_vocabulary, odds_step,
                                    port_columns, row_transport, scale_going_on, walk_counts)
 
 ORDER = "flows"
+STATES = "turns"
+# A flow's state before lateness: its packets so far (SIZE_EDGES) x which way its last packet
+# went: the way of its first with none against it yet, against its first, or the way of its
+# first after one against it. With two ways only (``layouts.flow_state``) a query, its answer
+# and another query looked like three tries nothing answered; an answered BitTorrent datagram
+# exchange (that ends) looked like a uTP connection (that goes on) after their second packet,
+# and the walks went on with 3 times as many three-packet exchanges as the class's windows.
+WAYS = 3
+CHAIN_BASE = WAYS * (len(SIZE_EDGES) + 1)
+CHAIN_STATES = CHAIN_BASE * (len(LATE_EDGES) + 1)
+_CHAIN_EDGES = tuple(int(e) for e in SIZE_EDGES)      # plain ints: states are counted every row
 LAYOUT_PSEUDO = 0.5         # pseudo-rows towards the class's layouts of the kind, whatever came before
 # Calibration steps by a power of the odds ratio: at full steps the shares of video conferencing's
 # walks swung between 0.37 and 0.96 of rows going on with the most recent flow from one round to
 # the next (a flow that goes on keeps the next row to itself); at 0.4 they settle within 16 rounds.
 CALIBRATION_DAMPING = 0.4
 CALIBRATION_ROUNDS = 16
-_LAST_BUCKET = N_STATES // N_BASE - 1
+_LAST_BUCKET = len(LATE_EDGES)          # lateness's last bucket: long overdue
 
 
 class FlowChain:
     """``vocab`` (K, W) bool: the present pixels of each distinct row layout. Per class (C):
-    ``weights`` (C, K, MAX_LINK + 1, N_STATES) a flow's choice weight by its last layout, recency
+    ``weights`` (C, K, MAX_LINK + 1, states) a flow's choice weight by its last layout, recency
     (index 0 unused) and state; ``portless`` (C, K + 1) a row without ports' weight after each
     layout (index K: an image's first row); ``opening`` (C, K + 1, K) counts of the layout a new
     flow opens with after each layout; ``next_layout`` (C, K, 2, K) counts of a flow's next layout
     after its last, direction kept / turned; ``portless_layout`` (C, K + 1, K) the same for rows
-    without ports; ``flips`` (C, K, N_STATES, 2) counts of keeping / turning a flow's direction by
+    without ports; ``flips`` (C, K, states, 2) counts of keeping / turning a flow's direction by
     its last layout and state; ``going`` (C, SNAPSHOTS, MAX_LINK, 2) the (state, last layout) of
     the flows going on where a training window starts, most recent first (-1 past the last), and
     ``going_prev`` (C, SNAPSHOTS) the layout of the row before (-1: no such start)."""
@@ -62,7 +75,7 @@ class FlowChain:
     order = ORDER
 
     def __init__(self, vocab, classes, weights, portless, opening, next_layout, portless_layout, flips,
-                 going, going_prev, layout_name: str = "netdiffusion"):
+                 going, going_prev, layout_name: str = "netdiffusion", turns: bool = True):
         self.vocab = np.asarray(vocab, dtype=bool)
         self.classes = list(classes)
         # float32 as saved, so that a loaded chain draws what the fitted one did
@@ -75,6 +88,19 @@ class FlowChain:
         self.going = np.asarray(going, dtype=np.int16)
         self.going_prev = np.asarray(going_prev, dtype=np.int16)
         self.layout_name = layout_name
+        # states by ``chain_state``; False: a file saved before them, by ``layouts.flow_state``
+        self.turns = turns
+        self.n_base = CHAIN_BASE if turns else N_BASE
+
+    def _state(self, packets: int, last_reversed: bool, turned: bool) -> int:
+        """A flow's state before lateness, as this chain's file counts them."""
+        return chain_state(packets, last_reversed, turned) if self.turns else flow_state(packets, last_reversed)
+
+    def _unstate(self, base: int) -> tuple[int, bool, bool]:
+        """(packets, last reversed, turned) of a state before lateness (its bucket's least packets)."""
+        if self.turns:
+            return STATE_PACKETS[base // WAYS], base % WAYS == 1, base % WAYS >= 1
+        return STATE_PACKETS[base // 2], bool(base % 2), bool(base % 2)
 
     # -- fitting ---------------------------------------------------------------------------------
 
@@ -105,7 +131,7 @@ class FlowChain:
             skip = len(images[lo]) if hi - lo > 1 else 0
             choices[c].append(_capture_choices(rows, ids, transport, ports, len(images[lo]), skip, c,
                                                counts, targets[c], snaps[c]))
-        weights = np.zeros((n_c, n_k, MAX_LINK + 1, N_STATES))
+        weights = np.zeros((n_c, n_k, MAX_LINK + 1, CHAIN_STATES))
         portless = np.zeros((n_c, n_k + 1))
         for c in range(n_c):
             portless[c], weights[c] = fit_flow_choices(*_join(choices[c]), n_k)
@@ -164,8 +190,8 @@ class FlowChain:
         opening = _with_pseudo(self.opening[c])
         portless_layout = _with_pseudo(self.portless_layout[c])
         new_weight = 1.0 if opening.sum() > 0 else 0.0     # a class whose rows never have ports
-        # per flow, most recent first: [flow index, packets, last reversed, flow_state without
-        # lateness, first row, last row, last layout]
+        # per flow, most recent first: [flow index, packets, last reversed, state without
+        # lateness, first row, last row, last layout, turned]
         recent: list[list] = []
         flows: list[list[tuple[int, bool]]] = []
         # the image starts mid-capture, among the flows going on where one of the class's training
@@ -177,21 +203,22 @@ class FlowChain:
             j = have[min(int(pick_start * len(have)), len(have) - 1)]
             prev = int(self.going_prev[c, j])
             for state, last_layout in self.going[c, j][self.going[c, j, :, 0] >= 0]:
-                base, late = int(state) % N_BASE, int(state) // N_BASE
-                n = STATE_PACKETS[base // 2]
+                base, late = int(state) % self.n_base, int(state) // self.n_base
+                n, rev, turned = self._unstate(base)
                 last = -LATE_ROWS[late]     # a pace of 1 row per packet, as late as the state says
                 flows.append([])
-                recent.append([len(flows) - 1, n, bool(base % 2), base, last - (n - 1), last, int(last_layout)])
+                recent.append([len(flows) - 1, n, rev, base, last - (n - 1), last, int(last_layout), turned])
         ids = np.empty(rows, dtype=np.intp)
         taken = np.full(rows, -1, dtype=np.int64)
         overdue = np.zeros(rows, dtype=bool)
         u = torch.rand((rows, 3), generator=generator, dtype=torch.float64).numpy()
         reach = weight.shape[1] - 1
         late_0, late_1 = LATE_EDGES
+        n_base, opened = self.n_base, self._state(1, False, False)
         for i in range(rows):
             cand = recent[:reach]
             # ``lateness`` inlined: this runs for every recent flow on every row
-            st = np.array([f[3] + N_BASE * ((i - f[5] > late_0) + (i - f[5] > late_1)) for f in cand], dtype=np.intp)
+            st = np.array([f[3] + n_base * ((i - f[5] > late_0) + (i - f[5] > late_1)) for f in cand], dtype=np.intp)
             last_of = np.array([f[6] for f in cand], dtype=np.intp)
             w = np.concatenate([[new_weight, portless[prev]], weight[last_of, np.arange(1, len(cand) + 1), st]])
             pick = draw_index(w, u[i, 0])
@@ -201,14 +228,14 @@ class FlowChain:
                 taken[i] = 0
                 k = draw_index(opening[prev], u[i, 2])
                 flows.append([(i, False)])
-                recent.insert(0, [len(flows) - 1, 1, False, flow_state(1, False), i, i, k])
+                recent.insert(0, [len(flows) - 1, 1, False, opened, i, i, k, False])
                 if len(recent) > reach:
                     recent.pop()        # past the reach a flow only falls further back
             else:
                 j = pick - 2
                 taken[i] = j + 1
                 f = recent.pop(j)
-                overdue[i] = st[j] // N_BASE == _LAST_BUCKET
+                overdue[i] = st[j] // n_base == _LAST_BUCKET
                 turned = draw_index(flip[f[6], st[j]], u[i, 1])
                 rev = bool(f[2] ^ turned)
                 nxt = self.next_layout[c, f[6], turned]
@@ -217,7 +244,8 @@ class FlowChain:
                 flows[f[0]].append((i, rev))
                 f[1] += 1
                 f[2] = rev
-                f[3] = flow_state(f[1], rev)
+                f[7] = f[7] or rev
+                f[3] = self._state(f[1], rev, f[7])
                 f[5] = i
                 f[6] = k
                 recent.insert(0, f)
@@ -238,7 +266,7 @@ class FlowChain:
             base = self.weights[c].copy()
             a = b = d = e = 1.0
             for _ in range(rounds):
-                w = scale_going_on(base / a, b, d, e)
+                w = scale_going_on(base / a, b, d, e, self.n_base)
                 got = np.zeros(5, dtype=np.int64)
                 for s in range(images):
                     g = torch.Generator().manual_seed(CALIBRATION_SEED + s)
@@ -250,7 +278,7 @@ class FlowChain:
                 steps = [odds_step(t, x / n) ** CALIBRATION_DAMPING
                          for t, x in ((t_new, new), (t_last, last), (t_far, far), (t_late, late))]
                 a, b, d, e = (float(np.clip(x * s, 0.02, 50.0)) for x, s in zip((a, b, d, e), steps))
-            self.weights[c] = scale_going_on(base / a, b, d, e)
+            self.weights[c] = scale_going_on(base / a, b, d, e, self.n_base)
             self.portless[c] = self.portless[c] / a
             out[name] = (a, b, d, e)
         # as saved: a loaded chain draws what this one does
@@ -263,8 +291,11 @@ class FlowChain:
     def save(self, folder) -> None:
         from safetensors.numpy import save_file
 
-        meta = json.dumps({"classes": self.classes, "width": int(self.vocab.shape[1]),
-                           "layout": self.layout_name, "order": ORDER}, sort_keys=True)
+        meta = {"classes": self.classes, "width": int(self.vocab.shape[1]), "layout": self.layout_name,
+                "order": ORDER}
+        if self.turns:
+            meta["states"] = STATES
+        meta = json.dumps(meta, sort_keys=True)
         tensors = {"vocab": np.packbits(self.vocab, axis=1), "weights": self.weights.astype(np.float32),
                    "portless": self.portless.astype(np.float32), "opening": self.opening.astype(np.float32),
                    "next_layout": self.next_layout.astype(np.float32),
@@ -279,14 +310,19 @@ class FlowChain:
         """From an open safetensors file ``f`` whose metadata is ``meta`` (``load_structure``)."""
         vocab = np.unpackbits(f.get_tensor("vocab"), axis=1)[:, :meta["width"]].astype(bool)
         names = ("weights", "portless", "opening", "next_layout", "portless_layout", "flips", "going", "going_prev")
-        chain = cls(vocab, meta["classes"], *(f.get_tensor(n) for n in names), meta.get("layout", "netdiffusion"))
+        turns = meta.get("states") == STATES
+        if meta.get("states") not in (None, STATES):
+            raise ValueError(f"states {meta['states']!r} unknown (this version reads {STATES!r})")
+        chain = cls(vocab, meta["classes"], *(f.get_tensor(n) for n in names), meta.get("layout", "netdiffusion"),
+                    turns=turns)
         n_c, n_k = len(chain.classes), len(vocab)
+        n_states = CHAIN_STATES if turns else N_STATES
         snaps = chain.going.shape[1] if chain.going.ndim == 4 else -1
-        expect = {"weights": (chain.weights, (n_c, n_k, chain.weights.shape[2], N_STATES)),
+        expect = {"weights": (chain.weights, (n_c, n_k, chain.weights.shape[2], n_states)),
                   "portless": (chain.portless, (n_c, n_k + 1)), "opening": (chain.opening, (n_c, n_k + 1, n_k)),
                   "next_layout": (chain.next_layout, (n_c, n_k, 2, n_k)),
                   "portless_layout": (chain.portless_layout, (n_c, n_k + 1, n_k)),
-                  "flips": (chain.flips, (n_c, n_k, N_STATES, 2)),
+                  "flips": (chain.flips, (n_c, n_k, n_states, 2)),
                   "going": (chain.going, (n_c, snaps, chain.going.shape[2] if snaps >= 0 else -1, 2)),
                   "going_prev": (chain.going_prev, (n_c, snaps))}
         for name, (arr, shape) in expect.items():
@@ -326,7 +362,7 @@ class _Counts:
         self.opening = np.zeros((n_c, n_k + 1, n_k))
         self.next_layout = np.zeros((n_c, n_k, 2, n_k))
         self.portless_layout = np.zeros((n_c, n_k + 1, n_k))
-        self.flips = np.zeros((n_c, n_k, N_STATES, 2))
+        self.flips = np.zeros((n_c, n_k, CHAIN_STATES, 2))
 
 
 def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: dict, window: int, skip: int,
@@ -334,11 +370,12 @@ def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: 
     """One capture's rows (its windows joined) as choices: (previous layouts, option codes (rows,
     MAX_LINK + 2; -1 none), index of the option taken). Option 0 is a new flow, 1 a row without
     ports, 2 + j the (j + 1)-th most recent flow, coded 2 + (its last layout * (MAX_LINK + 1) +
-    j + 1) * N_STATES + its state. Adds the capture's layout counts to ``counts``, its calibration
+    j + 1) * CHAIN_STATES + its state. Adds the capture's layout counts to ``counts``, its calibration
     counts after ``skip`` rows to ``targets`` and a snapshot of the flows going on before every
     ``window``-th row to ``snaps``."""
     n_k = counts.flips.shape[1]
-    recent: list[list] = []     # [port key, first source port, packets, last reversed, first row, last row, last layout]
+    recent: list[list] = []     # [port key, first source port, packets, last reversed, first row, last row,
+    #                             last layout, turned]
     prevs = np.empty(len(rows), dtype=np.intp)
     opts = np.full((len(rows), MAX_LINK + 2), -1, dtype=np.int64)
     won = np.empty(len(rows), dtype=np.int64)
@@ -352,7 +389,7 @@ def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: 
         opts[i, 0] = 0
         opts[i, 1] = 1
         for j, (f, s) in enumerate(zip(cand, states)):
-            opts[i, 2 + j] = 2 + (f[6] * (MAX_LINK + 1) + j + 1) * N_STATES + s
+            opts[i, 2 + j] = 2 + (f[6] * (MAX_LINK + 1) + j + 1) * CHAIN_STATES + s
         k = int(ids[i])
         t = transport[k]
         if t is None:
@@ -365,7 +402,7 @@ def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: 
         if found is None or found >= MAX_LINK:
             if found is not None:
                 recent.pop(found)
-            recent.insert(0, [key, s, 1, False, i, i, k])
+            recent.insert(0, [key, s, 1, False, i, i, k, False])
             won[i] = 0
             counts.opening[c, prev, k] += 1
             if i >= skip:
@@ -378,17 +415,26 @@ def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: 
         counts.next_layout[c, f[6], turned, k] += 1
         won[i] = 2 + found
         if i >= skip:
-            targets += (1, 0, int(found == 0), int(found + 1 > FAR), int(states[found] // N_BASE == _LAST_BUCKET))
+            targets += (1, 0, int(found == 0), int(found + 1 > FAR), int(states[found] // CHAIN_BASE == _LAST_BUCKET))
         f[2] += 1
         f[3] = rev
+        f[7] = f[7] or rev
         f[5] = i
         f[6] = k
         recent.insert(0, f)
     return prevs, opts, won
 
 
+def chain_state(packets: int, last_reversed: bool, turned: bool, late: int = 0) -> int:
+    """What a flow looks like to the next packet (this file format's): how many packets it has,
+    which way its last went of ``WAYS`` (the first's with none against it yet, against the
+    first's, the first's after a turn), how late it is (``layouts.lateness``)."""
+    way = 1 if last_reversed else 2 if turned else 0
+    return WAYS * sum(packets >= e for e in _CHAIN_EDGES) + way + CHAIN_BASE * late
+
+
 def _state(f: list, i: int) -> int:
-    return flow_state(f[2], f[3], lateness(i - f[5], f[2], f[5] - f[4]))
+    return chain_state(f[2], f[3], f[7], lateness(i - f[5], f[2], f[5] - f[4]))
 
 
 def _join(parts: list[tuple]) -> tuple:
@@ -401,26 +447,26 @@ def _join(parts: list[tuple]) -> tuple:
 def fit_flow_choices(prevs: np.ndarray, options: np.ndarray, taken: np.ndarray, n_layouts: int
                      ) -> tuple[np.ndarray, np.ndarray]:
     """One class's choice weights: ((n_layouts + 1,) a row without ports' weight after each layout,
-    (n_layouts, MAX_LINK + 1, N_STATES) a flow's by its last layout, recency and state), a new
+    (n_layouts, MAX_LINK + 1, CHAIN_STATES) a flow's by its last layout, recency and state), a new
     flow weighing 1. ``options`` as ``_capture_choices`` codes them, with option 1 (no ports)
     taken to mean the previous row's layout (``prevs``). Fitted by Hunter's MM iterations (Ann.
     Statist. 32, 2004) at three levels, each with pseudo-rows of the level above: a flow's state
     at any recency and last layout (maximum likelihood: a state never gone on with weighs 0), then
     recency and state, then per last layout."""
-    per_flow = (MAX_LINK + 1) * N_STATES
+    per_flow = (MAX_LINK + 1) * CHAIN_STATES
     off = 1 + (n_layouts + 1)       # 0 new flow, 1 + previous layout: no ports, then the flows
     rows = np.arange(len(taken))
     flow = options >= 2
     code = np.where(flow, off + (options - 2), options)
     code[:, 1] = 1 + prevs
-    by_state = np.where(flow, off + (options - 2) % N_STATES, code)
-    w1 = fit_luce(by_state, by_state[rows, taken], np.ones(off + N_STATES), shrink=0.0)
-    w1[off:] = borrow_unseen(w1[off:], np.bincount(by_state[flow] - off, minlength=N_STATES))
+    by_state = np.where(flow, off + (options - 2) % CHAIN_STATES, code)
+    w1 = fit_luce(by_state, by_state[rows, taken], np.ones(off + CHAIN_STATES), shrink=0.0)
+    w1[off:] = borrow_unseen(w1[off:], np.bincount(by_state[flow] - off, minlength=CHAIN_STATES), WAYS)
     by_recency = np.where(flow, off + (options - 2) % per_flow, code)
     prior = np.concatenate([w1[:off], np.tile(w1[off:], MAX_LINK + 1)])
     w2 = fit_luce(by_recency, by_recency[rows, taken], prior)
     w3 = fit_luce(code, code[rows, taken], np.concatenate([w2[:off], np.tile(w2[off:], n_layouts)]))
-    return w3[1:off], w3[off:].reshape(n_layouts, MAX_LINK + 1, N_STATES)
+    return w3[1:off], w3[off:].reshape(n_layouts, MAX_LINK + 1, CHAIN_STATES)
 
 
 def _with_pseudo(counts: np.ndarray) -> np.ndarray:

@@ -532,13 +532,14 @@ class LayoutChain:
         return chain
 
 
-def scale_going_on(w: np.ndarray, last: float, far: float, overdue: float) -> np.ndarray:
-    """Choice weights (layouts, MAX_LINK + 1, N_STATES) with going on with the most recent flow
+def scale_going_on(w: np.ndarray, last: float, far: float, overdue: float, n_base: int = N_BASE) -> np.ndarray:
+    """Choice weights (layouts, MAX_LINK + 1, states) with going on with the most recent flow
     scaled by ``last``, going back past the ``FAR``-th by ``far`` and going on with a long-overdue
-    flow (lateness's last bucket) by ``overdue``, in place; returns ``w``."""
+    flow (lateness's last bucket; ``n_base`` states a bucket) by ``overdue``, in place; returns
+    ``w``."""
     w[:, 1, :] *= last
     w[:, FAR + 1:, :] *= far
-    w[:, 1:, np.arange(w.shape[-1]) // N_BASE == N_STATES // N_BASE - 1] *= overdue
+    w[:, 1:, np.arange(w.shape[-1]) // n_base == len(LATE_EDGES)] *= overdue
     return w
 
 
@@ -596,24 +597,27 @@ def fit_choices(layouts: np.ndarray, options: np.ndarray, taken: np.ndarray, n_l
     return out.reshape(n_layouts, MAX_LINK + 1, N_STATES)
 
 
-def borrow_unseen(w: np.ndarray, avail: np.ndarray) -> np.ndarray:
+def borrow_unseen(w: np.ndarray, avail: np.ndarray, ways: int = 2) -> np.ndarray:
     """State weights where a state was never there to choose (``avail`` 0) take the weight of the
     nearest state that was: the nearest lateness, then the nearest length of flow, shorter before
-    longer, the same last direction before the other. A flow longer than any the class showed
+    longer, the same last direction before another. A flow longer than any the class showed
     goes on as the longest it showed did; one the class never let go on (a DNS exchange
-    answered) stays ended."""
+    answered) stays ended. ``ways``: direction codes per length of flow (``flow_state``'s 2,
+    ``flow_chain.chain_state``'s 3)."""
     out = w.copy()
-    sizes, lates = N_BASE // 2, N_STATES // N_BASE
+    sizes = len(SIZE_EDGES) + 1
+    base = ways * sizes
+    lates = len(w) // base
 
     def code(late, size, d):
-        return late * N_BASE + 2 * size + d
+        return late * base + ways * size + d
 
-    seen = [(a, x, e) for a in range(lates) for x in range(sizes) for e in (0, 1) if avail[code(a, x, e)] > 0]
+    seen = [(a, x, e) for a in range(lates) for x in range(sizes) for e in range(ways) if avail[code(a, x, e)] > 0]
     if not seen:
         return out
     for a in range(lates):
         for b in range(sizes):
-            for d in (0, 1):
+            for d in range(ways):
                 if avail[code(a, b, d)] == 0:
                     # the same lateness first: how late a flow is says more than its length
                     y, x, e = min(seen, key=lambda s: (abs(s[0] - a), abs(s[1] - b), s[1] > b, s[2] != d))

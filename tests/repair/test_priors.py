@@ -594,20 +594,27 @@ def test_a_flow_repeats_its_lengths_as_often_as_the_class_does(tmp_path):
              for c in ("retry", "varied")}
     assert share["retry"] == 1.0 and share["varied"] < 0.05
     for cls in ("retry", "varied"):
-        png = next((tmp_path / "img" / cls).glob("*.png"))
-        bare = tmp_path / f"{cls}.png"
-        bare.write_bytes(png.read_bytes())          # no sidecar: repaired, not restored
-        img2pcap(bare, tmp_path / f"{cls}.pcap", priors=pri, seed=1)
-        batch, _ = read_capture(tmp_path / f"{cls}.pcap")
-        by_flow = defaultdict(set)
-        for p in _packets(batch):
-            by_flow[p["sport"], p["dport"]].add(p["plen"])
-        kinds = [len(v) for v in by_flow.values()]
+        by_flow = _repaired_image_flows(next((tmp_path / "img" / cls).glob("*.png")), tmp_path / f"{cls}.pcap", pri)
+        kinds = [len({p["plen"] for p in v}) for v in by_flow.values()]
         assert len(kinds) >= 30
         if cls == "retry":
             assert max(kinds) == 1
         else:
             assert np.mean(kinds) > 2.5
+
+
+def _repaired_image_flows(png, out, pri) -> dict:
+    """One of pcap2img's images copied without its sidecar (so repaired, not restored), written
+    as a pcap by img2pcap with the priors ``pri``: its packets (``_packets``) per (lower port,
+    higher port)."""
+    bare = out.with_suffix(".png")
+    bare.write_bytes(png.read_bytes())
+    img2pcap(bare, out, priors=pri, seed=1)
+    batch, _ = read_capture(out)
+    by_flow = defaultdict(list)
+    for p in _packets(batch):
+        by_flow[min(p["sport"], p["dport"]), max(p["sport"], p["dport"])].append(p)
+    return by_flow
 
 
 def test_flow_sizes_by_hand():
@@ -670,16 +677,9 @@ def test_lengths_follow_the_size_of_their_flow(tmp_path):
     pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
     keys = pri.classes["sized"]["fields"]["udp.payload"]
     assert "direction=0|role=1|flow_size=1" in keys and "direction=0|role=1|flow_size=3" in keys
-    png = next((tmp_path / "img" / "sized").glob("*.png"))
-    bare = tmp_path / "sized.png"
-    bare.write_bytes(png.read_bytes())          # no sidecar: repaired, not restored
-    img2pcap(bare, tmp_path / "sized.pcap", priors=pri, seed=1)
-    batch, _ = read_capture(tmp_path / "sized.pcap")
-    by_flow = defaultdict(list)
-    for p in _packets(batch):
-        by_flow[min(p["sport"], p["dport"]), max(p["sport"], p["dport"])].append(p["plen"])
-    short = [x for v in by_flow.values() if len(v) == 2 for x in v]
-    long_ = [x for v in by_flow.values() if len(v) >= 8 for x in v]
+    by_flow = _repaired_image_flows(next((tmp_path / "img" / "sized").glob("*.png")), tmp_path / "sized.pcap", pri)
+    short = [p["plen"] for v in by_flow.values() if len(v) == 2 for p in v]
+    long_ = [p["plen"] for v in by_flow.values() if len(v) >= 8 for p in v]
     assert len(short) >= 16 and len(long_) >= 64
     assert max(short) < 40 <= 800 <= min(long_)
 
@@ -723,13 +723,7 @@ def test_answers_draw_the_lengths_of_answers(tmp_path):
     pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
     keys = pri.classes["peers"]["fields"]["udp.payload"]
     assert {"direction=0|role=0", "direction=0|role=2", "direction=1|role=0", "direction=1|role=2"} <= set(keys)
-    bare = tmp_path / "peers.png"
-    bare.write_bytes(next((tmp_path / "img" / "peers").glob("*.png")).read_bytes())
-    img2pcap(bare, tmp_path / "peers.pcap", priors=pri, seed=1)
-    batch, _ = read_capture(tmp_path / "peers.pcap")
-    by_flow = defaultdict(list)
-    for p in _packets(batch):
-        by_flow[min(p["sport"], p["dport"]), max(p["sport"], p["dport"])].append(p)
+    by_flow = _repaired_image_flows(next((tmp_path / "img" / "peers").glob("*.png")), tmp_path / "peers.pcap", pri)
     retries = [p["plen"] for v in by_flow.values() if len({q["sport"] for q in v}) == 1 for p in v]
     answers = [v[1]["plen"] for v in by_flow.values() if len({q["sport"] for q in v}) == 2]
     assert len(retries) == 80 and len(answers) == 40
@@ -758,14 +752,8 @@ def test_a_level_with_nothing_to_draw_falls_back_to_a_coarser_one(tmp_path):
     pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
     lone = pri.classes["lone"]["fields"]["udp.payload"]["direction=0|role=0|flow_size=0"]
     assert lone["n"] == 3 and lone["values"] == [] and "q" not in lone
-    bare = tmp_path / "bad.png"
-    bare.write_bytes(next((tmp_path / "img_bad" / "lone").glob("*.png")).read_bytes())
-    img2pcap(bare, tmp_path / "out.pcap", priors=pri, seed=1)
-    batch, _ = read_capture(tmp_path / "out.pcap")
-    by_flow = defaultdict(list)
-    for p in _packets(batch):
-        by_flow[min(p["sport"], p["dport"]), max(p["sport"], p["dport"])].append(p["plen"])
-    lone_lengths = [v[0] for v in by_flow.values() if len(v) == 1]
+    by_flow = _repaired_image_flows(next((tmp_path / "img_bad" / "lone").glob("*.png")), tmp_path / "out.pcap", pri)
+    lone_lengths = [v[0]["plen"] for v in by_flow.values() if len(v) == 1]
     assert len(lone_lengths) == 3
     assert max(lone_lengths) < 100
 

@@ -284,20 +284,27 @@ def _one_sided_and_answered(path):
     wrpcap(str(path), pkts)
 
 
+def _repaired_flows(path) -> dict:
+    """The capture at ``path`` converted to an image, repaired without priors: its packets
+    (``_packets``) per (lower port, higher port)."""
+    from netdiff.bits.codec import encode
+    from netdiff.io.pcap import read_capture
+
+    batch, _ = read_capture(path)
+    bits, _ = encode(batch, L)
+    flows = defaultdict(list)
+    for p in _packets(repair(bits, L, seed=0).batch):
+        flows[min(p["sport"], p["dport"]), max(p["sport"], p["dport"])].append(p)
+    return flows
+
+
 def test_a_flow_captured_on_one_side_keeps_its_data(tmp_path):
     """A connection the server sends nothing in opens with its SYN and the retry straight after
     it and goes on established, its data kept and the stray SYN later an ACK (before: every row
     a SYN retry with no payload); a client that retries its SYN before the server answers still
     does."""
-    from netdiff.bits.codec import encode
-    from netdiff.io.pcap import read_capture
-
     _one_sided_and_answered(tmp_path / "a.pcap")
-    batch, _ = read_capture(tmp_path / "a.pcap")
-    bits, _ = encode(batch, L)
-    flows = defaultdict(list)
-    for p in _packets(repair(bits, L, seed=0).batch):
-        flows[min(p["sport"], p["dport"]), max(p["sport"], p["dport"])].append(p)
+    flows = _repaired_flows(tmp_path / "a.pcap")
     one, two = flows[5201, 40000], flows[5201, 40001]
     assert [p["flags"] & 2 for p in one] == [2, 2] + [0] * 7
     assert [p["plen"] for p in one] == [0, 0, 0, 4, 262, 37, 0, 3, 90]
@@ -330,15 +337,8 @@ def test_a_refused_connection_is_answered_with_a_reset(tmp_path):
     """A server's first row that resets and ends its flow refuses the SYN: RST-ACK, sequence
     number zero, acknowledging the SYN (before: a SYN-ACK nothing followed, 6% of BitTorrent's
     flows). A reset after the server accepted stays the flow's last row after a SYN-ACK."""
-    from netdiff.bits.codec import encode
-    from netdiff.io.pcap import read_capture
-
     _refused_and_reset(tmp_path / "a.pcap")
-    batch, _ = read_capture(tmp_path / "a.pcap")
-    bits, _ = encode(batch, L)
-    flows = defaultdict(list)
-    for p in _packets(repair(bits, L, seed=0).batch):
-        flows[min(p["sport"], p["dport"]), max(p["sport"], p["dport"])].append(p)
+    flows = _repaired_flows(tmp_path / "a.pcap")
     refused, reset = flows[5201, 40002], flows[5201, 40003]
     assert [p["flags"] & 0x17 for p in refused] == [0x02, 0x14]
     assert refused[1]["seq"] == 0 and refused[1]["ack"] == (refused[0]["seq"] + 1) % 2 ** 32
