@@ -57,7 +57,7 @@ LAYOUT_PSEUDO = 0.5         # pseudo-rows towards the class's layouts of the kin
 # the next (a flow that goes on keeps the next row to itself); at 0.4 they settle within 16 rounds.
 CALIBRATION_DAMPING = 0.4
 CALIBRATION_ROUNDS = 16
-_LAST_BUCKET = len(LATE_EDGES)          # lateness's last bucket: long overdue
+_LAST_BUCKET = len(LATE_EDGES)          # long overdue: the bucket calibration counts apart
 
 
 class FlowChain:
@@ -91,6 +91,9 @@ class FlowChain:
         # states by ``chain_state``; False: a file saved before them, by ``layouts.flow_state``
         self.turns = turns
         self.n_base = CHAIN_BASE if turns else N_BASE
+        if self.weights.shape[-1] != (CHAIN_STATES if turns else N_STATES):
+            raise ValueError(f"weights have {self.weights.shape[-1]} states, the file's kind "
+                             f"{CHAIN_STATES if turns else N_STATES}")
 
     def _state(self, packets: int, last_reversed: bool, turned: bool) -> int:
         """A flow's state before lateness, as this chain's file counts them."""
@@ -312,7 +315,10 @@ class FlowChain:
         names = ("weights", "portless", "opening", "next_layout", "portless_layout", "flips", "going", "going_prev")
         turns = meta.get("states") == STATES
         if meta.get("states") not in (None, STATES):
-            raise ValueError(f"states {meta['states']!r} unknown (this version reads {STATES!r})")
+            from netdiff.errors import NetdiffError
+
+            raise NetdiffError(f"{path}: flow states {meta['states']!r} are not ones this netdiff reads "
+                               f"({STATES!r}); saved by a newer netdiff? update netdiff")
         chain = cls(vocab, meta["classes"], *(f.get_tensor(n) for n in names), meta.get("layout", "netdiffusion"),
                     turns=turns)
         n_c, n_k = len(chain.classes), len(vocab)
@@ -350,6 +356,8 @@ def load_structure(folder) -> "FlowChain | LayoutChain | None":
     except Exception as e:      # safetensors' own errors, a missing key, bad metadata
         from netdiff.errors import NetdiffError
 
+        if isinstance(e, NetdiffError):
+            raise
         raise NetdiffError(f"{path}: damaged layout file ({str(e).splitlines()[0]}); "
                            "train the model again") from None
     return LayoutChain.load(folder)

@@ -600,10 +600,11 @@ def fit_choices(layouts: np.ndarray, options: np.ndarray, taken: np.ndarray, n_l
 def borrow_unseen(w: np.ndarray, avail: np.ndarray, ways: int = 2) -> np.ndarray:
     """State weights where a state was never there to choose (``avail`` 0) take the weight of the
     nearest state that was: the nearest lateness, then the nearest length of flow, shorter before
-    longer, the same last direction before another. A flow longer than any the class showed
-    goes on as the longest it showed did; one the class never let go on (a DNS exchange
-    answered) stays ended. ``ways``: direction codes per length of flow (``flow_state``'s 2,
-    ``flow_chain.chain_state``'s 3)."""
+    longer, the same direction code before another (of three codes, the two that run the first
+    packet's way count as different: a flow that turned is not one that never did). A flow longer
+    than any the class showed goes on as the longest it showed did; one the class never let go
+    on (a DNS exchange answered) stays ended. ``ways``: direction codes per length of flow
+    (``flow_state``'s 2, ``flow_chain.chain_state``'s 3)."""
     out = w.copy()
     sizes = len(SIZE_EDGES) + 1
     base = ways * sizes

@@ -63,7 +63,6 @@ FLOW_SIZE_ROWS = 1024
 # higher port) mixes BitTorrent's unanswered 30-byte retries with DHT queries and their answers,
 # which peers send between two random ports: answered two-packet flows carried 116 bytes where
 # the captures' carry 567 at the median.
-ROLES = ("one_way", "opener", "answerer")
 CONDITIONS = ("direction", "service", "flow_size", "role")      # ``by`` names that are not fields
 
 
@@ -82,7 +81,7 @@ class Stat:
     kind: str               # value, port, id, payload, repeat, flags, options, option_value, stack
     field: str | None = None
     by: tuple | None = None     # learnt apart per: "direction", "service" (the flow's server
-                                # port), "flow_size" (FLOW_SIZE_EDGES), "role" (ROLES) or a field of the same
+                                # port), "flow_size" (FLOW_SIZE_EDGES), "role" (flow_roles) or a field of the same
                                 # protocol; several = nested
     per: str = "packet"     # packet, direction, flow, endpoint
     bits: int = 16
@@ -174,9 +173,9 @@ def flow_sizes(flow: np.ndarray, rows: int = FLOW_SIZE_ROWS) -> np.ndarray:
 
 
 def flow_roles(flow: np.ndarray, direction: np.ndarray, rows: int = FLOW_SIZE_ROWS) -> np.ndarray:
-    """(n,) int64 index into ROLES of each row within its flow's block of ``rows`` consecutive
-    rows (as ``flow_sizes``): whether the flow goes both ways there and, if so, whether the row's
-    direction is that of the flow's first row in the block."""
+    """(n,) int64 role of each row within its flow's block of ``rows`` consecutive rows (as
+    ``flow_sizes``): 0 the flow goes one way only there, 1 the row runs the way of the flow's
+    first row in the block and the flow goes both ways, 2 it runs the other way."""
     f = np.asarray(flow).ravel()
     d = np.asarray(direction).ravel().astype(np.int64)
     if not len(f):
@@ -196,7 +195,8 @@ def _learnt_by(st: Stat, learnt: dict) -> Stat:
     it did."""
     if not st.by or not learnt:
         return st
-    gone = [b for b in ("flow_size", "role") if b in st.by and not any(f"{b}=" in k for k in learnt)]
+    named = {part.split("=")[0] for k in learnt for part in k.split("|")}
+    gone = [b for b in ("flow_size", "role") if b in st.by and b not in named]
     return replace(st, by=tuple(b for b in st.by if b not in gone) or None) if gone else st
 
 
@@ -899,7 +899,7 @@ class ClassPriors:
         self.stats = [_learnt_by(st, fields.get(st.name, {})) for st in stats(rules)]
         self.by_name = {s.name: s for s in self.stats}
         self.changed: Counter = Counter()
-        self._sizes: tuple | None = None        # (flow array, its flow_sizes, its flow_roles)
+        self._sizes: tuple | None = None        # (flow, direction, flow_sizes, flow_roles)
         self.l3 = E.layer_protocols(rules, 3)
         self.l4 = E.layer_protocols(rules, 4)
 
@@ -1178,9 +1178,10 @@ class ClassPriors:
                 if flow is None:
                     out.append(np.full(len(r), -1, dtype=np.int64))
                     continue
-                if self._sizes is None or self._sizes[0] is not flow:     # once per repair, not per statistic
-                    self._sizes = (flow, flow_sizes(flow), flow_roles(flow, direction))
-                out.append(self._sizes[1] if b == "flow_size" else self._sizes[2])
+                # once per repair, not per statistic
+                if self._sizes is None or self._sizes[0] is not flow or self._sizes[1] is not direction:
+                    self._sizes = (flow, direction, flow_sizes(flow), flow_roles(flow, direction))
+                out.append(self._sizes[2] if b == "flow_size" else self._sizes[3])
             else:
                 out.append(r.f[self.rules[st.protocol].column(b)])
         return out

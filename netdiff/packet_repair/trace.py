@@ -119,6 +119,7 @@ class TraceState:
     arrival: np.ndarray | None = None       # each row's time in ns (stage "time" on)
     order: np.ndarray | None = None         # rows in time order, ties in row order (the same)
     seed: int = 0
+    refused: np.ndarray | None = None       # rows that refuse their flow's SYN (session open refused)
 
 
 def ported(rules: dict) -> list:
@@ -287,7 +288,7 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     # the numbers that follow them (compute: sequence, acknowledgement) and, once more, the
     # dependencies (the acknowledgement number needs ACK).
     if tcp.any() and tcp_rules.session is not None:
-        _tcp_flags(r, tcp_rules, flow, G, direction, fd, has_syn, first, report)
+        state.refused = _tcp_flags(r, tcp_rules, flow, G, direction, fd, has_syn, first, report)
         if priors is not None:
             priors.flags(r)
         CR.run(rules, "trace.flow", state)
@@ -331,8 +332,9 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     return report
 
 
-def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, report):
-    """Control flags where the rule file's ``session:`` puts them."""
+def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, report) -> np.ndarray:
+    """Control flags where the rule file's ``session:`` puts them. Returns the rows that refuse
+    their flow's SYN (``open: refused``)."""
     f = r.f
     n = len(r)
     tcp = r.proto == tcp_rules.number
@@ -340,8 +342,7 @@ def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, repor
     ses = tcp_rules.session
     col = tcp_rules.column
     opening = ses["open"]
-    setting = sorted({*opening["client"], *opening["server"], *opening.get("refused", ()), *ses["established"]}
-                     - {ses["reset"]})
+    setting = sorted({*opening["client"], *opening["server"], *opening.get("refused", ()), *ses["established"]})
     managed = (*setting, ses["close"], ses["reset"])
     before = {k: f[col(k)].copy() for k in managed}
     hs = tcp & has_syn[flow]
@@ -366,7 +367,8 @@ def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, repor
     # A server's first row that generated the reset flag and ends its flow refuses the
     # connection (a closed port; 6% of BitTorrent's flows in the shared captures are a SYN and
     # its RST-ACK, which came out as a SYN-ACK nothing followed).
-    refused = server_open & is_last & (f[reset] == 1) if "refused" in opening else np.zeros(n, dtype=bool)
+    reset_gen = f[reset] == 1       # as generated: the refused flags below may name the reset flag
+    refused = server_open & is_last & reset_gen if "refused" in opening else np.zeros(n, dtype=bool)
     server_open &= ~refused
     other = tcp & ~client_open & ~server_open & ~refused
     for k in setting:
@@ -386,9 +388,9 @@ def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, repor
     fin_at = np.where(last_fin >= 0, np.maximum(last_fin, last_data), -1)
     f[close] = np.where(tcp, (other & (fin_at[fd] == idx)).astype(np.int64), f[close])
     # The reset flag: only as the flow's last row, when the flow generated one.
-    rst_gen = other & (f[reset] == 1)
+    rst_gen = other & reset_gen
     want_rst = group_any(flow, rst_gen, G)
-    rst = (other & is_last & want_rst[flow]) | refused
+    rst = (other & is_last & want_rst[flow]) | (refused & (ses["reset"] in opening.get("refused", ())))
     f[reset] = np.where(tcp, rst.astype(np.int64), f[reset])
     f[close] = np.where(rst, 0, f[close])
     # The flags the trace leaves (PSH) move to a combination of the file's flag table with the
@@ -408,6 +410,7 @@ def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, repor
         changed |= tcp & (f[col(k)] != v)
     report["tcp_handshakes"] = int(has_syn.sum())
     report["rows_changed_tcp_flags"] = int(changed.sum())
+    return refused
 
 
 def _sequence_space(state: TraceState, pr):
@@ -447,17 +450,9 @@ def sequence_numbers(state: TraceState, targets) -> None:
             isn = _random_per_direction(state, fr.bits, len(first_fd))
         sent_before = group_excl_cumsum(state.fd, seglen)
         seq = np.where(syn, isn, isn + sent_before) & ((1 << fr.bits) - 1)
-        if pr.session:
-            # a direction that opens with a reset after the other side's SYN refuses the
-            # connection: sequence number zero (RFC 9293 3.10.7.1; 43 of the shared captures'
-            # 63 RST-ACKs)
-            idx = np.arange(len(seq))
-            fd = np.maximum(state.fd, 0)
-            other_first = first_fd[np.maximum(state.flow, 0) * 2 + (1 - state.direction)]
-            answered_syn = (other_first >= 0) & (other_first < idx) & syn[np.clip(other_first, 0, len(seq) - 1)]
-            refusal = (rows_p & (f[pr.column(pr.session["reset"])] == 1) & (first_fd[fd] == idx)
-                       & answered_syn)
-            seq = np.where(refusal, 0, seq)
+        if state.refused is not None:
+            # a refusal answers a segment without ACK: sequence number zero (tcp.yaml's session)
+            seq = np.where(rows_p & state.refused, 0, seq)
         f[col] = np.where(rows_p, seq, f[col])
 
 

@@ -67,6 +67,39 @@ def test_a_chain_saved_before_states_draws_as_it_did(tmp_path):
         a, b = _walk(old, "dns", 64, seed), _walk(again, "dns", 64, seed)
         assert np.array_equal(a[0], b[0]) and a[1] == b[1]
         assert a[1]
+    # states of a kind this version does not know: said, not read as damage
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    from netdiff.errors import NetdiffError
+
+    path = tmp_path / "layouts.safetensors"
+    new.save(tmp_path)
+    with safe_open(str(path), framework="numpy") as f:
+        meta = json.loads(f.metadata()["netdiff"])
+    meta["states"] = "later"
+    save_file(load_file(str(path)), str(path), metadata={"netdiff": json.dumps(meta)})
+    with pytest.raises(NetdiffError, match="flow states 'later' are not ones this netdiff reads"):
+        load_structure(tmp_path)
+
+
+def test_a_file_saved_by_stop_33_draws_what_it_drew_then():
+    """tests/model/data/flow_chain_stop33: a chain fitted on 2,048 rows of
+    ``_tries_exchanges_and_connections(random.Random(4), 2048)`` and saved by stop 33's netdiff
+    (commit 194c3ef, states of two ways), with the structure that version drew from it: 256 rows
+    for three seeds."""
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "data" / "flow_chain_stop33"
+    chain = load_structure(folder)
+    assert isinstance(chain, FlowChain) and not chain.turns
+    for seed, want in json.loads((folder / "walks.json").read_text()).items():
+        ids, flows = _walk(chain, "p2p", 256, int(seed))
+        assert ids.tolist() == want["ids"]
+        assert [[[r, bool(v)] for r, v in f] for f in flows] == want["flows"]
 
 
 def test_a_folder_saved_before_reads_as_a_layout_chain(tmp_path):

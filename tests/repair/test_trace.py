@@ -314,20 +314,24 @@ def test_a_flow_captured_on_one_side_keeps_its_data(tmp_path):
 
 
 def _refused_and_reset(path):
-    """Two TCP connections to 5201: one the server refuses (SYN, RST-ACK), one it accepts and
-    resets after an exchange of data."""
+    """Three TCP connections to 5201: one the server refuses (SYN, RST-ACK with a nonzero
+    sequence number), one it accepts and resets after an exchange of data, and one whose server
+    row carries RST-ACK but the client sends after it."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap
 
     c, s = IP(src="10.0.0.1", dst="10.0.0.2"), IP(src="10.0.0.2", dst="10.0.0.1")
     refused = [c / TCP(sport=40002, dport=5201, flags="S", seq=1000),
-               s / TCP(sport=5201, dport=40002, flags="RA", seq=0, ack=1001)]
+               s / TCP(sport=5201, dport=40002, flags="RA", seq=777, ack=1001)]
+    # a server row with RST that does not end its flow: not a refusal
+    answered = [c / TCP(sport=40004, dport=5201, flags="S"), s / TCP(sport=5201, dport=40004, flags="RA"),
+                c / TCP(sport=40004, dport=5201, flags="A")]
     reset = [c / TCP(sport=40003, dport=5201, flags="S"), s / TCP(sport=5201, dport=40003, flags="SA"),
              c / TCP(sport=40003, dport=5201, flags="A"),
              c / TCP(sport=40003, dport=5201, flags="PA") / (b"y" * 50),
              s / TCP(sport=5201, dport=40003, flags="R")]
-    pkts = [Ether() / p for p in refused + reset]
+    pkts = [Ether() / p for p in refused + reset + answered]
     for k, p in enumerate(pkts):
         p.time = 1_700_000_000.0 + k * 0.01
     wrpcap(str(path), pkts)
@@ -336,13 +340,15 @@ def _refused_and_reset(path):
 def test_a_refused_connection_is_answered_with_a_reset(tmp_path):
     """A server's first row that resets and ends its flow refuses the SYN: RST-ACK, sequence
     number zero, acknowledging the SYN (before: a SYN-ACK nothing followed, 6% of BitTorrent's
-    flows). A reset after the server accepted stays the flow's last row after a SYN-ACK."""
+    flows). A reset after the server accepted stays the flow's last row after a SYN-ACK; a server
+    row with RST that the client answers is the SYN-ACK."""
     _refused_and_reset(tmp_path / "a.pcap")
     flows = _repaired_flows(tmp_path / "a.pcap")
-    refused, reset = flows[5201, 40002], flows[5201, 40003]
+    refused, reset, answered = flows[5201, 40002], flows[5201, 40003], flows[5201, 40004]
     assert [p["flags"] & 0x17 for p in refused] == [0x02, 0x14]
     assert refused[1]["seq"] == 0 and refused[1]["ack"] == (refused[0]["seq"] + 1) % 2 ** 32
     assert refused[1]["plen"] == 0
     assert [p["flags"] & 0x16 for p in reset] == [0x02, 0x12, 0x10, 0x10, 0x14]
     assert reset[-1]["seq"] != 0
-    _check_tcp(refused + reset)
+    assert [p["flags"] & 0x16 for p in answered] == [0x02, 0x12, 0x10]
+    _check_tcp(refused + reset + answered)
