@@ -337,3 +337,21 @@ def test_a_connection_goes_on_where_tries_end():
         tries, turned = tries + threes(flows)[0], turned + threes(flows)[1]
         assert sum(len(f) >= 8 for f in flows) >= 0.8 * sum(len(f) >= 8 for f in real), seed
     assert tries >= 0.6 * 4 * threes(real)[0] and turned <= 0.15 * tries, (tries, turned)
+
+
+def test_an_image_holds_a_packet_before_a_capture_ends():
+    """A capture's end ("no packet" rows) never comes before an image's first packet: a walk
+    drawn as it would be up to the first row, which then holds a packet. pcap2img writes no
+    window without one, and repair refuses an image of none (a chain calibrated otherwise drew
+    one such QUIC image in 12). Weighted so that every row would end the capture, the walks
+    hold a packet first and end after it."""
+    bits = encode(PacketBatch.from_packets(_tries_exchanges_and_connections(random.Random(4), 100)),
+                  NETDIFFUSION)[0]
+    padded = np.concatenate([bits, np.full((128 - len(bits), bits.shape[1]), -1, dtype=bits.dtype)])
+    chain = FlowChain.fit(_windows(padded), ["p2p"] * 4, streams=[0] * 4)
+    blank = ~chain.vocab.any(1)
+    assert blank.any()
+    chain.portless[0] *= 1e9
+    for seed in range(4):
+        ids, *_ = chain._walk(0, 64, torch.Generator().manual_seed(seed))
+        assert not blank[ids[0]] and blank[ids[1:]].all(), (seed, ids[:4])
