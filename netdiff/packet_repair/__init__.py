@@ -114,9 +114,12 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
                                f"protocol rules: {'; '.join(parts)}. Run without --strict to "
                                "repair them")
 
-    # 2. Trace: flows, directions, flags, sequence numbers, TTL, addresses, IP ID.
+    # 2. Trace: flows, directions, then time (below), flags, lengths, sequence numbers, TTL,
+    # addresses, IP ID.
     pool = AddressPool(address_pool, seed)
-    t = trace.repair_trace(r, rules, pool, keep_addresses=address_pool is None, priors=cp)
+    model = timing if timing is not None else TimingModel()
+    t = trace.repair_trace(r, rules, pool, keep_addresses=address_pool is None, priors=cp,
+                           arrival_of=lambda flow, side: START_NS + model.arrival_ns(flow, side, klass, seed))
 
     # 3. Option areas (compute: options; legal kinds depend on the flags the trace settled).
     state = trace.TraceState(r, rules, flow=t["flow"], direction=t["direction"],
@@ -131,9 +134,10 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     # in the traced flows (timing.KINDS: opens one, follows its own, goes back to another, opens
     # one after every earlier flow has ended; the middle two also by whether it answers); short
     # flows then keep their own clock (timing.SHORT_MAX), so packets are written in time order.
-    # Then what depends on the times: option clocks (compute: timestamps).
-    model = timing if timing is not None else TimingModel()
-    arrival = START_NS + model.arrival_ns(t["flow"], t["direction"], klass, seed)
+    # Drawn by the trace as soon as its flows were settled (the lengths go with the pace); here
+    # the packets are put in time order and what depends on the times follows: option clocks
+    # (compute: timestamps).
+    arrival = t.pop("arrival")
     order = np.lexsort((np.arange(n), arrival))
     if (order != np.arange(n)).any():
         trace.ids_in_time_order(r, rules, order)

@@ -63,7 +63,16 @@ FLOW_SIZE_ROWS = 1024
 # higher port) mixes BitTorrent's unanswered 30-byte retries with DHT queries and their answers,
 # which peers send between two random ports: answered two-packet flows carried 116 bytes where
 # the captures' carry 567 at the median.
-CONDITIONS = ("direction", "service", "flow_size", "role")      # ``by`` names that are not fields
+# ``by: pace``: 0 for a flow's first packet, else 1 + the bucket of the time since its flow's
+# previous packet (edges 0.5, 5, 50 and 500 ms; learnt from the captures' timestamps, drawn from the
+# times repair stamps). A flow's size and duration go together with its lengths: DNS answers a
+# local cache sends within a millisecond carry other lengths than a resolver's after half a
+# second, and lengths drawn without the pace gave each answer the blend (flow size-duration of
+# repaired real windows 0.084 -> 0.077, docs/results.md, stop 36).
+PACE_EDGES_NS = (500_000, 5_000_000, 50_000_000, 500_000_000)
+CONDITIONS = ("direction", "service", "flow_size", "role", "pace")   # ``by`` names that are not fields
+# conditions a file learnt before them does not name (it draws as it was learnt)
+LATER_CONDITIONS = ("flow_size", "role", "pace")
 
 
 # --- what is learnt: read from the rule files ---------------------------------------------------
@@ -81,7 +90,7 @@ class Stat:
     kind: str               # value, port, id, payload, repeat, flags, options, option_value, stack
     field: str | None = None
     by: tuple | None = None     # learnt apart per: "direction", "service" (the flow's server
-                                # port), "flow_size" (FLOW_SIZE_EDGES), "role" (flow_roles) or a field of the same
+                                # port), "flow_size" (FLOW_SIZE_EDGES), "role" (flow_roles), "pace" (flow_paces) or a field of the same
                                 # protocol; several = nested
     per: str = "packet"     # packet, direction, flow, endpoint
     bits: int = 16
@@ -155,8 +164,27 @@ def _by(pr, by) -> tuple | None:
     fields = {f.name for f in pr.fields}
     if not names or not all(isinstance(b, str) and (b in CONDITIONS or b in fields) for b in names):
         raise NetdiffError(f"{pr.path}: prior by {by!r}: each must be 'direction', 'service', "
-                           "'flow_size', 'role' or a field of the protocol")
+                           "'flow_size', 'role', 'pace' or a field of the protocol")
     return names
+
+
+def flow_paces(flow: np.ndarray, times_ns: np.ndarray) -> np.ndarray:
+    """(n,) int64 pace of each row (``PACE_EDGES_NS``): 0 the first of its flow (any integer key
+    per row) in time, else 1 + the bucket of the time since its flow's previous row in time."""
+    f = np.asarray(flow).ravel()
+    t = np.asarray(times_ns, dtype=np.int64).ravel()
+    if len(f) != len(t):
+        raise ValueError(f"{len(f)} flow keys for {len(t)} times")
+    if not len(f):
+        return np.zeros(0, dtype=np.int64)
+    _, dense = np.unique(f, return_inverse=True)
+    dense = dense.reshape(-1)
+    order = np.lexsort((np.arange(len(f)), t, dense))
+    same = np.r_[False, dense[order][1:] == dense[order][:-1]]
+    gap = np.r_[0, np.diff(t[order])]
+    out = np.empty(len(f), dtype=np.int64)
+    out[order] = np.where(same, 1 + np.searchsorted(PACE_EDGES_NS, gap, side="right"), 0)
+    return out
 
 
 def flow_sizes(flow: np.ndarray, rows: int = FLOW_SIZE_ROWS) -> np.ndarray:
@@ -191,12 +219,12 @@ def flow_roles(flow: np.ndarray, direction: np.ndarray, rows: int = FLOW_SIZE_RO
 
 
 def _learnt_by(st: Stat, learnt: dict) -> Stat:
-    """A statistic as a file learnt it: one learnt before flow sizes or roles split it draws as
-    it did."""
+    """A statistic as a file learnt it: one learnt before flow sizes, roles or paces split it
+    draws as it did."""
     if not st.by or not learnt:
         return st
     named = {part.split("=")[0] for k in learnt for part in k.split("|")}
-    gone = [b for b in ("flow_size", "role") if b in st.by and b not in named]
+    gone = [b for b in LATER_CONDITIONS if b in st.by and b not in named]
     return replace(st, by=tuple(b for b in st.by if b not in gone) or None) if gone else st
 
 
@@ -271,19 +299,21 @@ class _View:
     pair: np.ndarray        # hash of the ordered (source, destination) address pair
     flow_size: np.ndarray   # flow_sizes of the rows
     role: np.ndarray        # flow_roles of the rows
+    pace: np.ndarray        # flow_paces of the rows
 
 
 def _headers(batch) -> dict | None:
-    """The header bytes (each packet's first bytes, enough for IP + transport headers) and
-    offsets of a batch's readable packets: what learning needs, without the payload."""
+    """The header bytes (each packet's first bytes, enough for IP + transport headers), offsets
+    and times of a batch's readable packets: what learning needs, without the payload."""
     from netdiff.bits import codec
 
     p = codec.parse(batch)
     ok = np.flatnonzero(p.reason == 0)
     if len(ok) == 0:
         return None
+    t = np.asarray(batch.ts_sec, dtype=np.int64) * 10 ** 9 + np.asarray(batch.ts_nsec, dtype=np.int64)
     return {"g": p.window[ok], "l3": p.l3[ok], "l4": p.l4[ok], "version": p.version[ok],
-            "proto": p.proto[ok], "payload": p.payload_len[ok]}
+            "proto": p.proto[ok], "payload": p.payload_len[ok], "t": t[ok]}
 
 
 def _view(h: dict, rules: dict) -> _View:
@@ -339,7 +369,7 @@ def _view(h: dict, rules: dict) -> _View:
     return _View(g=g, l3=l3, l4=l4, version=version, proto=proto, payload=h["payload"],
                  flow_hash=flow_hash, direction=direction, server_port=server_port,
                  client_port=client_port, pair=_hash(sh, sl, dh, dl), flow_size=flow_sizes(flow),
-                 role=flow_roles(flow, direction))
+                 role=flow_roles(flow, direction), pace=flow_paces(flow, h["t"]))
 
 
 def option_kinds(vals: np.ndarray, optlen: np.ndarray, grammar) -> tuple[np.ndarray, np.ndarray]:
@@ -562,6 +592,7 @@ class PriorsLearner:
             if st.by:
                 cond = [v.direction if b == "direction" else v.server_port if b == "service"
                         else v.flow_size if b == "flow_size" else v.role if b == "role"
+                        else v.pace if b == "pace"
                         else read_field(src, pr.column(b))
                         for b in st.by]
             if st.kind == "value":
@@ -900,6 +931,7 @@ class ClassPriors:
         self.by_name = {s.name: s for s in self.stats}
         self.changed: Counter = Counter()
         self._sizes: tuple | None = None        # (flow, direction, flow_sizes, flow_roles)
+        self._paces: np.ndarray | None = None   # flow_paces of the rows ``payload`` draws for
         self.l3 = E.layer_protocols(rules, 3)
         self.l4 = E.layer_protocols(rules, 4)
 
@@ -999,7 +1031,7 @@ class ClassPriors:
         return server_f, client_f
 
     def payload(self, r, direction: np.ndarray, room: np.ndarray, service: np.ndarray | None = None,
-                flow: np.ndarray | None = None) -> None:
+                flow: np.ndarray | None = None, arrival: np.ndarray | None = None) -> None:
         """Payload lengths: the model decides whether a packet carries data, the class how much.
         Every non-empty payload gets a length drawn from the class's lengths for its direction and
         service (within the MTU); an empty one stays empty where the class lists empty payloads
@@ -1011,7 +1043,10 @@ class ClassPriors:
         row's flow, for ``repeat`` (then a data packet keeps the length of its flow direction's
         previous data packet at the class's share: a retry resends its packet, RTP and bulk TCP
         send one size again and again; drawn one by one, the two packets of a BitTorrent retry
-        had different lengths, 73 bytes at the median where the captures' repeat 58)."""
+        had different lengths, 73 bytes at the median where the captures' repeat 58).
+        ``arrival``: each row's time in ns, for conditions that name "pace" (without it, or
+        without ``flow``, those draw at the level above)."""
+        self._paces = flow_paces(flow, arrival) if flow is not None and arrival is not None else None
         self._payload_lengths(r, direction, room, service, flow)
         if flow is not None:
             for st in self.stats:
@@ -1174,6 +1209,9 @@ class ClassPriors:
                 out.append(direction)
             elif b == "service":
                 out.append(np.full(len(r), -1, dtype=np.int64) if service is None else service)
+            elif b == "pace":
+                out.append(np.full(len(r), -1, dtype=np.int64) if self._paces is None or flow is None
+                           else self._paces)
             elif b in ("flow_size", "role"):
                 if flow is None:
                     out.append(np.full(len(r), -1, dtype=np.int64))

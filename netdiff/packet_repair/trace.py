@@ -198,12 +198,14 @@ def find_flows(r: Rows, rules: dict) -> dict:
 
 
 def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
-                 priors=None) -> dict:
+                 priors=None, arrival_of=None) -> dict:
     """Apply every trace rule to ``r`` in place; returns counts for the report.
 
     ``priors`` (a ``priors.ClassPriors``) replaces values the class never shows: IP version per
     flow, server/client ports per flow, payload lengths, free TCP flags, per-direction and
-    per-host fields, IP ID behaviour per host. Without it nothing below changes."""
+    per-host fields, IP ID behaviour per host. Without it nothing below changes.
+    ``arrival_of(flow, direction)``: each row's time in ns, once the flows and their directions
+    are settled (returned as ``"arrival"``; the priors draw lengths by it)."""
     f = r.f
     n = len(r)
     fl = find_flows(r, rules)
@@ -274,8 +276,13 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
         f[d_col] = np.where(m, dport, f[d_col])
     report["rows_changed_ports"] = int(changed_ports.sum())
     fd = flow * 2 + direction                       # (flow, direction) group
+    # Times before lengths: they depend on the flows only, and lengths go with the pace
+    arrival = arrival_of(flow, direction) if arrival_of is not None else None
+    if arrival is not None:
+        report["arrival"] = arrival
     if priors is not None:
-        priors.payload(r, direction, mtu - ip_hl - l4_hl, service=server_port, flow=flow)
+        priors.payload(r, direction, mtu - ip_hl - l4_hl, service=server_port, flow=flow,
+                       arrival=arrival)
     # The payload each row's ports call for (payload templates); a length no content of that
     # port's dissector accepts grows to its template's, before sequence numbers count it.
     r.template, r.payload_len = PL.choose(PL.payload_table(rules), r.proto, sport, dport,
