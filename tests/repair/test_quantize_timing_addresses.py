@@ -7,7 +7,7 @@ from netdiff.bits.layout import NETDIFFUSION as L, named_layout
 from netdiff.errors import ImageError, NetdiffError
 from netdiff.image.codec import bits_to_rgb
 from netdiff.packet_repair import TimingModel, quantize, repair
-from netdiff.packet_repair.timing import KINDS, gap_kinds, short_flow_offsets
+from netdiff.packet_repair.timing import KINDS, SHORT_MAX, gap_kinds, short_flow_offsets
 from netdiff.packet_repair.addresses import AddressPool, parse_pool
 from netdiff.packet_repair.perturb import random_bits
 
@@ -189,9 +189,10 @@ def test_pcap2img_learns_kinds_and_repair_stamps_flows_with_them(tmp_path):
     from netdiff.io.pcap import read_capture
 
     pkts, t = [], 1_700_000_000.0
+    size = SHORT_MAX + 1          # none is short: the row clock times them
     for f in range(12):
         t += 100.0
-        for i in range(6):
+        for i in range(size):
             a, b = ("10.0.0.1", "10.0.0.2") if i % 2 == 0 else ("10.0.0.2", "10.0.0.1")
             sp, dp = (40000 + f, 53) if i % 2 == 0 else (53, 40000 + f)
             p = Ether() / IP(src=a, dst=b) / UDP(sport=sp, dport=dp) / (b"q" * 12)
@@ -200,13 +201,14 @@ def test_pcap2img_learns_kinds_and_repair_stamps_flows_with_them(tmp_path):
             t += 0.001
     (tmp_path / "cap" / "dns").mkdir(parents=True)
     wrpcap(str(tmp_path / "cap" / "dns" / "x.pcap"), pkts)
-    netdiff.pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=72))
+    netdiff.pcap2img(tmp_path / "cap", tmp_path / "img",
+                     layout=named_layout("netdiffusion", height=-(-12 * size // 8) * 8))
     doc = json.loads((tmp_path / "img" / "timing.json").read_text())
     assert doc["format"] == "netdiff-timing/6"
-    assert "short" not in doc["classes"]["dns"]        # six packets a flow: none is short
+    assert "short" not in doc["classes"]["dns"]
     kinds = doc["classes"]["dns"]["kinds"]
     # every packet inside an exchange answers the one before it
-    assert kinds["break"]["count"] == 11 and kinds["same_turn"]["count"] == 60
+    assert kinds["break"]["count"] == 11 and kinds["same_turn"]["count"] == 12 * (size - 1)
     assert "new" not in kinds and "same" not in kinds
     png = next((tmp_path / "img" / "dns").glob("*.png"))
     bare = tmp_path / "bare.png"
@@ -225,16 +227,25 @@ def test_pcap2img_learns_kinds_and_repair_stamps_flows_with_them(tmp_path):
 
 
 def test_short_flow_offsets_by_hand():
-    """Flows 7 (two packets, the second an answer three rows on), 8 (five packets: not short), 9
-    (one packet) and 6 (three packets one way, rows 9, 10 and 14); a key of -1 is no flow.
-    Offsets count from the flow's first packet, rows too."""
+    """Flows 7 (two packets, the second an answer three rows on), 8 (five packets, each turning
+    against the one before), 9 (one packet) and 6 (three packets one way, rows 9, 10 and 14); a
+    key of -1 is no flow. Offsets count from the flow's first packet, rows too. A flow of
+    SHORT_MAX + 1 packets is not short."""
     flows = np.array([7, 8, 8, 7, 8, 9, 8, 8, -1, 6, 6, -1, -1, -1, 6])
     sides = np.array([0, 0, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 0, 1])
     ns = np.arange(15) * 1_000_000 + np.array([0, 0, 0, 500_000_000] + [0] * 10 + [2_000_000_000])
     got = short_flow_offsets(flows, sides, ns)
-    assert got.tolist() == [[2, 1, 1, 1, 0.503],        # 3 rows after the first: log2 bucket 1
+    assert got.tolist() == [[5, 1, 1, 0, 0.001],
+                            [2, 1, 1, 1, 0.503],        # 3 rows after the first: log2 bucket 1
+                            [5, 2, 1, 1, 0.003],
+                            [5, 3, 1, 2, 0.005],        # 5 rows after the first: bucket 2
+                            [5, 4, 1, 2, 0.006],
                             [3, 1, 0, 0, 0.001],
-                            [3, 2, 0, 2, 2.005]]        # 5 rows after the first: bucket 2
+                            [3, 2, 0, 2, 2.005]]
+    long_ = np.r_[flows, np.full(SHORT_MAX + 1, 5)]
+    more = short_flow_offsets(long_, np.r_[sides, np.zeros(SHORT_MAX + 1, dtype=int)],
+                              np.r_[ns, 3_000_000_000 + np.arange(SHORT_MAX + 1)])
+    assert more.tolist() == got.tolist()
 
 
 def _write_udp_to_6881(path, sends) -> None:
@@ -313,6 +324,64 @@ def test_short_flows_keep_their_own_clock(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(doc))
     rows = durations(TimingModel.load(tmp_path / "old.json"))
     assert len(rows) == 12 and np.abs(rows - 3.0).max() > 0.5
+
+
+def _paced_capture(path, flows=12):
+    """UDP flows of 8 datagrams one way, 1/7 s apart (1 s in all), a busy flow's 2 or 20 packets
+    between each two of them."""
+    sends, t = [], 1_700_000_000.0
+    for k in range(flows):
+        between = 2 if k % 2 else 20
+        sends += [(t + j / 7, "10.0.1.1", 50000 + k) for j in range(8)]
+        sends += [(t + (j + 0.5) / (7 * between + 7), "10.0.2.2", 40000) for j in range(7 * between)]
+        t += 1.5
+    _write_udp_to_6881(path, sends)
+
+
+def test_flows_of_up_to_16_packets_keep_their_own_clock(tmp_path):
+    """Flows of eight packets are short since stop 36 (SHORT_MAX 16): the structure stage spreads a
+    generated flow over more rows than real ones span, and timed by the rows between them such
+    flows lasted too long. Repaired, each of the class's 8-packet flows lasts its 1 s again,
+    whatever the rows between; a file learnt before (tables up to 4 packets) times them by the
+    rows as it did."""
+    import netdiff
+    from netdiff.bits.codec import flow_keys, parse
+    from netdiff.io.pcap import read_capture
+
+    _paced_capture(tmp_path / "cap" / "bt" / "x.pcap")
+    netdiff.pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=1024))
+    doc = json.loads((tmp_path / "img" / "timing.json").read_text())
+    assert doc["classes"]["bt"]["short"]["n8 k7 same"]["count"] == 12
+    png = next((tmp_path / "img" / "bt").glob("*.png"))
+    bare = tmp_path / "bare.png"
+    bare.write_bytes(png.read_bytes())                       # no sidecar: repaired, not restored
+
+    def durations(timing):
+        netdiff.img2pcap(bare, tmp_path / "out.pcap", timing=timing, seed=5)
+        batch, _ = read_capture(tmp_path / "out.pcap")
+        ts = batch.ts_sec + batch.ts_nsec / 1e9
+        keys = flow_keys(parse(batch))
+        ids, counts = np.unique(keys, return_counts=True)
+        return np.array([np.ptp(ts[keys == k]) for k in ids[counts == 8]])
+
+    own = durations(TimingModel.load(tmp_path / "img" / "timing.json"))
+    assert len(own) == 12 and np.allclose(own, 1.0, atol=1e-3)
+    for c in doc["classes"].values():       # as learnt before stop 36: flows of up to 4 packets
+        c["short"] = {k: v for k, v in c["short"].items() if int(k.split()[0][1:]) <= 4}
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    rows = durations(TimingModel.load(tmp_path / "old.json"))
+    assert len(rows) == 12 and np.abs(rows - 1.0).max() > 0.3
+
+
+def test_a_timing_file_with_a_strange_short_key_is_refused(tmp_path):
+    m = TimingModel.learn({"x": [np.geomspace(1e-4, 1, 50)]},
+                          short_by_class={"x": [np.array([[2, 1, 0, 1, 0.5]] * 10)]})
+    m.save(tmp_path / "t.json")
+    doc = json.loads((tmp_path / "t.json").read_text())
+    doc["classes"]["x"]["short"]["two packets"] = doc["classes"]["x"]["short"]["n2 k1"]
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    with pytest.raises(NetdiffError, match="malformed"):
+        TimingModel.load(tmp_path / "t.json")
 
 
 def _retry_capture(path, flows=12):
