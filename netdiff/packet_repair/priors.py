@@ -70,9 +70,15 @@ FLOW_SIZE_ROWS = 1024
 # second, and lengths drawn without the pace gave each answer the blend (flow size-duration of
 # repaired real windows 0.084 -> 0.077, docs/results.md, stop 36).
 PACE_EDGES_NS = (500_000, 5_000_000, 50_000_000, 500_000_000)
-CONDITIONS = ("direction", "service", "flow_size", "role", "pace")   # ``by`` names that are not fields
+# ``by: place``: the row's place among its flow direction's rows in time, 0 the first, 1 the
+# second, 2 the third, 3 any later. A connection's first data follows its handshake (BitTorrent's
+# client sends its 68-byte handshake and more in its third segment, after SYN and ACK; uTP a
+# SYN, then data after the answer's state packet): drawn without it, the data fell on any
+# segment of the flow (docs/results.md, stop 36).
+PLACE_MAX = 3
+CONDITIONS = ("direction", "service", "flow_size", "role", "pace", "place")   # ``by`` names that are not fields
 # conditions a file learnt before them does not name (it draws as it was learnt)
-LATER_CONDITIONS = ("flow_size", "role", "pace")
+LATER_CONDITIONS = ("flow_size", "role", "pace", "place")
 
 
 # --- what is learnt: read from the rule files ---------------------------------------------------
@@ -90,7 +96,7 @@ class Stat:
     kind: str               # value, port, id, payload, repeat, flags, options, option_value, stack
     field: str | None = None
     by: tuple | None = None     # learnt apart per: "direction", "service" (the flow's server
-                                # port), "flow_size" (FLOW_SIZE_EDGES), "role" (flow_roles), "pace" (flow_paces) or a field of the same
+                                # port), "flow_size" (FLOW_SIZE_EDGES), "role" (flow_roles), "pace" (flow_paces), "place" (flow_places) or a field of the same
                                 # protocol; several = nested
     per: str = "packet"     # packet, direction, flow, endpoint
     bits: int = 16
@@ -164,7 +170,7 @@ def _by(pr, by) -> tuple | None:
     fields = {f.name for f in pr.fields}
     if not names or not all(isinstance(b, str) and (b in CONDITIONS or b in fields) for b in names):
         raise NetdiffError(f"{pr.path}: prior by {by!r}: each must be 'direction', 'service', "
-                           "'flow_size', 'role', 'pace' or a field of the protocol")
+                           "'flow_size', 'role', 'pace', 'place' or a field of the protocol")
     return names
 
 
@@ -184,6 +190,26 @@ def flow_paces(flow: np.ndarray, times_ns: np.ndarray) -> np.ndarray:
     gap = np.r_[0, np.diff(t[order])]
     out = np.empty(len(f), dtype=np.int64)
     out[order] = np.where(same, 1 + np.searchsorted(PACE_EDGES_NS, gap, side="right"), 0)
+    return out
+
+
+def flow_places(flow: np.ndarray, direction: np.ndarray, times_ns: np.ndarray) -> np.ndarray:
+    """(n,) int64 place of each row among the rows of its flow (any integer key per row) and
+    direction in time: 0 the first, 1 the second, ... ``PLACE_MAX`` any later."""
+    f = np.asarray(flow).ravel()
+    d = np.asarray(direction).ravel().astype(np.int64)
+    t = np.asarray(times_ns, dtype=np.int64).ravel()
+    if not len(f) == len(d) == len(t):
+        raise ValueError(f"{len(f)} flow keys, {len(d)} directions, {len(t)} times")
+    if not len(f):
+        return np.zeros(0, dtype=np.int64)
+    _, dense = np.unique(f, return_inverse=True)
+    key = dense.reshape(-1) * 2 + d
+    order = np.lexsort((np.arange(len(f)), t, key))
+    at = np.arange(len(f))
+    start = np.maximum.accumulate(np.where(np.r_[True, key[order][1:] != key[order][:-1]], at, 0))
+    out = np.empty(len(f), dtype=np.int64)
+    out[order] = np.minimum(at - start, PLACE_MAX)
     return out
 
 
@@ -300,6 +326,7 @@ class _View:
     flow_size: np.ndarray   # flow_sizes of the rows
     role: np.ndarray        # flow_roles of the rows
     pace: np.ndarray        # flow_paces of the rows
+    place: np.ndarray       # flow_places of the rows
 
 
 def _headers(batch) -> dict | None:
@@ -369,7 +396,8 @@ def _view(h: dict, rules: dict) -> _View:
     return _View(g=g, l3=l3, l4=l4, version=version, proto=proto, payload=h["payload"],
                  flow_hash=flow_hash, direction=direction, server_port=server_port,
                  client_port=client_port, pair=_hash(sh, sl, dh, dl), flow_size=flow_sizes(flow),
-                 role=flow_roles(flow, direction), pace=flow_paces(flow, h["t"]))
+                 role=flow_roles(flow, direction), pace=flow_paces(flow, h["t"]),
+                 place=flow_places(flow, direction, h["t"]))
 
 
 def option_kinds(vals: np.ndarray, optlen: np.ndarray, grammar) -> tuple[np.ndarray, np.ndarray]:
@@ -592,7 +620,7 @@ class PriorsLearner:
             if st.by:
                 cond = [v.direction if b == "direction" else v.server_port if b == "service"
                         else v.flow_size if b == "flow_size" else v.role if b == "role"
-                        else v.pace if b == "pace"
+                        else v.pace if b == "pace" else v.place if b == "place"
                         else read_field(src, pr.column(b))
                         for b in st.by]
             if st.kind == "value":
@@ -932,6 +960,7 @@ class ClassPriors:
         self.changed: Counter = Counter()
         self._sizes: tuple | None = None        # (flow, direction, flow_sizes, flow_roles)
         self._paces: np.ndarray | None = None   # flow_paces of the rows ``payload`` draws for
+        self._places: np.ndarray | None = None  # flow_places of the same
         self.l3 = E.layer_protocols(rules, 3)
         self.l4 = E.layer_protocols(rules, 4)
 
@@ -1045,8 +1074,11 @@ class ClassPriors:
         send one size again and again; drawn one by one, the two packets of a BitTorrent retry
         had different lengths, 73 bytes at the median where the captures' repeat 58).
         ``arrival``: each row's time in ns, for conditions that name "pace" (without it, or
-        without ``flow``, those draw at the level above)."""
+        without ``flow``, those draw at the level above) and "place" (without it: rows in image
+        order)."""
         self._paces = flow_paces(flow, arrival) if flow is not None and arrival is not None else None
+        self._places = None if flow is None else flow_places(
+            flow, direction, arrival if arrival is not None else np.arange(len(flow)))
         self._payload_lengths(r, direction, room, service, flow)
         if flow is not None:
             for st in self.stats:
@@ -1209,9 +1241,9 @@ class ClassPriors:
                 out.append(direction)
             elif b == "service":
                 out.append(np.full(len(r), -1, dtype=np.int64) if service is None else service)
-            elif b == "pace":
-                out.append(np.full(len(r), -1, dtype=np.int64) if self._paces is None or flow is None
-                           else self._paces)
+            elif b in ("pace", "place"):
+                got = self._paces if b == "pace" else self._places
+                out.append(np.full(len(r), -1, dtype=np.int64) if got is None or flow is None else got)
             elif b in ("flow_size", "role"):
                 if flow is None:
                     out.append(np.full(len(r), -1, dtype=np.int64))

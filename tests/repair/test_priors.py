@@ -345,7 +345,7 @@ def test_priors_learnt_before_psh_split_the_lengths_still_draw_them(sample_captu
     for p in E.rules_dir().glob("*.yaml"):
         shutil.copy(p, rules / p.name)
     text = (rules / "tcp.yaml").read_text()
-    now = "payload: {by: [psh, direction, flow_size, service], empty: class, repeat: true}"
+    now = "payload: {by: [psh, direction, place, flow_size, service], empty: class, repeat: true}"
     assert now in text
     (rules / "tcp.yaml").write_text(text.replace(now, "payload: {by: [direction, service]}"))
     monkeypatch.setenv(E.RULES_ENV, str(rules))
@@ -650,6 +650,47 @@ def test_flow_paces_by_hand():
         PR.flow_paces(flow, t[:3])
 
 
+def test_flow_places_by_hand():
+    """A row's place among its flow direction's rows in time: 0, 1, 2, then 3 for any later."""
+    flow = np.array([5, 5, 7, 5, 5, 5, 5, 5, 7])
+    direction = np.array([0, 1, 0, 0, 1, 0, 0, 0, 0])
+    t = np.arange(9)
+    assert PR.flow_places(flow, direction, t).tolist() == [0, 0, 0, 1, 1, 2, 3, 3, 1]
+    # by time, not by row
+    t2 = np.array([8, 1, 2, 3, 4, 5, 6, 7, 0])
+    assert PR.flow_places(flow, direction, t2).tolist() == [3, 0, 1, 0, 1, 1, 2, 3, 0]
+    with pytest.raises(ValueError):
+        PR.flow_places(flow, direction[:3], t)
+
+
+def _handshakes(path, flows: int = 40, seed: int = 0):
+    """UDP flows to one service as uTP opens a connection: the client's 30-byte SYN, the server's
+    30-byte state, the client's 500-600-byte data, the server's state, the client's 30-byte state
+    and the server's; every flow from its own client port."""
+    rng = np.random.default_rng(seed)
+    sizes = [[30, 30, int(rng.integers(500, 601)), 30, 30, 30] for _ in range(flows)]
+    _udp_exchanges(path, sizes, [40000 + f for f in range(flows)])
+
+
+def test_data_follows_the_handshake(tmp_path):
+    """Learnt by place (``by: [..., place, ...]`` in udp.yaml): every flow of the class carries its
+    data in its client's second datagram. Repaired from the class's own image with its priors, the
+    second datagram of every client is the long one and every other datagram short; by direction,
+    role, size and pace alone a third of the client's datagrams would draw the data's length."""
+    _handshakes(tmp_path / "cap" / "utp" / "a.pcap")
+    pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=240))
+    pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
+    assert any("place=1" in k for k in pri.classes["utp"]["fields"]["udp.payload"])
+    by_flow = _repaired_image_flows(next((tmp_path / "img" / "utp").glob("*.png")), tmp_path / "utp.pcap", pri)
+    flows = [v for v in by_flow.values() if len(v) == 6]
+    assert len(flows) == 40
+    for v in flows:
+        client = [p["plen"] for p in v if p["sport"] != 7000]
+        server = [p["plen"] for p in v if p["sport"] == 7000]
+        assert len(client) == len(server) == 3
+        assert client[1] >= 400 and max(client[0], client[2], *server) < 100
+
+
 def _caches_and_resolvers(path, flows: int = 80, seed: int = 0):
     """UDP queries of 30-40 bytes to port 53 from their own client ports, each answered once:
     by a cache within 0.2 ms with 400-500 bytes, or by a resolver after 200 ms with 40-60, the
@@ -674,7 +715,7 @@ def _caches_and_resolvers(path, flows: int = 80, seed: int = 0):
 
 
 def test_answers_draw_the_lengths_of_their_pace(tmp_path):
-    """Learnt by pace (``by: [direction, role, flow_size, pace, service]`` in udp.yaml): a class
+    """Learnt by pace (``by: [direction, role, flow_size, place, pace, service]`` in udp.yaml): a class
     whose quick answers (a cache's, within 0.2 ms) carry 400-500 bytes and whose slow ones (a
     resolver's, after 200 ms) 40-60, to the same service, in the same direction and role. Repaired
     from the class's own image with its priors and timing model, the times come first and each
@@ -686,7 +727,8 @@ def test_answers_draw_the_lengths_of_their_pace(tmp_path):
     pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=160))
     pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
     keys = pri.classes["dns"]["fields"]["udp.payload"]
-    assert {"direction=1|role=2|flow_size=1|pace=1", "direction=1|role=2|flow_size=1|pace=4"} <= set(keys)
+    assert {"direction=1|role=2|flow_size=1|place=0|pace=1",
+            "direction=1|role=2|flow_size=1|place=0|pace=4"} <= set(keys)
     png = next((tmp_path / "img" / "dns").glob("*.png"))
     bare = tmp_path / "bare.png"
     bare.write_bytes(png.read_bytes())
@@ -833,12 +875,12 @@ def test_priors_learnt_before_flow_sizes_draw_as_they_were_learnt(sample_capture
     rules.mkdir()
     for p in E.rules_dir().glob("*.yaml"):
         shutil.copy(p, rules / p.name)
-    for name, now in (("tcp.yaml", "[psh, direction, flow_size, service]"),
-                      ("udp.yaml", "[direction, role, flow_size, pace, service]")):
+    for name, now in (("tcp.yaml", "[psh, direction, place, flow_size, service]"),
+                      ("udp.yaml", "[direction, role, flow_size, place, pace, service]")):
         text = (rules / name).read_text()
         assert now in text
         (rules / name).write_text(text.replace(now, now.replace(" flow_size,", "").replace(" role,", "")
-                                               .replace(" pace,", "")))
+                                               .replace(" pace,", "").replace(" place,", "")))
     monkeypatch.setenv(E.RULES_ENV, str(rules))
     pcap2img(sample_captures, tmp_path / "old", layout=named_layout("netdiffusion", height=256))
     monkeypatch.delenv(E.RULES_ENV)
