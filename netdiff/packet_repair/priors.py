@@ -961,10 +961,18 @@ class ClassPriors:
         self._sizes: tuple | None = None        # (flow, direction, flow_sizes, flow_roles)
         self._paces: np.ndarray | None = None   # flow_paces of the rows ``payload`` draws for
         self._places: np.ndarray | None = None  # flow_places of the same
+        self._dists: dict = {}
         self.l3 = E.layer_protocols(rules, 3)
         self.l4 = E.layer_protocols(rules, 4)
 
     def dist(self, name: str, cond: str = "*") -> Dist | None:
+        # built once per repair: lengths by place and pace ask for the same levels again and again
+        key = (name, cond)
+        if key not in self._dists:
+            self._dists[key] = self._build_dist(name, cond)
+        return self._dists[key]
+
+    def _build_dist(self, name: str, cond: str) -> Dist | None:
         d = self.fields.get(name, {}).get(cond)
         if d is None or "values" not in d:
             return None

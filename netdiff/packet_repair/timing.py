@@ -53,7 +53,7 @@ MIN_KIND = 8
 # until stop 36: the structure stage spreads a generated flow over more rows than real ones span,
 # and flows of 5-16 packets timed by the rows between them lasted too long (DNS's 8-15-packet
 # flows 2.4-4.0 s at the median, the held-back ones 1.9); with 16, flow size-duration in
-# distribution 0.084 / 0.085 -> 0.079 / 0.078 and inter-arrival EMD 0.436 / 0.431 -> 0.414 / 0.406
+# distribution 0.084 / 0.085 -> 0.081 / 0.083 and inter-arrival EMD 0.436 / 0.431 -> 0.411 / 0.407
 # (docs/results.md). A file learnt before has tables up to 4 packets and draws as it did.
 SHORT_MAX = 16
 _SHORT_BEFORE = 4
