@@ -889,27 +889,19 @@ def test_priors_learnt_before_flow_sizes_draw_as_they_were_learnt(sample_capture
     assert any("service=" in k for k in learnt) and not any("flow_size=" in k for k in learnt)
     assert not any("role=" in k for k in old.classes["dns_udp"]["fields"]["udp.payload"])
     assert old.for_class("dns_udp", seed=0).by_name["udp.payload"].by == ("direction", "service")
-    # learnt by flow size but not yet by role (stops 29-33): drawn by direction, flow size, service
-    mid_rules = tmp_path / "mid_rules"       # another folder: rule files are read once per folder
-    shutil.copytree(rules, mid_rules)
-    (mid_rules / "udp.yaml").write_text((rules / "udp.yaml").read_text().replace(
-        "[direction, service]", "[direction, flow_size, service]"))
-    monkeypatch.setenv(E.RULES_ENV, str(mid_rules))
-    pcap2img(sample_captures, tmp_path / "mid", layout=named_layout("netdiffusion", height=256))
-    monkeypatch.delenv(E.RULES_ENV)
-    mid = FieldPriors.load(tmp_path / "mid" / PRIORS_FILE)
-    assert mid.for_class("dns_udp", seed=0).by_name["udp.payload"].by == ("direction", "flow_size", "service")
-    # learnt by role but not yet by pace (stops 34-35): drawn by direction, role, flow size, service
-    late_rules = tmp_path / "late_rules"
-    shutil.copytree(rules, late_rules)
-    (late_rules / "udp.yaml").write_text((rules / "udp.yaml").read_text().replace(
-        "[direction, service]", "[direction, role, flow_size, service]"))
-    monkeypatch.setenv(E.RULES_ENV, str(late_rules))
-    pcap2img(sample_captures, tmp_path / "late", layout=named_layout("netdiffusion", height=256))
-    monkeypatch.delenv(E.RULES_ENV)
-    late = FieldPriors.load(tmp_path / "late" / PRIORS_FILE)
-    assert late.for_class("dns_udp", seed=0).by_name["udp.payload"].by == (
-        "direction", "role", "flow_size", "service")
+    # learnt by flow size but not yet by role (stops 29-33), by role but not yet by pace and place
+    # (stops 34-35): drawn by what they learnt
+    for name, by in (("mid", ("direction", "flow_size", "service")),
+                     ("late", ("direction", "role", "flow_size", "service"))):
+        folder = tmp_path / f"{name}_rules"     # another folder: rule files are read once per folder
+        shutil.copytree(rules, folder)
+        (folder / "udp.yaml").write_text((rules / "udp.yaml").read_text().replace(
+            "[direction, service]", f"[{', '.join(by)}]"))
+        monkeypatch.setenv(E.RULES_ENV, str(folder))
+        pcap2img(sample_captures, tmp_path / name, layout=named_layout("netdiffusion", height=256))
+        monkeypatch.delenv(E.RULES_ENV)
+        got = FieldPriors.load(tmp_path / name / PRIORS_FILE)
+        assert got.for_class("dns_udp", seed=0).by_name["udp.payload"].by == by
     cp = old.for_class("web_tcp", seed=0)
     assert cp.by_name["tcp.payload"].by == ("psh", "direction", "service")
     assert cp.by_name["tcp.payload_repeat"].by == ("direction", "service")
