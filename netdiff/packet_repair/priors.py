@@ -245,8 +245,8 @@ def flow_roles(flow: np.ndarray, direction: np.ndarray, rows: int = FLOW_SIZE_RO
 
 
 def _learnt_by(st: Stat, learnt: dict) -> Stat:
-    """A statistic as a file learnt it: one learnt before flow sizes, roles or paces split it
-    draws as it did."""
+    """A statistic as a file learnt it: one learnt before flow sizes, roles, paces or places
+    split it draws as it did."""
     if not st.by or not learnt:
         return st
     named = {part.split("=")[0] for k in learnt for part in k.split("|")}
