@@ -373,6 +373,48 @@ def test_flows_of_up_to_16_packets_keep_their_own_clock(tmp_path):
     assert len(rows) == 12 and np.abs(rows - 1.0).max() > 0.3
 
 
+def _two_speed_capture(path, flows=16):
+    """UDP flows of 6 datagrams one way, evenly spaced: every other one over 0.1 s, the rest over
+    2 s; a busy flow's 8 packets between each two (the rows say nothing of the speed)."""
+    sends, t = [], 1_700_000_000.0
+    for k in range(flows):
+        span, between = (0.1 if k % 2 else 2.0), 8
+        sends += [(t + span * j / 5, "10.0.1.1", 50000 + k) for j in range(6)]
+        sends += [(t + span * (j + 0.5) / (5 * between + 5), "10.0.2.2", 40000)
+                  for j in range(5 * between)]
+        t += 2.5
+    _write_udp_to_6881(path, sends)
+
+
+def test_a_short_flow_ends_with_its_last_packet(tmp_path):
+    """The last packet's offset sets when a short flow ends. Half the class's 6-packet flows last
+    0.1 s and half 2 s: drawn place by place alone, a flow ended with the latest of its five
+    draws and nearly every one lasted about 2 s; now about half are quick again."""
+    import netdiff
+    from netdiff.bits.codec import flow_keys, parse
+    from netdiff.io.pcap import read_capture
+
+    _two_speed_capture(tmp_path / "cap" / "bt" / "x.pcap")
+    netdiff.pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=1024))
+    assert json.loads((tmp_path / "img" / "timing.json").read_text())["classes"]["bt"]["short"][
+        "n6 k5 same"]["count"] == 16
+    png = next((tmp_path / "img" / "bt").glob("*.png"))
+    bare = tmp_path / "bare.png"
+    bare.write_bytes(png.read_bytes())                       # no sidecar: repaired, not restored
+    timing = TimingModel.load(tmp_path / "img" / "timing.json")
+    quick = []
+    for seed in range(3):
+        netdiff.img2pcap(bare, tmp_path / "out.pcap", timing=timing, seed=seed)
+        batch, _ = read_capture(tmp_path / "out.pcap")
+        ts = batch.ts_sec + batch.ts_nsec / 1e9
+        keys = flow_keys(parse(batch))
+        ids, counts = np.unique(keys, return_counts=True)
+        spans = np.array([np.ptp(ts[keys == k]) for k in ids[counts == 6]])
+        assert len(spans) == 16 and spans.max() <= 2.0 + 1e-3
+        quick.append(int((spans <= 0.15).sum()))
+    assert 12 <= sum(quick) <= 36, quick
+
+
 def test_a_timing_file_with_a_strange_short_key_is_refused(tmp_path):
     m = TimingModel.learn({"x": [np.geomspace(1e-4, 1, 50)]},
                           short_by_class={"x": [np.array([[2, 1, 0, 1, 0.5]] * 10)]})
