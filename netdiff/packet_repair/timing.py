@@ -54,7 +54,7 @@ MIN_KIND = 8
 # and flows of 5-16 packets timed by the rows between them lasted too long (DNS's 8-15-packet
 # flows 2.4-4.0 s at the median, the held-back ones 1.9); with 16, flow size-duration in
 # distribution 0.084 / 0.085 -> 0.081 / 0.083 and inter-arrival EMD 0.436 / 0.431 -> 0.411 / 0.407
-# (docs/results.md). A file learnt before has tables up to 4 packets and draws as it did.
+# (docs/results.md). A file learnt before has tables up to 4 packets and places the flows it did.
 SHORT_MAX = 16
 _SHORT_BEFORE = 4
 _SHORT_KEY = re.compile(r"n\d+ k\d+( (turn|same))?( d\d+)?")     # short_cell's keys
@@ -328,7 +328,7 @@ def _short_key(short: dict, size: int, position: int, turn: int, bucket: int) ->
 
 def _short_limit(short: dict) -> int:
     """The largest flow a class's tables place on its own clock: the largest it learnt, at least
-    the 4 packets files learnt before stop 36 were drawn with (their draws stay the same)."""
+    the 4 packets files learnt before stop 36 were drawn with (they place the same flows)."""
     learnt = [int(k.split()[0][1:]) for k in short]
     return min(SHORT_MAX, max([_SHORT_BEFORE, *learnt]))
 
