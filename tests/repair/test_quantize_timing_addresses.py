@@ -373,6 +373,22 @@ def test_flows_of_up_to_16_packets_keep_their_own_clock(tmp_path):
     assert len(rows) == 12 and np.abs(rows - 1.0).max() > 0.3
 
 
+def _repaired_flow_times(tmp_path, timing, seed) -> list:
+    """The first image pcap2img wrote for class bt under tmp_path/img, repaired (its sidecar left
+    behind, so not restored) with ``timing`` and ``seed``: each flow's packet times in seconds."""
+    import netdiff
+    from netdiff.bits.codec import flow_keys, parse
+    from netdiff.io.pcap import read_capture
+
+    bare = tmp_path / "bare.png"
+    bare.write_bytes(next((tmp_path / "img" / "bt").glob("*.png")).read_bytes())
+    netdiff.img2pcap(bare, tmp_path / "out.pcap", timing=timing, seed=seed)
+    batch, _ = read_capture(tmp_path / "out.pcap")
+    ts = batch.ts_sec + batch.ts_nsec / 1e9
+    keys = flow_keys(parse(batch))
+    return [ts[keys == k] for k in np.unique(keys)]
+
+
 def _two_speed_capture(path, flows=16):
     """UDP flows of 6 datagrams one way, evenly spaced: every other one over 0.1 s, the rest over
     2 s; a busy flow's 8 packets between each two (the rows say nothing of the speed)."""
@@ -391,25 +407,15 @@ def test_a_short_flow_ends_with_its_last_packet(tmp_path):
     0.1 s and half 2 s: drawn place by place alone, a flow ended with the latest of its five
     draws and nearly every one lasted about 2 s; now about half are quick again."""
     import netdiff
-    from netdiff.bits.codec import flow_keys, parse
-    from netdiff.io.pcap import read_capture
 
     _two_speed_capture(tmp_path / "cap" / "bt" / "x.pcap")
     netdiff.pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=1024))
     assert json.loads((tmp_path / "img" / "timing.json").read_text())["classes"]["bt"]["short"][
         "n6 k5 same"]["count"] == 16
-    png = next((tmp_path / "img" / "bt").glob("*.png"))
-    bare = tmp_path / "bare.png"
-    bare.write_bytes(png.read_bytes())                       # no sidecar: repaired, not restored
     timing = TimingModel.load(tmp_path / "img" / "timing.json")
     quick = []
     for seed in range(3):
-        netdiff.img2pcap(bare, tmp_path / "out.pcap", timing=timing, seed=seed)
-        batch, _ = read_capture(tmp_path / "out.pcap")
-        ts = batch.ts_sec + batch.ts_nsec / 1e9
-        keys = flow_keys(parse(batch))
-        ids, counts = np.unique(keys, return_counts=True)
-        spans = np.array([np.ptp(ts[keys == k]) for k in ids[counts == 6]])
+        spans = np.array([np.ptp(t) for t in _repaired_flow_times(tmp_path, timing, seed) if len(t) == 6])
         assert len(spans) == 16 and spans.max() <= 2.0 + 1e-3
         quick.append(int((spans <= 0.15).sum()))
     assert 12 <= sum(quick) <= 36, quick
@@ -445,24 +451,14 @@ def test_short_flows_keep_their_timers(tmp_path):
     one between (drawn gap by gap, as timing files /5 did, the two gaps were independent and the
     flows lasted 1-5 s)."""
     import netdiff
-    from netdiff.bits.codec import flow_keys, parse
-    from netdiff.io.pcap import read_capture
 
     _retry_capture(tmp_path / "cap" / "bt" / "x.pcap")
     netdiff.pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=1024))
     short = json.loads((tmp_path / "img" / "timing.json").read_text())["classes"]["bt"]["short"]
     assert short["n3 k1 same"]["count"] == short["n3 k2 same"]["count"] == 12
-    png = next((tmp_path / "img" / "bt").glob("*.png"))
-    bare = tmp_path / "bare.png"
-    bare.write_bytes(png.read_bytes())                       # no sidecar: repaired, not restored
     timing = TimingModel.load(tmp_path / "img" / "timing.json")
     for seed in range(3):
-        netdiff.img2pcap(bare, tmp_path / "out.pcap", timing=timing, seed=seed)
-        batch, _ = read_capture(tmp_path / "out.pcap")
-        ts = batch.ts_sec + batch.ts_nsec / 1e9
-        keys = flow_keys(parse(batch))
-        ids, counts = np.unique(keys, return_counts=True)
-        tries = [ts[keys == k] - ts[keys == k][0] for k in ids[counts == 3]]
+        tries = [t - t[0] for t in _repaired_flow_times(tmp_path, timing, seed) if len(t) == 3]
         assert len(tries) == 12
         assert np.allclose([t[2] for t in tries], 3.0, atol=1e-3)
         assert all(0.5 - 1e-3 <= t[1] <= 1.5 + 1e-3 for t in tries)
