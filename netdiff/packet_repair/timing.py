@@ -190,10 +190,10 @@ class TimingModel:
         """(n,) int64 arrival time of each packet, in ns after the first, for packets in row
         order whose flow keys are ``flows`` (-1: not parsed) and directions ``sides``. The row
         clock (``gaps`` for each packet's kind) places every packet; the later packets of a short
-        flow (at most ``SHORT_MAX`` packets here) are then placed at their flow's first packet's time
-        plus an offset of the class's short flows, when the class has learnt them: none later than
-        the flow's last packet, none before the packet ahead of it. Times grow along every flow,
-        not always down the rows: sort by them to write a capture."""
+        flow (at most ``SHORT_MAX`` packets here) are then placed at their flow's first packet's
+        time plus an offset of the class's short flows, when the class has learnt them: none later
+        than the flow's last packet, none before the packet ahead of it. Times grow along every
+        flow, not always down the rows: sort by them to write a capture."""
         f = np.asarray(flows, dtype=np.int64).ravel()
         side = np.asarray(sides).ravel()
         n = len(f)
