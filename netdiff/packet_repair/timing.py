@@ -307,7 +307,7 @@ def short_cell(size: int, position: int, turn: bool | None = None, bucket: int |
 
 def _short_cells(rows: np.ndarray) -> dict:
     """Quantile tables of ``short_flow_offsets`` rows, for every cell and its coarser ones seen at
-    least ``MIN_KIND`` times."""
+    least ``MIN_KIND`` times, and for answers of any size and place by their rows (``ANY``)."""
     out = {}
     size, place, turn, bucket = (rows[:, i].astype(int) for i in range(4))
     since = rows[:, 4]
