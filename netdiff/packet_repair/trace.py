@@ -242,6 +242,8 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     # the client. Otherwise the higher (ephemeral) port is the client's.
     opening = tcp_rules.column(tcp_rules.session["open"]["flag"]) if tcp_rules.session else None
     syn = tcp & (f[opening] == 1) if opening else np.zeros(n, dtype=bool)
+    if opening and priors is not None:      # or the option area of the class's SYNs
+        syn |= tcp & priors.opening_rows(r)
     has_syn = group_any(flow, syn, G)
     first = group_first(flow, G)
     sender_lo = fl["sender_is_lo"]
@@ -295,7 +297,9 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     # the numbers that follow them (compute: sequence, acknowledgement) and, once more, the
     # dependencies (the acknowledgement number needs ACK).
     if tcp.any() and tcp_rules.session is not None:
-        state.refused = _tcp_flags(r, tcp_rules, flow, G, direction, fd, has_syn, first, report)
+        refuses = priors is not None and "refused" in tcp_rules.session["open"] and \
+            priors.shows_flags("tcp", tcp_rules.session["open"]["refused"])
+        state.refused = _tcp_flags(r, tcp_rules, flow, G, direction, fd, syn, first, report, refuses)
         if priors is not None:
             priors.flags(r)
         CR.run(rules, "trace.flow", state)
@@ -339,9 +343,11 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     return report
 
 
-def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, report) -> np.ndarray:
-    """Control flags where the rule file's ``session:`` puts them. Returns the rows that refuse
-    their flow's SYN (``open: refused``)."""
+def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, opened, first, report,
+               refuses: bool = False) -> np.ndarray:
+    """Control flags where the rule file's ``session:`` puts them; ``opened``: the rows that
+    generated the opening flag; ``refuses``: the class shows refused openings. Returns the rows
+    that refuse their flow's SYN (``open: refused``)."""
     f = r.f
     n = len(r)
     tcp = r.proto == tcp_rules.number
@@ -352,6 +358,7 @@ def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, repor
     setting = sorted({*opening["client"], *opening["server"], *opening.get("refused", ()), *ses["established"]})
     managed = (*setting, ses["close"], ses["reset"])
     before = {k: f[col(k)].copy() for k in managed}
+    has_syn = group_any(flow, opened, G)
     hs = tcp & has_syn[flow]
     # first server row of each flow that opens
     s2c = tcp & (direction == 1)
@@ -363,7 +370,7 @@ def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, repor
     # captures' TCP flows are): nothing says the handshake failed, so it opens with its first
     # row and the SYN retries the image gave it straight after, and is established from its
     # first other row on.
-    plain = (f[col(opening["flag"])] == 0) & ~pos_first
+    plain = tcp & ~opened & ~pos_first
     first_plain = np.full(G, n, dtype=np.int64)
     np.minimum.at(first_plain, flow[plain], idx[plain])
     opens_until = np.where(first_s2c < n, first_s2c, first_plain)
@@ -375,7 +382,12 @@ def _tcp_flags(r: Rows, tcp_rules, flow, G, direction, fd, has_syn, first, repor
     # connection (a closed port; 6% of BitTorrent's flows in the shared captures are a SYN and
     # its RST-ACK, which came out as a SYN-ACK nothing followed).
     reset_gen = f[reset] == 1       # as generated: the refused flags below may name the reset flag
-    refused = server_open & is_last & reset_gen if "refused" in opening else np.zeros(n, dtype=bool)
+    # In a class that shows refusals, a server's first row that ends its flow refuses it
+    # whatever its reset flag: a SYN-ACK is answered, and the model seldom sets the flag (every
+    # two-packet TCP flow of BitTorrent's windows is a SYN and its RST-ACK; generated: SYN and
+    # SYN-ACK in 114 of 114)
+    refused = server_open & is_last & (reset_gen | refuses) if "refused" in opening \
+        else np.zeros(n, dtype=bool)
     server_open &= ~refused
     other = tcp & ~client_open & ~server_open & ~refused
     for k in setting:
