@@ -26,6 +26,7 @@ class's lengths for its direction, its flow's size and its service how much.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -445,6 +446,14 @@ def _layout_key(s: str) -> int:
     return int(layout_keys(np.array([[int(x) for x in s.split(",")] if s else [-1]]))[0])
 
 
+_LAYOUT_STRING = re.compile(r"(\d+(,\d+)*)?")
+
+
+def _well_formed_value(v) -> bool:
+    """A listed value as priors files hold them: a number, or an option layout (kinds, comma-separated)."""
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and bool(_LAYOUT_STRING.fullmatch(v)))
+
+
 def _layout_bytes(s: str, grammar) -> int:
     """Bytes an option layout string (kinds, comma-separated) takes, aligned; 1 << 20 for a
     kind the grammar does not know."""
@@ -452,8 +461,8 @@ def _layout_bytes(s: str, grammar) -> int:
         return 0
     known = {k.kind: k for k in grammar.kinds}
     tot = 0
-    for k in (int(x) for x in s.split(",")):
-        kk = known.get(k)
+    for x in str(s).split(","):
+        kk = known.get(int(x)) if x.strip().isdigit() else None
         if kk is None:
             return 1 << 20
         tot += 1 if kk.lengths == (1,) else min(kk.lengths)
@@ -784,7 +793,8 @@ class FieldPriors:
                     if "shares" in d:
                         continue
                     if len(d.get("values", [])) != len(d.get("p", [])) or \
-                            not 0 <= d.get("other", -1) <= 1 or len(d.get("q") or levels) != len(levels):
+                            not 0 <= d.get("other", -1) <= 1 or len(d.get("q") or levels) != len(levels) or \
+                            not all(_well_formed_value(v) for v in d.get("values", [])):
                         raise NetdiffError(f"{where}: class {k!r}, {stat} [{cond}] is malformed")
         return cls(classes, float(doc.get("threshold", THRESHOLD)), levels)
 
@@ -1407,8 +1417,11 @@ class ClassPriors:
                 d = learnt.get(f"{st.by[0]}={flag}")
                 if not d or "values" not in d:
                     continue
+                n = d.get("n", 0)
+                if not isinstance(n, (int, float)):
+                    continue
                 for v, p in zip(d["values"], d["p"]):
-                    packets.setdefault(_layout_bytes(v, pr.options), [0.0, 0.0])[flag] += d["n"] * p
+                    packets.setdefault(_layout_bytes(v, pr.options), [0.0, 0.0])[flag] += n * float(p)
             lengths = [b for b, (without, with_flag) in packets.items() if 0 < b and with_flag > without]
             out |= self._mask(r, st.protocol) & np.isin(optlen, lengths)
         return out

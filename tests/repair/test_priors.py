@@ -131,6 +131,12 @@ def test_bad_priors_are_one_line_errors(tmp_path):
         FieldPriors.load(p)
     with pytest.raises(NetdiffError, match="no such priors file"):
         FieldPriors.load(tmp_path / "missing.json")
+    # an option layout that is not kinds separated by commas (it failed deep in repair before)
+    for bad in (["2,x,8"], [7.5], [True]):
+        p.write_text(json.dumps({"format": PR.FORMAT, "classes": {"web": {"fields": {"tcp.options": {
+            "syn=1": {"n": 9, "other": 0.0, "p": [1.0], "values": bad}}}}}}))
+        with pytest.raises(NetdiffError, match=r"class 'web', tcp.options \[syn=1\] is malformed"):
+            FieldPriors.load(p)
 
 
 # --- repair with priors --------------------------------------------------------------------------
