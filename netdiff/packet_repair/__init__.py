@@ -127,7 +127,8 @@ def repair(bits: np.ndarray, layout: Layout, *, seed: int = 0, address_pool: str
     CR.run(rules, "options", state)
     opt_changed = dict(state.changed)
     if cp is not None:          # option layouts and values the class never shows
-        for p, m in cp.options(r, t["flow"], t["direction"], service=t["server_port"]).items():
+        for p, m in cp.options(r, t["flow"], t["direction"], service=t["server_port"],
+                               bare=t.get("refused")).items():
             opt_changed[p] = opt_changed.get(p, False) | m
 
     # 4. Time: gaps from the learnt model, in image row order, each drawn for what its packet does

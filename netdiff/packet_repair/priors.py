@@ -1427,10 +1427,11 @@ class ClassPriors:
         return out
 
     def options(self, r, flow: np.ndarray, direction: np.ndarray,
-                service: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                service: np.ndarray | None = None, bare: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Option layouts the class never shows become one it shows (the direction's own, else
-        a draw) where it fits the MTU; option values (MSS, window scale) likewise. Returns the
-        rows changed per protocol."""
+        a draw) where it fits the MTU; option values (MSS, window scale) likewise. ``bare``: rows
+        whose transport header the session gives without options (a refusal), left as they are.
+        Returns the rows changed per protocol."""
         out = {}
         f = r.f
         n = len(r)
@@ -1443,6 +1444,8 @@ class ClassPriors:
             if not hasattr(r, f"{attr}_opt"):
                 continue
             mask = self._mask(r, st.protocol)
+            if bare is not None and pr.layer == 4:
+                mask = mask & ~bare
             if not mask.any():
                 continue
             vals = getattr(r, f"{attr}_opt")
