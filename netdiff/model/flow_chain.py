@@ -20,6 +20,14 @@ a flow in the captures). Here a row first chooses what it is:
 Fitted at train-base time from the training images (counts and choice weights, no field value,
 no packet), then calibrated on its own walks like ``LayoutChain`` (the shares of rows that open a
 flow, go on with the most recent, go back past the ``FAR``-th, go on with a long-overdue flow).
+A new flow also draws how many packets it will have (``plans``: counts of the class's flow sizes
+by the layout they opened with, ``PLAN_SIZES``), stops being a choice once it has them, and each
+of its packets runs the way the class's packets with as many still to come in their flow ran
+(``last_flips``). Without plans a flow's end was only its choice weight falling with its size
+(``SIZE_EDGES``), and the walks ended flows where the captures did not: messaging's WhatsApp
+connections have 8 packets in 49% of its windows' flows and 12% of its walks' (docs/results.md,
+stop 40). Files saved before plans (``plans`` absent from the metadata) draw as they did.
+
 Saved as ``layouts.safetensors`` with ``order: flows`` and ``states: turns`` in its metadata;
 ``load_structure`` reads either kind, and files saved before ``states`` (stops 32-33, states by
 ``layouts.flow_state``) draw as they did.
@@ -58,6 +66,15 @@ LAYOUT_PSEUDO = 0.5         # pseudo-rows towards the class's layouts of the kin
 CALIBRATION_DAMPING = 0.4
 CALIBRATION_ROUNDS = 16
 _LAST_BUCKET = len(LATE_EDGES)          # long overdue: the bucket calibration counts apart
+PLANS = "totals"
+# A flow's planned packets by bucket: every size up to 64 apart, then about sqrt(2) apart (a size
+# drawn in a bucket is uniform within it); the last bucket never ends.
+PLAN_SIZES = np.array(list(range(1, 65)) + [91, 128, 181, 256, 362, 512, 724, 1024, 1448, 2048, 2896, 4096])
+ENDLESS = 1 << 30
+# Packets a flow has still to come after the one being drawn, for which way that one runs: none (its
+# last), 1, 2, 3-6, more. Kinds of flow that open alike go on unlike: BitTorrent's tries are sent
+# three times one way, its exchanges are a query and an answer, its connections go back and forth.
+TO_COME_EDGES = (1, 2, 3, 7)
 
 
 class FlowChain:
@@ -70,12 +87,18 @@ class FlowChain:
     without ports; ``flips`` (C, K, states, 2) counts of keeping / turning a flow's direction by
     its last layout and state; ``going`` (C, SNAPSHOTS, MAX_LINK, 2) the (state, last layout) of
     the flows going on where a training window starts, most recent first (-1 past the last), and
-    ``going_prev`` (C, SNAPSHOTS) the layout of the row before (-1: no such start)."""
+    ``going_prev`` (C, SNAPSHOTS) the layout of the row before (-1: no such start); ``plans`` (C, K,
+    len(PLAN_SIZES)) counts of the packets a flow had in all by the layout it opened with, and
+    ``going_left`` (C, SNAPSHOTS, MAX_LINK) the packets each flow going on had still to come
+    (``ENDLESS``: it went on to the capture's end), ``last_flips`` (C, K, states, len(TO_COME_EDGES)
+    + 1, 2) ``flips`` by how many packets the flow had still to come after the one drawn (all three
+    None: a file saved before plans, whose flows end only by their weights)."""
 
     order = ORDER
 
     def __init__(self, vocab, classes, weights, portless, opening, next_layout, portless_layout, flips,
-                 going, going_prev, layout_name: str = "netdiffusion", turns: bool = True):
+                 going, going_prev, layout_name: str = "netdiffusion", turns: bool = True,
+                 plans=None, going_left=None, last_flips=None):
         self.vocab = np.asarray(vocab, dtype=bool)
         self.classes = list(classes)
         # float32 as saved, so that a loaded chain draws what the fitted one did
@@ -88,6 +111,11 @@ class FlowChain:
         self.going = np.asarray(going, dtype=np.int16)
         self.going_prev = np.asarray(going_prev, dtype=np.int16)
         self.layout_name = layout_name
+        if len({x is None for x in (plans, going_left, last_flips)}) > 1:
+            raise ValueError("plans, going_left and last_flips come together")
+        self.last_flips = None if last_flips is None else np.asarray(last_flips, dtype=np.float64)
+        self.plans = None if plans is None else np.asarray(plans, dtype=np.float64)
+        self.going_left = None if going_left is None else np.asarray(going_left, dtype=np.int32)
         # states by ``chain_state``; False: a file saved before them, by ``layouts.flow_state``
         self.turns = turns
         self.n_base = CHAIN_BASE if turns else N_BASE
@@ -132,23 +160,31 @@ class FlowChain:
             # what calibration matches: rows after the first window when the capture has more (a
             # generated image starts among the flows going on, not at a capture's start)
             skip = len(images[lo]) if hi - lo > 1 else 0
-            choices[c].append(_capture_choices(rows, ids, transport, ports, len(images[lo]), skip, c,
+            # a capture that ends on rows without a packet shows its end; one that fills its last
+            # window may go on past it
+            shown = not vocab[ids[-1]].any()
+            choices[c].append(_capture_choices(rows, ids, transport, ports, len(images[lo]), skip, shown, c,
                                                counts, targets[c], snaps[c]))
         weights = np.zeros((n_c, n_k, MAX_LINK + 1, CHAIN_STATES))
         portless = np.zeros((n_c, n_k + 1))
         for c in range(n_c):
             portless[c], weights[c] = fit_flow_choices(*_join(choices[c]), n_k)
         going = np.full((n_c, SNAPSHOTS, MAX_LINK, 2), -1, dtype=np.int16)
+        going_left = np.full((n_c, SNAPSHOTS, MAX_LINK), -1, dtype=np.int32)
         going_prev = np.full((n_c, SNAPSHOTS), -1, dtype=np.int16)
+        plans = np.stack([with_cut(counts.whole[c], counts.cut[c]) for c in range(n_c)]) if n_c else counts.whole
         for c, at in enumerate(snaps):
             # evenly over the class's window starts, the same ones every time
             for j, k in enumerate(np.linspace(0, len(at) - 1, min(len(at), SNAPSHOTS)).round().astype(int)):
                 prev, flows = at[k]
                 going_prev[c, j] = prev
                 if flows:
-                    going[c, j, :len(flows)] = flows
+                    going[c, j, :len(flows)] = [f[:2] for f in flows]
+                    going_left[c, j, :len(flows)] = [going_size(counts.whole[c, k], so_far, seen, cut) - so_far
+                                                     for k, so_far, seen, cut in (f[2] for f in flows)]
         chain = cls(vocab, classes, weights, portless, counts.opening, counts.next_layout,
-                    counts.portless_layout, counts.flips, going, going_prev, layout.name)
+                    counts.portless_layout, counts.flips, going, going_prev, layout.name,
+                    plans=plans, going_left=going_left, last_flips=counts.last_flips)
         if calibrate:
             chain.calibrate({classes[c]: tuple(t[1:] / t[0]) for c, t in enumerate(targets) if t[0]})
         return chain
@@ -196,8 +232,13 @@ class FlowChain:
         blank = ~self.vocab.any(1)      # "no packet": a capture's end
         started = False
         # per flow, most recent first: [flow index, packets, last reversed, state without
-        # lateness, first row, last row, last layout, turned]
+        # lateness, first row, last row, last layout, turned, packets planned]
         recent: list[list] = []
+        planned = self.plans is not None
+        if planned:
+            plans = self.plans[c]
+            any_plan = plans.sum(0)     # a layout no flow opened with in training: the class's sizes
+            last_flip = self.last_flips[c] + 1e-9
         flows: list[list[tuple[int, bool]]] = []
         # the image starts mid-capture, among the flows going on where one of the class's training
         # windows starts
@@ -207,16 +248,20 @@ class FlowChain:
         if len(have):
             j = have[min(int(pick_start * len(have)), len(have) - 1)]
             prev = int(self.going_prev[c, j])
-            for state, last_layout in self.going[c, j][self.going[c, j, :, 0] >= 0]:
+            on = self.going[c, j, :, 0] >= 0
+            left = self.going_left[c, j][on] if planned else np.full(int(on.sum()), ENDLESS)
+            for (state, last_layout), more in zip(self.going[c, j][on], left):
                 base, late = int(state) % self.n_base, int(state) // self.n_base
                 n, rev, turned = self._unstate(base)
                 last = -LATE_ROWS[late]     # a pace of 1 row per packet, as late as the state says
                 flows.append([])
-                recent.append([len(flows) - 1, n, rev, base, last - (n - 1), last, int(last_layout), turned])
+                recent.append([len(flows) - 1, n, rev, base, last - (n - 1), last, int(last_layout), turned,
+                               n + int(more)])
         ids = np.empty(rows, dtype=np.intp)
         taken = np.full(rows, -1, dtype=np.int64)
         overdue = np.zeros(rows, dtype=bool)
-        u = torch.rand((rows, 3), generator=generator, dtype=torch.float64).numpy()
+        # a file saved before plans draws three uniforms a row, as it did
+        u = torch.rand((rows, 4 if planned else 3), generator=generator, dtype=torch.float64).numpy()
         reach = weight.shape[1] - 1
         late_0, late_1 = LATE_EDGES
         n_base, opened = self.n_base, self._state(1, False, False)
@@ -226,6 +271,8 @@ class FlowChain:
             st = np.array([f[3] + n_base * ((i - f[5] > late_0) + (i - f[5] > late_1)) for f in cand], dtype=np.intp)
             last_of = np.array([f[6] for f in cand], dtype=np.intp)
             w = np.concatenate([[new_weight, portless[prev]], weight[last_of, np.arange(1, len(cand) + 1), st]])
+            if planned:
+                w[2:] *= np.array([f[1] < f[8] for f in cand], dtype=bool)     # not those that have all theirs
             pick = draw_index(w, u[i, 0])
             if pick == 1:
                 k = draw_index(portless_layout[prev], u[i, 2])
@@ -244,7 +291,11 @@ class FlowChain:
                 taken[i] = 0
                 k = draw_index(opening[prev], u[i, 2])
                 flows.append([(i, False)])
-                recent.insert(0, [len(flows) - 1, 1, False, opened, i, i, k, False])
+                size = ENDLESS
+                if planned:
+                    size = plan_packets(plans[k] if plans[k].sum() > 0 else any_plan, u[i, 3]) \
+                        if any_plan.sum() > 0 else ENDLESS
+                recent.insert(0, [len(flows) - 1, 1, False, opened, i, i, k, False, size])
                 if len(recent) > reach:
                     recent.pop()        # past the reach a flow only falls further back
             elif pick >= 2:
@@ -252,7 +303,8 @@ class FlowChain:
                 taken[i] = j + 1
                 f = recent.pop(j)
                 overdue[i] = st[j] // n_base == _LAST_BUCKET
-                turned = draw_index(flip[f[6], st[j]], u[i, 1])
+                turned = draw_index(last_flip[f[6], st[j], to_come_bucket(f[8] - f[1] - 1)] if planned
+                                    else flip[f[6], st[j]], u[i, 1])
                 rev = bool(f[2] ^ turned)
                 nxt = self.next_layout[c, f[6], turned]
                 # a layout never followed this way: the flow keeps its own
@@ -312,6 +364,8 @@ class FlowChain:
                 "order": ORDER}
         if self.turns:
             meta["states"] = STATES
+        if self.plans is not None:
+            meta["plans"] = PLANS
         meta = json.dumps(meta, sort_keys=True)
         tensors = {"vocab": np.packbits(self.vocab, axis=1), "weights": self.weights.astype(np.float32),
                    "portless": self.portless.astype(np.float32), "opening": self.opening.astype(np.float32),
@@ -319,6 +373,9 @@ class FlowChain:
                    "portless_layout": self.portless_layout.astype(np.float32),
                    "flips": self.flips.astype(np.float32), "going": self.going.astype(np.int16),
                    "going_prev": self.going_prev.astype(np.int16)}
+        if self.plans is not None:
+            tensors.update(plans=self.plans.astype(np.float32), going_left=self.going_left.astype(np.int32),
+                           last_flips=self.last_flips.astype(np.float32))
         with atomic_path(Path(folder) / LAYOUTS_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"netdiff": meta})
 
@@ -328,13 +385,17 @@ class FlowChain:
         vocab = np.unpackbits(f.get_tensor("vocab"), axis=1)[:, :meta["width"]].astype(bool)
         names = ("weights", "portless", "opening", "next_layout", "portless_layout", "flips", "going", "going_prev")
         turns = meta.get("states") == STATES
-        if meta.get("states") not in (None, STATES):
-            from netdiff.errors import NetdiffError
+        for key, known in (("states", STATES), ("plans", PLANS)):
+            if meta.get(key) not in (None, known):
+                from netdiff.errors import NetdiffError
 
-            raise NetdiffError(f"{path}: flow states {meta['states']!r} are not ones this netdiff reads "
-                               f"({STATES!r}); saved by a newer netdiff? update netdiff")
+                raise NetdiffError(f"{path}: flow {key} {meta[key]!r} are not ones this netdiff reads "
+                                   f"({known!r}); saved by a newer netdiff? update netdiff")
+        planned = meta.get("plans") == PLANS
         chain = cls(vocab, meta["classes"], *(f.get_tensor(n) for n in names), meta.get("layout", "netdiffusion"),
-                    turns=turns)
+                    turns=turns, plans=f.get_tensor("plans") if planned else None,
+                    going_left=f.get_tensor("going_left") if planned else None,
+                    last_flips=f.get_tensor("last_flips") if planned else None)
         n_c, n_k = len(chain.classes), len(vocab)
         n_states = CHAIN_STATES if turns else N_STATES
         snaps = chain.going.shape[1] if chain.going.ndim == 4 else -1
@@ -345,9 +406,16 @@ class FlowChain:
                   "flips": (chain.flips, (n_c, n_k, n_states, 2)),
                   "going": (chain.going, (n_c, snaps, chain.going.shape[2] if snaps >= 0 else -1, 2)),
                   "going_prev": (chain.going_prev, (n_c, snaps))}
+        if planned:
+            expect.update(plans=(chain.plans, (n_c, n_k, len(PLAN_SIZES))),
+                          going_left=(chain.going_left, chain.going.shape[:3]),
+                          last_flips=(chain.last_flips, (n_c, n_k, n_states, len(TO_COME_EDGES) + 1, 2)))
         for name, (arr, shape) in expect.items():
             if arr.shape != shape:
                 raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
+        if planned and not (np.isfinite(chain.plans).all() and (chain.plans >= 0).all()
+                            and np.isfinite(chain.last_flips).all() and (chain.last_flips >= 0).all()):
+            raise ValueError("plans or last_flips hold counts that are negative or not finite")
         # layout ids past the vocabulary would fail only when an image is sampled, deep in a loop
         if chain.going.size and (chain.going[..., 1].max() >= n_k or chain.going_prev.max() >= n_k):
             raise ValueError("going names a layout the file does not have")
@@ -385,19 +453,45 @@ class _Counts:
         self.next_layout = np.zeros((n_c, n_k, 2, n_k))
         self.portless_layout = np.zeros((n_c, n_k + 1, n_k))
         self.flips = np.zeros((n_c, n_k, CHAIN_STATES, 2))
+        self.last_flips = np.zeros((n_c, n_k, CHAIN_STATES, len(TO_COME_EDGES) + 1, 2))
+        self.whole = np.zeros((n_c, n_k, len(PLAN_SIZES)))     # sizes of the flows not cut
+        self.cut: list[list] = [[] for _ in range(n_c)]         # (first layout, packets seen) of those cut
 
 
 def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: dict, window: int, skip: int,
-                     c: int, counts: _Counts, targets: np.ndarray, snaps: list) -> tuple:
+                     shown: bool, c: int, counts: _Counts, targets: np.ndarray, snaps: list) -> tuple:
     """One capture's rows (its windows joined) as choices: (previous layouts, option codes (rows,
     MAX_LINK + 2; -1 none), index of the option taken). Option 0 is a new flow, 1 a row without
     ports, 2 + j the (j + 1)-th most recent flow, coded 2 + (its last layout * (MAX_LINK + 1) +
-    j + 1) * CHAIN_STATES + its state. Adds the capture's layout counts to ``counts``, its calibration
-    counts after ``skip`` rows to ``targets`` and a snapshot of the flows going on before every
-    ``window``-th row to ``snaps``."""
+    j + 1) * CHAIN_STATES + its state; a flow that has had all its packets is no option (it keeps
+    its place in the recency order). Adds the capture's counts to ``counts`` (layouts, flows' sizes
+    by their first layout, turns by the packets still to come in the flow), its calibration counts
+    after ``skip`` rows to ``targets`` and a snapshot of the flows going on before every
+    ``window``-th row (state, last layout, (first layout, packets so far, packets seen, whether
+    cut)) to ``snaps``."""
     n_k = counts.flips.shape[1]
-    recent: list[list] = []     # [port key, first source port, packets, last reversed, first row, last row,
-    #                             last layout, turned]
+    flow_of = _flow_instances(rows, ids, transport, ports)
+    total = np.bincount(flow_of[flow_of >= 0], minlength=1)
+    # Where a capture does not show its end (``shown``: its last row has no packet), a flow going
+    # on there (its last packet fewer rows before the end than its longest pause, or than
+    # LATE_EDGES[0], the rows a flow is on time within) was cut, not ended: its size counts as the
+    # class's whole flows like it (``with_cut``, ``going_size``). Where the capture shows its end,
+    # its flows end as seen, and the images end there as the capture did: with every flow going on
+    # at a capture's end taken as cut, the flows of short captures (messaging's windows of 227-701
+    # packets) kept the walks going past where the captures end (walks' flow-size JSD 0.027 ->
+    # 0.069, docs/results.md stop 40).
+    at = np.flatnonzero(flow_of >= 0)
+    last_row = np.zeros(len(total), dtype=np.int64)
+    np.maximum.at(last_row, flow_of[at], at)
+    pause = np.zeros(len(total), dtype=np.int64)
+    order = np.lexsort((at, flow_of[at]))           # by flow, then row
+    by_flow, rows_of = flow_of[at][order], at[order]
+    same = by_flow[1:] == by_flow[:-1]
+    np.maximum.at(pause, by_flow[1:][same], np.diff(rows_of)[same])
+    cut = (len(rows) - 1 - last_row <= np.maximum(pause, LATE_EDGES[0])) & (not shown)
+    recent: list[list] = []     # [flow, first source port, packets, last reversed, first row, last row,
+    #                             last layout, turned, first layout]
+    opened = np.zeros(len(total), dtype=bool)
     prevs = np.empty(len(rows), dtype=np.intp)
     opts = np.full((len(rows), MAX_LINK + 2), -1, dtype=np.int64)
     won = np.empty(len(rows), dtype=np.int64)
@@ -405,35 +499,43 @@ def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: 
         prev = int(ids[i - 1]) if i else n_k
         prevs[i] = prev
         if i and i % window == 0:
-            snaps.append((prev, [(_state(f, i), f[6]) for f in recent[:MAX_LINK]]))
+            snaps.append((prev, [(_state(f, i), f[6], (f[8], f[2], int(total[f[0]]), bool(cut[f[0]])))
+                                 for f in recent[:MAX_LINK]]))
         cand = recent[:MAX_LINK]
         states = [_state(f, i) for f in cand]
         opts[i, 0] = 0
         opts[i, 1] = 1
         for j, (f, s) in enumerate(zip(cand, states)):
-            opts[i, 2 + j] = 2 + (f[6] * (MAX_LINK + 1) + j + 1) * CHAIN_STATES + s
+            if f[2] < total[f[0]]:
+                opts[i, 2 + j] = 2 + (f[6] * (MAX_LINK + 1) + j + 1) * CHAIN_STATES + s
         k = int(ids[i])
         t = transport[k]
         if t is None:
             won[i] = 1
             counts.portless_layout[c, prev, k] += 1
             continue
-        s, d = bits_value(row[ports[t][0]]), bits_value(row[ports[t][1]])
-        key = (t, min(s, d), max(s, d))
-        found = next((j for j, f in enumerate(recent) if f[0] == key), None)
-        if found is None or found >= MAX_LINK:
-            if found is not None:
-                recent.pop(found)
-            recent.insert(0, [key, s, 1, False, i, i, k, False])
+        s = bits_value(row[ports[t][0]])
+        if not opened[flow_of[i]]:
+            opened[flow_of[i]] = True
+            recent.insert(0, [int(flow_of[i]), s, 1, False, i, i, k, False, k])
+            del recent[MAX_LINK + 1:]       # past the reach a flow only falls further back
             won[i] = 0
             counts.opening[c, prev, k] += 1
+            if cut[flow_of[i]]:
+                counts.cut[c].append((k, int(total[flow_of[i]])))
+            else:
+                counts.whole[c, k, plan_bucket(int(total[flow_of[i]]))] += 1
             if i >= skip:
                 targets += (1, 1, 0, 0, 0)
             continue
+        # a flow is among the MAX_LINK most recent, or its next packet opens a new one
+        found = next(j for j, f in enumerate(recent) if f[0] == flow_of[i])
         f = recent.pop(found)
         rev = s != f[1]
         turned = int(rev != f[3])
         counts.flips[c, f[6], states[found], turned] += 1
+        to_come = ENDLESS if cut[f[0]] else int(total[f[0]] - f[2] - 1)
+        counts.last_flips[c, f[6], states[found], to_come_bucket(to_come), turned] += 1
         counts.next_layout[c, f[6], turned, k] += 1
         won[i] = 2 + found
         if i >= skip:
@@ -445,6 +547,85 @@ def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: 
         f[6] = k
         recent.insert(0, f)
     return prevs, opts, won
+
+
+def _flow_instances(rows: np.ndarray, ids: np.ndarray, transport: list, ports: dict) -> np.ndarray:
+    """(rows,) the flow each row with ports goes on with, numbered in the order they open (-1: a row
+    without ports). A flow is a transport and port pair; one fallen back past the ``MAX_LINK``-th
+    most recent is over, and its pair opens a new flow (what the walks can go back to)."""
+    flow_of = np.full(len(rows), -1, dtype=np.int64)
+    recent: list[tuple] = []        # (key, flow), most recent first
+    n = 0
+    for i, row in enumerate(rows):
+        t = transport[int(ids[i])]
+        if t is None:
+            continue
+        s, d = bits_value(row[ports[t][0]]), bits_value(row[ports[t][1]])
+        key = (t, min(s, d), max(s, d))
+        found = next((j for j, f in enumerate(recent) if f[0] == key), None)
+        if found is None:
+            recent.insert(0, (key, n))
+            del recent[MAX_LINK:]
+            n += 1
+        else:
+            recent.insert(0, recent.pop(found))
+        flow_of[i] = recent[0][1]
+    return flow_of
+
+
+def with_cut(whole: np.ndarray, cut: list[tuple[int, int]]) -> np.ndarray:
+    """A class's ``plans``: the sizes of its whole flows (``whole``, (K, len(PLAN_SIZES)) counts by
+    first layout), each flow the capture's end cut (``cut``: first layout, packets seen) shared out
+    over the whole flows like it with at least its packets (Kaplan and Meier's redistribution to
+    the right, J. Am. Stat. Assoc. 53, 1958), or counted in the last, endless bucket where there
+    are none."""
+    plans = whole.copy()
+    for k, seen in cut:
+        longer = whole[k].copy()
+        longer[:plan_bucket(seen)] = 0
+        if longer.sum() > 0:
+            plans[k] += longer / longer.sum()
+        else:
+            plans[k, -1] += 1
+    return plans
+
+
+def going_size(whole: np.ndarray, so_far: int, seen: int, cut: bool) -> int:
+    """The size planned for a flow going on where an image starts: what it had in the capture, or
+    for one the capture's end cut, the median size of the class's whole flows with its first
+    layout and at least its packets (``whole``: their ``PLAN_SIZES`` counts; a bucket's least
+    size), ``ENDLESS`` where there is none."""
+    if not cut:
+        return seen
+    longer = whole.copy()
+    longer[:plan_bucket(seen)] = 0
+    if longer.sum() == 0:
+        return ENDLESS
+    b = int(np.searchsorted(np.cumsum(longer), longer.sum() / 2))
+    return max(int(PLAN_SIZES[b]), seen, so_far + 1)
+
+
+def to_come_bucket(packets: int) -> int:
+    """The ``TO_COME_EDGES`` bucket of a flow with ``packets`` packets still to come."""
+    return sum(packets >= e for e in TO_COME_EDGES)
+
+
+def plan_bucket(packets: int) -> int:
+    """The ``PLAN_SIZES`` bucket of a flow of ``packets`` packets."""
+    return int(np.searchsorted(PLAN_SIZES, packets, side="right")) - 1
+
+
+def plan_packets(counts: np.ndarray, u: float) -> int:
+    """A flow's packets drawn by one uniform ``u`` from bucket ``counts`` (len(PLAN_SIZES)): the
+    bucket, then (with what is left of ``u``) a size within it; ``ENDLESS`` from the last."""
+    cdf = np.cumsum(counts)
+    at = u * cdf[-1]
+    b = min(int(np.searchsorted(cdf, at, side="right")), len(counts) - 1)
+    if b == len(PLAN_SIZES) - 1:
+        return ENDLESS
+    lo, hi = int(PLAN_SIZES[b]), int(PLAN_SIZES[b + 1])
+    within = (at - (cdf[b] - counts[b])) / counts[b] if counts[b] > 0 else 0.0
+    return lo + min(int(within * (hi - lo)), hi - lo - 1)
 
 
 def chain_state(packets: int, last_reversed: bool, turned: bool, late: int = 0) -> int:

@@ -40,7 +40,8 @@ def test_a_saved_chain_draws_what_the_fitted_one_does(tmp_path):
     chain.save(tmp_path)
     again = load_structure(tmp_path)
     assert isinstance(again, FlowChain)
-    for name in ("weights", "portless", "opening", "next_layout", "flips", "going", "going_prev"):
+    for name in ("weights", "portless", "opening", "next_layout", "flips", "going", "going_prev", "plans",
+                 "going_left", "last_flips"):
         assert np.array_equal(getattr(chain, name), getattr(again, name)), name
     a, b = _walk(chain, "dns", 64, 5), _walk(again, "dns", 64, 5)
     assert np.array_equal(a[0], b[0]) and a[1] == b[1]
@@ -83,6 +84,10 @@ def test_a_chain_saved_before_states_draws_as_it_did(tmp_path):
     save_file(load_file(str(path)), str(path), metadata={"netdiff": json.dumps(meta)})
     with pytest.raises(NetdiffError, match="flow states 'later' are not ones this netdiff reads"):
         load_structure(tmp_path)
+    meta["states"], meta["plans"] = "turns", "later"
+    save_file(load_file(str(path)), str(path), metadata={"netdiff": json.dumps(meta)})
+    with pytest.raises(NetdiffError, match="flow plans 'later' are not ones this netdiff reads"):
+        load_structure(tmp_path)
 
 
 def test_a_file_saved_by_stop_33_draws_what_it_drew_then():
@@ -100,6 +105,63 @@ def test_a_file_saved_by_stop_33_draws_what_it_drew_then():
         ids, flows = _walk(chain, "p2p", 256, int(seed))
         assert ids.tolist() == want["ids"]
         assert [[[r, bool(v)] for r, v in f] for f in flows] == want["flows"]
+
+
+def test_a_file_saved_before_plans_draws_what_it_drew_then():
+    """tests/model/data/flow_chain_stop39: the same rows as stop 33's file, fitted and saved by stop
+    39's netdiff (commit 70fa698: states of three ways, no flow sizes planned), with what that
+    version drew: 256 rows for three seeds."""
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "data" / "flow_chain_stop39"
+    chain = load_structure(folder)
+    assert isinstance(chain, FlowChain) and chain.turns and chain.plans is None
+    for seed, want in json.loads((folder / "walks.json").read_text()).items():
+        ids, flows = _walk(chain, "p2p", 256, int(seed))
+        assert ids.tolist() == want["ids"]
+        assert [[[r, bool(v)] for r, v in f] for f in flows] == want["flows"]
+
+
+def _eight_segment_connections(rng: random.Random, n: int, size: int = 8, at_once: int = 3) -> list[bytes]:
+    """One-way TCP connections of ``size`` segments each from a client port to 5222 (messaging's
+    WhatsApp connections, captured on the client's side), ``at_once`` going on together, the next
+    segment from any of them at random; a connection that has sent its last gives way to a new one."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    ports = iter(rng.sample(range(1024, 65535), n))       # no two connections alike
+    going = [[next(ports), 0] for _ in range(at_once)]
+    out = []
+    while len(out) < n:
+        f = rng.choice(going)
+        out.append(bytes(Ether() / IP(src="10.0.0.3", dst="10.0.0.9") / TCP(sport=f[0], dport=5222, flags="PA")
+                         / b"d"))
+        f[1] += 1
+        if f[1] == size:
+            f[:] = [next(ports), 0]
+    return out
+
+
+def test_flows_have_as_many_packets_as_the_class_s_flows():
+    """Every connection of the captures has 8 segments, and nothing in a segment says which one is
+    the last. Each new flow draws its size from the class's (by its opening layout) and stops being
+    a choice once it has them. Without that (stop 39's chain), a flow's end was only its weight,
+    which the flow's packets so far set in buckets (4-7, 8 or more): 10 of the 123 connections
+    below went on to 9-11 segments; with the sizes drawn but not kept to, 78 of 117 had other
+    sizes than 8."""
+    bits = encode(PacketBatch.from_packets(_eight_segment_connections(random.Random(6), 1024)), NETDIFFUSION)[0]
+    chain = FlowChain.fit(_windows(bits), ["messaging"] * 32, streams=[0] * 32)
+    # the captures' connections by size (the last ones cut short where the capture ends)
+    sizes = chain.plans[0].sum(0)
+    assert sizes[7] >= 0.95 * sizes.sum(), sizes[:12]
+    sizes = []
+    for seed in range(6):
+        _, flows = _walk(chain, "messaging", 256, seed)
+        # flows that open after the ones going on at the image's start and end before its last rows
+        sizes += [len(f) for f in flows if f[0][0] >= 32 and f[-1][0] < 224]
+    assert len(sizes) >= 60 and sizes.count(8) / len(sizes) >= 0.95, sorted(sizes)
+    assert max(sizes) == 8, sorted(sizes)
 
 
 def test_a_folder_saved_before_reads_as_a_layout_chain(tmp_path):
@@ -125,6 +187,18 @@ def test_a_damaged_flow_chain_file_is_a_one_line_error(tmp_path):
         load_structure(tmp_path)
     tensors = load_file(str(path))
     del tensors["going"]
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(NetdiffError, match="damaged layout file"):
+        load_structure(tmp_path)
+    FlowChain.fit(_images(), ["dns"] * 6).save(tmp_path)
+    for name, damage in (("plans", -1.0), ("last_flips", float("nan"))):
+        tensors = load_file(str(path))
+        tensors[name] = np.full_like(tensors[name], damage)
+        save_file(tensors, str(path), metadata=meta)
+        with pytest.raises(NetdiffError, match="damaged layout file.*negative or not finite"):
+            load_structure(tmp_path)
+    tensors = load_file(str(path))
+    del tensors["going_left"]
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(NetdiffError, match="damaged layout file"):
         load_structure(tmp_path)
