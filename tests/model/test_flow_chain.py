@@ -180,28 +180,17 @@ def test_a_damaged_flow_chain_file_is_a_one_line_error(tmp_path):
     path = tmp_path / "layouts.safetensors"
     with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata()
-    tensors = load_file(str(path))
-    tensors["opening"] = tensors["opening"][:, :-1].copy()
-    save_file(tensors, str(path), metadata=meta)
-    with pytest.raises(NetdiffError, match="damaged layout file.*opening has shape"):
-        load_structure(tmp_path)
-    tensors = load_file(str(path))
-    del tensors["going"]
-    save_file(tensors, str(path), metadata=meta)
-    with pytest.raises(NetdiffError, match="damaged layout file"):
-        load_structure(tmp_path)
-    FlowChain.fit(_images(), ["dns"] * 6).save(tmp_path)
-    for name, damage in (("plans", -1.0), ("last_flips", float("nan"))):
-        tensors = load_file(str(path))
-        tensors[name] = np.full_like(tensors[name], damage)
+    original = load_file(str(path))
+    damages = [(lambda t: t.update(opening=t["opening"][:, :-1].copy()), "opening has shape"),
+               (lambda t: t.pop("going"), ""), (lambda t: t.pop("going_left"), ""),
+               (lambda t: t.update(plans=np.full_like(t["plans"], -1.0)), "negative or not finite"),
+               (lambda t: t.update(last_flips=np.full_like(t["last_flips"], np.nan)), "negative or not finite")]
+    for damage, why in damages:
+        tensors = dict(original)
+        damage(tensors)
         save_file(tensors, str(path), metadata=meta)
-        with pytest.raises(NetdiffError, match="damaged layout file.*negative or not finite"):
+        with pytest.raises(NetdiffError, match=f"damaged layout file.*{why}"):
             load_structure(tmp_path)
-    tensors = load_file(str(path))
-    del tensors["going_left"]
-    save_file(tensors, str(path), metadata=meta)
-    with pytest.raises(NetdiffError, match="damaged layout file"):
-        load_structure(tmp_path)
     path.write_bytes(b"\x10\x00\x00\x00garbage")
     with pytest.raises(NetdiffError, match="damaged layout file"):
         load_structure(tmp_path)
