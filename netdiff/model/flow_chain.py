@@ -75,6 +75,12 @@ ENDLESS = 1 << 30
 # last), 1, 2, 3-6, more. Kinds of flow that open alike go on unlike: BitTorrent's tries are sent
 # three times one way, its exchanges are a query and an answer, its connections go back and forth.
 TO_COME_EDGES = (1, 2, 3, 7)
+# A flow of at most SCRIPT_MAX packets also draws its script: for each packet after its first,
+# whether it turns and how late it comes (``lateness``'s bucket), from the class's whole flows that
+# opened with its layout and had its size. Sizes alone left BitTorrent's two-datagram flows to the
+# weights: a retry 3 s on and an answer within 0.2 s both end a flow of two, and the walks
+# answered 53% of them where its windows answer 10% (docs/results.md, stop 40).
+SCRIPT_MAX = 16
 
 
 class FlowChain:
@@ -98,7 +104,7 @@ class FlowChain:
 
     def __init__(self, vocab, classes, weights, portless, opening, next_layout, portless_layout, flips,
                  going, going_prev, layout_name: str = "netdiffusion", turns: bool = True,
-                 plans=None, going_left=None, last_flips=None):
+                 plans=None, going_left=None, last_flips=None, scripts=None):
         self.vocab = np.asarray(vocab, dtype=bool)
         self.classes = list(classes)
         # float32 as saved, so that a loaded chain draws what the fitted one did
@@ -111,8 +117,12 @@ class FlowChain:
         self.going = np.asarray(going, dtype=np.int16)
         self.going_prev = np.asarray(going_prev, dtype=np.int16)
         self.layout_name = layout_name
-        if len({x is None for x in (plans, going_left, last_flips)}) > 1:
-            raise ValueError("plans, going_left and last_flips come together")
+        if len({x is None for x in (plans, going_left, last_flips, scripts)}) > 1:
+            raise ValueError("plans, going_left, last_flips and scripts come together")
+        # (codes, first layouts, counts): ``script_table``'s
+        self.scripts = None if scripts is None else (np.asarray(scripts[0], dtype=np.int8),
+                                                     np.asarray(scripts[1], dtype=np.int16),
+                                                     np.asarray(scripts[2], dtype=np.float32).astype(np.float64))
         self.last_flips = None if last_flips is None else np.asarray(last_flips, dtype=np.float64)
         self.plans = None if plans is None else np.asarray(plans, dtype=np.float64)
         self.going_left = None if going_left is None else np.asarray(going_left, dtype=np.int32)
@@ -184,7 +194,8 @@ class FlowChain:
                                                      for k, so_far, seen, cut in (f[2] for f in flows)]
         chain = cls(vocab, classes, weights, portless, counts.opening, counts.next_layout,
                     counts.portless_layout, counts.flips, going, going_prev, layout.name,
-                    plans=plans, going_left=going_left, last_flips=counts.last_flips)
+                    plans=plans, going_left=going_left, last_flips=counts.last_flips,
+                    scripts=script_table(counts.scripts, n_c))
         if calibrate:
             chain.calibrate({classes[c]: tuple(t[1:] / t[0]) for c, t in enumerate(targets) if t[0]})
         return chain
@@ -232,13 +243,15 @@ class FlowChain:
         blank = ~self.vocab.any(1)      # "no packet": a capture's end
         started = False
         # per flow, most recent first: [flow index, packets, last reversed, state without
-        # lateness, first row, last row, last layout, turned, packets planned]
+        # lateness, first row, last row, last layout, turned, packets planned, script or None]
         recent: list[list] = []
         planned = self.plans is not None
         if planned:
             plans = self.plans[c]
             any_plan = plans.sum(0)     # a layout no flow opened with in training: the class's sizes
             last_flip = self.last_flips[c] + 1e-9
+            codes, script_first, script_count = (a[c] for a in self.scripts)
+            script_len = (codes >= 0).sum(1) + 1
         flows: list[list[tuple[int, bool]]] = []
         # the image starts mid-capture, among the flows going on where one of the class's training
         # windows starts
@@ -256,12 +269,12 @@ class FlowChain:
                 last = -LATE_ROWS[late]     # a pace of 1 row per packet, as late as the state says
                 flows.append([])
                 recent.append([len(flows) - 1, n, rev, base, last - (n - 1), last, int(last_layout), turned,
-                               n + int(more)])
+                               n + int(more), None])
         ids = np.empty(rows, dtype=np.intp)
         taken = np.full(rows, -1, dtype=np.int64)
         overdue = np.zeros(rows, dtype=bool)
         # a file saved before plans draws three uniforms a row, as it did
-        u = torch.rand((rows, 4 if planned else 3), generator=generator, dtype=torch.float64).numpy()
+        u = torch.rand((rows, 5 if planned else 3), generator=generator, dtype=torch.float64).numpy()
         reach = weight.shape[1] - 1
         late_0, late_1 = LATE_EDGES
         n_base, opened = self.n_base, self._state(1, False, False)
@@ -272,7 +285,10 @@ class FlowChain:
             last_of = np.array([f[6] for f in cand], dtype=np.intp)
             w = np.concatenate([[new_weight, portless[prev]], weight[last_of, np.arange(1, len(cand) + 1), st]])
             if planned:
-                w[2:] *= np.array([f[1] < f[8] for f in cand], dtype=bool)     # not those that have all theirs
+                # not those that have all theirs, nor a scripted packet before it is as late as scripted
+                late_now = st // n_base
+                w[2:] *= np.array([f[1] < f[8] and (f[9] is None or late_now[j] >= f[9][f[1] - 1] % 3)
+                                   for j, f in enumerate(cand)], dtype=bool)
             pick = draw_index(w, u[i, 0])
             if pick == 1:
                 k = draw_index(portless_layout[prev], u[i, 2])
@@ -291,11 +307,14 @@ class FlowChain:
                 taken[i] = 0
                 k = draw_index(opening[prev], u[i, 2])
                 flows.append([(i, False)])
-                size = ENDLESS
+                size, script = ENDLESS, None
                 if planned:
                     size = plan_packets(plans[k] if plans[k].sum() > 0 else any_plan, u[i, 3]) \
                         if any_plan.sum() > 0 else ENDLESS
-                recent.insert(0, [len(flows) - 1, 1, False, opened, i, i, k, False, size])
+                    like = np.where((script_first == k) & (script_len == size), script_count, 0.0)
+                    if size <= SCRIPT_MAX and like.sum() > 0:
+                        script = codes[draw_index(like, u[i, 4])]
+                recent.insert(0, [len(flows) - 1, 1, False, opened, i, i, k, False, size, script])
                 if len(recent) > reach:
                     recent.pop()        # past the reach a flow only falls further back
             elif pick >= 2:
@@ -303,8 +322,11 @@ class FlowChain:
                 taken[i] = j + 1
                 f = recent.pop(j)
                 overdue[i] = st[j] // n_base == _LAST_BUCKET
-                turned = draw_index(last_flip[f[6], st[j], to_come_bucket(f[8] - f[1] - 1)] if planned
-                                    else flip[f[6], st[j]], u[i, 1])
+                if f[9] is not None:
+                    turned = int(f[9][f[1] - 1] // 3)
+                else:
+                    turned = draw_index(last_flip[f[6], st[j], to_come_bucket(f[8] - f[1] - 1)] if planned
+                                        else flip[f[6], st[j]], u[i, 1])
                 rev = bool(f[2] ^ turned)
                 nxt = self.next_layout[c, f[6], turned]
                 # a layout never followed this way: the flow keeps its own
@@ -375,7 +397,8 @@ class FlowChain:
                    "going_prev": self.going_prev.astype(np.int16)}
         if self.plans is not None:
             tensors.update(plans=self.plans.astype(np.float32), going_left=self.going_left.astype(np.int32),
-                           last_flips=self.last_flips.astype(np.float32))
+                           last_flips=self.last_flips.astype(np.float32), script_codes=self.scripts[0],
+                           script_first=self.scripts[1], script_counts=self.scripts[2].astype(np.float32))
         with atomic_path(Path(folder) / LAYOUTS_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"netdiff": meta})
 
@@ -395,7 +418,9 @@ class FlowChain:
         chain = cls(vocab, meta["classes"], *(f.get_tensor(n) for n in names), meta.get("layout", "netdiffusion"),
                     turns=turns, plans=f.get_tensor("plans") if planned else None,
                     going_left=f.get_tensor("going_left") if planned else None,
-                    last_flips=f.get_tensor("last_flips") if planned else None)
+                    last_flips=f.get_tensor("last_flips") if planned else None,
+                    scripts=tuple(f.get_tensor(n) for n in ("script_codes", "script_first", "script_counts"))
+                    if planned else None)
         n_c, n_k = len(chain.classes), len(vocab)
         n_states = CHAIN_STATES if turns else N_STATES
         snaps = chain.going.shape[1] if chain.going.ndim == 4 else -1
@@ -409,13 +434,18 @@ class FlowChain:
         if planned:
             expect.update(plans=(chain.plans, (n_c, n_k, len(PLAN_SIZES))),
                           going_left=(chain.going_left, chain.going.shape[:3]),
-                          last_flips=(chain.last_flips, (n_c, n_k, n_states, len(TO_COME_EDGES) + 1, 2)))
+                          last_flips=(chain.last_flips, (n_c, n_k, n_states, len(TO_COME_EDGES) + 1, 2)),
+                          script_codes=(chain.scripts[0], (n_c, chain.scripts[0].shape[1], SCRIPT_MAX - 1)),
+                          script_first=(chain.scripts[1], chain.scripts[0].shape[:2]),
+                          script_counts=(chain.scripts[2], chain.scripts[0].shape[:2]))
         for name, (arr, shape) in expect.items():
             if arr.shape != shape:
                 raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
-        if planned and not (np.isfinite(chain.plans).all() and (chain.plans >= 0).all()
-                            and np.isfinite(chain.last_flips).all() and (chain.last_flips >= 0).all()):
-            raise ValueError("plans or last_flips hold counts that are negative or not finite")
+        if planned and not all(np.isfinite(a).all() and (a >= 0).all()
+                               for a in (chain.plans, chain.last_flips, chain.scripts[2])):
+            raise ValueError("plans, last_flips or script_counts hold counts that are negative or not finite")
+        if planned and (chain.scripts[1].max(initial=-1) >= n_k or chain.scripts[0].max(initial=-1) >= 6):
+            raise ValueError("scripts name a layout or a packet the file does not have")
         # layout ids past the vocabulary would fail only when an image is sampled, deep in a loop
         if chain.going.size and (chain.going[..., 1].max() >= n_k or chain.going_prev.max() >= n_k):
             raise ValueError("going names a layout the file does not have")
@@ -456,6 +486,7 @@ class _Counts:
         self.last_flips = np.zeros((n_c, n_k, CHAIN_STATES, len(TO_COME_EDGES) + 1, 2))
         self.whole = np.zeros((n_c, n_k, len(PLAN_SIZES)))     # sizes of the flows not cut
         self.cut: list[list] = [[] for _ in range(n_c)]         # (first layout, packets seen) of those cut
+        self.scripts: list[dict] = [{} for _ in range(n_c)]     # (first layout, codes) -> whole flows
 
 
 def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: dict, window: int, skip: int,
@@ -492,6 +523,7 @@ def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: 
     recent: list[list] = []     # [flow, first source port, packets, last reversed, first row, last row,
     #                             last layout, turned, first layout]
     opened = np.zeros(len(total), dtype=bool)
+    script: dict[int, list] = {}        # flow -> [first layout, codes of its packets after the first]
     prevs = np.empty(len(rows), dtype=np.intp)
     opts = np.full((len(rows), MAX_LINK + 2), -1, dtype=np.int64)
     won = np.empty(len(rows), dtype=np.int64)
@@ -519,6 +551,7 @@ def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: 
             opened[flow_of[i]] = True
             recent.insert(0, [int(flow_of[i]), s, 1, False, i, i, k, False, k])
             del recent[MAX_LINK + 1:]       # past the reach a flow only falls further back
+            script[int(flow_of[i])] = [k, []]
             won[i] = 0
             counts.opening[c, prev, k] += 1
             if cut[flow_of[i]]:
@@ -536,6 +569,7 @@ def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: 
         counts.flips[c, f[6], states[found], turned] += 1
         to_come = ENDLESS if cut[f[0]] else int(total[f[0]] - f[2] - 1)
         counts.last_flips[c, f[6], states[found], to_come_bucket(to_come), turned] += 1
+        script[f[0]][1].append(script_code(bool(turned), states[found] // CHAIN_BASE))
         counts.next_layout[c, f[6], turned, k] += 1
         won[i] = 2 + found
         if i >= skip:
@@ -546,6 +580,10 @@ def _capture_choices(rows: np.ndarray, ids: np.ndarray, transport: list, ports: 
         f[5] = i
         f[6] = k
         recent.insert(0, f)
+    for flow, (first, codes) in script.items():
+        if not cut[flow] and total[flow] <= SCRIPT_MAX:
+            key = (first, tuple(codes))
+            counts.scripts[c][key] = counts.scripts[c].get(key, 0) + 1
     return prevs, opts, won
 
 
@@ -577,16 +615,16 @@ def with_cut(whole: np.ndarray, cut: list[tuple[int, int]]) -> np.ndarray:
     """A class's ``plans``: the sizes of its whole flows (``whole``, (K, len(PLAN_SIZES)) counts by
     first layout), each flow the capture's end cut (``cut``: first layout, packets seen) shared out
     over the whole flows like it with at least its packets (Kaplan and Meier's redistribution to
-    the right, J. Am. Stat. Assoc. 53, 1958), or counted in the last, endless bucket where there
-    are none."""
+    the right, J. Am. Stat. Assoc. 53, 1958). A cut flow longer than every whole one is left out:
+    it goes on where an image starts among it (``going_size``), and a new flow planned endless by
+    it took rows from it (a synthetic capture's bulk connection, one flow of 700 with its layout,
+    broke in one walk of four; tests/model/test_flow_chain.py)."""
     plans = whole.copy()
     for k, seen in cut:
         longer = whole[k].copy()
         longer[:plan_bucket(seen)] = 0
         if longer.sum() > 0:
             plans[k] += longer / longer.sum()
-        else:
-            plans[k, -1] += 1
     return plans
 
 
@@ -603,6 +641,25 @@ def going_size(whole: np.ndarray, so_far: int, seen: int, cut: bool) -> int:
         return ENDLESS
     b = int(np.searchsorted(np.cumsum(longer), longer.sum() / 2))
     return max(int(PLAN_SIZES[b]), seen, so_far + 1)
+
+
+def script_code(turned: bool, late: int) -> int:
+    """A scripted packet: whether it turns its flow and its ``lateness`` bucket, as one code."""
+    return 3 * int(turned) + late
+
+
+def script_table(scripts: list[dict], n_c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class, its scripts as arrays: (C, N, SCRIPT_MAX - 1) codes (-1 past the flow's last
+    packet), (C, N) first layouts (-1: no script) and (C, N) counts, N the most any class has."""
+    n = max([len(d) for d in scripts] + [1])
+    codes = np.full((n_c, n, SCRIPT_MAX - 1), -1, dtype=np.int8)
+    first = np.full((n_c, n), -1, dtype=np.int16)
+    count = np.zeros((n_c, n), dtype=np.float32)
+    for c, d in enumerate(scripts):
+        for j, ((k, seq), m) in enumerate(sorted(d.items())):
+            codes[c, j, :len(seq)] = seq
+            first[c, j], count[c, j] = k, m
+    return codes, first, count
 
 
 def to_come_bucket(packets: int) -> int:
