@@ -21,9 +21,10 @@ Fitted at train-base time from the training images (counts and choice weights, n
 no packet), then calibrated on its own walks like ``LayoutChain`` (the shares of rows that open a
 flow, go on with the most recent, go back past the ``FAR``-th, go on with a long-overdue flow).
 A new flow also draws how many packets it will have (``plans``: counts of the class's flow sizes
-by the layout they opened with, ``PLAN_SIZES``), stops being a choice once it has them, and each
-of its packets runs the way the class's packets with as many still to come in their flow ran
-(``last_flips``). Without plans a flow's end was only its choice weight falling with its size
+by the layout they opened with, ``PLAN_SIZES``) and stops being a choice once it has them. A flow
+of at most ``SCRIPT_MAX`` packets draws its script with its size (each packet's turn and
+lateness, ``scripts``); a longer one's packets run the way the class's packets with as many
+still to come in their flow ran (``last_flips``). Without plans a flow's end was only its choice weight falling with its size
 (``SIZE_EDGES``), and the walks ended flows where the captures did not: messaging's WhatsApp
 connections have 8 packets in 49% of its windows' flows and 12% of its walks' (docs/results.md,
 stop 40). Files saved before plans (``plans`` absent from the metadata) draw as they did.
@@ -77,9 +78,10 @@ ENDLESS = 1 << 30
 TO_COME_EDGES = (1, 2, 3, 7)
 # A flow of at most SCRIPT_MAX packets also draws its script: for each packet after its first,
 # whether it turns and how late it comes (``lateness``'s bucket), from the class's whole flows that
-# opened with its layout and had its size. Sizes alone left BitTorrent's two-datagram flows to the
-# weights: a retry 3 s on and an answer within 0.2 s both end a flow of two, and the walks
-# answered 53% of them where its windows answer 10% (docs/results.md, stop 40).
+# opened with its layout and had its size; a scripted packet is not drawn before it is as late as
+# scripted. Sizes alone left BitTorrent's two-datagram flows to the weights: a retry 3 s on and an
+# answer within 0.2 s both end a flow of two, and the walks answered 61% of them where the chain's
+# view of its windows answers 25% (docs/results.md, stop 40).
 SCRIPT_MAX = 16
 
 
@@ -97,8 +99,9 @@ class FlowChain:
     len(PLAN_SIZES)) counts of the packets a flow had in all by the layout it opened with, and
     ``going_left`` (C, SNAPSHOTS, MAX_LINK) the packets each flow going on had still to come
     (``ENDLESS``: it went on to the capture's end), ``last_flips`` (C, K, states, len(TO_COME_EDGES)
-    + 1, 2) ``flips`` by how many packets the flow had still to come after the one drawn (all three
-    None: a file saved before plans, whose flows end only by their weights)."""
+    + 1, 2) ``flips`` by how many packets the flow had still to come after the one drawn,
+    ``scripts`` (``script_table``'s codes, first layouts and counts; all four None: a file saved
+    before plans, whose flows end only by their weights)."""
 
     order = ORDER
 
