@@ -98,8 +98,9 @@ class FlowChain:
     ``going_prev`` (C, SNAPSHOTS) the layout of the row before (-1: no such start); ``plans`` (C, K,
     len(PLAN_SIZES)) counts of the packets a flow had in all by the layout it opened with, and
     ``going_left`` (C, SNAPSHOTS, MAX_LINK) the packets each flow going on had still to come
-    (``ENDLESS``: cut by the capture's end and longer than the class's whole flows), ``last_flips`` (C, K, states, len(TO_COME_EDGES)
-    + 1, 2) ``flips`` by how many packets the flow had still to come after the one drawn,
+    (``ENDLESS``: cut by the capture's end and longer than the class's whole flows),
+    ``last_flips`` (C, K, states, len(TO_COME_EDGES) + 1, 2) ``flips`` by how many packets the
+    flow had still to come after the one drawn,
     ``scripts`` (``script_table``'s codes, first layouts and counts; all four None: a file saved
     before plans, whose flows end only by their weights)."""
 
