@@ -24,10 +24,10 @@ A new flow also draws how many packets it will have (``plans``: counts of the cl
 by the layout they opened with, ``PLAN_SIZES``) and stops being a choice once it has them. A flow
 of at most ``SCRIPT_MAX`` packets draws its script with its size (each packet's turn and
 lateness, ``scripts``); a longer one's packets run the way the class's packets with as many
-still to come in their flow ran (``last_flips``). Without plans a flow's end was only its choice weight falling with its size
-(``SIZE_EDGES``), and the walks ended flows where the captures did not: messaging's WhatsApp
-connections have 8 packets in 49% of its windows' flows and 12% of its walks' (docs/results.md,
-stop 40). Files saved before plans (``plans`` absent from the metadata) draw as they did.
+still to come in their flow ran (``last_flips``). Without plans a flow's end was only its choice
+weight falling with its size (``SIZE_EDGES``), and the walks ended flows where the captures did
+not: messaging's WhatsApp connections have 8 packets in 49% of its windows' flows and 12% of its
+walks' (docs/results.md, stop 40). Files saved before plans (``plans`` absent from the metadata) draw as they did.
 
 Saved as ``layouts.safetensors`` with ``order: flows`` and ``states: turns`` in its metadata;
 ``load_structure`` reads either kind, and files saved before ``states`` (stops 32-33, states by
