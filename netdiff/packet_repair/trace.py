@@ -239,7 +239,11 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     r.payload_len = np.clip(r.payload_len, 0, mtu - ip_hl - l4_hl)
 
     # 2. Client side and direction. TCP flows with a SYN open with it: the first row's sender is
-    # the client. Otherwise the higher (ephemeral) port is the client's.
+    # the client. Otherwise the higher (ephemeral) port is the client's; with the class's priors,
+    # whose ports replace the generated ones, the side that sent the first row is, unless only its
+    # port is one of the class's server ports. Real flows open toward their service port (83-100%
+    # of the held-back UDP flows, per class); by the higher port half the generated ones did, and
+    # half the DNS flows opened with the answer.
     opening = tcp_rules.column(tcp_rules.session["open"]["flag"]) if tcp_rules.session else None
     syn = tcp & (f[opening] == 1) if opening else np.zeros(n, dtype=bool)
     if opening and priors is not None:      # or the option area of the class's SYNs
@@ -249,6 +253,12 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     sender_lo = fl["sender_is_lo"]
     client_is_lo = np.zeros(G, dtype=bool)
     client_is_lo[has_syn] = sender_lo[first[has_syn]]
+    if priors is not None:
+        opener_lo = sender_lo[first]
+        f_lo, f_hi = fl["lo"], fl["hi"]
+        serves = priors.opener_serves(r.proto[first], np.where(opener_lo, f_lo, f_hi),
+                                      np.where(opener_lo, f_hi, f_lo))
+        client_is_lo[~has_syn] = (opener_lo != serves)[~has_syn]
     direction = np.where(sender_lo == client_is_lo[flow], 0, 1)
     same = lo == hi
     if (same & tcp).any():      # equal ports: sequence numbers tell the two sides apart
