@@ -51,6 +51,10 @@ BIN_SLACK = 4               # a quantile bin's density is an estimate: judged 4x
 STACK_WEIGHT = 0.1          # stack score bonus: decides rows whose sections are near-equally filled
 ID_BEHAVIOURS = ("increment", "zero", "random")
 _VALUE_BITS = 20            # accumulator keys: 44 bits of flow hash, 20 bits of value
+# A flow first seen in an image's first rows may have begun before the image: its first row is then
+# the client's about as often as a going flow's next packet is (QUIC's going flows: mostly the
+# server's), where a flow that opens later opens from its client (DNS: always). Learnt apart.
+OPEN_EARLY_ROWS = 8
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 # ``by: flow_size``: how many packets the row's flow has among FLOW_SIZE_ROWS consecutive packets
 # (the tallest generated image), in buckets 1, 2, 3-7, 8 or more. Lengths drawn by direction and
@@ -563,6 +567,28 @@ def _distribution(acc: _Acc, bits: int, weight: str, names: list[str] | None = N
     return d
 
 
+def _openers(h: dict, rules: dict) -> np.ndarray:
+    """(2, 2) counts over one image's flows with two ports told apart and no opening SYN: first
+    seen in its first ``OPEN_EARLY_ROWS`` rows (row 0) or later (row 1), by whether the client
+    (``_view``'s) sent that first row (column 0) or the server."""
+    v = _view(h, rules)
+    _, first, inv = np.unique(v.flow_hash, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    ok = np.ones(len(first), dtype=bool)
+    ok &= v.server_port[first] != v.client_port[first]
+    ok &= np.isin(v.proto[first], [pr.number for pr in rules.values() if pr.ports and pr.number])
+    tcp = rules.get("tcp")
+    if tcp is not None:
+        rows = np.flatnonzero(v.proto == tcp.number)
+        if len(rows):
+            seg = header_bytes(v.g[rows], v.l4[rows])
+            opens = (read_field(seg, tcp.column("syn")) == 1) & (read_field(seg, tcp.column("ackf")) == 0)
+            ok[np.unique(inv[rows[opens]])] = False
+    out = np.zeros((2, 2), dtype=np.int64)
+    np.add.at(out, ((first >= OPEN_EARLY_ROWS).astype(np.int64)[ok], v.direction[first][ok]), 1)
+    return out
+
+
 def _flow_coupling(acc: dict, st: Stat) -> float | None:
     """How much a flow's lengths go together beyond what their cells say: each packet's place in
     the distribution of its finest cell (``st.by`` all given) as a normal score, then the mean
@@ -625,6 +651,7 @@ class PriorsLearner:
         self.layouts: dict[str, int] = {}           # layout string -> accumulator value
         self.pending: dict[str, list[dict]] = {}
         self.pending_n: Counter = Counter()
+        self.openers: dict[str, np.ndarray] = {}
 
     def _a(self, klass: str, stat: str, cond: str) -> _Acc:
         return self.acc.setdefault(klass, {}).setdefault((stat, cond), _Acc())
@@ -648,6 +675,7 @@ class PriorsLearner:
         if h is None:
             return
         klass = str(klass)
+        self.openers[klass] = self.openers.get(klass, np.zeros((2, 2), dtype=np.int64)) + _openers(h, self.rules)
         self.packets[klass] += len(h["g"])
         self.pending.setdefault(klass, []).append(h)
         self.pending_n[klass] += len(h["g"])
@@ -794,6 +822,10 @@ class PriorsLearner:
                                                             for b in ID_BEHAVIOURS},
                                                  "n": int(tot)}}
             classes[klass] = {"packets": int(self.packets[klass]), "fields": fields}
+            opened = self.openers.get(klass)
+            if opened is not None and opened.sum():
+                classes[klass]["openers"] = {"early": [int(x) for x in opened[0]],
+                                             "late": [int(x) for x in opened[1]]}
             coupling = {st.name: rho for st in self.stats if st.kind == "payload"
                         for rho in [_flow_coupling(self.acc[klass], st)] if rho is not None}
             if coupling:
@@ -836,6 +868,12 @@ class FieldPriors:
             raise NetdiffError(f"{where}: 'classes' must map class names to {{'fields': ...}}")
         levels = doc.get("levels", list(LEVELS))
         for k, c in classes.items():
+            opened = c.get("openers", {"early": [0, 0], "late": [0, 0]})
+            if not isinstance(opened, dict) or set(opened) != {"early", "late"} or not all(
+                    isinstance(x, list) and len(x) == 2 and all(isinstance(n, int) and n >= 0 for n in x)
+                    for x in opened.values()):
+                raise NetdiffError(f"{where}: class {k!r}: openers must be {{'early': [n, n], "
+                                   "'late': [n, n]}} of counts")
             coupling = c.get("flow_coupling", {})
             if not isinstance(coupling, dict) or not all(
                     isinstance(v, (int, float)) and 0 <= v < 1 for v in coupling.values()):
@@ -869,7 +907,8 @@ class FieldPriors:
             return None
         return ClassPriors(self.classes[klass]["fields"], str(klass), rules or E.load_rules(),
                            seed, self.threshold, self.levels,
-                           coupling=self.classes[klass].get("flow_coupling", {}))
+                           coupling=self.classes[klass].get("flow_coupling", {}),
+                           openers=self.classes[klass].get("openers"))
 
 
 # --- using them ---------------------------------------------------------------------------------
@@ -1052,8 +1091,11 @@ class ClassPriors:
     """One class's priors bound to a seed: the hooks trace and option repair call."""
 
     def __init__(self, fields: dict, klass: str, rules: dict, seed: int, threshold: float,
-                 levels=LEVELS, coupling: dict | None = None):
+                 levels=LEVELS, coupling: dict | None = None, openers: dict | None = None):
         self.fields = fields
+        # {"early": [client, server], "late": [...]}: who sent the class's flows' first rows
+        # (``_openers``); None: a file learnt before, whose flows take the higher port as the client
+        self.openers = openers
         # statistic -> how much a flow's draws go together (``_flow_coupling``); a file learnt
         # before has none and draws each packet on its own, as it did
         self.coupling = dict(coupling or {})
@@ -1062,6 +1104,8 @@ class ClassPriors:
         self.threshold = threshold
         self.levels = levels
         self.rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x9F1E1D])
+        # a stream of its own: the other draws stay where they were
+        self._opener_rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x09E4E2])
         self.stats = [_learnt_by(st, fields.get(st.name, {})) for st in stats(rules)]
         self.by_name = {s.name: s for s in self.stats}
         self.changed: Counter = Counter()
@@ -1133,22 +1177,38 @@ class ClassPriors:
             self.changed["stack.l3 (flows)"] += int(flip.sum())
         return v6_flow ^ flip
 
-    def opener_serves(self, proto_f, opener_f, other_f) -> np.ndarray:
-        """Per flow: whether the side that sent its first packet is the server, which the class
-        says only where that side's port is one of its server ports and the other side's is not
-        (a DNS flow opened from port 53 to an ephemeral port)."""
-        out = np.zeros(len(proto_f), dtype=bool)
+    def opener_serves(self, proto_f, opener_f, other_f, first_row) -> np.ndarray | None:
+        """Per flow: whether the side that sent its first row is the server. Where only that
+        side's port is one of the class's server ports (a DNS flow from port 53 to an ephemeral
+        port), it is; otherwise drawn at the class's share for a flow first seen where this one
+        is (``first_row`` within ``OPEN_EARLY_ROWS`` of the image's start or later). None: a file
+        learnt before, without the shares."""
+        if self.openers is None:
+            return None
+        early, late = (np.asarray(self.openers[k], dtype=np.float64) for k in ("early", "late"))
+        if not early.sum():         # a class without such flows where it starts: its later ones
+            early = late
+        if not late.sum():
+            late = early
+        share = [x[1] / x.sum() if x.sum() else 0.0 for x in (early, late)]
+        server_share = np.where(np.asarray(first_row) < OPEN_EARLY_ROWS, share[0], share[1])
+        out = self._opener_rng.random(len(proto_f)) < server_share
         for num, name in sorted(self.l4.items()):
             m = np.flatnonzero(proto_f == num)
             d = self.dist(f"{name}.server_port")
             if not len(m) or d is None:
                 continue
-            out[m] = d.plausible(opener_f[m]) & ~d.plausible(other_f[m])
+            ours, theirs = d.plausible(opener_f[m]), d.plausible(other_f[m])
+            out[m] = np.where(ours != theirs, ours, out[m])
         return out
 
-    def ports(self, proto_f, v6_f, server_f, client_f) -> tuple[np.ndarray, np.ndarray]:
+    def ports(self, proto_f, v6_f, server_f, client_f, claimed: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per flow: a server port the class never shows is drawn from its server ports, a client
-        port likewise from its client ports; 5-tuples stay distinct."""
+        port likewise from its client ports; 5-tuples stay distinct. ``claimed``: protocol number
+        -> (65536,) bool, the ports whose dissector reads a message of its own (payload
+        templates): a client port is not one of them unless the class lists it as one (a value
+        inside its quantile bins is not), or a DNS query from one carried no payload (both ends
+        claim it: payloads.choose)."""
         server_f, client_f = server_f.copy(), client_f.copy()
         anyp = np.zeros(len(proto_f), dtype=bool)
         for num, name in sorted(self.l4.items()):
@@ -1178,6 +1238,10 @@ class ClassPriors:
                 dup = np.ones(len(key), dtype=bool)
                 dup[first] = False
                 dup &= m
+                if claimed is not None and num in claimed:
+                    shown = np.isin(client_f, [] if d is None else
+                                    [v for v, q in zip(d.values, d.p) if q >= d.floor])
+                    dup |= m & ~shown & (client_f != server_f) & claimed[num][np.clip(client_f, 0, 65535)]
                 if not dup.any():
                     break
                 k = int(dup.sum())

@@ -240,10 +240,11 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
 
     # 2. Client side and direction. TCP flows with a SYN open with it: the first row's sender is
     # the client. Otherwise the higher (ephemeral) port is the client's; with the class's priors,
-    # whose ports replace the generated ones, the side that sent the first row is, unless only its
-    # port is one of the class's server ports. Real flows open toward their service port (83-100%
-    # of the held-back UDP flows, per class); by the higher port half the generated ones did, and
-    # half the DNS flows opened with the answer.
+    # whose ports replace the generated ones, the first row's sender is the client or the server
+    # as often as in the class's images for a flow first seen as early or as late, unless only
+    # one side's port is one of the class's server ports. Real flows open toward their service
+    # port (83-100% of the held-back UDP flows, per class); by the higher port half the generated
+    # ones did, and half the DNS flows opened with the answer.
     opening = tcp_rules.column(tcp_rules.session["open"]["flag"]) if tcp_rules.session else None
     syn = tcp & (f[opening] == 1) if opening else np.zeros(n, dtype=bool)
     if opening and priors is not None:      # or the option area of the class's SYNs
@@ -253,11 +254,13 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     sender_lo = fl["sender_is_lo"]
     client_is_lo = np.zeros(G, dtype=bool)
     client_is_lo[has_syn] = sender_lo[first[has_syn]]
+    serves = None
     if priors is not None:
         opener_lo = sender_lo[first]
         f_lo, f_hi = fl["lo"], fl["hi"]
         serves = priors.opener_serves(r.proto[first], np.where(opener_lo, f_lo, f_hi),
-                                      np.where(opener_lo, f_hi, f_lo))
+                                      np.where(opener_lo, f_hi, f_lo), first)
+    if serves is not None:
         client_is_lo[~has_syn] = (opener_lo != serves)[~has_syn]
     direction = np.where(sender_lo == client_is_lo[flow], 0, 1)
     same = lo == hi
@@ -274,7 +277,9 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     client_port = np.where(client_is_lo[flow], lo, hi)
     server_port = np.where(client_is_lo[flow], hi, lo)
     if priors is not None:
-        s_f, c_f = priors.ports(r.proto[first], v6_flow, server_port[first], client_port[first])
+        templates = PL.payload_table(rules).serves
+        s_f, c_f = priors.ports(r.proto[first], v6_flow, server_port[first], client_port[first],
+                                claimed={k: (v != PL.NONE).any(axis=0) for k, v in templates.items() if len(v)})
         server_port = np.where(has_ports, s_f[flow], server_port)
         client_port = np.where(has_ports, c_f[flow], client_port)
     sport = np.where(direction == 0, client_port, server_port)

@@ -672,10 +672,15 @@ def test_a_flow_opens_from_its_client(tmp_path):
     the class's ports: each flow still opens with its question, now to port 53. By the higher
     port alone the asking side became the server: every flow opened from port 53 with a
     question's length and
-    the answer an answer's, as half the generated DNS flows did (docs/results.md, stop 41)."""
+    the answer an answer's, as half the generated DNS flows did (docs/results.md, stop 41). A
+    client port the DNS dissector does not claim is drawn too (one that another dissector claims
+    left the query empty)."""
     _queries(tmp_path / "cap" / "dns" / "a.pcap", range(40000, 40032), 53)
     pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=64))
     pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
+    # who sent each flow's first row: 4 flows first seen in the image's first 8 rows, 28 later,
+    # each opened by its client
+    assert pri.classes["dns"]["openers"] == {"early": [4, 0], "late": [28, 0]}
     _queries(tmp_path / "gen_cap" / "dns" / "g.pcap", range(1000, 1032), 60000, seed=1)
     pcap2img(tmp_path / "gen_cap", tmp_path / "gen_img", layout=named_layout("netdiffusion", height=64))
     by_flow = _repaired_image_flows(next((tmp_path / "gen_img" / "dns").glob("*.png")), tmp_path / "g.pcap", pri)
