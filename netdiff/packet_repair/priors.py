@@ -567,14 +567,16 @@ def _distribution(acc: _Acc, bits: int, weight: str, names: list[str] | None = N
     return d
 
 
-def _openers(h: dict, rules: dict) -> np.ndarray:
-    """(2, 2) counts over one image's flows with two ports told apart and no opening SYN: first
-    seen in its first ``OPEN_EARLY_ROWS`` rows (row 0) or later (row 1), by whether the client
-    (``_view``'s) sent that first row (column 0) or the server."""
+def _openers(h: dict, rules: dict, seen: set) -> tuple[np.ndarray, set]:
+    """(2, 2) counts over one image's flows with two ports told apart and no opening SYN, by
+    whether the client (``_view``'s) sent the flow's first row in the image (column 0) or the
+    server: row 0, the flows first seen in the image's first ``OPEN_EARLY_ROWS`` rows (going on
+    or new, as where a generated image starts); row 1, the flows that open later (not ``seen``
+    earlier in the capture). Also the image's flow hashes."""
     v = _view(h, rules)
-    _, first, inv = np.unique(v.flow_hash, return_index=True, return_inverse=True)
+    hashes, first, inv = np.unique(v.flow_hash, return_index=True, return_inverse=True)
     inv = inv.reshape(-1)
-    ok = np.ones(len(first), dtype=bool)
+    ok = (first < OPEN_EARLY_ROWS) | ~np.isin(hashes, np.fromiter(seen, dtype=hashes.dtype, count=len(seen)))
     ok &= v.server_port[first] != v.client_port[first]
     ok &= np.isin(v.proto[first], [pr.number for pr in rules.values() if pr.ports and pr.number])
     tcp = rules.get("tcp")
@@ -586,7 +588,7 @@ def _openers(h: dict, rules: dict) -> np.ndarray:
             ok[np.unique(inv[rows[opens]])] = False
     out = np.zeros((2, 2), dtype=np.int64)
     np.add.at(out, ((first >= OPEN_EARLY_ROWS).astype(np.int64)[ok], v.direction[first][ok]), 1)
-    return out
+    return out, set(hashes.tolist())
 
 
 def _flow_coupling(acc: dict, st: Stat) -> float | None:
@@ -652,6 +654,7 @@ class PriorsLearner:
         self.pending: dict[str, list[dict]] = {}
         self.pending_n: Counter = Counter()
         self.openers: dict[str, np.ndarray] = {}
+        self.seen: dict[str, set] = {}      # class -> flow hashes of the capture so far
 
     def _a(self, klass: str, stat: str, cond: str) -> _Acc:
         return self.acc.setdefault(klass, {}).setdefault((stat, cond), _Acc())
@@ -669,13 +672,18 @@ class PriorsLearner:
             for combo, rows in _combos(cond[:depth], mask):
                 self._a(klass, st.name, _cond_key(st.by, combo)).add(fh[rows], values[rows])
 
-    def add(self, klass: str, batch) -> None:
-        """Learn from one batch of a class's packets (an image's worth)."""
+    def add(self, klass: str, batch, start: bool = True) -> None:
+        """Learn from one batch of a class's packets (an image's worth); ``start``: the first
+        image of a capture (False: the next image of the one before)."""
         h = _headers(batch)
         if h is None:
             return
         klass = str(klass)
-        self.openers[klass] = self.openers.get(klass, np.zeros((2, 2), dtype=np.int64)) + _openers(h, self.rules)
+        if start:
+            self.seen[klass] = set()
+        opened, flows = _openers(h, self.rules, self.seen.setdefault(klass, set()))
+        self.seen[klass] |= flows
+        self.openers[klass] = self.openers.get(klass, np.zeros((2, 2), dtype=np.int64)) + opened
         self.packets[klass] += len(h["g"])
         self.pending.setdefault(klass, []).append(h)
         self.pending_n[klass] += len(h["g"])

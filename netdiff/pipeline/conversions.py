@@ -231,7 +231,7 @@ def _convert_one(path: Path, klass: str, out_dir: Path, layout: Layout, group: s
             summary.gap_kinds.setdefault(klass, []).append(
                 gap_kinds(rows.flow, flows_seen, sides=rows.side))
         if summary.priors is not None:
-            summary.priors.add(klass, rows.batch)
+            summary.priors.add(klass, rows.batch, start=k == 0 or group == "flow")
         made += 1
         summary.classes.add(klass)
         summary.images += 1
