@@ -1032,7 +1032,6 @@ class Dist:
             out[~lv] = np.floor(lo + u[~lv] * (hi - lo + 1)).clip(lo, hi).astype(np.int64)
         return out
 
-
     def _at(self, u: np.ndarray, w: np.ndarray, bins: list, minimum: int | None) -> np.ndarray:
         """``sample``'s draws at places ``u``: the listed values and the bins laid out by value,
         each as wide as its weight; a place inside a bin falls as far into its range."""

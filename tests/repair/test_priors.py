@@ -714,20 +714,28 @@ def test_a_flow_s_lengths_go_together_as_the_class_s_do(tmp_path):
     assert within < 0.5 * between, (within, between)
 
 
-def test_priors_without_flow_coupling_still_load_and_draw(sample_priors, tmp_path):
-    """A file learnt before flow coupling (no ``flow_coupling``) loads and repairs; a coupling
-    outside [0, 1) is a one-line error naming it."""
+@pytest.mark.parametrize("key, damaged", [("flow_coupling", {"udp.payload": 1.5}),
+                                           ("flow_coupling", ["udp.payload"]),
+                                           ("openers", {"early": [1, -2], "late": [3, 0]}),
+                                           ("openers", {"early": [1, 2]}),
+                                           ("openers", "many")])
+def test_priors_without_openers_or_coupling_still_load_and_draw(sample_priors, key, damaged):
+    """A file learnt before who opens flows and flow coupling (no ``openers``, no
+    ``flow_coupling``) loads and repairs; a damaged one is a one-line error naming it."""
     pri, out = sample_priors
-    doc = pri.to_dict()
+    doc = json.loads(json.dumps(pri.to_dict()))
+    assert "openers" in doc["classes"]["dns_udp"]
     for c in doc["classes"].values():
         c.pop("flow_coupling", None)
+        c.pop("openers", None)
     old = FieldPriors.from_dict(doc)
     res = repair(random_bits(L, 3), L, seed=0, klass="dns_udp", priors=old)
     assert len(res.batch) > 0
     bad = json.loads(json.dumps(doc))
-    next(iter(bad["classes"].values()))["flow_coupling"] = {"udp.payload": 1.5}
-    with pytest.raises(NetdiffError, match="flow_coupling"):
+    next(iter(bad["classes"].values()))[key] = damaged
+    with pytest.raises(NetdiffError, match=key) as e:
         FieldPriors.from_dict(bad)
+    assert "\n" not in str(e.value)
 
 
 def test_flow_sizes_by_hand():
