@@ -881,7 +881,7 @@ class FieldPriors:
                     isinstance(x, list) and len(x) == 2 and all(isinstance(n, int) and n >= 0 for n in x)
                     for x in opened.values()):
                 raise NetdiffError(f"{where}: class {k!r}: openers must be {{'early': [n, n], "
-                                   "'late': [n, n]}} of counts")
+                                   "'late': [n, n]} of counts")
             coupling = c.get("flow_coupling", {})
             if not isinstance(coupling, dict) or not all(
                     isinstance(v, (int, float)) and 0 <= v < 1 for v in coupling.values()):
