@@ -2,7 +2,9 @@
 
 A row's payload is the message of the template its ports select: the lower port's template
 first (tshark hands a payload to the lower port's dissector first), then the higher port's,
-then the transport's measured default. A row between two ports that both have a template
+then the transport's measured default. A template ``sent_by: client`` serves the rows sent to
+its port (a DNS query), ``sent_by: server`` the rows sent from it (the answer), and the others
+both ways. A row between two ports that both have a template
 carries no payload: the lower port's dissector may decline its own message at the row's length
 and the higher port's dissector then calls it malformed (measured: about one such pair in ten
 fails at some length, `benchmarks/port_sweep.py --pairs`). A template of whole records
@@ -30,8 +32,15 @@ class PayloadTable:
     """The loaded templates and, per transport protocol number, which ones serve each port."""
 
     templates: tuple
-    serves: dict          # protocol number -> (k, 65536) template indices (NONE), file order
+    serves: dict          # protocol number -> (k, 65536) template indices (NONE), file order,
+                          # for rows sent to the port
+    answers: dict         # the same for rows sent from the port
     default: dict         # protocol number -> template index
+
+    def claimed(self) -> dict:
+        """Protocol number -> (65536,) bool: the ports some template reads a message for."""
+        return {n: (self.serves[n] != NONE).any(axis=0) | (self.answers[n] != NONE).any(axis=0)
+                for n in self.serves}
 
     def limits(self) -> tuple[np.ndarray, ...]:
         """(min_length, max_length, grow_below, fixed bytes, step, empty) per template (no
@@ -46,9 +55,9 @@ class PayloadTable:
 
 @lru_cache(maxsize=4)
 def _table(templates: tuple, numbers: tuple) -> PayloadTable:
-    serves, default = {}, {}
+    serves, answers, default = {}, {}, {}
     for name, number in numbers:
-        layers = []
+        by_way = {"client": [], "server": []}     # rows sent to the port, rows sent from it
         for i, t in enumerate(templates):
             if name not in t.transports:
                 continue
@@ -56,15 +65,21 @@ def _table(templates: tuple, numbers: tuple) -> PayloadTable:
                 default[number] = i
                 continue
             ports = np.asarray(t.ports, dtype=np.int64)
-            for layer in layers:        # the first layer where every port of it is free
-                if (layer[ports] == NONE).all():
-                    layer[ports] = i
-                    break
-            else:
-                layers.append(np.full(65536, NONE, dtype=np.int64))
-                layers[-1][ports] = i
-        serves[number] = np.stack(layers) if layers else np.full((0, 65536), NONE, np.int64)
-    return PayloadTable(templates, serves, default)
+            for way, layers in by_way.items():
+                if t.sent_by not in ("any", way):
+                    continue
+                for layer in layers:        # the first layer where every port of it is free
+                    if (layer[ports] == NONE).all():
+                        layer[ports] = i
+                        break
+                else:
+                    layers.append(np.full(65536, NONE, dtype=np.int64))
+                    layers[-1][ports] = i
+        k = max(1, *(len(v) for v in by_way.values()))
+        stacked = {w: np.stack(v + [np.full(65536, NONE, np.int64)] * (k - len(v)))
+                   for w, v in by_way.items()}
+        serves[number], answers[number] = stacked["client"], stacked["server"]
+    return PayloadTable(templates, serves, answers, default)
 
 
 def payload_table(rules: dict, templates: tuple | None = None) -> PayloadTable:
@@ -84,21 +99,22 @@ def choose(table: PayloadTable, proto: np.ndarray, sport: np.ndarray, dport: np.
     length = np.asarray(length, dtype=np.int64).copy()
     lo, hi = np.minimum(sport, dport), np.maximum(sport, dport)
     t_min, t_max, t_grow, t_fixed, t_step, t_empty = table.limits()
-    for number, serves in table.serves.items():
+    for number in table.serves:
         rows = proto == number
         if not rows.any():
             continue
+        # each port's templates for the way the row goes: to it (serves) or from it (answers)
+        at = [np.where((sport == port) & (sport != dport), table.answers[number][:, np.where(rows, port, 0)],
+                       table.serves[number][:, np.where(rows, port, 0)]) for port in (lo, hi)]
         # Both ports with a template: both dissectors want their own message, the lower port's
         # reads first and may decline (what it declines, the higher one's may call malformed:
         # SNMP then kpasswd, SMUX then NDPS, DNS reading a 5000/udp fill): the row carries none.
-        owns = [(serves[:, np.where(rows, port, 0)] != NONE).any(axis=0) if len(serves)
-                else np.zeros(n, dtype=bool) for port in (lo, hi)]
+        owns = [(layers != NONE).any(axis=0) for layers in at]
         # One port on both ends (SIP 5060 -> 5060, T.38 2944 -> 2944) is one dissector: its message.
         both = rows & owns[0] & owns[1] & (lo != hi)
         length = np.where(both, 0, length)
-        for port in (lo, hi):
-            for layer in serves:
-                t = layer[np.where(rows, port, 0)]
+        for layers in at:
+            for t in layers:
                 owned = rows & (pick == NONE) & (t != NONE) & (length > 0)
                 if not owned.any():
                     continue

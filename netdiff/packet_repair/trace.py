@@ -277,9 +277,8 @@ def repair_trace(r: Rows, rules: dict, pool: AddressPool, keep_addresses: bool,
     client_port = np.where(client_is_lo[flow], lo, hi)
     server_port = np.where(client_is_lo[flow], hi, lo)
     if priors is not None:
-        templates = PL.payload_table(rules).serves
         s_f, c_f = priors.ports(r.proto[first], v6_flow, server_port[first], client_port[first],
-                                claimed={k: (v != PL.NONE).any(axis=0) for k, v in templates.items() if len(v)})
+                                claimed=PL.payload_table(rules).claimed())
         server_port = np.where(has_ports, s_f[flow], server_port)
         client_port = np.where(has_ports, c_f[flow], client_port)
     sport = np.where(direction == 0, client_port, server_port)

@@ -558,7 +558,7 @@ def icmp_requests(rules: ProtocolRules) -> list[int]:
 
 PAYLOAD_SCHEMA = {
     "about": LEAF,
-    "templates": [{"name": LEAF, "transport": LEAF, "ports": LEAF, "default": LEAF, "empty": LEAF,
+    "templates": [{"name": LEAF, "transport": LEAF, "ports": LEAF, "sent_by": LEAF, "default": LEAF, "empty": LEAF,
                    "min_length": LEAF, "max_length": LEAF, "grow_below": LEAF, "step": LEAF,
                    "message": [{"name": LEAF, "bytes": LEAF, "value": LEAF, "hex": LEAF,
                                 "text": LEAF, "compute": LEAF, "covers": LEAF, "fill": LEAF,
@@ -566,6 +566,9 @@ PAYLOAD_SCHEMA = {
 }
 PAYLOAD_CONTENT = ("value", "hex", "text", "compute", "fill")     # one per message entry
 WHOLE_MESSAGE = "message"       # ``covers: message``: a length of the whole payload
+# ``sent_by``: a template for the rows sent to its ports (``client``: a query), from them
+# (``server``: an answer) or both ways (``any``, the default)
+SENDERS = ("any", "client", "server")
 
 
 @dataclass(frozen=True, eq=False)      # loaded once; identity is equality (cheap cache keys)
@@ -595,6 +598,7 @@ class PayloadTemplate:
     default: bool
     empty: bool                       # no payload at all: no content measured passes
     path: str
+    sent_by: str = "any"              # SENDERS: which way a row goes for this message
 
     @property
     def fixed(self) -> int:
@@ -656,7 +660,9 @@ def payload_template(path, t: dict) -> PayloadTemplate:
     tpl = PayloadTemplate(name, transports, ports, parts, int(t.get("min_length", fixed)),
                           None if t.get("max_length") is None else int(t["max_length"]),
                           int(t.get("grow_below", 0)), int(t.get("step", 1)), default,
-                          bool(t.get("empty", False)), str(path))
+                          bool(t.get("empty", False)), str(path), str(t.get("sent_by", "any")))
+    if tpl.sent_by not in SENDERS or (default and tpl.sent_by != "any"):
+        _bad(path, f"template {name}: sent_by must be one of {', '.join(SENDERS)} (a default: any)")
     if tpl.min_length < fixed or tpl.grow_below > tpl.min_length or tpl.step < 1:
         _bad(path, f"template {name}: min_length below the message's {fixed} fixed bytes, "
                    "grow_below above min_length, or a step below 1")

@@ -28,7 +28,7 @@ def _messages(port: int, proto: int, lengths, sport: int = 50000):
 
 
 def test_dns_over_udp_and_tcp_lengths_are_computed():
-    names, length, body = _messages(53, 17, [29, 40, 600])
+    names, length, body = _messages(50000, 17, [29, 40, 600], sport=53)      # answers
     assert names == ["dns", "dns", "dns"]
     for L, b in zip(length, body):
         assert int.from_bytes(b[27:29].tobytes(), "big") == L - 29         # rdlength
@@ -36,9 +36,29 @@ def test_dns_over_udp_and_tcp_lengths_are_computed():
         while at < len(rd):                    # TXT character strings cover rdata exactly
             at += 1 + rd[at]
         assert at == len(rd)
-    names, length, body = _messages(53, 6, [5, 100])
+    names, length, body = _messages(50000, 6, [5, 100], sport=53)
     assert names == ["dns-tcp", "dns-tcp"] and length.tolist() == [31, 100]   # 5 bytes grow
     assert int.from_bytes(body[1, :2].tobytes(), "big") == 98
+
+
+def test_dns_queries_go_to_port_53_and_answers_come_from_it():
+    """Sent to port 53, a query (QR 0) whose name's labels take the length, up to the 255 bytes
+    a name may have; longer, an EDNS0 padding option takes it. Sent from port 53, the answer."""
+    names, length, body = _messages(53, 17, [5, 17, 40, 271, 272, 900])
+    assert names == ["dns-query"] * 4 + ["dns-query-padded"] * 2
+    assert length.tolist() == [17, 17, 40, 271, 272, 900]      # below 12 bytes: grown
+    for n, L, b in zip(names, length, body):
+        assert b[2] & 0x80 == 0 and b[5] == 1                  # a query, one question
+        if n == "dns-query":
+            name, at = b[12:L - 4].tobytes(), 0
+            while name[at]:                                    # labels, then the root
+                assert name[at] <= 63
+                at += 1 + name[at]
+            assert at == len(name) - 1 and len(name) <= 255
+        else:
+            assert b[11] == 1 and int.from_bytes(b[38:40].tobytes(), "big") == L - 40   # padding
+    names, _, body = _messages(53, 6, [100])
+    assert names == ["dns-tcp-query"] and body[0, 4] & 0x80 == 0
 
 
 def test_tls_record_and_defaults():
@@ -49,7 +69,7 @@ def test_tls_record_and_defaults():
     assert not body[1].any()
     # the lower port is tshark's first choice: 443 -> 50053 is TLS, 50053 -> 53 DNS
     names, _, _ = _messages(53, 6, [100], sport=50053)
-    assert names == ["dns-tcp"]
+    assert names == ["dns-tcp-query"]
 
 
 def test_snmp_ber_lengths_are_long_form():

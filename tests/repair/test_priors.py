@@ -691,6 +691,16 @@ def test_a_flow_opens_from_its_client(tmp_path):
     answers = [v[1]["plen"] for v in by_flow.values()]
     # (a draw may fall in the tails the quantiles spread below and above)
     assert np.median(questions) <= 40 and np.median(answers) >= 60
+    if shutil.which("tshark") is not None:       # and tshark reads queries and answers
+        import subprocess
+
+        out = subprocess.run(["tshark", "-r", str(tmp_path / "g.pcap"), "-n", "-T", "fields",
+                              "-e", "udp.dstport", "-e", "dns.flags.response"],
+                             capture_output=True, text=True, check=True).stdout.split()
+        read = list(zip(out[::2], out[1::2]))
+        assert len(read) == 64
+        assert {r for d, r in read if d == "53"} in ({"False"}, {"0"})
+        assert {r for d, r in read if d != "53"} in ({"True"}, {"1"})
 
 
 def test_a_flow_s_lengths_go_together_as_the_class_s_do(tmp_path):
