@@ -219,7 +219,8 @@ def test_payload_bits_become_payload(sample_captures):
 
 def test_default_payload_is_zeros_and_templates_fill_their_ports(mixed_image):
     """Payloads were all zeros before payload templates; now zeros only where neither port has
-    a template, the template's message where one has (the sample DNS rows: a DNS response)."""
+    a template, the template's message where one has (the sample DNS rows: a DNS query sent to
+    port 53, a DNS response sent from it)."""
     from netdiff.rules.engine import load_payloads
 
     served = {p for t in load_payloads() if "udp" in t.transports and not t.default for p in t.ports}
@@ -236,7 +237,8 @@ def test_default_payload_is_zeros_and_templates_fill_their_ports(mixed_image):
                 assert set(raw[u + 8:]) <= {0}
                 counts["zeros"] += 1
             elif min(ports) == 53 and len(raw) - u - 8 >= 29:
-                assert raw[u + 10:u + 12] == b"\x81\x80"   # a DNS response's flags
+                to_53 = int.from_bytes(raw[u + 2:u + 4], "big") == 53
+                assert raw[u + 10:u + 12] == (b"\x01\x00" if to_53 else b"\x81\x80")   # query / response
                 counts["dns"] += 1
     assert counts["zeros"] and counts["dns"], counts
 
