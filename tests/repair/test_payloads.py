@@ -114,6 +114,10 @@ def test_payload_file_errors_name_the_file_and_entry(tmp_path):
                               "message: [{name: a, bytes: 2, compute: lenght}, {name: b, fill: 0}]}\n")
     with pytest.raises(NetdiffError, match="unknown length computation 'lenght'"):
         E.load_payloads(d, rules=E.load_rules())
+    (d / "x.yaml").write_text("templates:\n  - {name: x, transport: udp, ports: [9], sent_by: peer, "
+                              "message: [{name: b, fill: 0}]}\n")
+    with pytest.raises(NetdiffError, match="x.yaml: template x: sent_by must be one of any, client, server"):
+        E.load_payloads(d, rules=E.load_rules())
 
 
 def test_protocol_templates_and_one_default_per_transport_ship():
