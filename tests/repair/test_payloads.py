@@ -3,11 +3,13 @@ computed lengths, the rule files' format, and tshark's verdict on a seeded sampl
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
 
 from netdiff.errors import NetdiffError
+from netdiff.io.pcap import write_pcap
 from netdiff.packet_repair import payloads as PL
 from netdiff.rules import engine as E
 from tests.conftest import benchmark_module
@@ -61,6 +63,31 @@ def test_dns_queries_go_to_port_53_and_answers_come_from_it():
     assert names == ["dns-tcp-query"] and body[0, 4] & 0x80 == 0
 
 
+@needs_tshark
+def test_requests_go_to_the_service_port_and_responses_come_from_it(tmp_path):
+    """NTP, SIP (UDP and TCP) and SNMP as DNS: tshark reads a row sent to the service's port as
+    the request (NTP client mode, a SIP method, an SNMP get-request) and a row sent from it as
+    the response (server mode, a status code, a get-response); before, both ways carried one
+    message (an NTP server reply, a SIP OPTIONS, an SNMP GetResponse)."""
+    sweep = benchmark_module("port_sweep")
+    cases = {17: [(123, 48), (5060, 120), (161, 60)], 6: [(5060, 120)]}
+    got = {}
+    for proto, services in cases.items():
+        sport = np.array([p for port, _ in services for p in (40000, port)])
+        dport = np.array([p for port, _ in services for p in (port, 40000)])
+        length = np.array([n for _, n in services for _ in range(2)])
+        batch, _ = sweep.repaired(sweep.raw_packets(proto, sport, dport, length), 0)
+        path = tmp_path / f"services-{proto}.pcap"
+        write_pcap(path, batch)
+        out = subprocess.run(["tshark", "-r", str(path), "-n", "-T", "fields",
+                              "-e", "udp.srcport", "-e", "tcp.srcport", "-e", "ntp.flags.mode", "-e", "sip.Method",
+                              "-e", "sip.Status-Code", "-e", "snmp.data"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        got[proto] = ["/".join(x for x in line.split("\t") if x) for line in out]
+    assert got[17] == ["40000/3", "123/4", "40000/OPTIONS", "5060/200", "40000/0", "161/2"]
+    assert got[6] == ["40000/OPTIONS", "5060/200"]
+
+
 def test_tls_record_and_defaults():
     names, length, body = _messages(443, 6, [3, 5, 6, 1000])
     # under 5 bytes tshark waits for a record header: grown; 5 bytes: the default's zeros
@@ -74,11 +101,11 @@ def test_tls_record_and_defaults():
 
 def test_snmp_ber_lengths_are_long_form():
     names, length, body = _messages(161, 17, [24, 300])
-    assert names == ["snmp", "snmp"]
+    assert names == ["snmp-request", "snmp-request"]
     for L, b in zip(length, body):
         assert b[:4].tolist() == [0x30, 0x82, (L - 4) >> 8, (L - 4) & 0xFF]
         assert b[7:11].tolist() == [0x04, 0x82, (L - 24) >> 8, (L - 24) & 0xFF]
-        assert b[L - 13] == 0xA2                # the PDU follows the community
+        assert b[L - 13] == 0xA0                # the PDU (a GetRequest) follows the community
 
 
 def test_two_templated_ports_carry_no_payload():
