@@ -2,7 +2,8 @@
 against real traffic the model never saw, and read every number next to its floor.
 
     .venv/bin/python benchmarks/fidelity.py [--data ../shared/data/pcaps] [--work bench_out/fidelity]
-        [--config small|tiny|compact] [--steps N] [--train-minutes M] [--count 12] [--mix uniform|train]
+        [--config small|tiny|compact] [--steps N] [--train-minutes M] [--count 12]
+        [--mix uniform|train|packets]
         [--eval-count N]
         [--jobs N] [--seed 0] [--classes dns,ssh]
         [--levels in,unseen] [--threads 1] [--skip-train] [--max-packets-per-file N]
@@ -46,7 +47,12 @@ size-duration JSD...) depend on the class mix as much as on each class: the floo
 windows carry the training side's mix, a uniform ``--count`` per class another one. On the
 unseen split of stop 33 the same generated packets scored an MI distance of 0.099 at the uniform
 mix and 0.092 resampled to the training mix (floor 0.077); ``--mix train`` generates the mix the
-floor has, so that the ratio to the floor reads the generator's dependencies, not the mix.
+floor has, so that the ratio to the floor reads the generator's dependencies, not the mix. Images
+are not packets, though: a class of short captures ends its images early (in distribution at
+1,024 rows tls_web's images held 65 packets each, BitTorrent's 977), so ``--mix packets`` counts
+each image's packets from its drawn structure before sampling (``planned_packets``) and gives
+every class its training share of as many packets as ``--count`` images a class would hold
+(``packet_counts``).
 
 Writes ``--work/results.json`` and ``--work/results.md`` (the printed markdown tables), and keeps
 every intermediate folder (splits, images, model, generated images and pcaps, reports).
@@ -67,8 +73,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 LEVELS = {"in": "in distribution", "unseen": "unseen captures"}
-MIXES = ("uniform", "train")
+MIXES = ("uniform", "train", "packets")
 MIN_MIX_IMAGES = 2
+MAX_MIX_IMAGES = 16         # x --count: a class whose images hold almost no packet stops there
 GEN, PRIORS, FLOOR, MARGINAL, REAL = ("generated", "generated + class priors", "floor (real train vs test)",
                                       "column-marginal baseline", "real vs real (evaluate A/B)")
 # The training side cut into captures of the generated images' height: what the floor becomes
@@ -100,7 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mix", choices=MIXES, default="uniform",
                    help="uniform: --count images of every class; train: --count times the classes in "
                         "all, each class's share its share of the training side's packets (the mix "
-                        "of the floor and the real windows), at least two a class")
+                        "of the floor and the real windows), at least two a class; packets: as many "
+                        "generated packets in all as uniform would make, each class's share of them "
+                        "its share of the training side's (images counted by their drawn structure)")
     p.add_argument("--eval-count", type=int, default=None,
                    help="repair and evaluate only the first N generated images of each class (default: all)")
     p.add_argument("--train-minutes", type=float, default=None,
@@ -141,7 +150,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--count, --eval-count, --jobs and --threads must be at least 1")
     if args.restamped and not args.windows:
         p.error("--restamped re-stamps the real windows: drop --no-windows")
-    if args.mix == "train" and args.eval_count is not None:
+    if args.mix != "uniform" and args.eval_count is not None:
         p.error("--eval-count keeps the first N images of every class, which undoes --mix train")
     return args
 
@@ -687,6 +696,31 @@ def image_counts(train_packets: dict[str, int], count: int, mix: str) -> dict[st
     return {c: MIN_MIX_IMAGES + int(k) for c, k in zip(classes, n)}
 
 
+def packet_counts(train_packets: dict[str, int], count: int, planned) -> dict[str, int]:
+    """Generated images per class (mix "packets"): the packets ``count`` images of every class
+    would hold, shared out by the classes' training packets; a class takes images (seeds in
+    order) until its planned packets reach its share, at least MIN_MIX_IMAGES. ``planned(cls,
+    k)``: the packets image k of the class will hold (netdiff.model.generate.planned_packets).
+    Images are not packets: a class of short captures ends its images early (tls_web's 1,024-row
+    images held 65 packets each in stop 42's in-distribution run, BitTorrent's 977), so equal
+    image counts gave the classes other shares of packets and flows than the training side's."""
+    import numpy as np
+
+    classes = sorted(train_packets)
+    held = {c: [planned(c, k) for k in range(count)] for c in classes}
+    budget = sum(sum(v) for v in held.values())
+    share = np.array([train_packets[c] for c in classes], dtype=np.float64)
+    share = share / share.sum() if share.sum() > 0 else np.full(len(classes), 1.0 / len(classes))
+    out = {}
+    for c, sh in zip(classes, share):
+        got = held[c]
+        while len(got) < MAX_MIX_IMAGES * count and (len(got) < MIN_MIX_IMAGES or sum(got) < sh * budget):
+            got.append(planned(c, len(got)))
+        n = max(MIN_MIX_IMAGES, int(np.searchsorted(np.cumsum(got), sh * budget)) + 1)
+        out[c] = min(n, len(got))
+    return out
+
+
 def mix_text(counts: dict[str, int]) -> str:
     """'120 at the training mix (bittorrent 8, dns 16, ...)'."""
     return f"{sum(counts.values())} at the training mix ({', '.join(f'{c} {n}' for c, n in counts.items())})"
@@ -738,7 +772,14 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
     draw = args.seed if args.draw_seed is None else args.draw_seed
     gen_images = work / "generated" / "images"
     shutil.rmtree(gen_images, ignore_errors=True)
-    counts = image_counts({c: split["classes"][c]["train"]["packets"] for c in kept}, args.count, args.mix)
+    train_packets = {c: split["classes"][c]["train"]["packets"] for c in kept}
+    if args.mix == "packets":
+        from netdiff.model.generate import planned_packets
+
+        counts = packet_counts(train_packets, args.count,
+                               lambda c, k: planned_packets(model, c, [draw + k], args.rows)[0])
+    else:
+        counts = image_counts(train_packets, args.count, args.mix)
     t0 = time.perf_counter()
     for cls in kept:
         made = netdiff.generate(model, cls, counts[cls], draw, output=gen_images / cls, progress=False,
@@ -828,7 +869,7 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"fidelity benchmark: {len(classes)} classes from {args.data}, config {args.config}, "
           f"steps {args.steps or 'config default'}, {args.count} images per class"
-          + (" on average, at the training mix" if args.mix == "train" else "")
+          + (" on average, at the training mix" if args.mix != "uniform" else "")
           + (f" of {args.rows} packets" if args.rows else "") + f", seed {args.seed}, "
           f"{args.threads} thread(s)"
           + (f", first {args.max_packets_per_file} packets of every capture" if args.max_packets_per_file else ""),

@@ -233,6 +233,11 @@ def load_pipeline(model, *, lora=None, lora_scale: float = 1.0, controlnet=None,
     return pipe, bundle, control_kind
 
 
+# Image k's structure stage draws from seed + k + STRUCTURE_SEED: a stream of its own, apart from
+# the pixel draws at seed + k and the hires pass at seed + k + 1_000_003
+STRUCTURE_SEED = 2_000_003
+
+
 def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, lora_scale: float = 1.0,
              controlnet=None, control: str | None = None, steps: int | None = None, cfg: float | None = None,
              scheduler: str | None = None, batch_size: int | None = None, hires: bool = False,
@@ -344,7 +349,7 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
 
             chain, present, canon, member, chunk_flows = bundle.layouts, [], [], [], []
             for b, sd in enumerate(chunk):
-                g = torch.Generator("cpu").manual_seed(sd + 2_000_003)
+                g = torch.Generator("cpu").manual_seed(sd + STRUCTURE_SEED)
                 ids, flows = chain.sample_structure(cls, windows * first[0], g, layout)
                 present.append(chain.vocab[ids].reshape(windows, first[0], -1))
                 chunk_flows.append(flows)
@@ -354,10 +359,16 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
                 member.append(m + offset)
             extra["present"] = torch.from_numpy(np.concatenate(present))[:, None]
             extra["ties"] = (np.concatenate(canon), np.concatenate(member))
-        res = pipe([prompt] * len(gens), height=first[0], width=first[1], generators=gens,
-                   num_inference_steps=steps, guidance_scale=cfg_scale, control=control_t,
-                   controlnet_conditioning_scale=mcfg.controlnet.conditioning_scale, progress=progress, **extra)
-        bits = res.bits
+        drawn = list(range(len(gens)))
+        if use_layouts and not hires:
+            drawn, extra = _windows_with_packets(extra, first[0] * layout.width)
+        bits = np.full((len(gens), first[0], first[1]), -1, dtype=np.int8)
+        if drawn:
+            res = pipe([prompt] * len(drawn), height=first[0], width=first[1],
+                       generators=[gens[i] for i in drawn], num_inference_steps=steps,
+                       guidance_scale=cfg_scale, control=control_t,
+                       controlnet_conditioning_scale=mcfg.controlnet.conditioning_scale, progress=progress, **extra)
+            bits[drawn] = res.bits
         if hires:
             # NetDiffusion's hires fix: enlarge the first pass, re-noise it part-way, denoise again.
             big = torch.stack([pixels_for(b, im.space) for b in bits])
@@ -381,6 +392,46 @@ def generate(model, cls: str, count: int, seed: int, output=None, *, lora=None, 
                 "netdiff:steps": str(steps), "netdiff:cfg": str(cfg_scale)})
     result.bits = np.concatenate(out_bits)
     return result
+
+
+def planned_packets(model, cls: str, seeds, height: int | None = None, config=None) -> list[int]:
+    """The packets each image of class ``cls`` made with ``seeds`` will hold: the rows its
+    structure stage draws with a packet (the same walks ``generate`` draws, and no network), so
+    that a caller can choose how many images give a number of packets (a class of short captures
+    ends its images early; benchmarks/fidelity.py ``--mix packets``). A model without row layouts,
+    or a class its structure stage does not know: every row."""
+    from netdiff.bits.layout import named_layout
+    from netdiff.model.flow_chain import load_structure
+
+    mcfg = model_config_for(model, config)
+    rows = height or mcfg.image.height
+    if rows < 1 or rows % mcfg.image.height:
+        raise NetdiffError(f"--height {rows}: must be a multiple of the model's {mcfg.image.height} packets per window")
+    chain = load_structure(model) if mcfg.image.space == "masked" else None
+    if chain is None or cls not in chain.classes:
+        return [rows] * len(list(seeds))
+    layout = named_layout(mcfg.image.layout, height=mcfg.image.height)
+    out = []
+    for sd in seeds:
+        ids, _ = chain.sample_structure(cls, rows, torch.Generator("cpu").manual_seed(sd + STRUCTURE_SEED), layout)
+        out.append(int(chain.vocab[ids].any(1).sum()))
+    return out
+
+
+def _windows_with_packets(extra: dict, window_pixels: int) -> tuple[list[int], dict]:
+    """The windows of a batch whose drawn layouts hold a packet, and the pipeline's ``present``
+    and ``ties`` for those alone. A window below a capture's end is every pixel absent from the
+    start, so sampling it draws nothing: it is left out and stays absent (the short captures of
+    a class such as tls_web are 6% packets in a 1,024-row image)."""
+    present = extra["present"]
+    drawn = np.flatnonzero(present.flatten(1).any(1).numpy())
+    if len(drawn) == len(present):
+        return list(range(len(present))), extra
+    at = np.full(len(present), -1, dtype=np.int64)
+    at[drawn] = np.arange(len(drawn))
+    # tied pixels are ports of rows with packets: their windows are all drawn
+    canon, member = (at[a // window_pixels] * window_pixels + a % window_pixels for a in extra["ties"])
+    return drawn.tolist(), {**extra, "present": present[torch.from_numpy(drawn)], "ties": (canon, member)}
 
 
 def window_seed(seed: int, window: int) -> int:

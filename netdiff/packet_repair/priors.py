@@ -13,7 +13,8 @@ comment at the top of ``protocol_rules/ipv4.yaml``). This module names no header
 The file holds distributions only: per class and statistic, at most ``TOP_K`` values with
 their probabilities (a value is listed only when seen in ``MIN_COUNT`` packets of ``MIN_FLOWS``
 flows or more), the mass of all other values and, for fields of 16 bits or more, coarsened
-quantiles of those other values (each (value, flow) pair counted once). No address, no packet.
+quantiles of those other values (each (value, flow) pair counted once); per class and transport,
+the payload length sequences several short flows share (``SCRIPT_FLOWS``). No address, no packet.
 
 A value is *plausible* when the class gives it at least ``min(threshold, 1 / number of values
 the field can take)``: at least as likely as a uniform draw over the field, or 1%. Repair keeps
@@ -81,6 +82,19 @@ PACE_EDGES_NS = (500_000, 5_000_000, 50_000_000, 500_000_000)
 # SYN, then data after the answer's state packet): drawn without it, the data fell on any
 # segment of the flow (docs/results.md, stop 36).
 PLACE_MAX = 3
+# A short flow's payload lengths go together as a whole: messaging's eight-segment connections
+# are one of two or three length sequences (no data, no data, 4, 273, no data, ...), where lengths
+# drawn place by place (places past PLACE_MAX pooled) mixed them. Per class and transport, the
+# sequences of flows of at most SCRIPT_PACKETS packets, by the flow's size and which way each
+# packet runs against its first, each kept when SCRIPT_FLOWS flows or more and SCRIPT_SHARE of the
+# flows of its size and ways showed it: a sequence many flows share is what the class does, not
+# what one flow did. DNS's exchanges are a long tail of name lengths (the commonest pair 7% of
+# them); kept, its pairs were the training captures' names and the held-back flows' bytes moved
+# away (flow size-duration in distribution 0.0657 -> 0.0672 with them, 0.0633 without; eight
+# repair draws, docs/results.md, stop 43).
+SCRIPT_PACKETS = 16
+SCRIPT_FLOWS = 3
+SCRIPT_SHARE = 0.1
 CONDITIONS = ("direction", "service", "flow_size", "role", "pace", "place")   # ``by`` names that are not fields
 # conditions a file learnt before them does not name (it draws as it was learnt)
 LATER_CONDITIONS = ("flow_size", "role", "pace", "place")
@@ -98,7 +112,7 @@ EMPTY = ("model", "class")
 class Stat:
     name: str               # "ipv4.ttl", "tcp.server_port", "tcp.options", "stack.l3"
     protocol: str           # rule file ("" for stack statistics)
-    kind: str               # value, port, id, payload, repeat, flags, options, option_value, stack
+    kind: str               # value, port, id, payload, repeat, scripts, flags, options, option_value, stack
     field: str | None = None
     by: tuple | None = None     # learnt apart per: "direction", "service" (the flow's server
                                 # port), "flow_size" (FLOW_SIZE_EDGES), "role" (flow_roles), "pace" (flow_paces), "place" (flow_places) or a field of the same
@@ -151,6 +165,11 @@ def stats(rules: dict) -> list[Stat]:
                 out.append(Stat(f"{name}.payload_repeat", name, "repeat", None,
                                 tuple(b for b in by or () if b in CONDITIONS) or None,
                                 "packet", 1))
+            scripts = pp["payload"].get("scripts", False)
+            if not isinstance(scripts, bool):
+                raise NetdiffError(f"{pr.path}: prior payload scripts {scripts!r}: true or false")
+            if scripts:
+                out.append(Stat(f"{name}.payload_scripts", name, "scripts", None, None, "flow", 16))
         if "flags" in pp:
             out.append(Stat(f"{name}.flags", name, "flags", None, None, "packet",
                             len(pp["flags"]["fields"])))
@@ -249,6 +268,44 @@ def flow_roles(flow: np.ndarray, direction: np.ndarray, rows: int = FLOW_SIZE_RO
     return np.where(~two_way, 0, np.where(d == d[first][inv], 1, 2)).astype(np.int64)
 
 
+def short_flows(flow: np.ndarray, direction: np.ndarray, times_ns: np.ndarray,
+                limit: int = SCRIPT_PACKETS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The flows of 2 to ``limit`` rows among ``flow`` (any integer key per row, negative: no
+    flow): (F, limit) their rows in time order (-1 past a flow's last), (F,) their sizes and (F,)
+    which way each packet runs, bit k set where the k-th runs against the flow's first."""
+    f = np.asarray(flow, dtype=np.int64).ravel()
+    d = np.asarray(direction).ravel()
+    t = np.asarray(times_ns, dtype=np.int64).ravel()
+    if not len(f) == len(d) == len(t):
+        raise ValueError(f"{len(f)} flow keys, {len(d)} directions, {len(t)} times")
+    idx = np.flatnonzero(f >= 0)
+    none = (np.zeros((0, limit), dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    if not len(idx):
+        return none
+    _, dense, counts = np.unique(f[idx], return_inverse=True, return_counts=True)
+    dense = dense.reshape(-1)
+    o = np.lexsort((idx, t[idx], dense))
+    rows, key = idx[o], dense[o]
+    place = np.arange(len(o)) - np.r_[0, np.cumsum(counts)[:-1]][key]
+    short = (counts >= 2) & (counts <= limit)
+    if not short.any():
+        return none
+    at = np.cumsum(short) - 1
+    m = short[key]
+    grid = np.full((int(short.sum()), limit), -1, dtype=np.int64)
+    grid[at[key[m]], place[m]] = rows[m]
+    against = (grid >= 0) & (d[np.maximum(grid, 0)] != d[grid[:, :1]])
+    return grid, counts[short].astype(np.int64), (against * (1 << np.arange(limit))).sum(1)
+
+
+def script_key(size: int, ways: int) -> str:
+    """Key of a length script: "n3-010" for three packets, the second against the first."""
+    return f"n{size}-" + "".join("1" if ways >> k & 1 else "0" for k in range(size))
+
+
+_SCRIPT_KEY = re.compile(r"n(\d+)-([01]+)")
+
+
 def _learnt_by(st: Stat, learnt: dict) -> Stat:
     """A statistic as a file learnt it: one learnt before flow sizes, roles, paces or places
     split it draws as it did."""
@@ -332,6 +389,7 @@ class _View:
     role: np.ndarray        # flow_roles of the rows
     pace: np.ndarray        # flow_paces of the rows
     place: np.ndarray       # flow_places of the rows
+    t: np.ndarray           # arrival times (ns)
 
 
 def _headers(batch) -> dict | None:
@@ -402,7 +460,7 @@ def _view(h: dict, rules: dict) -> _View:
                  flow_hash=flow_hash, direction=direction, server_port=server_port,
                  client_port=client_port, pair=_hash(sh, sl, dh, dl), flow_size=flow_sizes(flow),
                  role=flow_roles(flow, direction), pace=flow_paces(flow, h["t"]),
-                 place=flow_places(flow, direction, h["t"]))
+                 place=flow_places(flow, direction, h["t"]), t=h["t"])
 
 
 def option_kinds(vals: np.ndarray, optlen: np.ndarray, grammar) -> tuple[np.ndarray, np.ndarray]:
@@ -635,6 +693,45 @@ def _flow_coupling(acc: dict, st: Stat) -> float | None:
     return round(float(np.clip(pairs.mean() / spread, 0.0, 0.95)), 4)
 
 
+def _kept_scripts(acc: dict) -> dict:
+    """statistic -> {script_key: {"flows": short flows of that size and ways, "scripts": [[flows,
+    [payload lengths]], ...]}}, the sequences SCRIPT_FLOWS flows or more and SCRIPT_SHARE of the
+    flows of their size and ways showed, most shown first."""
+    out = {}
+    for stat, counter in sorted(acc.items()):
+        total: Counter = Counter()
+        for (size, ways, *_), n in counter.items():
+            total[(size, ways)] += n
+        kept: dict = {}
+        for (size, ways, *lengths), n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])):
+            if n >= SCRIPT_FLOWS and n >= SCRIPT_SHARE * total[(size, ways)]:
+                kept.setdefault((size, ways), []).append([int(n), [int(x) for x in lengths[:size]]])
+        if kept:
+            out[stat] = {script_key(s, w): {"flows": int(total[(s, w)]), "scripts": v}
+                         for (s, w), v in sorted(kept.items())}
+    return out
+
+
+def _well_formed_scripts(by_key) -> bool:
+    if not isinstance(by_key, dict):
+        return False
+    for key, e in by_key.items():
+        m = _SCRIPT_KEY.fullmatch(key) if isinstance(key, str) else None
+        if m is None or int(m.group(1)) != len(m.group(2)) or int(m.group(1)) < 2 or not isinstance(e, dict) \
+                or not isinstance(e.get("flows"), int) or not isinstance(e.get("scripts"), list) or not e["scripts"]:
+            return False
+        shown = 0
+        for item in e["scripts"]:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int) and item[0] >= 1
+                    and isinstance(item[1], list) and len(item[1]) == len(m.group(2))
+                    and all(isinstance(x, int) and 0 <= x < 1 << 16 for x in item[1])):
+                return False
+            shown += item[0]
+        if shown > e["flows"]:
+            return False
+    return True
+
+
 class PriorsLearner:
     """Accumulates per class what ``stats(rules)`` asks for; ``result()`` gives the priors.
 
@@ -655,6 +752,8 @@ class PriorsLearner:
         self.pending_n: Counter = Counter()
         self.openers: dict[str, np.ndarray] = {}
         self.seen: dict[str, set] = {}      # class -> flow hashes of the capture so far
+        # class -> statistic -> Counter of (size, ways, payload lengths... padded -1): short flows
+        self.scripts: dict[str, dict[str, Counter]] = {}
 
     def _a(self, klass: str, stat: str, cond: str) -> _Acc:
         return self.acc.setdefault(klass, {}).setdefault((stat, cond), _Acc())
@@ -739,6 +838,15 @@ class PriorsLearner:
                 has = prev >= 0
                 self._add(klass, st, has, cond,
                           (v.payload == v.payload[np.maximum(prev, 0)]).astype(np.int64), fh)
+            elif st.kind == "scripts":
+                _, dense = np.unique(fh, return_inverse=True)
+                grid, size, ways = short_flows(np.where(mask, dense.reshape(-1), -1), v.direction, v.t)
+                if len(size):
+                    lengths = np.where(grid >= 0, v.payload[np.maximum(grid, 0)], -1)
+                    seen, count = np.unique(np.column_stack([size, ways, lengths]), axis=0, return_counts=True)
+                    acc = self.scripts.setdefault(klass, {}).setdefault(st.name, Counter())
+                    for row, c in zip(seen.tolist(), count.tolist()):
+                        acc[tuple(row)] += c
             elif st.kind == "flags":
                 code = np.zeros(n, dtype=np.int64)
                 for nm in pr.prior["flags"]["fields"]:
@@ -838,6 +946,9 @@ class PriorsLearner:
                         for rho in [_flow_coupling(self.acc[klass], st)] if rho is not None}
             if coupling:
                 classes[klass]["flow_coupling"] = coupling
+            scripts = _kept_scripts(self.scripts.get(klass, {}))
+            if scripts:
+                classes[klass]["scripts"] = scripts
         return FieldPriors(classes)
 
 
@@ -887,6 +998,10 @@ class FieldPriors:
                     isinstance(v, (int, float)) and 0 <= v < 1 for v in coupling.values()):
                 raise NetdiffError(f"{where}: class {k!r}: flow_coupling must map statistics to "
                                    "numbers in [0, 1)")
+            if not isinstance(c.get("scripts", {}), dict) or not all(
+                    _well_formed_scripts(v) for v in c.get("scripts", {}).values()):
+                raise NetdiffError(f"{where}: class {k!r}: scripts must map statistics to "
+                                   "{'nN-ways': {'flows': n, 'scripts': [[n, [lengths]], ...]}}")
             for stat, conds in c["fields"].items():
                 for cond, d in conds.items():
                     if "shares" in d:
@@ -916,7 +1031,8 @@ class FieldPriors:
         return ClassPriors(self.classes[klass]["fields"], str(klass), rules or E.load_rules(),
                            seed, self.threshold, self.levels,
                            coupling=self.classes[klass].get("flow_coupling", {}),
-                           openers=self.classes[klass].get("openers"))
+                           openers=self.classes[klass].get("openers"),
+                           scripts=self.classes[klass].get("scripts"))
 
 
 # --- using them ---------------------------------------------------------------------------------
@@ -1098,7 +1214,8 @@ class ClassPriors:
     """One class's priors bound to a seed: the hooks trace and option repair call."""
 
     def __init__(self, fields: dict, klass: str, rules: dict, seed: int, threshold: float,
-                 levels=LEVELS, coupling: dict | None = None, openers: dict | None = None):
+                 levels=LEVELS, coupling: dict | None = None, openers: dict | None = None,
+                 scripts: dict | None = None):
         self.fields = fields
         # {"early": [client, server], "late": [...]}: who sent the class's flows' first rows
         # (``_openers``); None: a file learnt before, whose flows take the higher port as the client
@@ -1106,6 +1223,9 @@ class ClassPriors:
         # statistic -> how much a flow's draws go together (``_flow_coupling``); a file learnt
         # before has none and draws each packet on its own, as it did
         self.coupling = dict(coupling or {})
+        # statistic -> short flows' length sequences (``_kept_scripts``); a file learnt before has
+        # none and draws lengths packet by packet, as it did
+        self.scripts = dict(scripts or {})
         self.klass = klass
         self.rules = rules
         self.threshold = threshold
@@ -1113,6 +1233,7 @@ class ClassPriors:
         self.rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x9F1E1D])
         # a stream of its own: the other draws stay where they were
         self._opener_rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x09E4E2])
+        self._script_rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x5C41F7])
         self.stats = [_learnt_by(st, fields.get(st.name, {})) for st in stats(rules)]
         self.by_name = {s.name: s for s in self.stats}
         self.changed: Counter = Counter()
@@ -1283,6 +1404,37 @@ class ClassPriors:
             for st in self.stats:
                 if st.kind == "repeat":
                     self._repeat(r, st, flow, direction, room, service)
+            for st in self.stats:
+                if st.kind == "scripts" and st.name in self.scripts:
+                    self._scripted(r, st, flow, direction, room, arrival)
+
+    def _scripted(self, r, st: Stat, flow, direction, room, arrival) -> None:
+        """A short flow's payload lengths as one: at the share of the class's flows of its size and
+        ways that its kept scripts cover, one script, drawn by how many flows showed it."""
+        table = self.scripts[st.name]
+        grid, size, ways = short_flows(np.where(self._mask(r, st.protocol), flow, -1), direction,
+                                       arrival if arrival is not None else np.arange(len(flow)))
+        if not len(size):
+            return
+        u = self._script_rng.random((len(size), 2))      # per flow: whether scripted, which script
+        combos, inv = np.unique(np.stack([size, ways], axis=1), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        new = r.payload_len.copy()
+        for j, (s, w) in enumerate(combos.tolist()):
+            e = table.get(script_key(s, w))
+            if e is None:
+                continue
+            shown = np.array([x[0] for x in e["scripts"]], dtype=np.float64)
+            at = np.flatnonzero((inv == j) & (u[:, 0] < shown.sum() / e["flows"]))
+            if not len(at):
+                continue
+            pick = np.minimum(np.searchsorted(np.cumsum(shown) / shown.sum(), u[at, 1], side="right"),
+                              len(shown) - 1)
+            rows = grid[at, :s]
+            new[rows] = np.minimum(np.array([x[1] for x in e["scripts"]], dtype=np.int64)[pick],
+                                   np.maximum(room[rows], 0))
+        self.changed[st.name] += int((new != r.payload_len).sum())
+        r.payload_len = new
 
     def _repeat(self, r, st: Stat, flow, direction, room, service) -> None:
         prev = _previous_data(flow, direction, r.payload_len, self._mask(r, st.protocol))

@@ -49,6 +49,13 @@ KINDS = ("new", "same", "other", "break", "same_turn", "other_turn")
 # a file learnt before a kind existed draws its gaps from the kind it was counted in then
 FALLBACK = {"break": "new", "same_turn": "same", "other_turn": "other"}
 MIN_KIND = 8
+# A short-flow table (``short_cell``) is kept from this many offsets: BitTorrent's flows of 10
+# packets, DNS's of 5 and 7 had fewer than 8 last packets in the training side, and went by the
+# row clock (BitTorrent's flows of 5-16 packets lasted over 3.05 s in 48% of the generated ones,
+# 35% of its training flows). In distribution, eight repair draws of stop 43's images: flow
+# size-duration 0.0587 at 8, 0.0570 at 6, 0.0565 at 4, 0.0574 at 3; unseen captures unmoved
+# (0.3894 -> 0.3903 +- 0.002; docs/results.md, stop 43).
+MIN_SHORT = 4
 # A flow of at most SHORT_MAX packets (in a block, in an image) is short: on its own clock. Was 4
 # until stop 36: the structure stage spreads a generated flow over more rows than real ones span,
 # and flows of 5-16 packets timed by the rows between them lasted too long (DNS's 8-15-packet
@@ -307,7 +314,7 @@ def short_cell(size: int, position: int, turn: bool | None = None, bucket: int |
 
 def _short_cells(rows: np.ndarray) -> dict:
     """Quantile tables of ``short_flow_offsets`` rows, for every cell and its coarser ones seen at
-    least ``MIN_KIND`` times, and for answers of any size and place by their rows (``ANY``)."""
+    least ``MIN_SHORT`` times, and for answers of any size and place by their rows (``ANY``)."""
     out = {}
     size, place, turn, bucket = (rows[:, i].astype(int) for i in range(4))
     since = rows[:, 4]
@@ -323,7 +330,7 @@ def _short_cells(rows: np.ndarray) -> dict:
             m &= turn == int(u)
         if b is not None:
             m &= bucket == b
-        if m.sum() >= MIN_KIND:
+        if m.sum() >= MIN_SHORT:
             out[short_cell(s, k, u, b)] = _quantiles(since[m])
     return out
 

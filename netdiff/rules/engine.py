@@ -67,7 +67,7 @@ SCHEMA = {
                  "optional_over": LEAF},
     "types": [{"type": LEAF, "codes": LEAF, "request": LEAF, "rest": LEAF, "rest_by_code": DATA,
                "body": LEAF}],
-    "prior": {"payload": {"by": LEAF, "empty": LEAF, "repeat": LEAF}, "flags": {"fields": LEAF, "fixed": LEAF},
+    "prior": {"payload": {"by": LEAF, "empty": LEAF, "repeat": LEAF, "scripts": LEAF}, "flags": {"fields": LEAF, "fixed": LEAF},
               "options": {"by": LEAF, "per": LEAF, "values": LEAF}},
 }
 # A field held per flow direction keeps the median of the direction's generated values (numbers:

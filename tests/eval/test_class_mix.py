@@ -31,3 +31,28 @@ def test_training_mix_gives_a_rare_class_two_images():
     assert B.image_counts({"big": 100_000, "rare": 10, "mid": 20_000}, 4, "train") == \
         {"big": 8, "mid": 2, "rare": 2}
     assert B.image_counts({"x": 5, "y": 7}, 1, "train") == {"x": 2, "y": 2}
+
+
+def test_packet_mix_counts_the_packets_images_hold():
+    """--mix packets: a class whose images end early (a short capture, 100 packets an image) takes
+    more images than one whose images are full (1,000), until each holds its training share of
+    the packets ``count`` images a class would hold (2 x 1,100 here); never fewer than two, never
+    more than MAX_MIX_IMAGES x count."""
+    B = benchmark_module("fidelity")
+    held = {"full": 1000, "short": 100}
+    asked = []
+
+    def planned(c, k):
+        asked.append((c, k))
+        return held[c]
+
+    n = B.packet_counts({"full": 500, "short": 500}, 2, planned)
+    # budget 2,200 packets, 1,100 each: 2 full images (2,000 >= 1,100), 11 short ones
+    assert n == {"full": 2, "short": 11}
+    assert sorted(k for c, k in asked if c == "short") == list(range(11))
+    # (2,198 of 2,200 packets: three full images) a class the training side barely has still gets
+    # two images; one whose images hold nothing
+    # stops at the cap
+    assert B.packet_counts({"full": 1000, "short": 1}, 2, planned) == {"full": 3, "short": 2}
+    held["short"] = 0
+    assert B.packet_counts({"full": 1, "short": 1}, 2, planned)["short"] == B.MAX_MIX_IMAGES * 2

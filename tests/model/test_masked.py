@@ -179,6 +179,69 @@ def test_taller_images_keep_a_flow_across_their_windows(trained):
     assert np.array_equal(tall, again)
 
 
+def test_windows_below_a_captures_end_skip_the_network(trained, monkeypatch):
+    """A tall image whose walk ends (a capture's end: rows without a packet to the bottom, as the
+    walks of a class of short captures do) leaves the windows below it out of sampling. The bits
+    are those of sampling every window, and fewer windows go through the network."""
+    from netdiff.model import generate as G
+    from netdiff.model.flow_chain import FlowChain
+    from netdiff.model.masked_pipeline import NetdiffMaskedPipeline
+
+    walk = FlowChain.sample_structure
+
+    def ended(self, cls, rows, generator, layout=None):
+        # the fixture's images are full: a layout without a packet is added after the walk
+        self.vocab = self.vocab[:len(self.vocab) - getattr(self, "added", 0)]
+        ids, flows = walk(self, cls, rows, generator, layout)
+        self.vocab, self.added = np.vstack([self.vocab, np.zeros_like(self.vocab[:1])]), 1
+        ids = ids.copy()
+        ids[100:] = len(self.vocab) - 1
+        return ids, [f for f in ([(r, v) for r, v in f if r < 100] for f in flows) if len(f) > 1]
+
+    sampled = []
+    call = NetdiffMaskedPipeline.__call__
+
+    def counted(self, prompts, **kw):
+        sampled.append(len(prompts))
+        return call(self, prompts, **kw)
+
+    monkeypatch.setattr(FlowChain, "sample_structure", ended)
+    monkeypatch.setattr(NetdiffMaskedPipeline, "__call__", counted)
+    skipping = G.generate(trained, "web_tcp", 2, 0, None, steps=4, height=256, progress=False).bits
+    assert sum(sampled) == 2 * 4            # rows 0-99: windows 0-3 of 8
+    monkeypatch.setattr(G, "_windows_with_packets", lambda extra, pixels: (list(range(len(extra["present"]))), extra))
+    sampled.clear()
+    every = G.generate(trained, "web_tcp", 2, 0, None, steps=4, height=256, progress=False).bits
+    assert sum(sampled) == 2 * 8
+    assert np.array_equal(skipping, every)
+    assert (every[:, 128:] == -1).all() and (every[:, :100] != -1).any(axis=(1, 2)).all()
+
+
+def test_planned_packets_are_the_rows_generate_fills(trained, monkeypatch):
+    """planned_packets walks the structure stage alone: each image's rows with a packet, as
+    generate then samples them (same seeds, same walks; here walks that end at a row of their
+    own, as a class of short captures' walks do)."""
+    from netdiff.model.flow_chain import FlowChain
+    from netdiff.model.generate import generate, planned_packets
+
+    walk = FlowChain.sample_structure
+
+    def ended(self, cls, rows, generator, layout=None):
+        self.vocab = self.vocab[:len(self.vocab) - getattr(self, "added", 0)]
+        ids, flows = walk(self, cls, rows, generator, layout)
+        cut = 10 + int(torch.randint(0, 50, (1,), generator=generator))
+        self.vocab, self.added = np.vstack([self.vocab, np.zeros_like(self.vocab[:1])]), 1
+        ids = ids.copy()
+        ids[cut:] = len(self.vocab) - 1
+        return ids, [f for f in ([(r, v) for r, v in f if r < cut] for f in flows) if len(f) > 1]
+
+    monkeypatch.setattr(FlowChain, "sample_structure", ended)
+    bits = generate(trained, "dns_udp", 3, 7, None, steps=2, height=64, progress=False).bits
+    planned = planned_packets(trained, "dns_udp", [7, 8, 9], height=64)
+    assert planned == [int((im != -1).any(1).sum()) for im in bits] and len(set(planned)) > 1, planned
+    assert planned_packets(trained, "no_such_class", [7], height=64) == [64]
+
+
 def test_height_must_be_whole_windows(trained):
     from netdiff.errors import NetdiffError
     from netdiff.model.generate import generate

@@ -243,7 +243,8 @@ def test_values_the_class_shows_are_kept(sample_priors, sample_images):
     """A converted sample image already looks like its class: priors change nothing but the IP
     ID behaviour (drawn per host from the class's shares) and the payload lengths (drawn for
     every datagram that carries data, and for every TCP segment with its PSH bit, from what the
-    class shows; some then repeat their flow direction's last one, at the class's share)."""
+    class shows; some then repeat their flow direction's last one, at the class's share, and
+    short flows take a length sequence the class's flows share)."""
     pri, _ = sample_priors
     from netdiff.bits.layout import NETDIFFUSION
     from repair_helpers import fields_of
@@ -254,7 +255,8 @@ def test_values_the_class_shows_are_kept(sample_priors, sample_images):
         # PSH drawn anew can land beside a FIN where the class never shows FIN+PSH: tcp.flags moves it
         assert set(b.report["priors"]["changed"]) <= {"ipv4.id", "tcp.payload", "tcp.psh", "tcp.flags",
                                                       "udp.payload", "icmp.payload", "tcp.payload_repeat",
-                                                      "udp.payload_repeat"}, b.report["priors"]
+                                                      "udp.payload_repeat", "tcp.payload_scripts",
+                                                      "udp.payload_scripts"}, b.report["priors"]
         _, va = fields_of(a.batch)
         _, vb = fields_of(b.batch)
         for k in ("tcp_sprt", "tcp_dprt", "udp_sport", "udp_dport", "ipv4_ttl", "tcp_wsize",
@@ -351,7 +353,7 @@ def test_priors_learnt_before_psh_split_the_lengths_still_draw_them(sample_captu
     for p in E.rules_dir().glob("*.yaml"):
         shutil.copy(p, rules / p.name)
     text = (rules / "tcp.yaml").read_text()
-    now = "payload: {by: [psh, direction, place, flow_size, service], empty: class, repeat: true}"
+    now = "payload: {by: [psh, direction, place, flow_size, service], empty: class, repeat: true, scripts: true}"
     assert now in text
     (rules / "tcp.yaml").write_text(text.replace(now, "payload: {by: [direction, service]}"))
     monkeypatch.setenv(E.RULES_ENV, str(rules))
@@ -724,20 +726,68 @@ def test_a_flow_s_lengths_go_together_as_the_class_s_do(tmp_path):
     assert within < 0.5 * between, (within, between)
 
 
+def test_a_short_flow_s_lengths_are_one_the_class_showed(tmp_path):
+    """A class whose four-datagram flows send one of two length sequences (20 and 15 flows), a
+    third shown by 3 of 48 flows and 10 more each their own. The priors keep the two sequences many
+    flows share (``scripts``), not the rare ones, and a repaired image's four-datagram flows
+    mostly send one of the two whole; drawn place by place (the same file without scripts), the
+    places of the two mix and few flows send either."""
+    rng = np.random.default_rng(3)
+    a, b, rare = [40, 300, 40, 20], [100, 60, 100, 60], [7, 9, 11, 13]
+    sizes = [a] * 20 + [b] * 15 + [rare] * 3 + [[int(x) for x in rng.integers(20, 400, size=4)] for _ in range(10)]
+    order = rng.permutation(len(sizes))
+    _udp_exchanges(tmp_path / "cap" / "scripted" / "a.pcap", [sizes[i] for i in order],
+                   [40000 + f for f in range(len(sizes))])
+    pcap2img(tmp_path / "cap", tmp_path / "img", layout=named_layout("netdiffusion", height=256))
+    pri = FieldPriors.load(tmp_path / "img" / PRIORS_FILE)
+    assert pri.classes["scripted"]["scripts"] == {"udp.payload_scripts": {
+        "n4-0101": {"flows": 48, "scripts": [[20, a], [15, b]]}}}
+    doc = json.loads(json.dumps(pri.to_dict()))
+    doc["classes"]["scripted"].pop("scripts")
+    whole = {}
+    for name, p in (("scripts", pri), ("places", FieldPriors.from_dict(doc))):
+        by_flow = _repaired_image_flows(next((tmp_path / "img" / "scripted").glob("*.png")),
+                                        tmp_path / f"{name}.pcap", p)
+        lengths = [[q["plen"] for q in v] for v in by_flow.values() if len(v) == 4]
+        assert len(lengths) >= 40
+        whole[name] = np.mean([x in (a, b) for x in lengths])
+    assert whole["scripts"] >= 0.55 and whole["places"] <= 0.3, whole
+
+
+def test_short_flows_by_hand():
+    """Rows of each flow of 2 to ``limit`` rows in time order, sizes, and which way each runs."""
+    flow = np.array([3, 8, 3, 5, 3, -1, 8, 5, 5, 5])
+    side = np.array([0, 1, 1, 0, 0, 0, 0, 0, 1, 0])
+    t = np.array([0, 1, 2, 9, 4, 5, 6, 3, 8, 7])    # flow 5's rows by time: 7, 9, 8, 3
+    grid, size, ways = PR.short_flows(flow, side, t, limit=4)
+    assert grid.tolist() == [[0, 2, 4, -1], [7, 9, 8, 3], [1, 6, -1, -1]]
+    assert size.tolist() == [3, 4, 2] and ways.tolist() == [0b010, 0b0100, 0b10]
+    assert [PR.script_key(s, w) for s, w in zip(size, ways)] == ["n3-010", "n4-0010", "n2-01"]
+    # a flow of more than ``limit`` rows is none
+    assert PR.short_flows(flow, side, t, limit=3)[1].tolist() == [3, 2]
+
+
 @pytest.mark.parametrize("key, damaged", [("flow_coupling", {"udp.payload": 1.5}),
                                            ("flow_coupling", ["udp.payload"]),
                                            ("openers", {"early": [1, -2], "late": [3, 0]}),
                                            ("openers", {"early": [1, 2]}),
-                                           ("openers", "many")])
+                                           ("openers", "many"),
+                                           ("scripts", {"udp.payload_scripts": {"n2-0": {"flows": 3, "scripts": [[3, [1, 2]]]}}}),
+                                           ("scripts", {"udp.payload_scripts": {"n2-01": {"flows": 2, "scripts": [[3, [1, 2]]]}}}),
+                                           ("scripts", {"udp.payload_scripts": {"n2-01": {"flows": 3, "scripts": [[3, [1]]]}}}),
+                                           ("scripts", {"udp.payload_scripts": {"n2-01": {"flows": 3, "scripts": [[3, [1, -2]]]}}}),
+                                           ("scripts", ["n2-01"])])
 def test_priors_without_openers_or_coupling_still_load_and_draw(sample_priors, key, damaged):
-    """A file learnt before who opens flows and flow coupling (no ``openers``, no
-    ``flow_coupling``) loads and repairs; a damaged one is a one-line error naming it."""
+    """A file learnt before who opens flows, flow coupling and length scripts (no ``openers``,
+    no ``flow_coupling``, no ``scripts``) loads and repairs; a damaged one is a one-line error
+    naming it."""
     pri, out = sample_priors
     doc = json.loads(json.dumps(pri.to_dict()))
     assert "openers" in doc["classes"]["dns_udp"]
     for c in doc["classes"].values():
         c.pop("flow_coupling", None)
         c.pop("openers", None)
+        c.pop("scripts", None)
     old = FieldPriors.from_dict(doc)
     res = repair(random_bits(L, 3), L, seed=0, klass="dns_udp", priors=old)
     assert len(res.batch) > 0

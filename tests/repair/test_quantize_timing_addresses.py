@@ -424,19 +424,19 @@ def test_a_short_flow_ends_with_its_last_packet(tmp_path):
 
 def test_an_answer_goes_by_the_rows_before_it_across_flow_sizes():
     """Two-packet flows answered the next row within 1 ms (20) or 16-31 rows on after about 1 s
-    (4: too few for a table of their own); three-packet flows answered 16-31 rows on after about
+    (3: too few for a table of their own, MIN_SHORT); three-packet flows answered 16-31 rows on after about
     1 s (20). A two-packet flow answered 20 rows on is drawn from the answers of every size that
     came as many rows on: about 1 s (from its own size over all rows it would be 1 ms). A
     one-way second packet keeps its own size's table."""
     rng = np.random.default_rng(0)
     near = np.c_[np.full((20, 4), [2, 1, 1, 0]), rng.uniform(0.0008, 0.0012, 20)]
-    rare = np.c_[np.full((4, 4), [2, 1, 1, 4]), rng.uniform(0.8, 1.2, 4)]
+    rare = np.c_[np.full((3, 4), [2, 1, 1, 4]), rng.uniform(0.8, 1.2, 3)]
     three = np.c_[np.full((20, 4), [3, 1, 1, 4]), rng.uniform(0.8, 1.2, 20)]
     one_way = np.c_[np.full((20, 4), [2, 1, 0, 0]), rng.uniform(0.0008, 0.0012, 20)]
     m = TimingModel.learn({"x": [np.geomspace(1e-4, 1e-3, 50)]},
                           short_by_class={"x": [np.concatenate([near, rare, three, one_way])]})
     assert "n2 k1 turn d4" not in m.classes["x"]["short"]
-    assert m.classes["x"]["short"]["n0 k0 turn d4"]["count"] == 24
+    assert m.classes["x"]["short"]["n0 k0 turn d4"]["count"] == 23
     flows = np.r_[1, 100 + np.arange(19), 1]
     for second, lo, hi in ((1, 0.7, 1.3), (0, 0.0007, 0.0013)):
         sides = np.r_[0, np.zeros(19, dtype=int), second]
