@@ -151,7 +151,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.restamped and not args.windows:
         p.error("--restamped re-stamps the real windows: drop --no-windows")
     if args.mix != "uniform" and args.eval_count is not None:
-        p.error("--eval-count keeps the first N images of every class, which undoes --mix train")
+        p.error(f"--eval-count keeps the first N images of every class, which undoes --mix {args.mix}")
     return args
 
 
