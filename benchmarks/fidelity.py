@@ -700,14 +700,15 @@ def packet_counts(train_packets: dict[str, int], count: int, planned) -> dict[st
     """Generated images per class (mix "packets"): the packets ``count`` images of every class
     would hold, shared out by the classes' training packets; a class takes images (seeds in
     order) until its planned packets reach its share, at least MIN_MIX_IMAGES. ``planned(cls,
-    k)``: the packets image k of the class will hold (netdiff.model.generate.planned_packets).
+    ks)``: the packets images ks of the class will hold, asked ``count`` at a time
+    (netdiff.model.generate.planned_packets, which loads the structure stage once a call).
     Images are not packets: a class of short captures ends its images early (tls_web's 1,024-row
     images held 65 packets each in stop 42's in-distribution run, BitTorrent's 977), so equal
     image counts gave the classes other shares of packets and flows than the training side's."""
     import numpy as np
 
     classes = sorted(train_packets)
-    held = {c: [planned(c, k) for k in range(count)] for c in classes}
+    held = {c: list(planned(c, range(count))) for c in classes}
     budget = sum(sum(v) for v in held.values())
     share = np.array([train_packets[c] for c in classes], dtype=np.float64)
     share = share / share.sum() if share.sum() > 0 else np.full(len(classes), 1.0 / len(classes))
@@ -715,7 +716,7 @@ def packet_counts(train_packets: dict[str, int], count: int, planned) -> dict[st
     for c, sh in zip(classes, share):
         got = held[c]
         while len(got) < MAX_MIX_IMAGES * count and (len(got) < MIN_MIX_IMAGES or sum(got) < sh * budget):
-            got.append(planned(c, len(got)))
+            got += planned(c, range(len(got), len(got) + count))
         n = max(MIN_MIX_IMAGES, int(np.searchsorted(np.cumsum(got), sh * budget)) + 1)
         out[c] = min(n, len(got))
     return out
@@ -777,7 +778,7 @@ def run_level(level: str, classes: list[str], args, tty: bool) -> dict:
         from netdiff.model.generate import planned_packets
 
         counts = packet_counts(train_packets, args.count,
-                               lambda c, k: planned_packets(model, c, [draw + k], args.rows)[0])
+                               lambda c, ks: planned_packets(model, c, [draw + k for k in ks], args.rows))
     else:
         counts = image_counts(train_packets, args.count, args.mix)
     t0 = time.perf_counter()

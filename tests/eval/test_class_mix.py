@@ -37,19 +37,19 @@ def test_packet_mix_counts_the_packets_images_hold():
     """--mix packets: a class whose images end early (a short capture, 100 packets an image) takes
     more images than one whose images are full (1,000), until each holds its training share of
     the packets ``count`` images a class would hold (2 x 1,100 here); never fewer than two, never
-    more than MAX_MIX_IMAGES x count."""
+    more than MAX_MIX_IMAGES x count. Images are planned ``count`` at a time."""
     B = benchmark_module("fidelity")
     held = {"full": 1000, "short": 100}
     asked = []
 
-    def planned(c, k):
-        asked.append((c, k))
-        return held[c]
+    def planned(c, ks):
+        asked.append((c, list(ks)))
+        return [held[c]] * len(ks)
 
     n = B.packet_counts({"full": 500, "short": 500}, 2, planned)
     # budget 2,200 packets, 1,100 each: 2 full images (2,000 >= 1,100), 11 short ones
     assert n == {"full": 2, "short": 11}
-    assert sorted(k for c, k in asked if c == "short") == list(range(11))
+    assert [ks for c, ks in asked if c == "short"] == [[2 * j, 2 * j + 1] for j in range(6)]
     # (2,198 of 2,200 packets: three full images) a class the training side barely has still gets
     # two images; one whose images hold nothing
     # stops at the cap

@@ -444,6 +444,46 @@ def test_an_answer_goes_by_the_rows_before_it_across_flow_sizes():
         assert all(lo <= t <= hi for t in took), (second, took)
 
 
+def test_an_answer_further_on_than_its_size_ever_came_keeps_its_size():
+    """Two-packet flows answered 1-7 rows on after about 0.1 s (20 per row bucket), three-packet
+    flows 32-63 rows on after about 3 s (20). A two-packet answer 40 rows on came further than
+    any of its size in the captures: the walk put it there, and it takes its size's latest table
+    (4-7 rows: 0.1 s), not the rows' (3 s). A three-packet answer 40 rows on keeps its 3 s."""
+    rng = np.random.default_rng(0)
+    two = [np.c_[np.full((20, 4), [2, 1, 1, b]), rng.uniform(0.08, 0.12, 20)] for b in (0, 1, 2)]
+    three = np.c_[np.full((20, 4), [3, 1, 1, 5]), rng.uniform(2.8, 3.2, 20)]
+    m = TimingModel.learn({"x": [np.geomspace(1e-4, 1e-3, 50)]},
+                          short_by_class={"x": [np.concatenate(two + [three])]})
+    short = m.classes["x"]["short"]
+    assert short["n2 k1 turn"]["rows"] == 2 and short["n3 k1 turn"]["rows"] == 5
+    assert "n0 k0 turn d5" in short
+    for size, lo, hi in ((2, 0.07, 0.13), (3, 2.7, 3.3)):
+        flows = np.r_[1, 100 + np.arange(39), 1, [1] * (size - 2)]
+        sides = np.r_[0, np.zeros(39, dtype=int), 1, [1] * (size - 2)]
+        took = [(m.arrival_ns(flows, sides, "x", seed=s)[40] - m.arrival_ns(flows, sides, "x", seed=s)[0]) / 1e9
+                for s in range(20)]
+        assert all(lo <= t <= hi for t in took), (size, took)
+    # a file learnt before stop 44 (no "rows") answers by the rows, as it did
+    for table in short.values():
+        table.pop("rows", None)
+    flows, sides = np.r_[1, 100 + np.arange(39), 1], np.r_[0, np.zeros(39, dtype=int), 1]
+    took = [np.diff(m.arrival_ns(flows, sides, "x", seed=s)[[0, -1]])[0] / 1e9 for s in range(20)]
+    assert all(2.7 <= t <= 3.3 for t in took), took
+
+
+@pytest.mark.parametrize("rows", [-1, 2.5, "2", True])
+def test_a_timing_file_with_strange_rows_is_refused(tmp_path, rows):
+    m = TimingModel.learn({"x": [np.geomspace(1e-4, 1, 50)]},
+                          short_by_class={"x": [np.array([[2, 1, 1, 1, 0.5]] * 10)]})
+    m.save(tmp_path / "t.json")
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert doc["classes"]["x"]["short"]["n2 k1 turn"]["rows"] == 1
+    doc["classes"]["x"]["short"]["n2 k1 turn"]["rows"] = rows
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    with pytest.raises(NetdiffError, match="malformed"):
+        TimingModel.load(tmp_path / "t.json")
+
+
 def test_a_timing_file_with_a_strange_short_key_is_refused(tmp_path):
     m = TimingModel.learn({"x": [np.geomspace(1e-4, 1, 50)]},
                           short_by_class={"x": [np.array([[2, 1, 0, 1, 0.5]] * 10)]})
