@@ -80,9 +80,9 @@ ANY = 0
 # there by a slow walk, not by a slow network: it takes the table of the latest rows its size and
 # place learnt. The walks answer BitTorrent's two-datagram exchanges a median 11 rows on where its
 # captures answer 6 (none past 63), and by the rows (``ANY``) over half of them took more than
-# 0.5 s where nine in ten training ones took under 0.27. In distribution, eight repair draws each of two generated
-# sets: flow size-duration 0.0565 / 0.0574 -> 0.0550 / 0.0561 (docs/results.md, stop 44). Files
-# learnt before have no "rows" and draw as they did.
+# 0.5 s where nine in ten training ones took under 0.27. In distribution, eight repair draws each
+# of two generated sets: flow size-duration 0.0565 / 0.0574 -> 0.0550 / 0.0561 (docs/results.md,
+# stop 44). Files learnt before have no "rows" and draw as they did.
 LATE_WALKS = "rows"
 
 
